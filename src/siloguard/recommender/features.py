@@ -29,7 +29,7 @@ __all__ = [
 ]
 
 #: Per (customer, item) history features fed to the repeat-purchase head.
-N_FEATURES = 4
+N_FEATURES = 6
 _DAY = np.timedelta64(1, "D")
 
 
@@ -115,7 +115,7 @@ def build_history(events: pd.DataFrame, n_users: int, n_items: int, cutoff: int)
     """Summarise events strictly before ``cutoff`` into per-(user, item) features."""
     past = events[events["day"] < cutoff]
     per_item = past.groupby(["user", "item"], sort=True).agg(
-        baskets=("invoice", "size"), last=("day", "max")
+        baskets=("invoice", "size"), last=("day", "max"), first=("day", "min")
     )
     per_user = past.groupby("user").agg(user_baskets=("invoice", "nunique"), user_last=("day", "max"))
     joined = per_item.join(per_user, on="user")
@@ -124,12 +124,18 @@ def build_history(events: pd.DataFrame, n_users: int, n_items: int, cutoff: int)
     baskets = joined["baskets"].to_numpy(np.float32)
     since_item = (cutoff - joined["last"].to_numpy()).astype(np.float32)
     since_user = (cutoff - joined["user_last"].to_numpy()).astype(np.float32)
+    repeated = baskets > 1
+    # Mean days between this customer's baskets holding the item: "is it due again?"
+    gap = (joined["last"].to_numpy() - joined["first"].to_numpy()) / np.maximum(baskets - 1, 1)
+    due = np.where(repeated, (np.log1p(since_item) - np.log1p(gap.astype(np.float32))) / 3.0, 0.0)
     features = np.stack(
         [
             np.log1p(baskets),
             baskets / joined["user_baskets"].to_numpy(np.float32),
             np.log1p(since_item) / 6.0,
             (np.log1p(since_item) - np.log1p(since_user)) / 6.0,
+            due,
+            repeated.astype(np.float32),
         ],
         axis=1,
     ).astype(np.float32)

@@ -1,0 +1,147 @@
+"""The Flower ClientApp a store runs next to its own data.
+
+On ``train``: load the store's silo, build examples, train the shared model and
+the store's private user embeddings, keep the private part in ``context.state``
+and reply with the shared arrays only. On ``evaluate``: full-ranking metrics on
+the store's test customers, replied as aggregate numbers.
+
+Which store a node is: ``node_config["store"]`` in a deployment; in the
+simulation engine, ``node_config["partition-id"]`` indexes the prepared stores.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from siloguard.clients.store import StoreData, evaluate_store, load_store
+from siloguard.config import Settings
+from siloguard.errors import ConfigError
+from siloguard.recommender.model import PrivateUsers, SharedModel
+from siloguard.recommender.train import train_local
+
+__all__ = ["PRIVATE_STATE_KEY", "app", "handle_evaluate", "handle_train", "store_for"]
+
+#: Key of the store's private parameters in ``context.state``; never in a reply.
+PRIVATE_STATE_KEY = "private-users"
+
+
+def _run_manifest(settings: Settings) -> dict:
+    path = settings.work_dir / "run.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise ConfigError(f"no prepared run at {path}: run 'siloguard train' (or demo) to prepare the stores") from None
+
+
+def store_for(context: Context, settings: Settings) -> StoreData:
+    """The store this node serves, with its data loaded (cached per process)."""
+    run = _run_manifest(settings)
+    stores = run["stores"]
+    if "store" in context.node_config:
+        name = str(context.node_config["store"])
+    else:
+        pid = int(context.node_config.get("partition-id", -1))
+        if not 0 <= pid < len(stores):
+            raise ConfigError(f"partition-id {pid} does not name a store: the run has {len(stores)} stores")
+        name = sorted(stores)[pid]
+    if name not in stores:
+        raise ConfigError(f"store {name!r} is not part of this run: known stores are {', '.join(sorted(stores))}")
+    return load_store(
+        name,
+        Path(stores[name]),
+        Path(run["catalogue"]),
+        run["split_date"],
+        run["end_date"],
+    )
+
+
+def _private_users(context: Context, store: StoreData, settings: Settings) -> PrivateUsers:
+    users = PrivateUsers(store.n_users, settings.model.dim, seed=settings.model.seed)
+    if PRIVATE_STATE_KEY in context.state:
+        users.load_state_dict(context.state[PRIVATE_STATE_KEY].to_torch_state_dict())
+    return users
+
+
+def _shared_model(msg: Message, store: StoreData, settings: Settings) -> SharedModel:
+    model = SharedModel(store.n_items, settings.model.dim, settings.model.hidden)
+    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    return model
+
+
+def handle_train(msg: Message, context: Context, settings: Settings) -> Message:
+    store = store_for(context, settings)
+    model = _shared_model(msg, store, settings)
+    users = _private_users(context, store, settings)
+    server_round = int(msg.content["config"].get("server-round", 0))
+    rng = np.random.default_rng([settings.model.seed, server_round, store.n_users])
+    started = time.perf_counter()
+    examples = store.examples(settings.model, rng)
+    result = train_local(
+        model,
+        users,
+        examples,
+        epochs=settings.model.local_epochs,
+        lr=settings.model.learning_rate,
+        user_lr=settings.model.user_learning_rate,
+        batch_size=settings.model.batch_size,
+        weight_decay=settings.model.weight_decay,
+        loss=settings.model.loss,
+        seed=settings.model.seed + server_round,
+    )
+    context.state[PRIVATE_STATE_KEY] = ArrayRecord(users.state_dict())
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord(model.state_dict()),
+            "metrics": MetricRecord(
+                {
+                    "num-examples": max(result.examples, 1),
+                    "train-loss": result.loss if result.examples else 0.0,
+                    "train-seconds": time.perf_counter() - started,
+                }
+            ),
+            "store": ConfigRecord({"name": store.name}),
+        }
+    )
+    return Message(content=content, reply_to=msg)
+
+
+def handle_evaluate(msg: Message, context: Context, settings: Settings) -> Message:
+    store = store_for(context, settings)
+    model = _shared_model(msg, store, settings)
+    users = _private_users(context, store, settings) if PRIVATE_STATE_KEY in context.state else None
+    metrics = evaluate_store(model, users, store)
+    metrics["num-examples"] = max(int(metrics["users"]), 1)
+    clean = {k: (0.0 if np.isnan(v) else float(v)) for k, v in metrics.items()}
+    content = RecordDict({"metrics": MetricRecord(clean), "store": ConfigRecord({"name": store.name})})
+    return Message(content=content, reply_to=msg)
+
+
+def build_client_app(settings: Settings | None = None) -> ClientApp:
+    """A ClientApp bound to ``settings``; with None, settings come from the run config."""
+    client = ClientApp()
+
+    def resolve(context: Context) -> Settings:
+        return settings if settings is not None else Settings.from_run_config(dict(context.run_config))
+
+    @client.train()
+    def train(msg: Message, context: Context) -> Message:
+        torch.set_num_threads(1)
+        return handle_train(msg, context, resolve(context))
+
+    @client.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        torch.set_num_threads(1)
+        return handle_evaluate(msg, context, resolve(context))
+
+    return client
+
+
+#: Entry point for ``flwr run`` (``[tool.flwr.app.components] clientapp``).
+app = build_client_app()

@@ -1,0 +1,152 @@
+"""One store's local view: its silo, its customers, its histories and test truth.
+
+A ``StoreData`` is built inside the store (the Flower ClientApp) from the store's
+own transaction file. Nothing in it is ever sent: the client sends only the
+shared model's arrays and aggregate counts/metrics.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from siloguard.config import ModelSettings
+from siloguard.data.loader import load_clean
+from siloguard.errors import DataError
+from siloguard.recommender.features import (
+    Catalogue,
+    Examples,
+    History,
+    build_examples,
+    build_history,
+    to_events,
+)
+from siloguard.recommender.metrics import combine, ranking_metrics
+from siloguard.recommender.model import PrivateUsers, SharedModel, score_users
+
+__all__ = ["StoreData", "evaluate_store", "load_catalogue", "load_store", "save_catalogue"]
+
+_EPOCH = pd.Timestamp("1970-01-01")
+
+
+def day_number(ts: pd.Timestamp) -> int:
+    return int((pd.Timestamp(ts).normalize() - _EPOCH).days)
+
+
+def save_catalogue(catalogue: Catalogue, path: Path) -> None:
+    path.write_text(json.dumps({"stock_codes": list(catalogue.codes)}))
+
+
+@lru_cache(maxsize=4)
+def load_catalogue(path: Path) -> Catalogue:
+    try:
+        codes = json.loads(Path(path).read_text())["stock_codes"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise DataError(f"cannot read the product catalogue {path}: {type(exc).__name__}; re-run the preparation step") from None
+    return Catalogue(tuple(codes))
+
+
+@dataclass(frozen=True)
+class StoreData:
+    """A store's training events and evaluation truth, in store-local user rows."""
+
+    name: str
+    n_users: int
+    n_items: int
+    split_day: int
+    horizon: int
+    events: pd.DataFrame  # training events (user, item, day, invoice)
+    history: History  # everything before the split: what scoring personalises from
+    truth: sp.csr_matrix  # items bought in the test period (users x items)
+    proposal: np.ndarray  # local item frequencies, for negative sampling
+
+    def examples(self, settings: ModelSettings, rng: np.random.Generator) -> Examples:
+        """Training examples from cutoffs one horizon apart inside the training period."""
+        cutoffs = [self.split_day - self.horizon * k for k in range(1, settings.cutoffs + 1)]
+        return build_examples(
+            self.events,
+            self.n_users,
+            self.n_items,
+            cutoffs,
+            self.horizon,
+            random_negatives=settings.random_negatives,
+            proposal=self.proposal,
+            rng=rng,
+        )
+
+    @property
+    def test_users(self) -> int:
+        return int((np.diff(self.truth.indptr) > 0).sum())
+
+
+@lru_cache(maxsize=8)
+def load_store(name: str, path: Path, catalogue_path: Path, split_date: str, end_date: str) -> StoreData:
+    """Read and prepare a store's silo (cached per process: Flower reuses actors)."""
+    frame, _report = load_clean(path)
+    catalogue = load_catalogue(catalogue_path)
+    split = pd.Timestamp(split_date)
+    end = pd.Timestamp(end_date)
+    train = frame[frame["invoice_date"] < split]
+    test = frame[(frame["invoice_date"] >= split) & (frame["invoice_date"] < end)]
+    if train.empty:
+        raise DataError(f"store {name!r} has no purchases before the split date {split.date()}: pick an earlier --split-date")
+    users = pd.Index(np.sort(train["customer_id"].unique()))
+    events = to_events(train, catalogue, users)
+    test_events = to_events(test, catalogue, users)
+    split_day = day_number(split)
+    horizon = max(1, day_number(end) - split_day)
+    n_items = catalogue.size
+    truth = sp.csr_matrix(
+        (np.ones(len(test_events), np.float32), (test_events["user"], test_events["item"])),
+        shape=(len(users), n_items),
+    )
+    truth.sum_duplicates()
+    truth.data[:] = 1.0
+    proposal = (np.bincount(events["item"], minlength=n_items) + 1.0) ** 0.75
+    return StoreData(
+        name=name,
+        n_users=len(users),
+        n_items=n_items,
+        split_day=split_day,
+        horizon=horizon,
+        events=events,
+        history=build_history(events, len(users), n_items, split_day),
+        truth=truth,
+        proposal=proposal,
+    )
+
+
+def evaluate_store(model: SharedModel, users: PrivateUsers | None, store: StoreData) -> dict[str, float]:
+    """Full-ranking metrics of a store's test customers (and the new-items variant)."""
+    rows = np.flatnonzero(np.diff(store.truth.indptr) > 0)
+    if len(rows) == 0:
+        return {"users": 0, "new.users": 0}
+
+    def scores(chunk: np.ndarray) -> np.ndarray:
+        return score_users(model, users, store.history, rows[chunk])
+
+    truth = store.truth[rows]
+    history = store.history.counts[rows]
+    overall = ranking_metrics(scores, truth)
+    new = ranking_metrics(scores, truth, history=history, new_items_only=True)
+    out = {k: float(v) for k, v in overall.items()}
+    out.update({f"new.{k}": float(v) for k, v in new.items()})
+    return out
+
+
+def overall_metrics(per_store: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Weighted by test customers, separately for the full and new-items variants."""
+    per_store = {s: {k: v for k, v in m.items() if k != "num-examples"} for s, m in per_store.items()}
+    full = combine({s: {k: v for k, v in m.items() if not k.startswith("new.")} for s, m in per_store.items()})
+    new = combine(
+        {s: {k[4:]: v for k, v in m.items() if k.startswith("new.")} for s, m in per_store.items()}
+    )
+    out = dict(full)
+    out.update({f"new.{k}": v for k, v in new.items()})
+    return out

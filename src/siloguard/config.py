@@ -1,0 +1,145 @@
+"""Typed settings: one object, built once at each entry point and passed down.
+
+Sources, strongest first: explicit arguments (CLI options, Flower run config),
+environment variables (``SILOGUARD_`` prefix, ``__`` between section and field,
+e.g. ``SILOGUARD_MODEL__DIM=64``), then the defaults below.
+
+Flower's ``context.run_config`` uses flat kebab-case keys (``local-epochs``,
+``split-date``); :meth:`Settings.from_run_config` turns those into this object at
+the app boundary, and :meth:`Settings.to_run_config` does the reverse.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from siloguard.errors import ConfigError
+
+__all__ = ["DataSettings", "FederationSettings", "ModelSettings", "Settings"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataSettings(_Section):
+    """Where the transactions come from and how they are cut into stores."""
+
+    path: Path | None = Field(None, description="Online Retail CSV/CSV.gz; None = embedded sample")
+    split_date: date | None = Field(None, description="first test day; None = last test_weeks of the file")
+    test_weeks: int = Field(4, ge=1, le=52)
+    uk_stores: int = Field(4, ge=1, le=64, description="stores the home country is split into")
+    min_store_customers: int = Field(30, ge=1, description="a country with fewer customers joins 'international'")
+
+
+class ModelSettings(_Section):
+    """Recommender size and local training."""
+
+    dim: int = Field(32, ge=2, le=512)
+    hidden: int = Field(16, ge=1, le=512)
+    loss: Literal["softmax", "bce"] = "softmax"
+    learning_rate: float = Field(3e-3, gt=0, le=1)
+    user_learning_rate: float = Field(3e-3, gt=0, le=1)
+    weight_decay: float = Field(0.0, ge=0)
+    batch_size: int = Field(256, ge=1)
+    local_epochs: int = Field(1, ge=1, le=100)
+    cutoffs: int = Field(8, ge=1, le=52, description="training cutoffs, one horizon apart")
+    random_negatives: int = Field(256, ge=1)
+    seed: int = 0
+
+
+class FederationSettings(_Section):
+    """The federated run."""
+
+    rounds: int = Field(8, ge=1, le=1000)
+    fraction_train: float = Field(1.0, gt=0, le=1)
+    min_stores: int = Field(2, ge=1)
+    round_timeout: float = Field(600.0, gt=0)
+
+
+class Settings(BaseSettings):
+    """Everything a siloguard entry point needs."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SILOGUARD_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    data: DataSettings = DataSettings()
+    model: ModelSettings = ModelSettings()
+    federation: FederationSettings = FederationSettings()
+    work_dir: Path = Field(Path("runs/current"), description="silos, client state and outputs")
+
+    @field_validator("work_dir")
+    @classmethod
+    def _not_empty(cls, value: Path) -> Path:
+        if str(value).strip() == "":
+            raise ValueError("work_dir must not be empty")
+        return value
+
+    # ---- construction -------------------------------------------------
+    @classmethod
+    def build(cls, **overrides: Any) -> Settings:
+        """Build from env + overrides; invalid values raise ConfigError naming the setting."""
+        try:
+            return cls(**overrides)
+        except ValidationError as exc:
+            raise ConfigError(_describe(exc)) from None
+
+    def with_overrides(self, **sections: dict[str, Any]) -> Settings:
+        """A copy with some fields of some sections replaced (validated)."""
+        data = self.model_dump()
+        for section, values in sections.items():
+            if isinstance(data.get(section), dict):
+                data[section].update({k: v for k, v in values.items() if v is not None})
+            elif values is not None:
+                data[section] = values
+        try:
+            return type(self).model_validate(data)
+        except ValidationError as exc:
+            raise ConfigError(_describe(exc)) from None
+
+    # ---- Flower boundary -------------------------------------------------
+    def to_run_config(self) -> dict[str, bool | int | float | str]:
+        """Flat kebab-case keys, as Flower's run config carries them."""
+        out: dict[str, bool | int | float | str] = {"work-dir": str(self.work_dir)}
+        for section in ("data", "model", "federation"):
+            for key, value in getattr(self, section).model_dump().items():
+                if value is None:
+                    continue
+                out[f"{section}.{key.replace('_', '-')}"] = (
+                    str(value) if isinstance(value, (Path, date)) else value
+                )
+        return out
+
+    @classmethod
+    def from_run_config(cls, run_config: dict[str, Any]) -> Settings:
+        """Inverse of :meth:`to_run_config`; unknown keys are an error, not ignored."""
+        sections: dict[str, dict[str, Any]] = {"data": {}, "model": {}, "federation": {}}
+        top: dict[str, Any] = {}
+        for key, value in run_config.items():
+            if value == "":
+                continue
+            if key == "work-dir":
+                top["work_dir"] = value
+                continue
+            section, _, field = key.partition(".")
+            if section not in sections or not field:
+                raise ConfigError(
+                    f"unknown run-config key {key!r}: use 'work-dir' or "
+                    "'<data|model|federation>.<setting>' (see siloguard train --help)"
+                )
+            sections[section][field.replace("-", "_")] = value
+        return cls.build(**top, **{k: v for k, v in sections.items() if v})
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "settings"
+        parts.append(f"{where}: {err['msg']}")
+    return "invalid settings: " + "; ".join(parts)

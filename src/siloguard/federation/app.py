@@ -1,0 +1,99 @@
+"""The Flower ServerApp: FedAvg over the stores' shared parameters.
+
+``build_server_app(settings, on_round, outcome)`` binds settings and progress
+callbacks for in-process runs (the CLI on the simulation engine); the module
+level ``app`` reads them from Flower's run config for ``flwr run``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Callable
+
+from flwr.app import ArrayRecord, ConfigRecord, Context
+from flwr.serverapp import Grid, ServerApp
+
+from siloguard.config import Settings
+from siloguard.errors import ConfigError
+from siloguard.federation.registry import save_model
+from siloguard.federation.strategy import RoundReport, SiloFedAvg
+from siloguard.recommender.model import SharedModel
+
+__all__ = ["FederationOutcome", "app", "build_server_app", "run_server"]
+
+
+@dataclass
+class FederationOutcome:
+    """Filled by the server as the run goes; read by the caller afterwards."""
+
+    reports: dict[int, RoundReport] = field(default_factory=dict)
+    model_dir: str | None = None
+    error: BaseException | None = None
+
+
+def _n_items(settings: Settings) -> int:
+    path = settings.work_dir / "run.json"
+    try:
+        run = json.loads(path.read_text())
+        return len(json.loads(open(run["catalogue"]).read())["stock_codes"])
+    except (OSError, ValueError, KeyError):
+        raise ConfigError(f"no prepared run at {path}: run 'siloguard train' (or demo) first") from None
+
+
+def run_server(
+    grid: Grid,
+    settings: Settings,
+    on_round: Callable[[RoundReport], None] | None = None,
+    outcome: FederationOutcome | None = None,
+) -> FederationOutcome:
+    outcome = outcome if outcome is not None else FederationOutcome()
+    fed = settings.federation
+    model = SharedModel(_n_items(settings), settings.model.dim, settings.model.hidden, seed=settings.model.seed)
+    strategy = SiloFedAvg(
+        on_round=on_round,
+        fraction_train=fed.fraction_train,
+        fraction_evaluate=1.0,
+        min_train_nodes=fed.min_stores,
+        min_evaluate_nodes=fed.min_stores,
+        min_available_nodes=fed.min_stores,
+        weighted_by_key="num-examples",
+    )
+    result = strategy.start(
+        grid=grid,
+        initial_arrays=ArrayRecord(model.state_dict()),
+        num_rounds=fed.rounds,
+        timeout=fed.round_timeout,
+        train_config=ConfigRecord({"dim": settings.model.dim}),
+    )
+    outcome.reports = strategy.reports
+    final = strategy.reports.get(fed.rounds)
+    if result.arrays is None or final is None or not final.evaluate:
+        raise RuntimeError("the federation produced no model: no store completed a round (see the log above)")
+    model.load_state_dict(result.arrays.to_torch_state_dict())
+    outcome.model_dir = str(save_model(model, settings, strategy.reports))
+    return outcome
+
+
+def build_server_app(
+    settings: Settings | None = None,
+    on_round: Callable[[RoundReport], None] | None = None,
+    outcome: FederationOutcome | None = None,
+) -> ServerApp:
+    server = ServerApp()
+
+    @server.main()
+    def main(grid: Grid, context: Context) -> None:
+        resolved = settings if settings is not None else Settings.from_run_config(dict(context.run_config))
+        try:
+            run_server(grid, resolved, on_round, outcome)
+        except BaseException as exc:  # recorded for the caller, then re-raised for Flower
+            if outcome is not None:
+                outcome.error = exc
+            raise
+
+    return server
+
+
+#: Entry point for ``flwr run`` (``[tool.flwr.app.components] serverapp``).
+app = build_server_app()

@@ -1,0 +1,76 @@
+"""Saving the global model: shared parameters only, with a manifest.
+
+The model file holds the shared parameters (item table and repeat head); it
+holds no customer embedding and no customer id. The manifest records what
+produced it (settings, rounds, stores) and what it scored, with the file's
+sha256 so a reader can check it was not swapped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from siloguard import __version__
+from siloguard.config import Settings
+from siloguard.recommender.model import SharedModel
+
+if TYPE_CHECKING:
+    from siloguard.federation.strategy import RoundReport
+
+__all__ = ["MODEL_FILE", "MANIFEST_FILE", "save_model", "sha256_file"]
+
+MODEL_FILE = "model.pt"
+MANIFEST_FILE = "manifest.json"
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _finite(metrics: dict[str, float]) -> dict[str, float | None]:
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
+
+
+def save_model(model: SharedModel, settings: Settings, reports: dict[int, RoundReport]) -> Path:
+    """Write ``model.pt`` and ``manifest.json`` under ``work_dir/model`` atomically."""
+    out = settings.work_dir / "model"
+    out.mkdir(parents=True, exist_ok=True)
+    final = reports[max(reports)]
+    with tempfile.NamedTemporaryFile(dir=out, delete=False, suffix=".tmp") as tmp:
+        torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, tmp)
+    os.replace(tmp.name, out / MODEL_FILE)
+    manifest = {
+        "format": "siloguard.model/1",
+        "version": datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ"),
+        "siloguard": __version__,
+        "sha256": sha256_file(out / MODEL_FILE),
+        "file": MODEL_FILE,
+        "shared_parameters": {k: list(v.shape) for k, v in model.state_dict().items()},
+        "config": settings.to_run_config(),
+        "rounds": len(reports),
+        "stores": sorted(final.evaluate),
+        "metrics": {
+            "overall": _finite(final.overall),
+            "per_store": {s: _finite(m) for s, m in sorted(final.evaluate.items())},
+        },
+        "history": [
+            {"round": r, **_finite({k: v for k, v in rep.overall.items() if k in ("ndcg@10", "hr@10", "recall@20", "users")})}
+            for r, rep in sorted(reports.items())
+        ],
+    }
+    (out / (MANIFEST_FILE + ".tmp")).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    os.replace(out / (MANIFEST_FILE + ".tmp"), out / MANIFEST_FILE)
+    return out

@@ -1,0 +1,141 @@
+"""Run a federation on the Flower simulation engine (one virtual node per store).
+
+``prepare_run`` reads and validates the input completely in memory, and only
+then writes the stores' silos (each an Online Retail file of its own, as a
+partner store would hold), the public product catalogue and ``run.json`` into
+the work directory. ``run_federation`` then starts the Flower simulation
+engine (Ray) with the ServerApp and one ClientApp per store.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from siloguard.clients.store import save_catalogue
+from siloguard.config import Settings
+from siloguard.data.loader import RAW_COLUMNS, CleaningReport, load_clean, sample_path
+from siloguard.data.silos import assign_stores, partition
+from siloguard.data.split import temporal_split
+from siloguard.errors import FederationError
+from siloguard.federation.app import FederationOutcome, build_server_app
+from siloguard.federation.strategy import RoundReport
+from siloguard.recommender.features import Catalogue
+
+__all__ = ["PreparedRun", "prepare_run", "run_federation"]
+
+
+@dataclass(frozen=True)
+class PreparedRun:
+    stores: dict[str, Path]
+    customers: dict[str, int]
+    catalogue: Path
+    items: int
+    split_date: pd.Timestamp
+    end_date: pd.Timestamp
+    cleaning: CleaningReport
+    source: Path
+
+
+def _to_raw(frame: pd.DataFrame) -> pd.DataFrame:
+    raw = frame[list(RAW_COLUMNS.values())].copy()
+    raw["invoice_date"] = raw["invoice_date"].dt.strftime("%Y-%m-%d %H:%M:%S")
+    return raw.rename(columns={v: k for k, v in RAW_COLUMNS.items()})
+
+
+def prepare_run(settings: Settings) -> PreparedRun:
+    """Validate the input, cut it into stores and write them under ``work_dir``.
+
+    Every check runs before anything is written: a bad file leaves the work
+    directory untouched.
+    """
+    source = settings.data.path or sample_path()
+    frame, report = load_clean(source)
+    split = temporal_split(frame, settings.data.split_date, settings.data.test_weeks)
+    stores = assign_stores(
+        frame, uk_stores=settings.data.uk_stores, min_customers=settings.data.min_store_customers
+    )
+    silos = partition(frame, stores)
+    catalogue = Catalogue.from_frame(split.train)
+
+    work = settings.work_dir
+    work.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".prepare-", dir=work))
+    try:
+        (staging / "stores").mkdir()
+        paths: dict[str, Path] = {}
+        for silo in silos:
+            name = f"{silo.name}.csv"
+            _to_raw(silo.frame).to_csv(staging / "stores" / name, index=False)
+            paths[silo.name] = (work / "stores" / name).resolve()
+        save_catalogue(catalogue, staging / "catalogue.json")
+        run = {
+            "source": str(Path(source).name),
+            "stores": {k: str(v) for k, v in paths.items()},
+            "catalogue": str((work / "catalogue.json").resolve()),
+            "split_date": str(split.split_date.date()),
+            "end_date": str(split.end_date.date()),
+        }
+        (staging / "run.json").write_text(json.dumps(run, indent=2))
+        for entry in ("stores", "catalogue.json", "run.json"):
+            target = work / entry
+            if target.is_dir():
+                shutil.rmtree(target)
+            os.replace(staging / entry, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return PreparedRun(
+        stores=paths,
+        customers={s.name: int(s.frame["customer_id"].nunique()) for s in silos},
+        catalogue=work / "catalogue.json",
+        items=catalogue.size,
+        split_date=split.split_date,
+        end_date=split.end_date,
+        cleaning=report,
+        source=Path(source),
+    )
+
+
+def run_federation(
+    settings: Settings,
+    prepared: PreparedRun,
+    on_round: Callable[[RoundReport], None] | None = None,
+    *,
+    verbose: bool = False,
+) -> FederationOutcome:
+    """Run ``settings.federation.rounds`` rounds over every prepared store."""
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    from flwr.simulation import run_simulation  # heavy import: only when a run starts
+
+    from siloguard.clients.app import build_client_app
+
+    if not verbose:
+        logging.getLogger("flwr").setLevel(logging.WARNING)
+    n_stores = len(prepared.stores)
+    settings = settings.with_overrides(
+        federation={"min_stores": min(settings.federation.min_stores, n_stores)}
+    )
+    outcome = FederationOutcome()
+    run_simulation(
+        server_app=build_server_app(settings, on_round, outcome),
+        client_app=build_client_app(settings),
+        num_supernodes=n_stores,
+        backend_config={
+            "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+            "init_args": {"logging_level": "ERROR", "log_to_driver": verbose},
+        },
+    )
+    if outcome.error is not None:
+        raise FederationError(f"the federated run failed: {outcome.error}") from outcome.error
+    if outcome.model_dir is None:
+        raise FederationError("the federated run ended without a model: rerun with --verbose to see Flower's log")
+    return outcome
