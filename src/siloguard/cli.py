@@ -1,0 +1,220 @@
+"""``siloguard`` command line.
+
+Every command builds one :class:`~siloguard.config.Settings` from its options
+(over ``SILOGUARD_*`` environment variables and defaults) and passes it down.
+Errors a user can fix print one line and exit with the error's code.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from siloguard.config import Settings
+from siloguard.errors import SiloguardError
+
+app = typer.Typer(
+    name="siloguard",
+    help="Privacy-first federated learning and compliance for retail precision marketing.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+_METRICS = ("ndcg@10", "hr@10", "recall@20")
+
+
+def _fmt(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def _results_table(title: str, per_store: dict[str, dict[str, float]], overall: dict[str, float]) -> Table:
+    table = Table(title=title, title_justify="left")
+    table.add_column("store")
+    table.add_column("test customers", justify="right")
+    for m in _METRICS:
+        table.add_column(m.upper(), justify="right")
+    table.add_column("NDCG@10 new items", justify="right")
+    for store, m in sorted(per_store.items()):
+        table.add_row(store, _fmt(int(m.get("users", 0))), *(_fmt(m.get(k)) for k in _METRICS), _fmt(m.get("new.ndcg@10")))
+    table.add_section()
+    table.add_row(
+        "overall (weighted)",
+        _fmt(int(overall.get("users", 0))),
+        *(_fmt(overall.get(k)) for k in _METRICS),
+        _fmt(overall.get("new.ndcg@10")),
+        style="bold",
+    )
+    return table
+
+
+def _run(settings: Settings, *, verbose: bool) -> None:
+    from siloguard.federation.runner import prepare_run, run_federation
+
+    started = time.perf_counter()
+    with console.status("Reading and partitioning the data..."):
+        prepared = prepare_run(settings)
+    c = prepared.cleaning
+    console.print(
+        f"[bold]Data[/] {prepared.source.name}: {c.rows_out:,} purchases of {c.customers:,} customers, "
+        f"{prepared.items:,} products in the training catalogue "
+        f"(dropped {c.guest_rows:,} guest, {c.cancellation_rows:,} cancelled, "
+        f"{c.non_positive_quantity_rows + c.non_positive_price_rows:,} non-positive rows)"
+    )
+    console.print(
+        f"[bold]Split[/] train before {prepared.split_date.date()}, test {prepared.split_date.date()} .. "
+        f"{(prepared.end_date - __import__('pandas').Timedelta(days=1)).date()}"
+    )
+    console.print(
+        "[bold]Stores[/] " + ", ".join(f"{name} ({n})" for name, n in sorted(prepared.customers.items()))
+    )
+    rounds = settings.federation.rounds
+    progress = Progress(
+        TextColumn("[bold]Federated training"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        console=console,
+    )
+    last: dict[str, Any] = {}
+
+    def on_round(report: Any) -> None:
+        overall = report.overall
+        stores = "  ".join(
+            f"{s}:{_fmt(m.get('ndcg@10'))}" for s, m in sorted(report.evaluate.items())
+        )
+        progress.console.print(
+            f"round {report.server_round}/{rounds}: NDCG@10 {_fmt(overall.get('ndcg@10'))} "
+            f"(new items {_fmt(overall.get('new.ndcg@10'))})  [dim]{stores}[/]"
+            + (f"  [red]{report.failures} store(s) failed[/]" if report.failures else "")
+        )
+        progress.update(task, advance=1, status=f"NDCG@10 {_fmt(overall.get('ndcg@10'))}")
+        last["report"] = report
+
+    with progress:
+        task = progress.add_task("train", total=rounds, status="starting Flower simulation engine")
+        outcome = run_federation(settings, prepared, on_round, verbose=verbose)
+    report = last.get("report") or outcome.reports[max(outcome.reports)]
+    console.print(_results_table("Final model, full ranking on the test period", report.evaluate, report.overall))
+    console.print(
+        f"Model (shared parameters only) and manifest: {outcome.model_dir}  "
+        f"[dim]({time.perf_counter() - started:.0f} s)[/]"
+    )
+
+
+DataOpt = Annotated[
+    Optional[Path],
+    typer.Option("--data", help="Online Retail CSV or CSV.gz (UCI columns; ISO or M/D/YYYY dates)."),
+]
+SplitOpt = Annotated[
+    Optional[str],
+    typer.Option("--split-date", help="First test day, YYYY-MM-DD. Default: the last --test-weeks of the file."),
+]
+TestWeeksOpt = Annotated[Optional[int], typer.Option("--test-weeks", help="Test period length when no --split-date. [default: 4]")]
+StoresOpt = Annotated[Optional[int], typer.Option("--stores", help="Stores the UK customers are split into. [default: 4]")]
+RoundsOpt = Annotated[Optional[int], typer.Option("--rounds", help="Federated rounds. [default: 8]")]
+EpochsOpt = Annotated[Optional[int], typer.Option("--local-epochs", help="Passes over a store's examples per round. [default: 1]")]
+DimOpt = Annotated[Optional[int], typer.Option("--dim", help="Item/customer embedding size. [default: 32]")]
+SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Seed for initialisation and sampling. [default: 0]")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", help="Show Flower's and Ray's logs.")]
+
+
+def _settings(
+    *,
+    out: Path,
+    data: Path | None,
+    split_date: str | None,
+    test_weeks: int | None,
+    stores: int | None,
+    rounds: int | None,
+    local_epochs: int | None,
+    dim: int | None,
+    seed: int | None,
+) -> Settings:
+    split: date | None = None
+    if split_date is not None:
+        try:
+            split = date.fromisoformat(split_date)
+        except ValueError:
+            from siloguard.errors import ConfigError
+
+            raise ConfigError(f"--split-date {split_date!r} is not a date: use YYYY-MM-DD, e.g. 2011-10-03") from None
+    if data is not None and not data.is_file():
+        from siloguard.errors import DataError
+
+        raise DataError(f"--data {data}: no such file; pass an Online Retail CSV or CSV.gz")
+    base = Settings.build()
+    return base.with_overrides(
+        work_dir=out,  # type: ignore[arg-type]
+        data={"path": data, "split_date": split, "test_weeks": test_weeks, "uk_stores": stores},
+        federation={"rounds": rounds},
+        model={"local_epochs": local_epochs, "dim": dim, "seed": seed},
+    )
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="Work directory for the stores' silos and the model.")] = Path("runs/demo"),
+    rounds: RoundsOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Federated training on the embedded Online Retail sample, with defaults."""
+    settings = _settings(
+        out=out, data=None, split_date=None, test_weeks=None, stores=None, rounds=rounds,
+        local_epochs=None, dim=None, seed=None,
+    )
+    _run(settings, verbose=verbose)
+
+
+@app.command()
+def train(
+    data: DataOpt = None,
+    split_date: SplitOpt = None,
+    test_weeks: TestWeeksOpt = None,
+    stores: StoresOpt = None,
+    rounds: RoundsOpt = None,
+    local_epochs: EpochsOpt = None,
+    dim: DimOpt = None,
+    seed: SeedOpt = None,
+    out: Annotated[Path, typer.Option("--out", help="Work directory: stores' silos, catalogue, model + manifest.")] = Path("runs/train"),
+    verbose: VerboseOpt = False,
+) -> None:
+    """Federated training on your own Online Retail file; saves the global model with a manifest."""
+    if data is None:
+        raise typer.BadParameter("pass --data PATH (or run 'siloguard demo' for the embedded sample)", param_hint="--data")
+    settings = _settings(
+        out=out, data=data, split_date=split_date, test_weeks=test_weeks, stores=stores,
+        rounds=rounds, local_epochs=local_epochs, dim=dim, seed=seed,
+    )
+    _run(settings, verbose=verbose)
+
+
+def main() -> None:
+    """Console entry point: user-fixable errors print one line, never a traceback."""
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    try:
+        app(standalone_mode=True)
+    except SiloguardError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()
