@@ -47,7 +47,7 @@ class ModelSettings(_Section):
     user_learning_rate: float = Field(3e-3, gt=0, le=1)
     weight_decay: float = Field(0.0, ge=0)
     batch_size: int = Field(256, ge=1)
-    local_epochs: int = Field(1, ge=1, le=100)
+    local_epochs: int = Field(2, ge=1, le=100)
     cutoffs: int = Field(8, ge=1, le=52, description="training cutoffs, one horizon apart")
     random_negatives: int = Field(256, ge=1)
     seed: int = 0
@@ -56,7 +56,7 @@ class ModelSettings(_Section):
 class FederationSettings(_Section):
     """The federated run."""
 
-    rounds: int = Field(8, ge=1, le=1000)
+    rounds: int = Field(5, ge=1, le=1000)
     fraction_train: float = Field(1.0, gt=0, le=1)
     min_stores: int = Field(2, ge=1)
     round_timeout: float = Field(600.0, gt=0)

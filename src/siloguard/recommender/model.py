@@ -31,6 +31,11 @@ from siloguard.recommender.features import N_FEATURES, History
 __all__ = ["PrivateUsers", "SharedModel", "score_users"]
 
 
+#: Warm start of the repeat head (log1p(baskets) slope and offset), see SharedModel.
+REPEAT_INIT_SLOPE = 2.0
+REPEAT_INIT_BIAS = 3.0
+
+
 class SharedModel(nn.Module):
     """Parameters shared across stores (and only these are ever sent)."""
 
@@ -44,11 +49,20 @@ class SharedModel(nn.Module):
             self.items.weight.normal_(0.0, 0.05, generator=gen)
             self.items.weight[:, dim:] = 0.0
         self.repeat = nn.Sequential(nn.Linear(N_FEATURES, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+        self.repeat_linear = nn.Linear(N_FEATURES, 1)
         with torch.no_grad():
             for layer in self.repeat:
                 if isinstance(layer, nn.Linear):
                     layer.weight.normal_(0.0, 0.3, generator=gen)
                     layer.bias.zero_()
+            # Warm start at "personal frequency": a past purchase outranks any
+            # unbought item, more baskets rank higher. Training moves from there.
+            self.repeat_linear.weight.zero_()
+            self.repeat_linear.weight[0, 0] = REPEAT_INIT_SLOPE
+            self.repeat_linear.bias.fill_(REPEAT_INIT_BIAS)
+
+    def repeat_score(self, features: torch.Tensor) -> torch.Tensor:
+        return (self.repeat(features) + self.repeat_linear(features)).squeeze(-1)
 
     def forward(
         self,
@@ -64,7 +78,7 @@ class SharedModel(nn.Module):
         hist, cand = table[:, :lh, : self.dim], table[:, lh:]
         profile = (hist_weights.unsqueeze(-1) * hist).sum(1) + user_vec
         collaborative = (cand[..., : self.dim] * profile.unsqueeze(1)).sum(-1)
-        repeat = cand[..., self.dim + 1] + self.repeat(cand_features).squeeze(-1)
+        repeat = cand[..., self.dim + 1] + self.repeat_score(cand_features)
         return collaborative + cand[..., self.dim] + cand_in_hist * repeat
 
 
@@ -105,6 +119,6 @@ def score_users(
     sub_rows = np.repeat(np.arange(len(rows)), np.diff(counts.indptr))
     items = counts.indices
     feats, _ = history.lookup(rows[sub_rows], items)
-    rep = r[items] + model.repeat(torch.from_numpy(feats)).squeeze(-1)
+    rep = r[items] + model.repeat_score(torch.from_numpy(feats))
     scores[torch.from_numpy(sub_rows), torch.from_numpy(items.astype(np.int64))] += rep
     return scores.numpy()

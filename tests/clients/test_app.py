@@ -1,0 +1,93 @@
+"""The ClientApp's replies carry shared parameters only; private state stays in context.state."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from siloguard.clients.app import PRIVATE_STATE_KEY, handle_evaluate, handle_train
+from siloguard.config import Settings
+from siloguard.federation.runner import prepare_run
+from siloguard.recommender.model import SharedModel
+
+
+@pytest.fixture(autouse=True)
+def _task_identity():
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+    yield
+
+
+def _message(arrays: ArrayRecord, kind: str, server_round: int = 1) -> Message:
+    content = RecordDict({"arrays": arrays, "config": ConfigRecord({"server-round": server_round})})
+    return Message(content=content, dst_node_id=1, message_type=kind)
+
+
+def _context(settings: Settings, store: str) -> Context:
+    return Context(run_id=1, node_id=1, node_config={"store": store}, state=RecordDict(), run_config={})
+
+
+def _shared(settings: Settings, n_items: int) -> SharedModel:
+    return SharedModel(n_items, settings.model.dim, settings.model.hidden)
+
+
+def _all_arrays(content: RecordDict) -> list[np.ndarray]:
+    out = []
+    for record in content.array_records.values():
+        out.extend(record.to_numpy_ndarrays())
+    return out
+
+
+def test_when_a_store_trains_then_its_reply_holds_only_shared_parameters(tiny_settings: Settings) -> None:
+    prepared = prepare_run(tiny_settings)
+    model = _shared(tiny_settings, prepared.items)
+    context = _context(tiny_settings, "germany")
+
+    reply = handle_train(_message(ArrayRecord(model.state_dict()), MessageType.TRAIN), context, tiny_settings)
+
+    assert set(reply.content.array_records) == {"arrays"}
+    assert set(reply.content["arrays"]) == set(model.state_dict())
+    private = context.state[PRIVATE_STATE_KEY].to_torch_state_dict()["weight"].numpy()
+    assert private.shape == (prepared.customers["germany"], tiny_settings.model.dim)
+    # No array in the reply is (or contains a row of) the customers' embeddings.
+    for arr in _all_arrays(reply.content):
+        assert arr.shape[0] != private.shape[0] or arr.shape[1:] != private.shape[1:]
+        flat = arr.reshape(-1, arr.shape[-1]) if arr.ndim > 1 else arr.reshape(1, -1)
+        if flat.shape[1] == private.shape[1]:
+            for row in private:
+                assert not np.any(np.all(np.isclose(flat, row), axis=1))
+    assert reply.content["metrics"]["num-examples"] > 0
+
+
+def test_when_a_store_evaluates_then_it_replies_with_aggregate_numbers_only(tiny_settings: Settings) -> None:
+    prepared = prepare_run(tiny_settings)
+    model = _shared(tiny_settings, prepared.items)
+    context = _context(tiny_settings, "france")
+    handle_train(_message(ArrayRecord(model.state_dict()), MessageType.TRAIN), context, tiny_settings)
+
+    reply = handle_evaluate(_message(ArrayRecord(model.state_dict()), MessageType.EVALUATE), context, tiny_settings)
+
+    assert not reply.content.array_records
+    metrics = reply.content["metrics"]
+    assert 0 < metrics["users"] <= prepared.customers["france"]
+    assert 0.0 <= metrics["ndcg@10"] <= 1.0
+    assert dict(reply.content["store"]) == {"name": "france"}
+
+
+def test_when_private_state_exists_then_training_continues_from_it(tiny_settings: Settings) -> None:
+    prepared = prepare_run(tiny_settings)
+    model = _shared(tiny_settings, prepared.items)
+    context = _context(tiny_settings, "united-kingdom")
+    handle_train(_message(ArrayRecord(model.state_dict()), MessageType.TRAIN, 1), context, tiny_settings)
+    first = context.state[PRIVATE_STATE_KEY].to_torch_state_dict()["weight"].clone()
+    handle_train(_message(ArrayRecord(model.state_dict()), MessageType.TRAIN, 2), context, tiny_settings)
+    second = context.state[PRIVATE_STATE_KEY].to_torch_state_dict()["weight"]
+    fresh = context.state  # same context: the embeddings moved on from round 1, not re-initialised
+    assert fresh is context.state
+    assert not np.allclose(first.numpy(), second.numpy())
+    # Re-initialisation would restart from the seeded init, far from round-1 values.
+    init = __import__("siloguard.recommender.model", fromlist=["PrivateUsers"]).PrivateUsers(
+        first.shape[0], first.shape[1], seed=tiny_settings.model.seed
+    ).weight.detach()
+    assert np.abs(second.numpy() - first.numpy()).mean() < np.abs(second.numpy() - init.numpy()).mean()

@@ -1,0 +1,55 @@
+"""Shared fixtures: a tiny Online Retail file with three country stores."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from siloguard.config import Settings
+
+COUNTRIES = ("United Kingdom", "Germany", "France")
+
+
+def write_tiny_retail(path: Path, *, customers_per_country: int = 12, items: int = 30, seed: int = 0) -> Path:
+    """Customers with favourite items they reorder, over Jan-Apr 2011."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    invoice = 500000
+    start = pd.Timestamp("2011-01-03 09:00")
+    for c_idx, country in enumerate(COUNTRIES):
+        for k in range(customers_per_country):
+            customer = 12000 + 100 * c_idx + k
+            favourites = rng.choice(items, 5, replace=False)
+            for visit in range(rng.integers(4, 9)):
+                invoice += 1
+                when = start + pd.Timedelta(days=int(rng.integers(0, 115)), hours=int(rng.integers(0, 8)))
+                basket = np.unique(np.concatenate([rng.choice(favourites, 3), rng.integers(0, items, 2)]))
+                for item in basket:
+                    rows.append(
+                        (str(invoice), f"SKU{item:03d}", f"PRODUCT {item}", int(rng.integers(1, 6)),
+                         when.strftime("%Y-%m-%d %H:%M:%S"), 1.25, f"{customer}.0", country)
+                    )
+    frame = pd.DataFrame(
+        rows,
+        columns=["InvoiceNo", "StockCode", "Description", "Quantity", "InvoiceDate", "UnitPrice", "CustomerID", "Country"],
+    )
+    frame.to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture
+def tiny_retail(tmp_path: Path) -> Path:
+    return write_tiny_retail(tmp_path / "tiny.csv")
+
+
+@pytest.fixture
+def tiny_settings(tmp_path: Path, tiny_retail: Path) -> Settings:
+    return Settings.build(
+        work_dir=tmp_path / "work",
+        data={"path": tiny_retail, "uk_stores": 1, "min_store_customers": 5, "test_weeks": 3},
+        model={"dim": 8, "hidden": 4, "cutoffs": 2, "random_negatives": 16, "batch_size": 16},
+        federation={"rounds": 2, "min_stores": 3},
+    )

@@ -1,0 +1,76 @@
+"""`siloguard train` refuses bad input with one line naming the problem, writing nothing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.conftest import write_tiny_retail
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "siloguard.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PATH": "/usr/bin:/bin", "FLWR_TELEMETRY_ENABLED": "0", "COLUMNS": "200"},
+    )
+
+
+def _variant(tmp_path: Path, change) -> Path:
+    frame = pd.read_csv(write_tiny_retail(tmp_path / "base.csv"), dtype=str)
+    path = tmp_path / "input.csv"
+    change(frame).to_csv(path, index=False)
+    return path
+
+
+def _drop_description(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.drop(columns=["Description"])
+
+
+def _bad_date(frame: pd.DataFrame) -> pd.DataFrame:
+    frame.loc[5, "InvoiceDate"] = "31st of Smarch"
+    return frame
+
+
+def _guests_only(frame: pd.DataFrame) -> pd.DataFrame:
+    frame["CustomerID"] = ""
+    return frame
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (_drop_description, "Description"),
+        (_bad_date, "InvoiceDate"),
+        (_guests_only, "no customers"),
+    ],
+    ids=["missing-column", "unreadable-date", "no-customers"],
+)
+def test_when_train_gets_bad_input_then_one_line_error_and_nothing_written(
+    tmp_path: Path, change, expected: str
+) -> None:
+    data = _variant(tmp_path, change)
+    out = tmp_path / "out"
+
+    result = _run("train", "--data", str(data), "--out", str(out))
+
+    assert result.returncode == 3, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error:") and expected in lines[0]
+    assert "Smarch" not in lines[0]  # the offending value (possibly personal data) is not echoed
+    assert not out.exists()
+
+
+def test_when_split_date_is_malformed_then_config_error(tmp_path: Path) -> None:
+    data = write_tiny_retail(tmp_path / "ok.csv")
+    result = _run("train", "--data", str(data), "--split-date", "2011-13-01", "--out", str(tmp_path / "o"))
+    assert result.returncode == 2
+    assert "--split-date" in result.stderr
+    assert not (tmp_path / "o").exists()
