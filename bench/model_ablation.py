@@ -1,70 +1,84 @@
-"""Model ablations behind docs/MODEL.md (centralised, full data, full ranking).
+"""Model ablations behind docs/MODEL.md: one central silo, full ranking, per epoch.
 
-Usage: .venv/bin/python bench/model_ablation.py LOSS CUTOFFS EPOCHS DIM NEGATIVES POP_EXPONENT LR STRIDE WEIGHT_DECAY
-e.g.   .venv/bin/python bench/model_ablation.py softmax 8 6 32 256 0.75 3e-3 28 0
-Prints, per epoch: training loss, NDCG@10 (all items) and NDCG@10 (new items only),
-then personal frequency on the same split. Reads ../shared/data/online_retail.
+    .venv/bin/python bench/model_ablation.py --data ../shared/data/online_retail/online_retail_2010-12_2011-10.csv.gz \
+        [--epochs 8] [--cutoffs 8] [--stride DAYS] [--dim 32] [--lr 3e-3] [--user-lr 3e-3] [--wd 0] [--store NAME]
+
+Trains the siloguard model on the whole file as one store (or on one prepared
+store with --store) and prints NDCG@10 (all items and new items only) after
+every epoch, with personal frequency on the same split for reference.
 """
-import sys, time
-import numpy as np, pandas as pd, torch
-from siloguard.recommender.features import Catalogue, to_events, build_examples, build_history
-from siloguard.recommender.model import SharedModel, PrivateUsers, score_users
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from siloguard.clients.store import evaluate_store, load_store
+from siloguard.config import Settings
+from siloguard.federation.runner import prepare_run
+from siloguard.recommender.baselines import personal_frequency_scores, popularity_scores
+from siloguard.recommender.metrics import ranking_metrics
+from siloguard.recommender.model import PrivateUsers, SharedModel
 from siloguard.recommender.train import train_local
-torch.set_num_threads(1)
-t0=time.time()
-df = pd.read_csv(str(__import__("pathlib").Path(__file__).resolve().parents[2] / "shared/data/online_retail/online_retail_2010-12_2011-10.csv.gz"), dtype={"InvoiceNo":str,"StockCode":str,"CustomerID":float})
-df = df[df.CustomerID.notna() & ~df.InvoiceNo.str.startswith("C") & (df.Quantity>0) & (df.UnitPrice>0)]
-df = pd.DataFrame({"invoice":df.InvoiceNo,"stock_code":df.StockCode.str.strip().str.upper(),"invoice_date":pd.to_datetime(df.InvoiceDate),"customer_id":df.CustomerID.astype("int64")})
-split = pd.Timestamp("2011-10-03"); end = pd.Timestamp("2011-11-01")
-train = df[df.invoice_date < split]; test = df[df.invoice_date >= split]
-cat = Catalogue.from_frame(train)
-users = pd.Index(np.sort(train.customer_id.unique()))
-ev = to_events(train, cat, users); tev = to_events(test, cat, users)
-split_day = int((split - pd.Timestamp("1970-01-01")).days)
-horizon = 28
-N=cat.size; U=len(users)
-print("load", time.time()-t0, N, U)
-loss = sys.argv[1] if len(sys.argv)>1 else "softmax"
-ncut = int(sys.argv[2]) if len(sys.argv)>2 else 3
-epochs = int(sys.argv[3]) if len(sys.argv)>3 else 10
-dim = int(sys.argv[4]) if len(sys.argv)>4 else 32
-pop_items = np.bincount(ev.item, minlength=N).astype(float)
-PROP = (pop_items+1)**float(sys.argv[6] if len(sys.argv)>6 else 0.75)
-LR = float(sys.argv[7]) if len(sys.argv)>7 else 3e-3
-WD = float(sys.argv[9]) if len(sys.argv)>9 else 0.0
-RN = int(sys.argv[5]) if len(sys.argv)>5 else 64
-rng = np.random.default_rng(0)
-STRIDE = int(sys.argv[8]) if len(sys.argv)>8 else horizon
-cutoffs = [split_day - horizon - STRIDE*k for k in range(ncut)]
-t=time.time(); ex = build_examples(ev, U, N, cutoffs, horizon, rng=rng); print("examples", len(ex), time.time()-t)
-hist = build_history(ev, U, N, split_day)
-truth_u = tev.user.to_numpy(); truth_i = tev.item.to_numpy()
-import scipy.sparse as sp
-truth = sp.csr_matrix((np.ones(len(truth_u)), (truth_u, truth_i)), shape=(U,N)); truth.data[:]=1
-rows = np.where(np.diff(truth.indptr)>0)[0]
-def ndcg(scores, truth_rows, hist_rows=None, new=False):
-    res=[]
-    for k in range(scores.shape[0]):
-        rel = set(truth_rows[k].indices)
-        s = scores[k].copy()
-        if new:
-            h = set(hist_rows[k].indices); rel = rel - h
-            s[list(h)] = -np.inf
-        if not rel: continue
-        top = np.argsort(-s, kind="stable")[:10]
-        dcg = sum(1/np.log2(r+2) for r,i in enumerate(top) if i in rel)
-        idcg = sum(1/np.log2(r+2) for r in range(min(len(rel),10)))
-        res.append(dcg/idcg)
-    return np.mean(res), len(res)
-model = SharedModel(N, dim=dim); pu = PrivateUsers(U, dim)
-for ep in range(epochs):
-    t=time.time()
-    ex = build_examples(ev, U, N, cutoffs, horizon, rng=np.random.default_rng(ep), random_negatives=RN, proposal=PROP)
-    r = train_local(model, pu, ex, epochs=1, lr=LR, user_lr=LR, batch_size=256, weight_decay=WD, loss=loss, seed=ep)
-    if True:
-        sc = score_users(model, pu, hist, rows)
-        print(ep, round(r.loss,4), "ndcg", ndcg(sc, truth[rows]), "new", ndcg(sc, truth[rows], hist.counts[rows], True), round(time.time()-t,1))
-# PF
-pop = np.asarray((hist.counts>0).sum(0)).ravel()
-pf = hist.counts[rows].toarray()*1000 + pop/(pop.max()+1)
-print("PF", ndcg(pf, truth[rows]))
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--cutoffs", type=int, default=8)
+    p.add_argument("--stride", type=int, default=None)
+    p.add_argument("--dim", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-2)
+    p.add_argument("--repeat-lr", type=float, default=1e-3)
+    p.add_argument("--user-lr", type=float, default=3e-3)
+    p.add_argument("--wd", type=float, default=0.0)
+    p.add_argument("--holdout", type=float, default=0.2)
+    p.add_argument("--store", default=None, help="train on one prepared store instead of the whole file")
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args()
+    torch.set_num_threads(1)
+
+    work = Path(tempfile.mkdtemp(prefix="siloguard-ablation-"))
+    settings = Settings.build(
+        work_dir=work,
+        data={"path": a.data},
+        model={"cutoffs": a.cutoffs, "cutoff_stride_days": a.stride, "dim": a.dim, "learning_rate": a.lr, "repeat_learning_rate": a.repeat_lr,
+               "user_learning_rate": a.user_lr, "weight_decay": a.wd, "seed": a.seed,
+               "holdout": a.holdout},
+    )
+    prepared = prepare_run(settings)
+    run = json.loads((work / "run.json").read_text())
+    path = prepared.stores[a.store] if a.store else a.data.resolve()
+    store = load_store(a.store or "central", path, Path(run["catalogue"]), run["split_date"], run["end_date"])
+    rows = np.flatnonzero(np.diff(store.truth.indptr) > 0)
+    counts = store.history.counts
+    pf = personal_frequency_scores(counts, popularity_scores(counts))
+    pf_ndcg = ranking_metrics(lambda c: pf(rows[c]), store.truth[rows])["ndcg@10"]
+
+    m = settings.model
+    model = SharedModel(store.n_items, m.dim, m.hidden, seed=m.seed)
+    users = PrivateUsers(store.n_users, m.dim, seed=m.seed)
+    before = evaluate_store(model, users, store)
+    print(f"settings: {vars(a)}")
+    print(f"epoch 0: NDCG@10 {before['ndcg@10']:.4f}  new {before['new.ndcg@10']:.4f}  (personal frequency {pf_ndcg:.4f})")
+    for epoch in range(1, a.epochs + 1):
+        t = time.perf_counter()
+        ex = store.examples(m, np.random.default_rng([m.seed, epoch]))
+        res = train_local(model, users, ex, epochs=1, lr=m.learning_rate, repeat_lr=m.repeat_learning_rate, user_lr=m.user_learning_rate,
+                          batch_size=m.batch_size, weight_decay=m.weight_decay, seed=m.seed + epoch)
+        train_s = time.perf_counter() - t
+        ev = evaluate_store(model, users, store)
+        print(f"epoch {epoch}: loss {res.loss:.4f}  NDCG@10 {ev['ndcg@10']:.4f}  new {ev['new.ndcg@10']:.4f}  "
+              f"HR@10 {ev['hr@10']:.4f}  examples {res.examples}  train {train_s:.1f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -73,8 +73,8 @@ def _train_model(store: StoreData, settings: Settings, epochs: int) -> tuple[Sha
     for epoch in range(epochs):
         rng = np.random.default_rng([m.seed, epoch + 1, store.n_users])
         train_local(
-            model, users, store.examples(m, rng), epochs=1, lr=m.learning_rate, user_lr=m.user_learning_rate,
-            batch_size=m.batch_size, weight_decay=m.weight_decay, loss=m.loss, seed=m.seed + epoch + 1,
+            model, users, store.examples(m, rng), epochs=1, lr=m.learning_rate, repeat_lr=m.repeat_learning_rate, user_lr=m.user_learning_rate,
+            batch_size=m.batch_size, weight_decay=m.weight_decay, seed=m.seed + epoch + 1,
         )
     return model, users
 

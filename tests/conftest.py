@@ -50,6 +50,6 @@ def tiny_settings(tmp_path: Path, tiny_retail: Path) -> Settings:
     return Settings.build(
         work_dir=tmp_path / "work",
         data={"path": tiny_retail, "uk_stores": 1, "min_store_customers": 5, "test_weeks": 3},
-        model={"dim": 8, "hidden": 4, "cutoffs": 2, "random_negatives": 16, "batch_size": 16},
+        model={"dim": 8, "hidden": 4, "cutoffs": 2, "batch_size": 16},
         federation={"rounds": 2, "min_stores": 3},
     )

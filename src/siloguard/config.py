@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from datetime import date
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -42,14 +42,16 @@ class ModelSettings(_Section):
 
     dim: int = Field(32, ge=2, le=512)
     hidden: int = Field(16, ge=1, le=512)
-    loss: Literal["softmax", "bce"] = "softmax"
-    learning_rate: float = Field(3e-3, gt=0, le=1)
+    learning_rate: float = Field(1e-2, gt=0, le=1, description="collaborative part (item vectors, decoder)")
+    repeat_learning_rate: float = Field(1e-3, gt=0, le=1, description="repeat head")
     user_learning_rate: float = Field(3e-3, gt=0, le=1)
     weight_decay: float = Field(0.0, ge=0)
     batch_size: int = Field(256, ge=1)
     local_epochs: int = Field(2, ge=1, le=100)
-    cutoffs: int = Field(8, ge=1, le=52, description="training cutoffs, one horizon apart")
-    random_negatives: int = Field(256, ge=1)
+    cutoffs: int = Field(8, ge=1, le=200, description="training cutoffs inside the training period")
+    cutoff_stride_days: int | None = Field(None, ge=1, description="days between cutoffs; None = the test horizon")
+    holdout: float = Field(0.2, ge=0, lt=1, description="share of history hidden in co-purchase examples; 0 = none")
+    max_history: int = Field(256, ge=1, description="most-bought past items a customer's bag holds")
     seed: int = 0
 
 

@@ -89,10 +89,10 @@ def handle_train(msg: Message, context: Context, settings: Settings) -> Message:
         examples,
         epochs=settings.model.local_epochs,
         lr=settings.model.learning_rate,
+        repeat_lr=settings.model.repeat_learning_rate,
         user_lr=settings.model.user_learning_rate,
         batch_size=settings.model.batch_size,
         weight_decay=settings.model.weight_decay,
-        loss=settings.model.loss,
         seed=settings.model.seed + server_round,
     )
     context.state[PRIVATE_STATE_KEY] = ArrayRecord(users.state_dict())

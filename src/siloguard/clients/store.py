@@ -24,6 +24,8 @@ from siloguard.recommender.features import (
     Examples,
     History,
     build_examples,
+    build_holdout_examples,
+    concat_examples,
     build_history,
     to_events,
 )
@@ -64,21 +66,26 @@ class StoreData:
     events: pd.DataFrame  # training events (user, item, day, invoice)
     history: History  # everything before the split: what scoring personalises from
     truth: sp.csr_matrix  # items bought in the test period (users x items)
-    proposal: np.ndarray  # local item frequencies, for negative sampling
 
     def examples(self, settings: ModelSettings, rng: np.random.Generator) -> Examples:
-        """Training examples from cutoffs one horizon apart inside the training period."""
-        cutoffs = [self.split_day - self.horizon * k for k in range(1, settings.cutoffs + 1)]
-        return build_examples(
+        """Training examples at cutoffs ``stride`` days apart inside the training period."""
+        stride = settings.cutoff_stride_days or self.horizon
+        cutoffs = [self.split_day - self.horizon - stride * k for k in range(settings.cutoffs)]
+        window = build_examples(
             self.events,
             self.n_users,
             self.n_items,
             cutoffs,
             self.horizon,
-            random_negatives=settings.random_negatives,
-            proposal=self.proposal,
+            max_history=settings.max_history,
             rng=rng,
         )
+        if settings.holdout <= 0:
+            return window
+        copurchase = build_holdout_examples(
+            self.history, holdout=settings.holdout, max_history=settings.max_history, rng=rng
+        )
+        return concat_examples(window, copurchase)
 
     @property
     def test_users(self) -> int:
@@ -108,7 +115,6 @@ def load_store(name: str, path: Path, catalogue_path: Path, split_date: str, end
     )
     truth.sum_duplicates()
     truth.data[:] = 1.0
-    proposal = (np.bincount(events["item"], minlength=n_items) + 1.0) ** 0.75
     return StoreData(
         name=name,
         n_users=len(users),
@@ -118,7 +124,6 @@ def load_store(name: str, path: Path, catalogue_path: Path, split_date: str, end
         events=events,
         history=build_history(events, len(users), n_items, split_day),
         truth=truth,
-        proposal=proposal,
     )
 
 

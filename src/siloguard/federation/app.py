@@ -32,6 +32,20 @@ class FederationOutcome:
     error: BaseException | None = None
 
 
+def _prepare_if_missing(settings: Settings) -> None:
+    """Under ``flwr run`` nothing has prepared the stores yet: do it here.
+
+    Runs in the ServerApp before the first message goes out, so the
+    ClientApps (which read ``run.json`` only when a message arrives) see
+    a complete run. An existing ``run.json`` is reused as it is.
+    """
+    if (settings.work_dir / "run.json").is_file():
+        return
+    from siloguard.federation.runner import prepare_run  # runner imports this module
+
+    prepare_run(settings)
+
+
 def _n_items(settings: Settings) -> int:
     path = settings.work_dir / "run.json"
     try:
@@ -86,6 +100,8 @@ def build_server_app(
     def main(grid: Grid, context: Context) -> None:
         resolved = settings if settings is not None else Settings.from_run_config(dict(context.run_config))
         try:
+            if settings is None:  # ``flwr run``: no CLI has prepared the run
+                _prepare_if_missing(resolved)
             run_server(grid, resolved, on_round, outcome)
         except BaseException as exc:  # recorded for the caller, then re-raised for Flower
             if outcome is not None:

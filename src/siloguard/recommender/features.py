@@ -20,11 +20,13 @@ import scipy.sparse as sp
 
 __all__ = [
     "N_FEATURES",
+    "Bags",
     "Catalogue",
     "Examples",
     "History",
     "build_examples",
     "build_history",
+    "history_bags",
     "to_events",
 ]
 
@@ -146,32 +148,58 @@ def build_history(events: pd.DataFrame, n_users: int, n_items: int, cutoff: int)
 
 
 @dataclass(frozen=True)
-class Examples:
-    """Training examples: one per (user, cutoff) with at least one target item.
+class Bags:
+    """Each row's history bag at a cutoff, padded to a fixed width.
 
-    Candidate lists are padded to a fixed width; ``mask`` marks real entries.
-    ``hist_items``/``hist_weights`` give the user's history bag at that cutoff.
+    ``items`` are the customer's past items (the most-bought first, at most the
+    width), ``weights`` their normalised log-counts (0 on padding), ``features``
+    the repeat features and ``mask`` 1 on real entries.
     """
 
     user: np.ndarray  # (E,) store-local user row
-    hist_items: np.ndarray  # (E, Lh) int64
-    hist_weights: np.ndarray  # (E, Lh) float32, rows sum to 1 (or 0 for empty)
-    cand_items: np.ndarray  # (E, Lc) int64
-    cand_features: np.ndarray  # (E, Lc, F) float32
-    cand_in_hist: np.ndarray  # (E, Lc) float32
-    labels: np.ndarray  # (E, Lc) float32
-    mask: np.ndarray  # (E, Lc) float32
-    cand_logq: np.ndarray  # (E, Lc) float32: log expected count of a sampled candidate (0 if certain)
+    items: np.ndarray  # (E, L) int64
+    weights: np.ndarray  # (E, L) float32
+    features: np.ndarray  # (E, L, F) float32
+    mask: np.ndarray  # (E, L) float32
 
     def __len__(self) -> int:
         return len(self.user)
 
 
-def _pad(rows: list[np.ndarray], width: int, dtype: np.dtype, fill: float = 0) -> np.ndarray:
-    out = np.full((len(rows), width), fill, dtype=dtype)
-    for r, row in enumerate(rows):
-        out[r, : len(row)] = row[:width]
-    return out
+@dataclass(frozen=True)
+class Examples:
+    """Training examples: a history bag and the items bought in the next window."""
+
+    bags: Bags
+    targets: np.ndarray  # (E, T) int64, padded
+    target_mask: np.ndarray  # (E, T) float32
+    copurchase: np.ndarray  # (E,) bool: a hidden-history example (see build_holdout_examples)
+
+    def __len__(self) -> int:
+        return len(self.bags)
+
+
+def history_bags(history: History, rows: np.ndarray, width: int) -> Bags:
+    """History bags of the given user rows (vectorised; rows may be empty of history)."""
+    counts = history.counts
+    n = len(rows)
+    items = np.zeros((n, width), np.int64)
+    weights = np.zeros((n, width), np.float32)
+    feats = np.zeros((n, width, N_FEATURES), np.float32)
+    mask = np.zeros((n, width), np.float32)
+    for r, user in enumerate(rows):
+        start, end = counts.indptr[user], counts.indptr[user + 1]
+        if end == start:
+            continue
+        c = counts.data[start:end]
+        order = np.argsort(-c, kind="stable")[:width]
+        k = len(order)
+        items[r, :k] = counts.indices[start:end][order]
+        w = np.log1p(c[order])
+        weights[r, :k] = w / w.sum()
+        feats[r, :k] = history.features[start:end][order]
+        mask[r, :k] = 1.0
+    return Bags(user=np.asarray(rows, np.int64), items=items, weights=weights, features=feats, mask=mask)
 
 
 def build_examples(
@@ -181,91 +209,106 @@ def build_examples(
     cutoffs: list[int],
     horizon: int,
     *,
-    max_history: int = 64,
-    max_positives: int = 32,
-    hard_negatives: int = 32,
-    random_negatives: int = 64,
+    max_history: int = 256,
+    max_targets: int = 64,
     rng: np.random.Generator,
-    proposal: np.ndarray | None = None,
 ) -> Examples:
-    """Build examples for each cutoff: history before it, targets in [cutoff, cutoff+horizon).
+    """One example per (user, cutoff) with history before and purchases in the window after.
 
-    Candidates per example: the target items (positives), items from the user's
-    history that were not bought again (hard negatives), and items drawn uniformly
-    from the catalogue. Labels say whether a candidate was bought in the window.
+    Customers with no history at a cutoff (first purchases) are skipped: there is
+    nothing in the store to personalise from.
     """
-    parts: list[dict[str, list[np.ndarray] | np.ndarray]] = []
-    if proposal is None:
-        proposal = np.full(n_items, 1.0 / n_items)
-    proposal = proposal / proposal.sum()
-    log_expected = np.log(random_negatives * proposal).astype(np.float32)
+    bags: list[Bags] = []
+    target_rows: list[np.ndarray] = []
     for cutoff in cutoffs:
         history = build_history(events, n_users, n_items, cutoff)
         window = events[(events["day"] >= cutoff) & (events["day"] < cutoff + horizon)]
         targets = window.groupby("user")["item"].unique()
-        users, hist_rows, hist_w, cand_rows, logq_rows = [], [], [], [], []
-        for user, items in targets.items():
-            start, end = history.counts.indptr[user], history.counts.indptr[user + 1]
-            h_items = history.counts.indices[start:end]
-            h_counts = history.counts.data[start:end]
-            if len(h_items) == 0:
-                continue  # a first purchase: nothing to personalise from at this cutoff
-            if len(h_items) > max_history:
-                top = np.argsort(-h_counts, kind="stable")[:max_history]
-                h_items, h_counts = h_items[top], h_counts[top]
-            weights = np.log1p(h_counts).astype(np.float32)
-            weights /= weights.sum()
-            pos = np.asarray(items, dtype=np.int64)
-            if len(pos) > max_positives:
-                pos = rng.choice(pos, max_positives, replace=False)
-            hard = np.setdiff1d(h_items, pos)
-            if len(hard) > hard_negatives:
-                hard = rng.choice(hard, hard_negatives, replace=False)
-            rand = rng.choice(n_items, random_negatives, p=proposal)
-            cands = np.concatenate([pos, hard, rand])
-            users.append(user)
-            hist_rows.append(h_items.astype(np.int64))
-            hist_w.append(weights)
-            cand_rows.append(cands)
-            logq_rows.append(np.concatenate([np.zeros(len(pos) + len(hard), np.float32), log_expected[rand]]))
-        if not users:
+        has_history = np.diff(history.counts.indptr) > 0
+        users = np.asarray([u for u in targets.index if has_history[u]], dtype=np.int64)
+        if len(users) == 0:
             continue
-        width = max_positives + hard_negatives + random_negatives
-        cand = _pad(cand_rows, width, np.int64)
-        mask = _pad([np.ones(len(c), np.float32) for c in cand_rows], width, np.float32)
-        user_arr = np.asarray(users, dtype=np.int64)
-        flat_users = np.repeat(user_arr, width)
-        feats, in_hist = history.lookup(flat_users, cand.ravel())
-        target_keys = np.sort(
-            (window["user"].to_numpy(np.int64) * n_items + window["item"].to_numpy(np.int64))
-        )
-        query = flat_users * n_items + cand.ravel()
-        pos_idx = np.minimum(np.searchsorted(target_keys, query), len(target_keys) - 1)
-        labels = (target_keys[pos_idx] == query).astype(np.float32).reshape(cand.shape)
-        parts.append(
-            {
-                "user": user_arr,
-                "hist_items": _pad(hist_rows, max_history, np.int64),
-                "hist_weights": _pad(hist_w, max_history, np.float32),
-                "cand_items": cand,
-                "cand_features": feats.reshape(cand.shape + (N_FEATURES,)),
-                "cand_in_hist": in_hist.reshape(cand.shape),
-                "labels": labels * mask,
-                "mask": mask,
-                "cand_logq": _pad(logq_rows, width, np.float32),
-            }
-        )
-    if not parts:
-        width = max_positives + hard_negatives + random_negatives
-        return Examples(
+        bags.append(history_bags(history, users, max_history))
+        for u in users:
+            t = np.asarray(targets[u], dtype=np.int64)
+            if len(t) > max_targets:
+                t = rng.choice(t, max_targets, replace=False)
+            target_rows.append(t)
+    if not bags:
+        empty = Bags(
             user=np.zeros(0, np.int64),
-            hist_items=np.zeros((0, max_history), np.int64),
-            hist_weights=np.zeros((0, max_history), np.float32),
-            cand_items=np.zeros((0, width), np.int64),
-            cand_features=np.zeros((0, width, N_FEATURES), np.float32),
-            cand_in_hist=np.zeros((0, width), np.float32),
-            labels=np.zeros((0, width), np.float32),
-            mask=np.zeros((0, width), np.float32),
-            cand_logq=np.zeros((0, width), np.float32),
+            items=np.zeros((0, max_history), np.int64),
+            weights=np.zeros((0, max_history), np.float32),
+            features=np.zeros((0, max_history, N_FEATURES), np.float32),
+            mask=np.zeros((0, max_history), np.float32),
         )
-    return Examples(**{k: np.concatenate([p[k] for p in parts]) for k in parts[0]})  # type: ignore[arg-type]
+        return Examples(
+            empty, np.zeros((0, max_targets), np.int64), np.zeros((0, max_targets), np.float32), np.zeros(0, bool)
+        )
+    merged = Bags(**{f: np.concatenate([getattr(b, f) for b in bags]) for f in ("user", "items", "weights", "features", "mask")})
+    targets_arr = np.zeros((len(target_rows), max_targets), np.int64)
+    target_mask = np.zeros((len(target_rows), max_targets), np.float32)
+    for r, t in enumerate(target_rows):
+        targets_arr[r, : len(t)] = t
+        target_mask[r, : len(t)] = 1.0
+    return Examples(merged, targets_arr, target_mask, np.zeros(len(targets_arr), bool))
+
+
+def build_holdout_examples(
+    history: History,
+    *,
+    holdout: float,
+    max_history: int = 256,
+    max_targets: int = 64,
+    rng: np.random.Generator,
+) -> Examples:
+    """Co-purchase examples: hide part of each customer's history, predict it from the rest.
+
+    The hidden items are new with respect to the visible bag, so these examples
+    teach the collaborative part which products go together (the signal matrix
+    factorisation learns from), many more of them than the next-window examples.
+    """
+    counts = history.counts
+    sizes = np.diff(counts.indptr)
+    users = np.flatnonzero(sizes >= 2)
+    items = np.zeros((len(users), max_history), np.int64)
+    weights = np.zeros((len(users), max_history), np.float32)
+    feats = np.zeros((len(users), max_history, N_FEATURES), np.float32)
+    mask = np.zeros((len(users), max_history), np.float32)
+    targets = np.zeros((len(users), max_targets), np.int64)
+    target_mask = np.zeros((len(users), max_targets), np.float32)
+    for r, user in enumerate(users):
+        start, end = counts.indptr[user], counts.indptr[user + 1]
+        n = end - start
+        hide = rng.random(n) < holdout
+        if hide.all() or not hide.any():
+            hide[:] = False
+            hide[rng.integers(n)] = True
+        shown = np.flatnonzero(~hide)
+        c = counts.data[start:end][shown]
+        order = shown[np.argsort(-c, kind="stable")[:max_history]]
+        k = len(order)
+        items[r, :k] = counts.indices[start:end][order]
+        w = np.log1p(counts.data[start:end][order])
+        weights[r, :k] = w / w.sum()
+        feats[r, :k] = history.features[start:end][order]
+        mask[r, :k] = 1.0
+        hidden = counts.indices[start:end][hide]
+        if len(hidden) > max_targets:
+            hidden = rng.choice(hidden, max_targets, replace=False)
+        targets[r, : len(hidden)] = hidden
+        target_mask[r, : len(hidden)] = 1.0
+    bags = Bags(user=users.astype(np.int64), items=items, weights=weights, features=feats, mask=mask)
+    return Examples(bags, targets, target_mask, np.ones(len(users), bool))
+
+
+def concat_examples(*parts: Examples) -> Examples:
+    """Stack examples built with the same widths."""
+    fields = ("user", "items", "weights", "features", "mask")
+    bags = Bags(**{f: np.concatenate([getattr(p.bags, f) for p in parts]) for f in fields})
+    return Examples(
+        bags,
+        np.concatenate([p.targets for p in parts]),
+        np.concatenate([p.target_mask for p in parts]),
+        np.concatenate([p.copurchase for p in parts]),
+    )

@@ -6,12 +6,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from siloguard.recommender.features import Examples
-from siloguard.recommender.model import PrivateUsers, SharedModel
+from siloguard.recommender.model import PrivateUsers, SharedModel, bag_tensors
 
-__all__ = ["TrainResult", "example_loss", "train_local"]
+__all__ = ["TrainResult", "example_loss", "split_losses", "train_local"]
 
 
 @dataclass(frozen=True)
@@ -21,38 +20,38 @@ class TrainResult:
     loss: float
 
 
-def example_loss(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, kind: str) -> torch.Tensor:
-    """Per-example loss (shape (B,)) over a padded candidate list.
+def example_loss(logits: torch.Tensor, targets: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:
+    """Per-example multinomial log-loss, shape (B,): each target is one draw from
+    the softmax over ``logits`` (Mult-VAE style); padding never contributes."""
+    log_p = torch.log_softmax(logits, dim=1).gather(1, targets)
+    return -(log_p * target_mask).sum(1) / target_mask.sum(1).clamp_min(1.0)
 
-    ``bce``: mean binary cross-entropy over real candidates.
-    ``softmax``: sampled softmax; each positive competes with all negatives of its
-    example (mean over positives). Padding never contributes.
+
+def split_losses(
+    collaborative: torch.Tensor,
+    repeat: torch.Tensor,
+    items: torch.Tensor,
+    mask: torch.Tensor,
+    targets: torch.Tensor,
+    target_mask: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two rankers' losses, each on the items it is responsible for, shape (B,) each.
+
+    * collaborative: targets the customer had not bought before, ranked among all
+      items outside the history bag (how "new items" are ranked at test time);
+    * repeat: which past items are bought again, ranked among the bag.
+    Training them apart keeps exploration from crowding out repeat purchases; the
+    store then sets the balance on held-out data (``clients.store.calibrate``).
     """
-    if kind == "bce":
-        per = F.binary_cross_entropy_with_logits(logits, labels, reduction="none") * mask
-        return per.sum(1) / mask.sum(1).clamp_min(1.0)
-    if kind == "softmax":
-        neg_inf = torch.finfo(logits.dtype).min
-        neg = torch.where((mask > 0) & (labels == 0), logits, torch.full_like(logits, neg_inf))
-        neg_lse = torch.logsumexp(neg, dim=1, keepdim=True)  # (B, 1)
-        per_pos = F.softplus(neg_lse - logits)  # -log sigmoid(s_p - lse(neg)) = -log(e^sp / (e^sp + sum e^sn))
-        pos = labels * mask
-        return (per_pos * pos).sum(1) / pos.sum(1).clamp_min(1.0)
-    raise ValueError(f"unknown loss {kind!r}: use 'bce' or 'softmax'")
-
-
-def _batch(ex: Examples, idx: np.ndarray) -> dict[str, torch.Tensor]:
-    return {
-        "users": torch.from_numpy(ex.user[idx]),
-        "hist_items": torch.from_numpy(ex.hist_items[idx]),
-        "hist_weights": torch.from_numpy(ex.hist_weights[idx]),
-        "cand_items": torch.from_numpy(ex.cand_items[idx]),
-        "cand_features": torch.from_numpy(ex.cand_features[idx]),
-        "cand_in_hist": torch.from_numpy(ex.cand_in_hist[idx]),
-        "labels": torch.from_numpy(ex.labels[idx]),
-        "mask": torch.from_numpy(ex.mask[idx]),
-        "cand_logq": torch.from_numpy(ex.cand_logq[idx]),
-    }
+    in_bag = (targets.unsqueeze(2) == items.unsqueeze(1)) & (mask.unsqueeze(1) > 0)  # (B, T, L)
+    target_in_bag = in_bag.any(2).float() * target_mask
+    outside = collaborative.scatter_add(1, items, mask * -1e4)
+    new_loss = example_loss(outside, targets, target_mask - target_in_bag)
+    bag_positive = (in_bag & (target_mask.unsqueeze(2) > 0)).any(1).float()  # (B, L)
+    bag_logits = repeat + (mask - 1.0) * 1e4
+    log_p = torch.log_softmax(bag_logits, dim=1)
+    repeat_loss = -(log_p * bag_positive).sum(1) / bag_positive.sum(1).clamp_min(1.0)
+    return new_loss, repeat_loss
 
 
 def train_local(
@@ -62,20 +61,21 @@ def train_local(
     *,
     epochs: int,
     lr: float,
+    repeat_lr: float,
     user_lr: float,
     batch_size: int,
     weight_decay: float,
-    loss: str,
     seed: int,
 ) -> TrainResult:
-    """Train shared and private parameters on one store's examples (plain SGD)."""
+    """Train shared and private parameters on one store's examples (Adam)."""
     n = len(examples)
     if n == 0:
         return TrainResult(examples=0, steps=0, loss=float("nan"))
     model.train()
     opt = torch.optim.Adam(
         [
-            {"params": model.parameters(), "lr": lr, "weight_decay": weight_decay},
+            {"params": model.collaborative_parameters(), "lr": lr, "weight_decay": weight_decay},
+            {"params": model.repeat_parameters(), "lr": repeat_lr, "weight_decay": weight_decay},
             {"params": users.parameters(), "lr": user_lr, "weight_decay": 0.0},
         ]
     )
@@ -84,19 +84,15 @@ def train_local(
     for _ in range(epochs):
         order = rng.permutation(n)
         for start in range(0, n, batch_size):
-            b = _batch(examples, order[start : start + batch_size])
-            logits = model(
-                users(b["users"]),
-                b["hist_items"],
-                b["hist_weights"],
-                b["cand_items"],
-                b["cand_features"],
-                b["cand_in_hist"],
-            )
-            # Sampled-softmax correction: a candidate drawn from the proposal is
-            # discounted by its expected count, so training matches full ranking.
-            logits = logits - b["cand_logq"]
-            value = example_loss(logits, b["labels"], b["mask"], loss).mean()
+            idx = order[start : start + batch_size]
+            user_idx, items, weights, features, mask = bag_tensors(examples.bags, idx)
+            collaborative, repeat = model(users(user_idx), items, weights, features, mask)
+            targets = torch.from_numpy(examples.targets[idx])
+            target_mask = torch.from_numpy(examples.target_mask[idx])
+            new_loss, repeat_loss = split_losses(collaborative, repeat, items, mask, targets, target_mask)
+            # Co-purchase examples (hidden history) train the collaborative part only.
+            flag = torch.from_numpy(examples.copurchase[idx])
+            value = (new_loss + torch.where(flag, torch.zeros_like(repeat_loss), repeat_loss)).mean()
             opt.zero_grad(set_to_none=True)
             value.backward()
             opt.step()
