@@ -127,12 +127,12 @@ SplitOpt = Annotated[
     Optional[str],
     typer.Option("--split-date", help="First test day, YYYY-MM-DD. Default: the last --test-weeks of the file."),
 ]
-TestWeeksOpt = Annotated[Optional[int], typer.Option("--test-weeks", help="Test period length when no --split-date. [default: 4]")]
-StoresOpt = Annotated[Optional[int], typer.Option("--stores", help="Stores the UK customers are split into. [default: 4]")]
-RoundsOpt = Annotated[Optional[int], typer.Option("--rounds", help="Federated rounds. [default: 5]")]
-EpochsOpt = Annotated[Optional[int], typer.Option("--local-epochs", help="Passes over a store's examples per round. [default: 2]")]
-DimOpt = Annotated[Optional[int], typer.Option("--dim", help="Item/customer embedding size. [default: 32]")]
-SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Seed for initialisation and sampling. [default: 0]")]
+TestWeeksOpt = Annotated[Optional[int], typer.Option("--test-weeks", help="Test period length when no --split-date. \\[default: 4]")]
+StoresOpt = Annotated[Optional[int], typer.Option("--stores", help="Stores the UK customers are split into. \\[default: 4]")]
+RoundsOpt = Annotated[Optional[int], typer.Option("--rounds", help="Federated rounds. \\[default: 7]")]
+EpochsOpt = Annotated[Optional[int], typer.Option("--local-epochs", help="Passes over a store's examples per round. \\[default: 2]")]
+DimOpt = Annotated[Optional[int], typer.Option("--dim", help="Item/customer embedding size. \\[default: 32]")]
+SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Seed for initialisation and sampling. \\[default: 0]")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", help="Show Flower's and Ray's logs.")]
 
 

@@ -42,10 +42,10 @@ class ModelSettings(_Section):
 
     dim: int = Field(32, ge=2, le=512)
     hidden: int = Field(16, ge=1, le=512)
-    learning_rate: float = Field(1e-2, gt=0, le=1, description="collaborative part (item vectors, decoder)")
-    repeat_learning_rate: float = Field(1e-3, gt=0, le=1, description="repeat head")
+    learning_rate: float = Field(2e-2, gt=0, le=1, description="collaborative part (item vectors, decoder)")
+    repeat_learning_rate: float = Field(3e-3, gt=0, le=1, description="repeat head")
     user_learning_rate: float = Field(3e-3, gt=0, le=1)
-    weight_decay: float = Field(0.0, ge=0)
+    weight_decay: float = Field(1e-5, ge=0)
     batch_size: int = Field(256, ge=1)
     local_epochs: int = Field(2, ge=1, le=100)
     cutoffs: int = Field(8, ge=1, le=200, description="training cutoffs inside the training period")
@@ -58,7 +58,7 @@ class ModelSettings(_Section):
 class FederationSettings(_Section):
     """The federated run."""
 
-    rounds: int = Field(5, ge=1, le=1000)
+    rounds: int = Field(7, ge=1, le=1000)
     fraction_train: float = Field(1.0, gt=0, le=1)
     min_stores: int = Field(2, ge=1)
     round_timeout: float = Field(600.0, gt=0)

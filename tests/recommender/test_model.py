@@ -104,8 +104,8 @@ def test_when_trained_then_the_loss_goes_down_and_private_users_move() -> None:
     assert not torch.allclose(before, users.weight)
 
 
-def test_when_a_bag_is_built_then_it_is_capped_and_weights_sum_to_one() -> None:
+def test_when_a_bag_is_built_then_it_is_capped_and_weights_have_unit_norm() -> None:
     history = build_history(_store(), 2, N_ITEMS, cutoff=40)
     bags = history_bags(history, np.array([0, 1]), width=1)
     assert bags.items[:, 0].tolist() == [1, 3]
-    assert np.allclose(bags.weights.sum(1), 1.0)
+    assert np.allclose(np.sqrt((bags.weights**2).sum(1)), 1.0)

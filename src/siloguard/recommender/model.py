@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from siloguard.recommender.features import N_FEATURES, Bags, History, history_bags
+from siloguard.recommender.features import N_FEATURES, POPULARITY_FEATURE, Bags, History, history_bags
 
 __all__ = [
     "PAST_PURCHASE_OFFSET",
@@ -43,6 +43,10 @@ __all__ = [
 #: Warm start of the repeat head's linear skip: slope on log1p(baskets), offset.
 REPEAT_INIT_SLOPE = 2.0
 REPEAT_INIT_BIAS = 3.0
+#: ...and a small weight on the item's popularity in the store, which breaks ties
+#: between equally often bought items (so an untrained model ranks past purchases
+#: exactly like personal frequency).
+REPEAT_INIT_POPULARITY = 0.1
 
 
 class SharedModel(nn.Module):
@@ -69,6 +73,7 @@ class SharedModel(nn.Module):
                     layer.bias.zero_()
             self.repeat_linear.weight.zero_()
             self.repeat_linear.weight[0, 0] = REPEAT_INIT_SLOPE
+            self.repeat_linear.weight[0, POPULARITY_FEATURE] = REPEAT_INIT_POPULARITY
             self.repeat_linear.bias.fill_(REPEAT_INIT_BIAS)
 
     def collaborative_parameters(self) -> list[nn.Parameter]:
