@@ -20,7 +20,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from siloguard.errors import ConfigError
 
-__all__ = ["DataSettings", "FederationSettings", "ModelSettings", "Settings"]
+__all__ = ["DataSettings", "DatabaseSettings", "FederationSettings", "ModelSettings", "Settings"]
 
 
 class _Section(BaseModel):
@@ -64,6 +64,22 @@ class FederationSettings(_Section):
     round_timeout: float = Field(600.0, gt=0)
 
 
+class DatabaseSettings(_Section):
+    """The SQL database: a SQLite file by default, PostgreSQL by URL in production."""
+
+    url: str = Field(
+        "sqlite:///siloguard.db",
+        description="SQLAlchemy URL, e.g. postgresql+psycopg://user@host:5432/db",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        if not (value.startswith("sqlite") or value.startswith("postgresql")):
+            raise ValueError("use a sqlite:/// or postgresql+psycopg:// URL")
+        return value
+
+
 class Settings(BaseSettings):
     """Everything a siloguard entry point needs."""
 
@@ -74,6 +90,7 @@ class Settings(BaseSettings):
     data: DataSettings = DataSettings()
     model: ModelSettings = ModelSettings()
     federation: FederationSettings = FederationSettings()
+    database: DatabaseSettings = DatabaseSettings()
     work_dir: Path = Field(Path("runs/current"), description="silos, client state and outputs")
 
     @field_validator("work_dir")
@@ -109,7 +126,7 @@ class Settings(BaseSettings):
     def to_run_config(self) -> dict[str, bool | int | float | str]:
         """Flat kebab-case keys, as Flower's run config carries them."""
         out: dict[str, bool | int | float | str] = {"work-dir": str(self.work_dir)}
-        for section in ("data", "model", "federation"):
+        for section in ("data", "model", "federation", "database"):
             for key, value in getattr(self, section).model_dump().items():
                 if value is None:
                     continue
@@ -121,7 +138,7 @@ class Settings(BaseSettings):
     @classmethod
     def from_run_config(cls, run_config: dict[str, Any]) -> Settings:
         """Inverse of :meth:`to_run_config`; unknown keys are an error, not ignored."""
-        sections: dict[str, dict[str, Any]] = {"data": {}, "model": {}, "federation": {}}
+        sections: dict[str, dict[str, Any]] = {"data": {}, "model": {}, "federation": {}, "database": {}}
         top: dict[str, Any] = {}
         for key, value in run_config.items():
             if value == "":
@@ -133,7 +150,7 @@ class Settings(BaseSettings):
             if section not in sections or not field:
                 raise ConfigError(
                     f"unknown run-config key {key!r}: use 'work-dir' or "
-                    "'<data|model|federation>.<setting>' (see siloguard train --help)"
+                    "'<data|model|federation|database>.<setting>' (see siloguard train --help)"
                 )
             sections[section][field.replace("-", "_")] = value
         return cls.build(**top, **{k: v for k, v in sections.items() if v})
