@@ -52,4 +52,11 @@ def tiny_settings(tmp_path: Path, tiny_retail: Path) -> Settings:
         data={"path": tiny_retail, "uk_stores": 1, "min_store_customers": 5, "test_weeks": 3},
         model={"dim": 8, "hidden": 4, "cutoffs": 2, "batch_size": 16},
         federation={"rounds": 2, "min_stores": 3},
+        database={"url": f"sqlite:///{tmp_path / 'siloguard.db'}"},
+        privacy={"enabled": False},
     )
+
+
+@pytest.fixture
+def tiny_dp_settings(tiny_settings: Settings) -> Settings:
+    return tiny_settings.with_overrides(privacy={"enabled": True, "sample_rate": 0.25, "epsilon_cap": 8.0})

@@ -100,9 +100,12 @@ def _run(settings: Settings, *, verbose: bool) -> None:
         stores = "  ".join(
             f"{s}:{_fmt(m.get('ndcg@10'))}" for s, m in sorted(report.evaluate.items())
         )
+        spent = [m["epsilon"] for m in report.train.values() if "epsilon" in m]
+        privacy = f"  max epsilon {max(spent):.2f}" if spent else ""
         progress.console.print(
             f"round {report.server_round}/{rounds}: NDCG@10 {_fmt(overall.get('ndcg@10'))} "
-            f"(new items {_fmt(overall.get('new.ndcg@10'))})  [dim]{stores}[/]"
+            f"(new items {_fmt(overall.get('new.ndcg@10'))}){privacy}  [dim]{stores}[/]"
+            + (f"  [yellow]at budget, skipped: {', '.join(report.skipped)}[/]" if report.skipped else "")
             + (f"  [red]{report.failures} store(s) failed[/]" if report.failures else "")
         )
         progress.update(task, advance=1, status=f"NDCG@10 {_fmt(overall.get('ndcg@10'))}")
@@ -113,9 +116,32 @@ def _run(settings: Settings, *, verbose: bool) -> None:
         outcome = run_federation(settings, prepared, on_round, verbose=verbose)
     report = last.get("report") or outcome.reports[max(outcome.reports)]
     console.print(_results_table("Final model, full ranking on the test period", report.evaluate, report.overall))
+    _print_privacy(settings, outcome.model_dir)
     console.print(
         f"Model (shared parameters only) and manifest: {outcome.model_dir}  "
         f"[dim]({time.perf_counter() - started:.0f} s)[/]"
+    )
+
+
+def _print_privacy(settings: Settings, model_dir: str | None) -> None:
+    import json
+
+    if model_dir is None:
+        return
+    summary = json.loads((Path(model_dir) / "manifest.json").read_text())["privacy"]
+    if not summary.get("enabled"):
+        console.print("[bold yellow]Privacy:[/] trained WITHOUT differential privacy (--no-dp).")
+        return
+    table = Table(title="Privacy spent per store (customer-level DP)", title_justify="left")
+    for col in ("store", "epsilon", "delta", "steps"):
+        table.add_column(col, justify="left" if col == "store" else "right")
+    for store, p in sorted(summary["per_store"].items()):
+        table.add_row(store, f"{p['epsilon']:.2f}", f"{p['delta']:.1e}", str(p["steps"]))
+    console.print(table)
+    console.print(
+        f"[dim]unit: {summary['unit']}; {summary['accountant'].upper()} accountant; {summary['sampling']}; "
+        f"noise multiplier {summary['noise_multiplier']}, clipping {summary['max_grad_norm']}; "
+        f"cap {summary['epsilon_cap']} per store.[/]"
     )
 
 
@@ -134,6 +160,18 @@ EpochsOpt = Annotated[Optional[int], typer.Option("--local-epochs", help="Passes
 DimOpt = Annotated[Optional[int], typer.Option("--dim", help="Item/customer embedding size. \\[default: 32]")]
 SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Seed for initialisation and sampling. \\[default: 0]")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", help="Show Flower's and Ray's logs.")]
+DpOpt = Annotated[
+    Optional[bool],
+    typer.Option("--dp/--no-dp", help="Customer-level DP-SGD in every store. \\[default: on]"),
+]
+CapOpt = Annotated[
+    Optional[float],
+    typer.Option("--epsilon-cap", help="Privacy budget per store (customer-level epsilon). \\[default: 8]"),
+]
+NoiseOpt = Annotated[
+    Optional[float],
+    typer.Option("--noise-multiplier", help="DP-SGD noise / clipping norm. \\[default: 1.0]"),
+]
 
 
 def _settings(
@@ -147,6 +185,9 @@ def _settings(
     local_epochs: int | None,
     dim: int | None,
     seed: int | None,
+    dp: bool | None = None,
+    epsilon_cap: float | None = None,
+    noise_multiplier: float | None = None,
 ) -> Settings:
     split: date | None = None
     if split_date is not None:
@@ -161,11 +202,15 @@ def _settings(
 
         raise DataError(f"--data {data}: no such file; pass an Online Retail CSV or CSV.gz")
     base = Settings.build()
+    if "SILOGUARD_DATABASE__URL" not in os.environ:
+        # The run's database (privacy ledger, audit log) lives in its work directory.
+        base = base.with_overrides(database={"url": f"sqlite:///{(out / 'siloguard.db').resolve()}"})
     return base.with_overrides(
         work_dir=out,  # type: ignore[arg-type]
         data={"path": data, "split_date": split, "test_weeks": test_weeks, "uk_stores": stores},
         federation={"rounds": rounds},
         model={"local_epochs": local_epochs, "dim": dim, "seed": seed},
+        privacy={"enabled": dp, "epsilon_cap": epsilon_cap, "noise_multiplier": noise_multiplier},
     )
 
 
@@ -173,12 +218,13 @@ def _settings(
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Work directory for the stores' silos and the model.")] = Path("runs/demo"),
     rounds: RoundsOpt = None,
+    dp: DpOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Federated training on the embedded Online Retail sample, with defaults."""
+    """Federated training on the embedded Online Retail sample, with defaults (DP on)."""
     settings = _settings(
         out=out, data=None, split_date=None, test_weeks=None, stores=None, rounds=rounds,
-        local_epochs=None, dim=None, seed=None,
+        local_epochs=None, dim=None, seed=None, dp=dp,
     )
     _run(settings, verbose=verbose)
 
@@ -193,6 +239,9 @@ def train(
     local_epochs: EpochsOpt = None,
     dim: DimOpt = None,
     seed: SeedOpt = None,
+    dp: DpOpt = None,
+    epsilon_cap: CapOpt = None,
+    noise_multiplier: NoiseOpt = None,
     out: Annotated[Path, typer.Option("--out", help="Work directory: stores' silos, catalogue, model + manifest.")] = Path("runs/train"),
     verbose: VerboseOpt = False,
 ) -> None:
@@ -201,7 +250,8 @@ def train(
         raise typer.BadParameter("pass --data PATH (or run 'siloguard demo' for the embedded sample)", param_hint="--data")
     settings = _settings(
         out=out, data=data, split_date=split_date, test_weeks=test_weeks, stores=stores,
-        rounds=rounds, local_epochs=local_epochs, dim=dim, seed=seed,
+        rounds=rounds, local_epochs=local_epochs, dim=dim, seed=seed, dp=dp,
+        epsilon_cap=epsilon_cap, noise_multiplier=noise_multiplier,
     )
     _run(settings, verbose=verbose)
 

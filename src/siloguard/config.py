@@ -13,14 +13,25 @@ from __future__ import annotations
 
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from siloguard.errors import ConfigError
 
-__all__ = ["DataSettings", "DatabaseSettings", "FederationSettings", "ModelSettings", "Settings"]
+__all__ = [
+    "AuditSettings",
+    "DataSettings",
+    "DatabaseSettings",
+    "FederationSettings",
+    "ModelSettings",
+    "PrivacySettings",
+    "Settings",
+]
+
+#: The sections of Settings, as they appear in run-config keys (``<section>.<field>``).
+_SECTIONS = ("data", "model", "federation", "database", "audit", "privacy")
 
 
 class _Section(BaseModel):
@@ -55,6 +66,25 @@ class ModelSettings(_Section):
     seed: int = 0
 
 
+class PrivacySettings(_Section):
+    """Customer-level DP-SGD in each store (Opacus) and the per-store budget.
+
+    The privacy unit is one customer: one Opacus sample is all of a customer's
+    examples in the store, customers are Poisson-sampled, and each customer's
+    gradient is clipped to ``max_grad_norm`` before noise is added.
+    """
+
+    enabled: bool = True
+    noise_multiplier: float = Field(1.0, gt=0, description="Gaussian noise std / clipping norm")
+    max_grad_norm: float = Field(1.0, gt=0, description="per-customer clipping bound")
+    sample_rate: float = Field(0.1, gt=0, le=1, description="Poisson sampling rate of customers per step")
+    epsilon_cap: float = Field(8.0, gt=0, description="per-store budget (customer-level epsilon)")
+    delta: float | None = Field(
+        None, gt=0, lt=1, description="None = 1 / (10 x customers in the store), at most 1e-5"
+    )
+    accountant: Literal["rdp", "prv"] = "rdp"
+
+
 class FederationSettings(_Section):
     """The federated run."""
 
@@ -80,6 +110,18 @@ class DatabaseSettings(_Section):
         return value
 
 
+class AuditSettings(_Section):
+    """The tamper-evident audit log: signing keys and how often tree heads are signed."""
+
+    signing_key: Path = Field(
+        Path("keys/audit-signing.key"),
+        description="Ed25519 private key (PEM, mode 0600) from `siloguard audit keygen`; absent = heads on demand only",
+    )
+    public_key: Path = Field(Path("keys/audit-signing.pub"), description="the matching public key (PEM), for verification")
+    head_every_events: int = Field(1000, ge=0, description="sign a tree head after this many new events; 0 = never automatically")
+    head_every_seconds: int = Field(3600, ge=0, description="sign a tree head when the last is older than this; 0 = never automatically")
+
+
 class Settings(BaseSettings):
     """Everything a siloguard entry point needs."""
 
@@ -91,6 +133,8 @@ class Settings(BaseSettings):
     model: ModelSettings = ModelSettings()
     federation: FederationSettings = FederationSettings()
     database: DatabaseSettings = DatabaseSettings()
+    audit: AuditSettings = AuditSettings()
+    privacy: PrivacySettings = PrivacySettings()
     work_dir: Path = Field(Path("runs/current"), description="silos, client state and outputs")
 
     @field_validator("work_dir")
@@ -126,7 +170,7 @@ class Settings(BaseSettings):
     def to_run_config(self) -> dict[str, bool | int | float | str]:
         """Flat kebab-case keys, as Flower's run config carries them."""
         out: dict[str, bool | int | float | str] = {"work-dir": str(self.work_dir)}
-        for section in ("data", "model", "federation", "database"):
+        for section in _SECTIONS:
             for key, value in getattr(self, section).model_dump().items():
                 if value is None:
                     continue
@@ -138,7 +182,7 @@ class Settings(BaseSettings):
     @classmethod
     def from_run_config(cls, run_config: dict[str, Any]) -> Settings:
         """Inverse of :meth:`to_run_config`; unknown keys are an error, not ignored."""
-        sections: dict[str, dict[str, Any]] = {"data": {}, "model": {}, "federation": {}, "database": {}}
+        sections: dict[str, dict[str, Any]] = {name: {} for name in _SECTIONS}
         top: dict[str, Any] = {}
         for key, value in run_config.items():
             if value == "":
@@ -150,7 +194,7 @@ class Settings(BaseSettings):
             if section not in sections or not field:
                 raise ConfigError(
                     f"unknown run-config key {key!r}: use 'work-dir' or "
-                    "'<data|model|federation|database>.<setting>' (see siloguard train --help)"
+                    "'<" + "|".join(_SECTIONS) + ">.<setting>' (see siloguard train --help)"
                 )
             sections[section][field.replace("-", "_")] = value
         return cls.build(**top, **{k: v for k, v in sections.items() if v})

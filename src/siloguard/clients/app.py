@@ -26,7 +26,15 @@ from siloguard.errors import ConfigError
 from siloguard.recommender.model import PrivateUsers, SharedModel
 from siloguard.recommender.train import train_local
 
-__all__ = ["PRIVATE_STATE_KEY", "app", "handle_evaluate", "handle_train", "store_for"]
+__all__ = [
+    "PRIVATE_STATE_KEY",
+    "app",
+    "budget_status",
+    "handle_evaluate",
+    "handle_query",
+    "handle_train",
+    "store_for",
+]
 
 #: Key of the store's private parameters in ``context.state``; never in a reply.
 PRIVATE_STATE_KEY = "private-users"
@@ -75,6 +83,38 @@ def _shared_model(msg: Message, store: StoreData, settings: Settings) -> SharedM
     return model
 
 
+def _ledger(settings: Settings):  # noqa: ANN202 - imported lazily (SQLAlchemy)
+    from siloguard.privacy.budget import BudgetLedger
+
+    return BudgetLedger(settings.database.url)
+
+
+def budget_status(store: StoreData, settings: Settings) -> dict[str, float]:
+    """The store's privacy spend so far and what one more round would bring it to."""
+    from siloguard.privacy.dp import projected_epsilon, store_delta
+
+    privacy = settings.privacy
+    entry = _ledger(settings).load(store.name)
+    history = entry.history if entry else []
+    delta = entry.delta if entry else store_delta(privacy, store.n_users)
+    return {
+        "epsilon": entry.epsilon if entry else 0.0,
+        "projected-epsilon": projected_epsilon(privacy, history, settings.model.local_epochs, delta, store.n_users),
+        "epsilon-cap": privacy.epsilon_cap,
+        "delta": delta,
+    }
+
+
+def handle_query(msg: Message, context: Context, settings: Settings) -> Message:
+    """The coordinator asks for the store's remaining budget before sampling it."""
+    store = store_for(context, settings)
+    status = budget_status(store, settings) if settings.privacy.enabled else {}
+    content = RecordDict(
+        {"budget": MetricRecord({k: float(v) for k, v in status.items()}), "store": ConfigRecord({"name": store.name})}
+    )
+    return Message(content=content, reply_to=msg)
+
+
 def handle_train(msg: Message, context: Context, settings: Settings) -> Message:
     store = store_for(context, settings)
     model = _shared_model(msg, store, settings)
@@ -83,33 +123,87 @@ def handle_train(msg: Message, context: Context, settings: Settings) -> Message:
     rng = np.random.default_rng([settings.model.seed, server_round, store.n_users])
     started = time.perf_counter()
     examples = store.examples(settings.model, rng)
-    result = train_local(
-        model,
-        users,
-        examples,
-        epochs=settings.model.local_epochs,
-        lr=settings.model.learning_rate,
-        repeat_lr=settings.model.repeat_learning_rate,
-        user_lr=settings.model.user_learning_rate,
-        batch_size=settings.model.batch_size,
-        weight_decay=settings.model.weight_decay,
-        seed=settings.model.seed + server_round,
-    )
-    context.state[PRIVATE_STATE_KEY] = ArrayRecord(users.state_dict())
+    privacy_metrics: dict[str, float] = {}
+    if settings.privacy.enabled:
+        privacy_metrics = _train_dp(model, users, examples, store, settings, server_round)
+        n_examples = int(privacy_metrics.pop("customers"))
+        loss = privacy_metrics.pop("loss")
+    else:
+        result = train_local(
+            model,
+            users,
+            examples,
+            epochs=settings.model.local_epochs,
+            lr=settings.model.learning_rate,
+            repeat_lr=settings.model.repeat_learning_rate,
+            user_lr=settings.model.user_learning_rate,
+            batch_size=settings.model.batch_size,
+            weight_decay=settings.model.weight_decay,
+            seed=settings.model.seed + server_round,
+        )
+        context.state[PRIVATE_STATE_KEY] = ArrayRecord(users.state_dict())
+        n_examples, loss = result.examples, result.loss
     content = RecordDict(
         {
             "arrays": ArrayRecord(model.state_dict()),
             "metrics": MetricRecord(
                 {
-                    "num-examples": max(result.examples, 1),
-                    "train-loss": result.loss if result.examples else 0.0,
+                    "num-examples": max(n_examples, 1),
+                    "train-loss": loss if n_examples else 0.0,
                     "train-seconds": time.perf_counter() - started,
+                    **privacy_metrics,
                 }
             ),
             "store": ConfigRecord({"name": store.name}),
         }
     )
     return Message(content=content, reply_to=msg)
+
+
+def _train_dp(
+    model: SharedModel, users: PrivateUsers, examples, store: StoreData, settings: Settings, server_round: int
+) -> dict[str, float]:
+    """One round of customer-level DP-SGD, refused (fail closed) if it would pass the cap."""
+    from siloguard.errors import PrivacyBudgetError
+    from siloguard.privacy.dp import group_by_customer, projected_epsilon, store_delta, train_local_dp
+
+    privacy = settings.privacy
+    ledger = _ledger(settings)
+    entry = ledger.load(store.name)
+    history = entry.history if entry else []
+    delta = entry.delta if entry else store_delta(privacy, store.n_users)
+    if projected_epsilon(privacy, history, settings.model.local_epochs, delta, store.n_users) > privacy.epsilon_cap:
+        raise PrivacyBudgetError(
+            f"store {store.name!r} is at its privacy budget (cap {privacy.epsilon_cap}): it does not train"
+        )
+    result = train_local_dp(
+        model,
+        users.weight.detach(),
+        group_by_customer(examples, store.n_users),
+        privacy=privacy,
+        local_epochs=settings.model.local_epochs,
+        lr=settings.model.learning_rate,
+        repeat_lr=settings.model.repeat_learning_rate,
+        history=history,
+        delta=delta,
+        seed=settings.model.seed * 1_000_003 + server_round,
+    )
+    ledger.record_round(
+        store=store.name,
+        accountant=privacy.accountant,
+        history=result.history,
+        delta=delta,
+        epsilon=result.report.epsilon,
+        epsilon_cap=privacy.epsilon_cap,
+        server_round=server_round,
+    )
+    return {
+        "customers": int(np.count_nonzero(np.bincount(examples.bags.user, minlength=store.n_users))),
+        "loss": result.loss,
+        "epsilon": result.report.epsilon,
+        "delta": delta,
+        "dp-steps": result.report.steps,
+    }
 
 
 def handle_evaluate(msg: Message, context: Context, settings: Settings) -> Message:
@@ -134,6 +228,10 @@ def build_client_app(settings: Settings | None = None) -> ClientApp:
     def train(msg: Message, context: Context) -> Message:
         torch.set_num_threads(1)
         return handle_train(msg, context, resolve(context))
+
+    @client.query()
+    def query(msg: Message, context: Context) -> Message:
+        return handle_query(msg, context, resolve(context))
 
     @client.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:

@@ -66,6 +66,8 @@ def run_server(
     model = SharedModel(_n_items(settings), settings.model.dim, settings.model.hidden, seed=settings.model.seed)
     strategy = SiloFedAvg(
         on_round=on_round,
+        budget_aware=settings.privacy.enabled,
+        query_timeout=fed.round_timeout,
         fraction_train=fed.fraction_train,
         fraction_evaluate=1.0,
         min_train_nodes=fed.min_stores,

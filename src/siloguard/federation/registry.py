@@ -44,6 +44,33 @@ def _finite(metrics: dict[str, float]) -> dict[str, float | None]:
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
 
 
+def privacy_summary(settings: Settings, reports: dict[int, RoundReport]) -> dict[str, object]:
+    """What the model's privacy guarantee is, per store, from the stores' own reports."""
+    p = settings.privacy
+    if not p.enabled:
+        return {"enabled": False, "note": "trained without differential privacy"}
+    per_store: dict[str, dict[str, float]] = {}
+    for _round, report in sorted(reports.items()):
+        for store, metrics in report.train.items():
+            if "epsilon" in metrics:
+                per_store[store] = {
+                    "epsilon": float(metrics["epsilon"]),
+                    "delta": float(metrics["delta"]),
+                    "steps": int(metrics["dp-steps"]),
+                }
+    return {
+        "enabled": True,
+        "unit": "customer (all of a customer's purchases in a store)",
+        "accountant": p.accountant,
+        "sampling": f"Poisson sampling of customers, rate {p.sample_rate}",
+        "noise_multiplier": p.noise_multiplier,
+        "max_grad_norm": p.max_grad_norm,
+        "epsilon_cap": p.epsilon_cap,
+        "per_store": per_store,
+        "skipped": {r: rep.skipped for r, rep in sorted(reports.items()) if rep.skipped},
+    }
+
+
 def save_model(model: SharedModel, settings: Settings, reports: dict[int, RoundReport]) -> Path:
     """Write ``model.pt`` and ``manifest.json`` under ``work_dir/model`` atomically."""
     out = settings.work_dir / "model"
@@ -61,6 +88,7 @@ def save_model(model: SharedModel, settings: Settings, reports: dict[int, RoundR
         "shared_parameters": {k: list(v.shape) for k, v in model.state_dict().items()},
         "config": settings.to_run_config(),
         "rounds": len(reports),
+        "privacy": privacy_summary(settings, reports),
         "stores": sorted(final.evaluate),
         "metrics": {
             "overall": _finite(final.overall),

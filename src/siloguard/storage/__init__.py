@@ -1,1 +1,22 @@
-"""siloguard.storage"""
+"""siloguard.storage: the SQL database (SQLite file by default, PostgreSQL by URL).
+
+A sink: it imports nothing from the packages above it.
+"""
+
+from siloguard.storage.db import (
+    create_engine,
+    current_revision,
+    exclusive,
+    head_revision,
+    require_current_schema,
+    upgrade_database,
+)
+
+__all__ = [
+    "create_engine",
+    "current_revision",
+    "exclusive",
+    "head_revision",
+    "require_current_schema",
+    "upgrade_database",
+]

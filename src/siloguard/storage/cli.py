@@ -1,0 +1,71 @@
+"""``siloguard db ...``: create or migrate the database schema (Alembic).
+
+``db_app`` is meant to be mounted by ``siloguard.cli`` as ``siloguard db``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from siloguard.config import Settings
+from siloguard.errors import SiloguardError
+
+__all__ = ["db_app"]
+
+db_app = typer.Typer(
+    name="db",
+    help="The database: create or migrate its tables (SQLite file by default, PostgreSQL by URL).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+DbOpt = Annotated[
+    Optional[str],
+    typer.Option("--db", help="Database URL (sqlite:///PATH or postgresql+psycopg://...). [default: settings database.url]"),
+]
+
+
+def _engine(db: str | None):  # type: ignore[no-untyped-def]
+    from siloguard.storage.db import create_engine
+
+    settings = Settings.build().with_overrides(database={"url": db})
+    return create_engine(settings.database.url)
+
+
+@db_app.command()
+def upgrade(db: DbOpt = None) -> None:
+    """Create the tables, or migrate them to this siloguard's schema."""
+    from siloguard.storage.db import current_revision, upgrade_database
+
+    try:
+        engine = _engine(db)
+        try:
+            before = current_revision(engine)
+            upgrade_database(engine)
+            after = current_revision(engine)
+        finally:
+            engine.dispose()
+    except SiloguardError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(exc.exit_code) from None
+    typer.echo(f"database schema: {before or 'empty'} -> {after}" if before != after else f"database schema already at {after}")
+
+
+@db_app.command()
+def current(db: DbOpt = None) -> None:
+    """Print the schema version of the database and the one this siloguard needs."""
+    from siloguard.storage.db import current_revision, head_revision
+
+    try:
+        engine = _engine(db)
+        try:
+            now = current_revision(engine)
+        finally:
+            engine.dispose()
+    except SiloguardError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(exc.exit_code) from None
+    typer.echo(f"database: {now or 'empty'}; this siloguard needs: {head_revision()}")

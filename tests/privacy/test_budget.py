@@ -1,0 +1,118 @@
+"""The per-store privacy ledger: persistence, validation, and skipping stores at their cap."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from siloguard.config import Settings
+from siloguard.errors import PrivacyBudgetError
+from siloguard.privacy.budget import BudgetLedger, ledger_table
+from siloguard.privacy.dp import epsilon_of
+
+PG_URL = os.environ.get("SILOGUARD_TEST_DATABASE_URL")
+
+
+def _urls(tmp_path: Path) -> list[str]:
+    urls = [f"sqlite:///{tmp_path / 'ledger.db'}"]
+    if PG_URL:
+        urls.append(PG_URL)
+    return urls
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger_url(request, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'ledger.db'}"
+    if not PG_URL:
+        pytest.skip("SILOGUARD_TEST_DATABASE_URL is not set: PostgreSQL variant not run")
+    return PG_URL
+
+
+def _record(ledger: BudgetLedger, store: str, history, server_round: int = 1, cap: float = 8.0):
+    return ledger.record_round(
+        store=store, accountant="rdp", history=history, delta=1e-5,
+        epsilon=epsilon_of("rdp", history, 1e-5), epsilon_cap=cap, server_round=server_round,
+    )
+
+
+def test_when_the_ledger_is_reopened_then_each_store_resumes_where_it_was(ledger_url: str) -> None:
+    store = f"store-{uuid.uuid4().hex[:8]}"
+    first = BudgetLedger(ledger_url)
+    _record(first, store, [(1.0, 0.1, 20)], 1)
+    _record(first, store, [(1.0, 0.1, 40)], 2)
+    first.engine.dispose()
+
+    reopened = BudgetLedger(ledger_url)  # a restarted federation
+    entry = reopened.load(store)
+    assert entry is not None
+    assert entry.history == [(1.0, 0.1, 40)]
+    assert entry.rounds == 2
+    assert entry.steps == 40
+    assert entry.epsilon == pytest.approx(epsilon_of("rdp", [(1.0, 0.1, 40)], 1e-5))
+    assert [r["server_round"] for r in reopened.round_history(store)] == [1, 2]
+
+
+def test_when_a_round_would_pass_the_cap_then_it_is_not_recorded(ledger_url: str) -> None:
+    store = f"store-{uuid.uuid4().hex[:8]}"
+    ledger = BudgetLedger(ledger_url)
+    with pytest.raises(PrivacyBudgetError, match="cap"):
+        _record(ledger, store, [(0.5, 0.5, 500)], cap=1.0)
+    assert ledger.load(store) is None
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "message"),
+    [("history", "not json", "does not parse"), ("history", "[[0, 0.1, 5]]", "invalid"), ("epsilon", 0.001, "does not add up")],
+)
+def test_when_a_ledger_row_is_tampered_then_loading_refuses_it(tmp_path: Path, column, value, message) -> None:
+    ledger = BudgetLedger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    _record(ledger, "germany", [(1.0, 0.1, 20)])
+    with ledger.engine.begin() as conn:
+        conn.execute(sa.update(ledger_table).where(ledger_table.c.store == "germany").values({column: value}))
+    with pytest.raises(PrivacyBudgetError, match=message):
+        ledger.load("germany")
+
+
+def test_when_a_store_is_nearly_spent_then_the_federation_skips_it_and_finishes(tiny_settings: Settings) -> None:
+    from siloguard.clients.store import load_store
+    from siloguard.federation.runner import prepare_run, run_federation
+    from siloguard.privacy.dp import effective_sample_rate, steps_per_round, store_delta
+
+    settings = tiny_settings.with_overrides(
+        privacy={"enabled": True, "sample_rate": 0.25, "noise_multiplier": 1.0, "epsilon_cap": 20.0},
+        federation={"rounds": 2},
+    )
+    prepared = prepare_run(settings)
+    import json
+
+    run = json.loads((settings.work_dir / "run.json").read_text())
+    germany = load_store("germany", prepared.stores["germany"], Path(run["catalogue"]), run["split_date"], run["end_date"])
+    # Germany has already spent almost all of a cap of 20 in an earlier run.
+    q = effective_sample_rate(settings.privacy, germany.n_users)
+    per_round = steps_per_round(settings.privacy, settings.model.local_epochs, germany.n_users)
+    delta = store_delta(settings.privacy, germany.n_users)
+    rounds = 1
+    while epsilon_of("rdp", [(1.0, q, (rounds + 1) * per_round)], delta) <= 20.0:
+        rounds += 1
+    spent = [(1.0, q, rounds * per_round)]  # one more round would pass the cap
+    eps = epsilon_of("rdp", spent, delta)
+    assert eps <= 20.0 < epsilon_of("rdp", [(1.0, q, (rounds + 1) * per_round)], delta)
+    ledger = BudgetLedger(settings.database.url)
+    ledger.record_round(store="germany", accountant="rdp", history=spent, delta=delta, epsilon=eps,
+                        epsilon_cap=20.0, server_round=0)
+
+    outcome = run_federation(settings, prepared)
+
+    for report in outcome.reports.values():
+        assert "germany" in report.skipped
+        assert "germany" not in report.train
+        assert "germany" in report.evaluate  # still serves recommendations
+        assert sorted(report.train) == ["france", "united-kingdom"]
+    entries = {e.store: e for e in BudgetLedger(settings.database.url).entries()}
+    assert entries["germany"].history == spent  # untouched
+    assert entries["france"].rounds == 2 and entries["france"].epsilon <= 20.0
