@@ -83,6 +83,14 @@ class PrivacySettings(_Section):
         None, gt=0, lt=1, description="None = 1 / (10 x customers in the store), at most 1e-5"
     )
     accountant: Literal["rdp", "prv"] = "rdp"
+    central: bool = Field(False, description="also add server-side DP (Flower fixed clipping): store-level")
+    central_noise_multiplier: float = Field(1.0, gt=0)
+    central_clipping_norm: float = Field(1.0, gt=0, description="bound on one store's update (L2)")
+    central_delta: float = Field(1e-5, gt=0, lt=1)
+    train_collaborative: bool = Field(
+        False,
+        description="also train the item and decoder vectors under DP (220k noisy dims; off: bias and repeat ranker only)",
+    )
 
 
 class FederationSettings(_Section):

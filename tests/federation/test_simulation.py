@@ -36,3 +36,18 @@ def test_when_three_stores_federate_for_two_rounds_then_a_model_and_manifest_are
     overall = manifest["metrics"]["overall"]
     assert overall["users"] == sum(m["users"] for m in manifest["metrics"]["per_store"].values())
     assert 0.0 <= overall["ndcg@10"] <= 1.0
+
+
+def test_when_central_dp_is_on_then_the_run_finishes_and_reports_store_level_epsilon(tiny_settings: Settings) -> None:
+    settings = tiny_settings.with_overrides(
+        privacy={"enabled": False, "central": True, "central_noise_multiplier": 1.0, "central_clipping_norm": 0.5},
+    )
+    prepared = prepare_run(settings)
+    run_federation(settings, prepared)
+    manifest = json.loads((settings.work_dir / "model" / "manifest.json").read_text())
+    central = manifest["privacy"]["central"]
+    assert central["unit"].startswith("store")
+    assert central["rounds"] == 2
+    from siloguard.privacy.dp import epsilon_of
+
+    assert central["epsilon"] == epsilon_of("rdp", [(1.0, 1.0, 2)], 1e-5) > 0

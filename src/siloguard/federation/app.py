@@ -55,6 +55,10 @@ def _n_items(settings: Settings) -> int:
         raise ConfigError(f"no prepared run at {path}: run 'siloguard train' (or demo) first") from None
 
 
+def _n_stores(settings: Settings) -> int:
+    return len(json.loads((settings.work_dir / "run.json").read_text())["stores"])
+
+
 def run_server(
     grid: Grid,
     settings: Settings,
@@ -75,7 +79,20 @@ def run_server(
         min_available_nodes=fed.min_stores,
         weighted_by_key="num-examples",
     )
-    result = strategy.start(
+    runner: object = strategy
+    if settings.privacy.central:
+        # Central DP: Flower's wrapper clips each store's update to a fixed norm and adds
+        # Gaussian noise to the aggregate. The unit is a whole store; its accounting is
+        # separate from the per-store customer-level budgets (registry.privacy_summary).
+        from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
+
+        runner = DifferentialPrivacyServerSideFixedClipping(
+            strategy,
+            noise_multiplier=settings.privacy.central_noise_multiplier,
+            clipping_norm=settings.privacy.central_clipping_norm,
+            num_sampled_clients=_n_stores(settings),
+        )
+    result = runner.start(  # type: ignore[attr-defined]
         grid=grid,
         initial_arrays=ArrayRecord(model.state_dict()),
         num_rounds=fed.rounds,

@@ -47,8 +47,26 @@ def _finite(metrics: dict[str, float]) -> dict[str, float | None]:
 def privacy_summary(settings: Settings, reports: dict[int, RoundReport]) -> dict[str, object]:
     """What the model's privacy guarantee is, per store, from the stores' own reports."""
     p = settings.privacy
+    central = None
+    if p.central:
+        from siloguard.privacy.dp import epsilon_of
+
+        rounds_trained = sum(1 for rep in reports.values() if rep.train)
+        central = {
+            "unit": "store (one store's whole update per round)",
+            "mechanism": "Flower DifferentialPrivacyServerSideFixedClipping",
+            "noise_multiplier": p.central_noise_multiplier,
+            "clipping_norm": p.central_clipping_norm,
+            "sampling": "all stores every round (no amplification)",
+            "rounds": rounds_trained,
+            "accountant": "rdp",
+            "delta": p.central_delta,
+            "epsilon": epsilon_of("rdp", [(p.central_noise_multiplier, 1.0, rounds_trained)], p.central_delta)
+            if rounds_trained
+            else 0.0,
+        }
     if not p.enabled:
-        return {"enabled": False, "note": "trained without differential privacy"}
+        return {"enabled": False, "note": "trained without customer-level differential privacy", "central": central}
     per_store: dict[str, dict[str, float]] = {}
     for _round, report in sorted(reports.items()):
         for store, metrics in report.train.items():
@@ -68,6 +86,7 @@ def privacy_summary(settings: Settings, reports: dict[int, RoundReport]) -> dict
         "epsilon_cap": p.epsilon_cap,
         "per_store": per_store,
         "skipped": {r: rep.skipped for r, rep in sorted(reports.items()) if rep.skipped},
+        "central": central,
     }
 
 
