@@ -74,3 +74,25 @@ def test_when_split_date_is_malformed_then_config_error(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "--split-date" in result.stderr
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "expected"),
+    [
+        (["--noise-multiplier", "0"], {}, "noise_multiplier"),
+        (["--epsilon-cap", "0"], {}, "epsilon_cap"),
+        ([], {"SILOGUARD_PRIVACY__DELTA": "1"}, "delta"),
+        ([], {"SILOGUARD_PRIVACY__MAX_GRAD_NORM": "0"}, "max_grad_norm"),
+    ],
+    ids=["noise-zero", "cap-zero", "delta-one", "clipping-zero"],
+)
+def test_when_privacy_settings_are_invalid_then_train_stops_before_reading_data(tmp_path: Path, args, env, expected) -> None:
+    missing = tmp_path / "does-not-exist.csv"  # would be a DataError (exit 3) if it were read first
+    result = subprocess.run(
+        [sys.executable, "-m", "siloguard.cli", "train", "--data", str(missing), "--out", str(tmp_path / "o"), *args],
+        capture_output=True, text=True, timeout=120,
+        env={"PATH": "/usr/bin:/bin", "FLWR_TELEMETRY_ENABLED": "0", "COLUMNS": "200", **env},
+    )
+    assert result.returncode == 2, result.stderr
+    assert expected in result.stderr
+    assert not (tmp_path / "o").exists()

@@ -197,21 +197,23 @@ def _settings(
             from siloguard.errors import ConfigError
 
             raise ConfigError(f"--split-date {split_date!r} is not a date: use YYYY-MM-DD, e.g. 2011-10-03") from None
-    if data is not None and not data.is_file():
-        from siloguard.errors import DataError
-
-        raise DataError(f"--data {data}: no such file; pass an Online Retail CSV or CSV.gz")
     base = Settings.build()
     if "SILOGUARD_DATABASE__URL" not in os.environ:
         # The run's database (privacy ledger, audit log) lives in its work directory.
         base = base.with_overrides(database={"url": f"sqlite:///{(out / 'siloguard.db').resolve()}"})
-    return base.with_overrides(
+    settings = base.with_overrides(
         work_dir=out,  # type: ignore[arg-type]
         data={"path": data, "split_date": split, "test_weeks": test_weeks, "uk_stores": stores},
         federation={"rounds": rounds},
         model={"local_epochs": local_epochs, "dim": dim, "seed": seed},
         privacy={"enabled": dp, "epsilon_cap": epsilon_cap, "noise_multiplier": noise_multiplier},
     )
+    # Every setting is validated above, before the data is touched.
+    if data is not None and not data.is_file():
+        from siloguard.errors import DataError
+
+        raise DataError(f"--data {data}: no such file; pass an Online Retail CSV or CSV.gz")
+    return settings
 
 
 @app.command()
