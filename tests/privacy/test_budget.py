@@ -116,3 +116,22 @@ def test_when_a_store_is_nearly_spent_then_the_federation_skips_it_and_finishes(
     entries = {e.store: e for e in BudgetLedger(settings.database.url).entries()}
     assert entries["germany"].history == spent  # untouched
     assert entries["france"].rounds == 2 and entries["france"].epsilon <= 20.0
+
+
+def _open_and_read(url: str, store: str) -> None:
+    for _ in range(5):
+        BudgetLedger(url).load(store)
+
+
+def test_when_several_processes_open_the_ledger_at_once_then_none_fails(tmp_path: Path) -> None:
+    """Regression: store clients creating the ledger tables concurrently hit 'database is locked'."""
+    import multiprocessing as mp
+
+    url = f"sqlite:///{tmp_path / 'race.db'}"
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_open_and_read, args=(url, f"s{i}")) for i in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    assert [p.exitcode for p in procs] == [0, 0, 0, 0]

@@ -89,7 +89,10 @@ class BudgetLedger:
 
     def __init__(self, url_or_engine: str | Engine) -> None:
         self.engine = create_engine(url_or_engine) if isinstance(url_or_engine, str) else url_or_engine
-        _metadata.create_all(self.engine)
+        # Several stores' clients open the ledger at once: create the tables under the
+        # database's write lock (a plain create_all raced into "database is locked").
+        with exclusive(self.engine, "privacy-ledger-schema") as conn:
+            _metadata.create_all(conn)
 
     def load(self, store: str) -> LedgerEntry | None:
         with self.engine.connect() as conn:
