@@ -80,6 +80,34 @@ def _measure(data: str, store: str, mode: str, seed: int) -> dict:
     return result
 
 
+def plot(results: dict, png: Path) -> None:
+    """NDCG@10 vs epsilon, with the non-DP run and personal frequency as lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
+
+    rows, pf = results["utility"]["rows"], results["utility"]["personal_frequency"]
+    non_dp = rows[0]["ndcg@10"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    xs = [r["target_epsilon"] for r in rows[1:]]
+    ax.plot(xs, [r["ndcg@10"] for r in rows[1:]], "o-", label="federated, customer-level DP")
+    ax.axhline(non_dp, color="tab:green", ls="--", label="federated, no DP")
+    if pf is not None:
+        ax.axhline(pf, color="tab:gray", ls=":", label="personal frequency")
+    ax.set_xlabel("epsilon per store (customer level, delta 1e-5)")
+    ax.set_ylabel("NDCG@10 (full ranking)")
+    ax.set_xscale("log")
+    ax.set_xticks(xs, [f"{x:g}" for x in xs])
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.legend()
+    ax.set_title("Online Retail, 7 stores")
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=120)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, required=True)
@@ -87,7 +115,11 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--skip-utility", action="store_true")
     p.add_argument("--json", type=Path, default=Path("bench/results/dp.json"))
+    p.add_argument("--plot-only", action="store_true", help="redraw the PNG from an existing --json")
     a = p.parse_args()
+    if a.plot_only:
+        plot(json.loads(a.json.read_text()), a.json.with_name("dp_utility.png"))
+        return 0
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     data = str(a.data.resolve())
     results: dict = {"command": " ".join(sys.argv)}
@@ -165,27 +197,8 @@ def main() -> int:
         print(f"| personal frequency (no sharing) | - | 0 | {pf:.4f} | {pf / non_dp:.3f}x | - |")
     results["utility"] = {"rows": rows, "personal_frequency": pf, "rounds": rounds}
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    xs = [r["target_epsilon"] for r in rows[1:]]
-    ax.plot(xs, [r["ndcg@10"] for r in rows[1:]], "o-", label="federated, customer-level DP")
-    ax.axhline(non_dp, color="tab:green", ls="--", label="federated, no DP")
-    if pf is not None:
-        ax.axhline(pf, color="tab:gray", ls=":", label="personal frequency")
-    ax.set_xlabel("epsilon per store (customer level, delta 1e-5)")
-    ax.set_ylabel("NDCG@10 (full ranking)")
-    ax.set_xscale("log")
-    ax.set_xticks(xs, [f"{x:g}" for x in xs])
-    ax.legend()
-    ax.set_title("Online Retail, 7 stores")
-    fig.tight_layout()
     png = a.json.with_name("dp_utility.png")
-    png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, dpi=120)
+    plot(results, png)
     a.json.write_text(json.dumps(results, indent=2, default=float))
     print(f"\nJSON: {a.json}  plot: {png}")
     return 0
