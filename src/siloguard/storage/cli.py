@@ -24,7 +24,7 @@ db_app = typer.Typer(
 
 DbOpt = Annotated[
     Optional[str],
-    typer.Option("--db", help="Database URL (sqlite:///PATH or postgresql+psycopg://...). [default: settings database.url]"),
+    typer.Option("--db", help="Database URL (sqlite:///PATH or postgresql+psycopg://...). \\[default: settings database.url]"),
 ]
 
 
