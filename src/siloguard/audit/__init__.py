@@ -11,7 +11,8 @@ What other parts use:
 
 Modules: ``events`` (event + canonical bytes), ``merkle`` (RFC 9162), ``heads`` (signed
 tree heads, keys), ``log`` (append, prove), ``verify`` (whole-log verification), ``report``
-(compliance officer report), ``cli`` (``siloguard audit ...``).
+(compliance officer report), ``vocabulary`` (the actions and counts the report reads),
+``adapters`` (the gate's dict events -> an AuditSink), ``cli`` (``siloguard audit ...``).
 
 A sink: imports nothing from clients/, federation/, recommender/ or api/.
 """

@@ -1,0 +1,244 @@
+"""``siloguard audit ...``: keys, signed tree heads, verification, proofs, export, report.
+
+``audit_app`` is mounted by ``siloguard.cli`` as ``siloguard audit``. Every command builds one
+:class:`~siloguard.config.Settings` (options over ``SILOGUARD_*`` variables over defaults) and
+passes it down. A refused input or a failed check prints one ``error:`` line (after the list
+of findings, for ``verify``) and exits with the error's code: 6 for a refused input, 7 when
+verification fails, 8 for a database problem, 2 for a bad setting.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Optional, TypeVar
+
+import typer
+
+from siloguard.config import Settings
+from siloguard.errors import AuditError, AuditIntegrityError, SiloguardError
+
+__all__ = ["audit_app"]
+
+audit_app = typer.Typer(
+    name="audit",
+    help="Tamper-evident audit log: keys, signed tree heads, verification, proofs, export and the officer's report.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+DbOpt = Annotated[
+    Optional[str],
+    typer.Option("--db", help="Database URL (sqlite:///PATH or postgresql+psycopg://...). \\[default: settings database.url]"),
+]
+PublicKeyOpt = Annotated[
+    Optional[Path], typer.Option("--public-key", help="Trusted Ed25519 public key (PEM). \\[default: settings audit.public_key]")
+]
+SigningKeyOpt = Annotated[
+    Optional[Path],
+    typer.Option("--signing-key", help="Ed25519 private key (PEM, mode 0600). \\[default: settings audit.signing_key]"),
+]
+AgainstOpt = Annotated[
+    Optional[Path],
+    typer.Option("--against", help="A tree head saved earlier (from `audit head --out`): prove the log still extends it."),
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _one_line_errors(func: F) -> F:
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except SiloguardError as exc:
+            for problem in getattr(exc, "problems", ()):
+                typer.echo(f"  - {problem}", err=True)
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(exc.exit_code) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _settings(*, db: str | None = None, signing_key: Path | None = None, public_key: Path | None = None) -> Settings:
+    return Settings.build().with_overrides(
+        database={"url": db}, audit={"signing_key": signing_key, "public_key": public_key}
+    )
+
+
+def _open(settings: Settings, *, sign: bool = False) -> Any:
+    from siloguard.audit.heads import load_signing_key
+    from siloguard.audit.log import AuditLog
+
+    signer = load_signing_key(settings.audit.signing_key) if sign else False
+    return AuditLog.open(settings, signer=signer)
+
+
+def _public_key(settings: Settings) -> Any:
+    from siloguard.audit.heads import load_public_key
+
+    return load_public_key(settings.audit.public_key)
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write a whole file or nothing (temporary file, then rename)."""
+    path = Path(path)
+    if path.is_dir():
+        raise AuditError(f"{path} is a directory: give a file name")
+    if not path.parent.exists():
+        raise AuditError(f"{path.parent}: no such directory")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _dump(data: Any) -> str:
+    return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+
+@audit_app.command()
+@_one_line_errors
+def keygen(signing_key: SigningKeyOpt = None, public_key: PublicKeyOpt = None) -> None:
+    """Create the Ed25519 key pair that signs tree heads (private key mode 0600)."""
+    from siloguard.audit.heads import generate_keypair
+
+    settings = _settings(signing_key=signing_key, public_key=public_key)
+    kid = generate_keypair(settings.audit.signing_key, settings.audit.public_key)
+    typer.echo(f"private key: {settings.audit.signing_key} (mode 0600; keep it on the signing host only)")
+    typer.echo(f"public key:  {settings.audit.public_key} (give it to whoever verifies the log)")
+    typer.echo(f"key id:      {kid}")
+
+
+@audit_app.command()
+@_one_line_errors
+def head(
+    db: DbOpt = None,
+    signing_key: SigningKeyOpt = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Also save the head to this file (keep it for --against).")] = None,
+) -> None:
+    """Sign a tree head for the log as it is now and print it (JSON)."""
+    settings = _settings(db=db, signing_key=signing_key)
+    with _open(settings, sign=True) as log:
+        signed = log.sign_head()
+    text = _dump(signed.to_json())
+    if out is not None:
+        _write_text(out, text)
+    typer.echo(text, nl=False)
+
+
+@audit_app.command()
+@_one_line_errors
+def verify(db: DbOpt = None, public_key: PublicKeyOpt = None, against: AgainstOpt = None) -> None:
+    """Recompute the log from its events, check every signed head, and (--against) a saved head."""
+    from siloguard.audit.heads import SignedTreeHead
+
+    settings = _settings(db=db, public_key=public_key)
+    key = _public_key(settings)
+    saved = SignedTreeHead.read(against) if against is not None else None
+    with _open(settings) as log:
+        report = log.verify(key, against=saved)
+    typer.echo(f"OK: {report.tree_size} events, root {report.root_hash.hex()}")
+    typer.echo(f"{report.heads_checked} signed tree head(s) verified", nl=False)
+    if report.latest_head is not None:
+        typer.echo(f"; latest #{report.latest_head.seq} covers {report.latest_head.tree_size} events", nl=False)
+    typer.echo("")
+    if saved is not None:
+        typer.echo(f"consistent with the saved tree head #{saved.seq} (size {saved.tree_size})")
+    if report.uncovered:
+        typer.echo(f"note: the newest {report.uncovered} event(s) are not under a signed head yet (run `siloguard audit head`)")
+
+
+@audit_app.command()
+@_one_line_errors
+def prove(
+    event_id: Annotated[str, typer.Argument(help="The event's id (a UUID).")],
+    db: DbOpt = None,
+    public_key: PublicKeyOpt = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Also write the proof to this file.")] = None,
+) -> None:
+    """Print an RFC 9162 inclusion proof of one event in the latest signed tree head (JSON)."""
+    settings = _settings(db=db, public_key=public_key)
+    key = _public_key(settings)
+    with _open(settings) as log:
+        proof = log.prove(event_id)
+    try:
+        proof.verify(key, event_id)  # never hand out a proof that does not check out
+    except AuditIntegrityError as exc:
+        raise AuditIntegrityError(
+            f"the log produced a proof that fails verification ({exc}): run `siloguard audit verify`"
+        ) from None
+    text = _dump(proof.to_json())
+    if out is not None:
+        _write_text(out, text)
+    typer.echo(text, nl=False)
+
+
+@audit_app.command()
+@_one_line_errors
+def export(
+    out: Annotated[Path, typer.Option("--out", help="Directory for events.jsonl and tree-head.json.")],
+    db: DbOpt = None,
+) -> None:
+    """Export the events the latest signed head covers (JSON lines) and that head.
+
+    Each line of events.jsonl is exactly the bytes that were hashed as a Merkle leaf, so
+    anyone can recompute the root and check the head's signature without siloguard.
+    """
+    settings = _settings(db=db)
+    with _open(settings) as log:
+        signed = log.latest_head()
+        if signed is None:
+            raise AuditError("no signed tree head yet: sign one with `siloguard audit head`")
+        out = Path(out)
+        if out.exists() and not out.is_dir():
+            raise AuditError(f"{out} exists and is not a directory: choose another --out")
+        out.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=out, prefix=".events.jsonl.", suffix=".tmp")
+        count = 0
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                for stored in log.iter_events(0, signed.tree_size):
+                    handle.write(stored.body + b"\n")
+                    count += 1
+            if count != signed.tree_size:
+                raise AuditIntegrityError(f"the log holds {count} of the {signed.tree_size} events its head covers")
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, out / "events.jsonl")
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    _write_text(out / "tree-head.json", _dump(signed.to_json()))
+    typer.echo(f"exported {count} events and tree head #{signed.seq} to {out}")
+
+
+@audit_app.command()
+@_one_line_errors
+def report(
+    out: Annotated[Path, typer.Option("--out", help="Directory for report.html and report.json.")],
+    db: DbOpt = None,
+    public_key: PublicKeyOpt = None,
+    against: AgainstOpt = None,
+) -> None:
+    """Verify the log, then write the compliance officer's report (HTML + JSON) for its latest head."""
+    from siloguard.audit.heads import SignedTreeHead
+    from siloguard.audit.report import build_report, write_report
+
+    settings = _settings(db=db, public_key=public_key)
+    key = _public_key(settings)
+    saved = SignedTreeHead.read(against) if against is not None else None
+    with _open(settings) as log:
+        built = build_report(log, key, against=saved)
+    html_path, json_path = write_report(built, out)
+    head_json = built.facts["tree_head"]
+    typer.echo(f"report for tree head #{head_json['seq']} ({head_json['tree_size']} events): {html_path}, {json_path}")

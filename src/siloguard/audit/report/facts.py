@@ -1,0 +1,171 @@
+"""The facts of the compliance report, computed from the events one signed head covers.
+
+Pure functions of the event JSON objects and the head: the same log and head give the same
+facts (times are judged "as of" the head's time, not the clock when the report runs).
+"""
+
+from __future__ import annotations
+
+import calendar
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from siloguard.audit import vocabulary as v
+from siloguard.audit.heads import SignedTreeHead
+
+__all__ = ["NO_DATA", "collect"]
+
+NO_DATA = "no data yet"
+OK = "ok"
+
+
+def _day(event: dict[str, Any]) -> str:
+    return str(event["time"])[:10]
+
+
+def _parse_time(text: str) -> datetime:
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
+
+
+def _add_months(when: datetime, months: int) -> datetime:
+    month = when.month - 1 + months
+    year, month = when.year + month // 12, month % 12 + 1
+    day = min(when.day, calendar.monthrange(year, month)[1])
+    return when.replace(year=year, month=month, day=day)
+
+
+def _iso(when: datetime | None) -> str | None:
+    return None if when is None else when.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class _Collector:
+    def __init__(self, as_of: datetime) -> None:
+        self.as_of = as_of
+        self.total = 0
+        self.by_day_action: Counter[tuple[str, str]] = Counter()
+        self.decisions: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
+        self.denials: Counter[tuple[str, str]] = Counter()
+        self.consent: dict[tuple[str, str], tuple[int, int]] = {}
+        self.spend: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
+        self.dsr: dict[str, dict[str, Any]] = {}
+        self.checks: dict[str, dict[str, Any]] = {}
+
+    def add(self, e: dict[str, Any]) -> None:
+        self.total += 1
+        action, related, counts = e["action"], e["related"], e["counts"]
+        self.by_day_action[(_day(e), action)] += 1
+        if e["decision"] in ("allow", "deny") and action != v.CHECK_RESULT:
+            self.decisions[(e["actor"], e["purpose"])][e["decision"]] += 1
+            if e["decision"] == "deny":
+                self.denials[(e["reason"] or "unspecified", e["purpose"])] += 1
+        if action == v.CONSENT_COVERAGE and related["store"] and v.COUNT_SUBJECTS in counts and v.COUNT_CONSENTED in counts:
+            self.consent[(related["store"], e["purpose"])] = (counts[v.COUNT_SUBJECTS], counts[v.COUNT_CONSENTED])
+        elif action == v.PRIVACY_SPEND and related["store"] and related["round"] is not None and v.COUNT_EPSILON_E6 in counts:
+            self.spend[related["store"]][related["round"]] += counts[v.COUNT_EPSILON_E6]
+        elif action == v.DSR_RECEIVED and related["request"]:
+            kind = e["resource"].split(":", 1)[1] if e["resource"].startswith("dsr:") else e["resource"]
+            self.dsr.setdefault(related["request"], {}).update(
+                {"kind": kind, "regulation": e["reason"], "received": _parse_time(e["time"])}
+            )
+        elif action == v.DSR_COMPLETED and related["request"]:
+            self.dsr.setdefault(related["request"], {})["completed"] = _parse_time(e["time"])
+        elif action == v.CHECK_RESULT:
+            rule = e["resource"].split(":", 1)[1] if e["resource"].startswith("check:") else e["resource"]
+            self.checks[rule] = {
+                "check": rule,
+                "result": {"allow": "passed", "deny": "failed"}.get(e["decision"], "info"),
+                "reason": e["reason"],
+                "time": e["time"],
+            }
+
+    # ---- sections -------------------------------------------------------------------
+    def events_by_type(self) -> dict[str, Any]:
+        days = sorted({d for d, _ in self.by_day_action})
+        totals = Counter[str]()
+        for (_, action), n in self.by_day_action.items():
+            totals[action] += n
+        actions = [
+            {"action": a, "total": totals[a], "per_day": [self.by_day_action.get((d, a), 0) for d in days]}
+            for a in sorted(totals, key=lambda a: (-totals[a], a))
+        ]
+        return {"status": OK if self.total else NO_DATA, "days": days, "actions": actions, "total": self.total}
+
+    def gate_decisions(self) -> dict[str, Any]:
+        rows = [
+            {"actor": actor, "purpose": purpose, "allow": c["allow"], "deny": c["deny"]}
+            for (actor, purpose), c in sorted(self.decisions.items())
+        ]
+        denials = [
+            {"reason": reason, "purpose": purpose, "count": n}
+            for (reason, purpose), n in sorted(self.denials.items(), key=lambda kv: (-kv[1], kv[0]))
+        ]
+        return {"status": OK if rows else NO_DATA, "by_principal_purpose": rows, "denials_by_reason": denials}
+
+    def consent_coverage(self) -> dict[str, Any]:
+        rows = [
+            {"store": store, "purpose": purpose, "subjects": subjects, "consented": consented,
+             "coverage": round(consented / subjects, 4) if subjects > 0 else None}
+            for (store, purpose), (subjects, consented) in sorted(self.consent.items())
+        ]
+        return {"status": OK if rows else NO_DATA, "rows": rows}
+
+    def privacy_budget(self) -> dict[str, Any]:
+        stores = []
+        for store in sorted(self.spend):
+            cumulative, rounds = 0, []
+            for rnd in sorted(self.spend[store]):
+                cumulative += self.spend[store][rnd]
+                rounds.append({"round": rnd, "epsilon_e6": self.spend[store][rnd], "cumulative_epsilon_e6": cumulative})
+            stores.append({"store": store, "rounds": rounds, "total_epsilon_e6": cumulative})
+        return {"status": OK if stores else NO_DATA, "stores": stores}
+
+    def data_subject_requests(self) -> dict[str, Any]:
+        rows = []
+        for request in sorted(self.dsr):
+            info = self.dsr[request]
+            received, completed = info.get("received"), info.get("completed")
+            regulation = info.get("regulation")
+            clock = v.LEGAL_CLOCKS.get(regulation or "")
+            due = None
+            if received is not None and clock is not None:
+                unit, amount = clock
+                due = _add_months(received, amount) if unit == "months" else received + timedelta(days=amount)
+            if received is None:
+                state = "completion recorded without a receipt"
+            elif due is None:
+                state = "no legal clock (regulation not recorded)" if completed is None else "completed"
+            elif completed is not None:
+                state = "completed on time" if completed <= due else "completed late"
+            else:
+                state = "overdue" if self.as_of > due else "open"
+            rows.append({
+                "request": request, "kind": info.get("kind"), "regulation": regulation,
+                "received": _iso(received), "due": _iso(due), "completed": _iso(completed), "state": state,
+            })
+        return {"status": OK if rows else NO_DATA, "as_of": _iso(self.as_of), "rows": rows}
+
+    def check_results(self) -> dict[str, Any]:
+        rows = [self.checks[k] for k in sorted(self.checks)]
+        return {"status": OK if rows else NO_DATA, "rows": rows}
+
+
+def collect(events: Iterable[dict[str, Any]], head: SignedTreeHead, *, after_head: int) -> dict[str, Any]:
+    """All report sections for ``events`` (the JSON objects of events ``0 .. head.tree_size-1``)."""
+    c = _Collector(as_of=head.time)
+    for event in events:
+        c.add(event)
+    if c.total != head.tree_size:
+        raise ValueError(f"the report needs the {head.tree_size} events of head #{head.seq}, got {c.total}")
+    return {
+        "tree_head": head.to_json(),
+        "log": {"events": c.total, "events_after_head": after_head, "as_of": _iso(head.time)},
+        "events_by_type": c.events_by_type(),
+        "gate_decisions": c.gate_decisions(),
+        "consent_coverage": c.consent_coverage(),
+        "privacy_budget": c.privacy_budget(),
+        "data_subject_requests": c.data_subject_requests(),
+        "checks": c.check_results(),
+    }
+
