@@ -30,6 +30,16 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+def _mount_subcommands() -> None:
+    from siloguard.audit.cli import audit_app
+    from siloguard.storage.cli import db_app
+
+    app.add_typer(audit_app, name="audit")
+    app.add_typer(db_app, name="db")
+
+
+_mount_subcommands()
 console = Console()
 err_console = Console(stderr=True)
 

@@ -135,3 +135,14 @@ def test_when_several_processes_open_the_ledger_at_once_then_none_fails(tmp_path
     for p in procs:
         p.join(timeout=120)
     assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+
+
+def test_when_every_store_is_at_its_cap_then_the_run_says_so(tiny_settings: Settings) -> None:
+    from siloguard.federation.runner import prepare_run, run_federation
+
+    settings = tiny_settings.with_overrides(
+        privacy={"enabled": True, "sample_rate": 0.25, "epsilon_cap": 0.01}, federation={"rounds": 1}
+    )
+    prepared = prepare_run(settings)
+    with pytest.raises(PrivacyBudgetError, match="every store is at its privacy budget"):
+        run_federation(settings, prepared)

@@ -15,7 +15,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
 from siloguard.config import Settings
-from siloguard.errors import ConfigError
+from siloguard.errors import ConfigError, PrivacyBudgetError
 from siloguard.federation.registry import save_model
 from siloguard.federation.strategy import RoundReport, SiloFedAvg
 from siloguard.recommender.model import SharedModel
@@ -101,7 +101,13 @@ def run_server(
     )
     outcome.reports = strategy.reports
     final = strategy.reports.get(fed.rounds)
-    if result.arrays is None or final is None or not final.evaluate:
+    trained = any(rep.train for rep in strategy.reports.values())
+    if not trained and any(rep.skipped for rep in strategy.reports.values()):
+        raise PrivacyBudgetError(
+            "every store is at its privacy budget: nothing was trained. Raise --epsilon-cap, "
+            "or start a new run in a fresh --out (the ledger lives in its database)"
+        )
+    if not trained or len(result.arrays) == 0 or final is None or not final.evaluate:
         raise RuntimeError("the federation produced no model: no store completed a round (see the log above)")
     model.load_state_dict(result.arrays.to_torch_state_dict())
     outcome.model_dir = str(save_model(model, settings, strategy.reports))

@@ -25,7 +25,7 @@ from siloguard.config import Settings
 from siloguard.data.loader import RAW_COLUMNS, CleaningReport, load_clean, sample_path
 from siloguard.data.silos import assign_stores, partition
 from siloguard.data.split import temporal_split
-from siloguard.errors import FederationError
+from siloguard.errors import FederationError, SiloguardError
 from siloguard.federation.app import FederationOutcome, build_server_app
 from siloguard.federation.strategy import RoundReport
 from siloguard.recommender.features import Catalogue
@@ -134,6 +134,8 @@ def run_federation(
             "init_args": {"logging_level": "ERROR", "log_to_driver": verbose},
         },
     )
+    if isinstance(outcome.error, SiloguardError):
+        raise outcome.error
     if outcome.error is not None:
         raise FederationError(f"the federated run failed: {outcome.error}") from outcome.error
     if outcome.model_dir is None:
