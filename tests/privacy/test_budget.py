@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import uuid
 from pathlib import Path
 
@@ -14,23 +13,14 @@ from siloguard.errors import PrivacyBudgetError
 from siloguard.privacy.budget import BudgetLedger, ledger_table
 from siloguard.privacy.dp import epsilon_of
 
-PG_URL = os.environ.get("SILOGUARD_TEST_DATABASE_URL")
+from tests.storage.databases import BACKENDS, fresh_database
 
 
-def _urls(tmp_path: Path) -> list[str]:
-    urls = [f"sqlite:///{tmp_path / 'ledger.db'}"]
-    if PG_URL:
-        urls.append(PG_URL)
-    return urls
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def ledger_url(request, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'ledger.db'}"
-    if not PG_URL:
-        pytest.skip("SILOGUARD_TEST_DATABASE_URL is not set: PostgreSQL variant not run")
-    return PG_URL
+@pytest.fixture(params=BACKENDS)
+def ledger_url(request, tmp_path: Path):
+    """A fresh database per backend (PostgreSQL: own schema, dropped afterwards)."""
+    with fresh_database(request.param, tmp_path) as url:
+        yield url
 
 
 def _record(ledger: BudgetLedger, store: str, history, server_round: int = 1, cap: float = 8.0):

@@ -21,36 +21,14 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from siloguard.errors import PrivacyBudgetError
-from siloguard.storage.db import create_engine, exclusive
+from siloguard.storage.db import create_engine, current_revision, exclusive, head_revision, upgrade_database
+from siloguard.storage.orm import privacy_ledger, privacy_ledger_rounds
 
 __all__ = ["BudgetLedger", "LedgerEntry"]
 
-_metadata = sa.MetaData()
-
-ledger_table = sa.Table(
-    "privacy_ledger",
-    _metadata,
-    sa.Column("store", sa.String(128), primary_key=True),
-    sa.Column("accountant", sa.String(8), nullable=False),
-    sa.Column("history", sa.Text, nullable=False),  # JSON [[noise, rate, steps], ...]
-    sa.Column("delta", sa.Float, nullable=False),
-    sa.Column("epsilon", sa.Float, nullable=False),
-    sa.Column("epsilon_cap", sa.Float, nullable=False),
-    sa.Column("rounds", sa.Integer, nullable=False),
-    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
-)
-
-rounds_table = sa.Table(
-    "privacy_ledger_rounds",
-    _metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("store", sa.String(128), nullable=False, index=True),
-    sa.Column("server_round", sa.Integer, nullable=False),
-    sa.Column("epsilon", sa.Float, nullable=False),
-    sa.Column("delta", sa.Float, nullable=False),
-    sa.Column("steps", sa.Integer, nullable=False),
-    sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
-)
+# The tables (storage/orm.py) are created by the Alembic migration 0002_privacy_ledger.
+ledger_table = privacy_ledger
+rounds_table = privacy_ledger_rounds
 
 
 @dataclass(frozen=True)
@@ -89,10 +67,12 @@ class BudgetLedger:
 
     def __init__(self, url_or_engine: str | Engine) -> None:
         self.engine = create_engine(url_or_engine) if isinstance(url_or_engine, str) else url_or_engine
-        # Several stores' clients open the ledger at once: create the tables under the
-        # database's write lock (a plain create_all raced into "database is locked").
-        with exclusive(self.engine, "privacy-ledger-schema") as conn:
-            _metadata.create_all(conn)
+        # The tables come from the Alembic migrations (storage/migrations); migrating is
+        # idempotent and serialised under the database's write lock, so several stores'
+        # clients may open the ledger at once (a plain create_all raced into "database is
+        # locked").
+        if current_revision(self.engine) != head_revision():
+            upgrade_database(self.engine)
 
     def load(self, store: str) -> LedgerEntry | None:
         with self.engine.connect() as conn:

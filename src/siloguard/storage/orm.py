@@ -10,14 +10,32 @@ Audit log tables (written only by :mod:`siloguard.audit.log`):
   leaves ``[idx * 2**level, (idx + 1) * 2**level)``); a cache that makes proofs cheap.
   The verifier recomputes it from the events and reports any difference.
 - ``audit_heads``: signed tree heads, numbered 0, 1, 2, ... (``seq`` is signed too).
+
+Privacy-budget ledger tables (written only by :mod:`siloguard.privacy.budget`):
+
+- ``privacy_ledger``: one row per store: accountant, its composed history (JSON), delta,
+  epsilon, cap, rounds trained;
+- ``privacy_ledger_rounds``: one row per store and round, for reports and plots.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Integer, LargeBinary, MetaData, SmallInteger, String
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Float,
+    Integer,
+    LargeBinary,
+    MetaData,
+    SmallInteger,
+    String,
+    Table,
+    Text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["AuditEventRow", "AuditHeadRow", "AuditNodeRow", "Base"]
+__all__ = ["AuditEventRow", "AuditHeadRow", "AuditNodeRow", "Base", "privacy_ledger", "privacy_ledger_rounds"]
 
 # SQLite makes only "INTEGER PRIMARY KEY" an alias of its (64-bit) rowid.
 _Seq = BigInteger().with_variant(Integer(), "sqlite")
@@ -62,3 +80,29 @@ class AuditHeadRow(Base):
     timestamp_ms: Mapped[int] = mapped_column(BigInteger)
     key_id: Mapped[str] = mapped_column(String(64))
     signature: Mapped[bytes] = mapped_column(LargeBinary(64))
+
+
+privacy_ledger = Table(
+    "privacy_ledger",
+    Base.metadata,
+    Column("store", String(128), primary_key=True),
+    Column("accountant", String(8), nullable=False),
+    Column("history", Text, nullable=False),  # JSON [[noise, rate, steps], ...]
+    Column("delta", Float, nullable=False),
+    Column("epsilon", Float, nullable=False),
+    Column("epsilon_cap", Float, nullable=False),
+    Column("rounds", Integer, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+privacy_ledger_rounds = Table(
+    "privacy_ledger_rounds",
+    Base.metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("store", String(128), nullable=False, index=True),
+    Column("server_round", Integer, nullable=False),
+    Column("epsilon", Float, nullable=False),
+    Column("delta", Float, nullable=False),
+    Column("steps", Integer, nullable=False),
+    Column("recorded_at", DateTime(timezone=True), nullable=False),
+)
