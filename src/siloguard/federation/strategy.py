@@ -105,26 +105,26 @@ class SiloFedAvg(FedAvg):
     def _report(self, server_round: int) -> RoundReport:
         return self.reports.setdefault(server_round, RoundReport(server_round))
 
+    def _collect(self, server_round: int, replies: list[Message], into: str) -> None:
+        """Keep each store's reply metrics in the round's report (``train`` or ``evaluate``)."""
+        report = self._report(server_round)
+        for msg in replies:
+            if msg.has_error():
+                report.failures += 1
+            else:
+                getattr(report, into)[_store_name(msg)] = dict(msg.content["metrics"])
+
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
-        report = self._report(server_round)
-        for msg in replies:
-            if msg.has_error():
-                report.failures += 1
-            else:
-                report.train[_store_name(msg)] = dict(msg.content["metrics"])
+        self._collect(server_round, replies, "train")
         return super().aggregate_train(server_round, replies)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         replies = list(replies)
+        self._collect(server_round, replies, "evaluate")
         report = self._report(server_round)
-        for msg in replies:
-            if msg.has_error():
-                report.failures += 1
-            else:
-                report.evaluate[_store_name(msg)] = dict(msg.content["metrics"])
         aggregated = super().aggregate_evaluate(server_round, replies)
         if self.on_round is not None:
             self.on_round(report)

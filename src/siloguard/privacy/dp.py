@@ -275,19 +275,26 @@ class DenseNormEmbedding(nn.Embedding):
 _DENSE_CHUNK = 64
 
 
+def _dense_per_sample(layer: DenseNormEmbedding, idx: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Each sample's gradient of the embedding table, dense: (samples, items, dim)."""
+    dense = torch.zeros(idx.shape[0], layer.num_embeddings, g.shape[-1], dtype=g.dtype)
+    return dense.scatter_add_(1, idx.unsqueeze(-1).expand(-1, -1, g.shape[-1]), g)
+
+
+def _flat(activations: list[torch.Tensor], backprops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    idx = activations[0].reshape(activations[0].shape[0], -1)
+    return idx, backprops.reshape(idx.shape[0], idx.shape[1], -1)
+
+
 @register_norm_sampler(DenseNormEmbedding)
 def _dense_embedding_norms(
     layer: DenseNormEmbedding, activations: list[torch.Tensor], backprops: torch.Tensor
 ) -> dict:
-    idx = activations[0]
-    idx = idx.reshape(idx.shape[0], -1)
-    g = backprops.reshape(idx.shape[0], idx.shape[1], -1)
-    norms = []
-    for start in range(0, idx.shape[0], _DENSE_CHUNK):
-        i, gg = idx[start : start + _DENSE_CHUNK], g[start : start + _DENSE_CHUNK]
-        dense = torch.zeros(i.shape[0], layer.num_embeddings, gg.shape[-1], dtype=gg.dtype)
-        dense.scatter_add_(1, i.unsqueeze(-1).expand(-1, -1, gg.shape[-1]), gg)
-        norms.append(dense.pow(2).sum((1, 2)).sqrt())
+    idx, g = _flat(activations, backprops)
+    norms = [
+        _dense_per_sample(layer, idx[s : s + _DENSE_CHUNK], g[s : s + _DENSE_CHUNK]).pow(2).sum((1, 2)).sqrt()
+        for s in range(0, idx.shape[0], _DENSE_CHUNK)
+    ]
     return {layer.weight: torch.cat(norms)}
 
 
@@ -295,12 +302,8 @@ def _dense_embedding_norms(
 def _dense_embedding_grads(
     layer: DenseNormEmbedding, activations: list[torch.Tensor], backprops: torch.Tensor
 ) -> dict:
-    idx = activations[0]
-    idx = idx.reshape(idx.shape[0], -1)
-    g = backprops.reshape(idx.shape[0], idx.shape[1], -1)
-    dense = torch.zeros(idx.shape[0], layer.num_embeddings, g.shape[-1], dtype=g.dtype)
-    dense.scatter_add_(1, idx.unsqueeze(-1).expand(-1, -1, g.shape[-1]), g)
-    return {layer.weight: dense}
+    idx, g = _flat(activations, backprops)
+    return {layer.weight: _dense_per_sample(layer, idx, g)}
 
 
 def _as_dense_norm(embedding: nn.Embedding) -> DenseNormEmbedding:
