@@ -9,6 +9,8 @@ import pandas as pd
 import pytest
 
 from siloguard.config import Settings
+from siloguard.privacy.keys import FileKeyStore, StoreKeys
+from siloguard.privacy.masking import Masker
 
 COUNTRIES = ("United Kingdom", "Germany", "France")
 
@@ -60,3 +62,27 @@ def tiny_settings(tmp_path: Path, tiny_retail: Path) -> Settings:
 @pytest.fixture
 def tiny_dp_settings(tiny_settings: Settings) -> Settings:
     return tiny_settings.with_overrides(privacy={"enabled": True, "sample_rate": 0.25, "epsilon_cap": 8.0})
+
+
+# Keys and a masker in temporary directories (gate and privacy tests); the spaCy pipeline is made once per session.
+
+@pytest.fixture(scope="session")
+def nlp_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("nlp-cache")
+
+
+@pytest.fixture
+def keystore(tmp_path: Path) -> FileKeyStore:
+    return FileKeyStore(tmp_path / "keys")
+
+
+@pytest.fixture
+def store_keys(keystore: FileKeyStore) -> StoreKeys:
+    keys = StoreKeys(keystore, "united-kingdom-1")
+    keys.init()
+    return keys
+
+
+@pytest.fixture
+def masker(store_keys: StoreKeys, nlp_cache: Path) -> Masker:
+    return Masker.for_store(store_keys, cache_dir=nlp_cache)
