@@ -5,7 +5,8 @@
 Every method is scored the same way: full ranking over the training catalogue,
 test = purchases of known customers on/after the split date (repeats count),
 plus the "new items only" variant. Metrics are per store and overall (weighted
-by test customers). Prints a markdown table and writes JSON.
+by test customers). Federated runs here are without differential privacy (see bench/dp.py).
+Prints a markdown table and writes JSON.
 """
 
 from __future__ import annotations
@@ -90,7 +91,13 @@ def main() -> int:
     torch.set_num_threads(2)
 
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="siloguard-bench-"))
-    settings = Settings.build(work_dir=work, data={"path": args.data})
+    # Quality without differential privacy (bench/dp.py measures the DP runs against this).
+    settings = Settings.build(
+        work_dir=work,
+        data={"path": args.data},
+        privacy={"enabled": False},
+        database={"url": f"sqlite:///{work / 'siloguard.db'}"},
+    )
     if args.rounds:
         settings = settings.with_overrides(federation={"rounds": args.rounds})
     epochs = settings.federation.rounds * settings.model.local_epochs
