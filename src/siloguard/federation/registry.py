@@ -80,7 +80,10 @@ def privacy_summary(settings: Settings, reports: dict[int, RoundReport]) -> dict
         "enabled": True,
         "unit": "customer (all of a customer's purchases in a store)",
         "accountant": p.accountant,
-        "sampling": f"Poisson sampling of customers, rate {p.sample_rate}",
+        "sampling": (
+            f"Poisson sampling of customers, rate {p.sample_rate} configured "
+            "(per store the rate Opacus uses is 1 / ceil(n / round(rate x n)))"
+        ),
         "noise_multiplier": p.noise_multiplier,
         "max_grad_norm": p.max_grad_norm,
         "epsilon_cap": p.epsilon_cap,
