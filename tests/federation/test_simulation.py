@@ -51,3 +51,35 @@ def test_when_central_dp_is_on_then_the_run_finishes_and_reports_store_level_eps
     from siloguard.privacy.dp import epsilon_of
 
     assert central["epsilon"] == epsilon_of("rdp", [(1.0, 1.0, 2)], 1e-5) > 0
+
+
+def test_when_a_dp_federation_runs_then_each_round_and_privacy_spend_is_in_a_verifying_audit_log(
+    tiny_dp_settings: Settings,
+) -> None:
+    from siloguard.audit import AuditLog
+    from siloguard.audit.heads import generate_keypair, load_public_key, load_signing_key
+
+    keys = tiny_dp_settings.work_dir.parent / "keys"
+    generate_keypair(keys / "audit.key", keys / "audit.pub")
+    prepared = prepare_run(tiny_dp_settings)
+    outcome = run_federation(tiny_dp_settings, prepared)
+
+    log = AuditLog.open(tiny_dp_settings, signer=load_signing_key(keys / "audit.key"))
+    try:
+        log.sign_head()
+        events = [stored.event for stored in log.iter_events()]
+        report = log.verify(load_public_key(keys / "audit.pub"))
+    finally:
+        log.close()
+    # verify() raises AuditIntegrityError on any mismatch; it returned, so check what it covered.
+    assert report.tree_size == len(events) and report.uncovered == 0 and report.heads_checked >= 1
+    rounds = [e for e in events if e.action == "federation.round"]
+    assert [e.round for e in rounds] == [1, 2]
+    assert all(e.counts["stores_trained"] == len(outcome.reports[e.round].train) for e in rounds)
+    spends = [e for e in events if e.action == "privacy.spend"]
+    assert {(e.store, e.round) for e in spends} == {
+        (store, r) for r, rep in outcome.reports.items() for store in rep.train
+    }
+    for e in spends:
+        total = outcome.reports[e.round].train[e.store]["epsilon"]
+        assert e.counts["epsilon_total_e6"] == round(total * 1e6)

@@ -59,6 +59,67 @@ def _n_stores(settings: Settings) -> int:
     return len(json.loads((settings.work_dir / "run.json").read_text())["stores"])
 
 
+def round_events(report: RoundReport, purpose: str = "personalize.profiling") -> list:
+    """Audit events of one round: participants and outcome, and each store's privacy spend.
+
+    Ids and counts only: store names, round number, how many stores trained, were left out
+    at their budget or failed, and the epsilon a store spent in the round (in millionths).
+    """
+    from siloguard.audit import AuditEvent
+    from siloguard.audit.vocabulary import COUNT_EPSILON_E6, PRIVACY_SPEND
+
+    events = [
+        AuditEvent(
+            actor="coordinator",
+            action="federation.round",
+            resource="model:global",
+            purpose=purpose,
+            decision="info",
+            counts={
+                "stores_trained": len(report.train),
+                "stores_skipped": len(report.skipped),
+                "stores_evaluated": len(report.evaluate),
+                "failures": report.failures,
+            },
+            round=report.server_round,
+        )
+    ]
+    for store in sorted(report.train):
+        metrics = report.train[store]
+        if "epsilon" not in metrics:
+            continue
+        before = report.budgets.get(store, {}).get("epsilon", 0.0)
+        events.append(
+            AuditEvent(
+                actor=f"store:{store}",
+                action=PRIVACY_SPEND,
+                resource="model:global",
+                purpose=purpose,
+                decision="info",
+                counts={
+                    COUNT_EPSILON_E6: round(max(0.0, metrics["epsilon"] - before) * 1e6),
+                    "epsilon_total_e6": round(metrics["epsilon"] * 1e6),
+                    "steps": int(metrics["dp-steps"]),
+                },
+                round=report.server_round,
+                store=store,
+            )
+        )
+    return events
+
+
+def _open_audit(settings: Settings):  # noqa: ANN202 - SQLAlchemy only when a run starts
+    from siloguard.audit import AuditLog
+    from siloguard.storage.db import create_engine, upgrade_database
+
+    engine = create_engine(settings.database.url)
+    try:
+        upgrade_database(engine)
+    finally:
+        engine.dispose()
+    return AuditLog.open(settings)
+
+
 def run_server(
     grid: Grid,
     settings: Settings,
@@ -66,52 +127,62 @@ def run_server(
     outcome: FederationOutcome | None = None,
 ) -> FederationOutcome:
     outcome = outcome if outcome is not None else FederationOutcome()
-    fed = settings.federation
-    model = SharedModel(_n_items(settings), settings.model.dim, settings.model.hidden, seed=settings.model.seed)
-    strategy = SiloFedAvg(
-        on_round=on_round,
-        budget_aware=settings.privacy.enabled,
-        query_timeout=fed.round_timeout,
-        fraction_train=fed.fraction_train,
-        fraction_evaluate=1.0,
-        min_train_nodes=fed.min_stores,
-        min_evaluate_nodes=fed.min_stores,
-        min_available_nodes=fed.min_stores,
-        weighted_by_key="num-examples",
-    )
-    runner: object = strategy
-    if settings.privacy.central:
-        # Central DP: Flower's wrapper clips each store's update to a fixed norm and adds
-        # Gaussian noise to the aggregate. The unit is a whole store; its accounting is
-        # separate from the per-store customer-level budgets (registry.privacy_summary).
-        from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
+    audit = _open_audit(settings)
 
-        runner = DifferentialPrivacyServerSideFixedClipping(
-            strategy,
-            noise_multiplier=settings.privacy.central_noise_multiplier,
-            clipping_norm=settings.privacy.central_clipping_norm,
-            num_sampled_clients=_n_stores(settings),
+    def audited(report: RoundReport) -> None:
+        audit.append(round_events(report))  # fail closed: a round that cannot be audited stops the run
+        if on_round is not None:
+            on_round(report)
+
+    try:
+        fed = settings.federation
+        model = SharedModel(_n_items(settings), settings.model.dim, settings.model.hidden, seed=settings.model.seed)
+        strategy = SiloFedAvg(
+            on_round=audited,
+            budget_aware=settings.privacy.enabled,
+            query_timeout=fed.round_timeout,
+            fraction_train=fed.fraction_train,
+            fraction_evaluate=1.0,
+            min_train_nodes=fed.min_stores,
+            min_evaluate_nodes=fed.min_stores,
+            min_available_nodes=fed.min_stores,
+            weighted_by_key="num-examples",
         )
-    result = runner.start(  # type: ignore[attr-defined]
-        grid=grid,
-        initial_arrays=ArrayRecord(model.state_dict()),
-        num_rounds=fed.rounds,
-        timeout=fed.round_timeout,
-        train_config=ConfigRecord({"dim": settings.model.dim}),
-    )
-    outcome.reports = strategy.reports
-    final = strategy.reports.get(fed.rounds)
-    trained = any(rep.train for rep in strategy.reports.values())
-    if not trained and any(rep.skipped for rep in strategy.reports.values()):
-        raise PrivacyBudgetError(
-            "every store is at its privacy budget: nothing was trained. Raise --epsilon-cap, "
-            "or start a new run in a fresh --out (the ledger lives in its database)"
+        runner: object = strategy
+        if settings.privacy.central:
+            # Central DP: Flower's wrapper clips each store's update to a fixed norm and adds
+            # Gaussian noise to the aggregate. The unit is a whole store; its accounting is
+            # separate from the per-store customer-level budgets (registry.privacy_summary).
+            from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
+
+            runner = DifferentialPrivacyServerSideFixedClipping(
+                strategy,
+                noise_multiplier=settings.privacy.central_noise_multiplier,
+                clipping_norm=settings.privacy.central_clipping_norm,
+                num_sampled_clients=_n_stores(settings),
+            )
+        result = runner.start(  # type: ignore[attr-defined]
+            grid=grid,
+            initial_arrays=ArrayRecord(model.state_dict()),
+            num_rounds=fed.rounds,
+            timeout=fed.round_timeout,
+            train_config=ConfigRecord({"dim": settings.model.dim}),
         )
-    if not trained or len(result.arrays) == 0 or final is None or not final.evaluate:
-        raise RuntimeError("the federation produced no model: no store completed a round (see the log above)")
-    model.load_state_dict(result.arrays.to_torch_state_dict())
-    outcome.model_dir = str(save_model(model, settings, strategy.reports))
-    return outcome
+        outcome.reports = strategy.reports
+        final = strategy.reports.get(fed.rounds)
+        trained = any(rep.train for rep in strategy.reports.values())
+        if not trained and any(rep.skipped for rep in strategy.reports.values()):
+            raise PrivacyBudgetError(
+                "every store is at its privacy budget: nothing was trained. Raise --epsilon-cap, "
+                "or start a new run in a fresh --out (the ledger lives in its database)"
+            )
+        if not trained or len(result.arrays) == 0 or final is None or not final.evaluate:
+            raise RuntimeError("the federation produced no model: no store completed a round (see the log above)")
+        model.load_state_dict(result.arrays.to_torch_state_dict())
+        outcome.model_dir = str(save_model(model, settings, strategy.reports))
+        return outcome
+    finally:
+        audit.close()
 
 
 def build_server_app(
