@@ -146,7 +146,7 @@ def main() -> int:
 
     from siloguard.config import Settings
     from siloguard.federation.runner import prepare_run, run_federation
-    from siloguard.privacy.dp import effective_sample_rate, steps_per_round
+    from siloguard.privacy.dp import steps_per_round
 
     base = Settings.build(work_dir=Path(tempfile.mkdtemp()), data={"path": Path(data)})
     rounds = base.federation.rounds

@@ -97,24 +97,6 @@ class History:
     def n_users(self) -> int:
         return self.counts.shape[0]
 
-    def keys(self) -> np.ndarray:
-        """Sorted ``user * n_items + item`` keys of the stored entries."""
-        n_items = self.counts.shape[1]
-        rows = np.repeat(np.arange(self.n_users, dtype=np.int64), np.diff(self.counts.indptr))
-        return rows * n_items + self.counts.indices.astype(np.int64)
-
-    def lookup(self, users: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Features and an in-history flag for arbitrary (user, item) pairs."""
-        keys = self.keys()
-        query = users.astype(np.int64) * self.counts.shape[1] + items.astype(np.int64)
-        pos = np.searchsorted(keys, query)
-        pos_clipped = np.minimum(pos, max(len(keys) - 1, 0))
-        found = (pos < len(keys)) & (keys[pos_clipped] == query) if len(keys) else np.zeros(query.shape, bool)
-        feats = np.zeros(query.shape + (N_FEATURES,), dtype=np.float32)
-        if len(keys):
-            feats[found] = self.features[pos_clipped[found]]
-        return feats, found.astype(np.float32)
-
 
 def build_history(events: pd.DataFrame, n_users: int, n_items: int, cutoff: int) -> History:
     """Summarise events strictly before ``cutoff`` into per-(user, item) features."""
