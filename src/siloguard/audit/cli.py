@@ -9,18 +9,17 @@ verification fails, 8 for a database problem, 2 for a bad setting.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Optional, TypeVar
+from typing import Annotated, Any, Optional
 
 import typer
 
 from siloguard.config import Settings
-from siloguard.errors import AuditError, AuditIntegrityError, SiloguardError
+from siloguard.errors import AuditError, AuditIntegrityError
+from siloguard.storage.cli import DbOpt, one_line_errors
 
 __all__ = ["audit_app"]
 
@@ -32,10 +31,6 @@ audit_app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-DbOpt = Annotated[
-    Optional[str],
-    typer.Option("--db", help="Database URL (sqlite:///PATH or postgresql+psycopg://...). \\[default: settings database.url]"),
-]
 PublicKeyOpt = Annotated[
     Optional[Path], typer.Option("--public-key", help="Trusted Ed25519 public key (PEM). \\[default: settings audit.public_key]")
 ]
@@ -47,23 +42,6 @@ AgainstOpt = Annotated[
     Optional[Path],
     typer.Option("--against", help="A tree head saved earlier (from `audit head --out`): prove the log still extends it."),
 ]
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _one_line_errors(func: F) -> F:
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except SiloguardError as exc:
-            for problem in getattr(exc, "problems", ()):
-                typer.echo(f"  - {problem}", err=True)
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(exc.exit_code) from None
-
-    return wrapper  # type: ignore[return-value]
-
 
 def _settings(*, db: str | None = None, signing_key: Path | None = None, public_key: Path | None = None) -> Settings:
     return Settings.build().with_overrides(
@@ -108,7 +86,7 @@ def _dump(data: Any) -> str:
 
 
 @audit_app.command()
-@_one_line_errors
+@one_line_errors
 def keygen(signing_key: SigningKeyOpt = None, public_key: PublicKeyOpt = None) -> None:
     """Create the Ed25519 key pair that signs tree heads (private key mode 0600)."""
     from siloguard.audit.heads import generate_keypair
@@ -121,7 +99,7 @@ def keygen(signing_key: SigningKeyOpt = None, public_key: PublicKeyOpt = None) -
 
 
 @audit_app.command()
-@_one_line_errors
+@one_line_errors
 def head(
     db: DbOpt = None,
     signing_key: SigningKeyOpt = None,
@@ -138,7 +116,7 @@ def head(
 
 
 @audit_app.command()
-@_one_line_errors
+@one_line_errors
 def verify(db: DbOpt = None, public_key: PublicKeyOpt = None, against: AgainstOpt = None) -> None:
     """Recompute the log from its events, check every signed head, and (--against) a saved head."""
     from siloguard.audit.heads import SignedTreeHead
@@ -160,7 +138,7 @@ def verify(db: DbOpt = None, public_key: PublicKeyOpt = None, against: AgainstOp
 
 
 @audit_app.command()
-@_one_line_errors
+@one_line_errors
 def prove(
     event_id: Annotated[str, typer.Argument(help="The event's id (a UUID).")],
     db: DbOpt = None,
@@ -185,7 +163,7 @@ def prove(
 
 
 @audit_app.command()
-@_one_line_errors
+@one_line_errors
 def export(
     out: Annotated[Path, typer.Option("--out", help="Directory for events.jsonl and tree-head.json.")],
     db: DbOpt = None,
@@ -223,7 +201,7 @@ def export(
 
 
 @audit_app.command()
-@_one_line_errors
+@one_line_errors
 def report(
     out: Annotated[Path, typer.Option("--out", help="Directory for report.html and report.json.")],
     db: DbOpt = None,

@@ -5,14 +5,35 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+import functools
+from collections.abc import Callable
+from typing import Annotated, Any, Optional, TypeVar
 
 import typer
 
 from siloguard.config import Settings
 from siloguard.errors import SiloguardError
 
-__all__ = ["db_app"]
+__all__ = ["DbOpt", "db_app", "one_line_errors"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def one_line_errors(func: F) -> F:
+    """A command's SiloguardError becomes ``error: ...`` on stderr (with its listed problems
+    above it) and the error's exit code, never a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except SiloguardError as exc:
+            for problem in getattr(exc, "problems", ()):
+                typer.echo(f"  - {problem}", err=True)
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(exc.exit_code) from None
+
+    return wrapper  # type: ignore[return-value]
 
 db_app = typer.Typer(
     name="db",
@@ -36,36 +57,30 @@ def _engine(db: str | None):  # type: ignore[no-untyped-def]
 
 
 @db_app.command()
+@one_line_errors
 def upgrade(db: DbOpt = None) -> None:
     """Create the tables, or migrate them to this siloguard's schema."""
     from siloguard.storage.db import current_revision, upgrade_database
 
+    engine = _engine(db)
     try:
-        engine = _engine(db)
-        try:
-            before = current_revision(engine)
-            upgrade_database(engine)
-            after = current_revision(engine)
-        finally:
-            engine.dispose()
-    except SiloguardError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(exc.exit_code) from None
+        before = current_revision(engine)
+        upgrade_database(engine)
+        after = current_revision(engine)
+    finally:
+        engine.dispose()
     typer.echo(f"database schema: {before or 'empty'} -> {after}" if before != after else f"database schema already at {after}")
 
 
 @db_app.command()
+@one_line_errors
 def current(db: DbOpt = None) -> None:
     """Print the schema version of the database and the one this siloguard needs."""
     from siloguard.storage.db import current_revision, head_revision
 
+    engine = _engine(db)
     try:
-        engine = _engine(db)
-        try:
-            now = current_revision(engine)
-        finally:
-            engine.dispose()
-    except SiloguardError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(exc.exit_code) from None
+        now = current_revision(engine)
+    finally:
+        engine.dispose()
     typer.echo(f"database: {now or 'empty'}; this siloguard needs: {head_revision()}")
