@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import time
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -83,24 +84,32 @@ def _shared_model(msg: Message, store: StoreData, settings: Settings) -> SharedM
     return model
 
 
-def _ledger(settings: Settings):  # noqa: ANN202 - imported lazily (SQLAlchemy)
+@lru_cache(maxsize=4)
+def _ledger(url: str):  # noqa: ANN202 - imported lazily (SQLAlchemy); one engine per database and process
     from siloguard.privacy.budget import BudgetLedger
 
-    return BudgetLedger(settings.database.url)
+    return BudgetLedger(url)
+
+
+def _ledger_state(store: StoreData, settings: Settings) -> tuple[object, list, float]:
+    """The store's ledger entry (or None), its accountant history and its delta."""
+    from siloguard.privacy.dp import store_delta
+
+    entry = _ledger(settings.database.url).load(store.name)
+    history = entry.history if entry else []
+    delta = entry.delta if entry else store_delta(settings.privacy, store.n_users)
+    return entry, history, delta
 
 
 def budget_status(store: StoreData, settings: Settings) -> dict[str, float]:
     """The store's privacy spend so far and what one more round would bring it to."""
-    from siloguard.privacy.dp import projected_epsilon, store_delta
+    from siloguard.privacy.dp import projected_epsilon
 
-    privacy = settings.privacy
-    entry = _ledger(settings).load(store.name)
-    history = entry.history if entry else []
-    delta = entry.delta if entry else store_delta(privacy, store.n_users)
+    entry, history, delta = _ledger_state(store, settings)
     return {
-        "epsilon": entry.epsilon if entry else 0.0,
-        "projected-epsilon": projected_epsilon(privacy, history, settings.model.local_epochs, delta, store.n_users),
-        "epsilon-cap": privacy.epsilon_cap,
+        "epsilon": entry.epsilon if entry else 0.0,  # type: ignore[attr-defined]
+        "projected-epsilon": projected_epsilon(settings.privacy, history, settings.model.local_epochs, delta, store.n_users),
+        "epsilon-cap": settings.privacy.epsilon_cap,
         "delta": delta,
     }
 
@@ -165,13 +174,10 @@ def _train_dp(
 ) -> dict[str, float]:
     """One round of customer-level DP-SGD, refused (fail closed) if it would pass the cap."""
     from siloguard.errors import PrivacyBudgetError
-    from siloguard.privacy.dp import group_by_customer, projected_epsilon, store_delta, train_local_dp
+    from siloguard.privacy.dp import group_by_customer, projected_epsilon, train_local_dp
 
     privacy = settings.privacy
-    ledger = _ledger(settings)
-    entry = ledger.load(store.name)
-    history = entry.history if entry else []
-    delta = entry.delta if entry else store_delta(privacy, store.n_users)
+    _entry, history, delta = _ledger_state(store, settings)
     if projected_epsilon(privacy, history, settings.model.local_epochs, delta, store.n_users) > privacy.epsilon_cap:
         raise PrivacyBudgetError(
             f"store {store.name!r} is at its privacy budget (cap {privacy.epsilon_cap}): it does not train"
@@ -188,7 +194,7 @@ def _train_dp(
         delta=delta,
         seed=settings.model.seed * 1_000_003 + server_round,
     )
-    ledger.record_round(
+    _ledger(settings.database.url).record_round(
         store=store.name,
         accountant=privacy.accountant,
         history=result.history,
