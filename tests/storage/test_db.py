@@ -40,12 +40,12 @@ def test_when_upgraded_then_at_head_with_the_audit_tables_and_upgrading_again_ch
     engine = create_engine(database_url)
     try:
         upgrade_database(engine)
-        assert current_revision(engine) == head_revision() == "0002_privacy_ledger"
+        assert current_revision(engine) == head_revision() == "0003_consent"
         require_current_schema(engine)
         upgrade_database(engine)
         assert current_revision(engine) == head_revision()
         tables = set(sa.inspect(engine).get_table_names())
-        assert {"audit_events", "audit_nodes", "audit_heads", "privacy_ledger", "privacy_ledger_rounds", "alembic_version"} <= tables
+        assert {"audit_events", "audit_nodes", "audit_heads", "privacy_ledger", "privacy_ledger_rounds", "consent_events", "alembic_version"} <= tables
     finally:
         engine.dispose()
 
@@ -156,9 +156,9 @@ def test_db_cli_upgrades_and_reports_the_schema(database_url: str) -> None:
     assert "database: empty" in first.output
     up = runner.invoke(db_app, ["upgrade", "--db", database_url])
     assert up.exit_code == 0, up.output
-    assert "empty -> 0002_privacy_ledger" in up.output
+    assert "empty -> 0003_consent" in up.output
     again = runner.invoke(db_app, ["upgrade", "--db", database_url])
-    assert "already at 0002_privacy_ledger" in again.output
+    assert "already at 0003_consent" in again.output
 
 
 def test_db_cli_refuses_a_bad_url_in_one_line() -> None:

@@ -16,6 +16,11 @@ Privacy-budget ledger tables (written only by :mod:`siloguard.privacy.budget`):
 - ``privacy_ledger``: one row per store: accountant, its composed history (JSON), delta,
   epsilon, cap, rounds trained;
 - ``privacy_ledger_rounds``: one row per store and round, for reports and plots.
+
+Consent registry (written only by :mod:`siloguard.policies.consent`):
+
+- ``consent_events``: append-only grant / withdraw / opt-out events per (subject, purpose);
+  ``subject`` is the store's pseudonym of the data subject, never a raw id.
 """
 
 from __future__ import annotations
@@ -32,10 +37,19 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    Index,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["AuditEventRow", "AuditHeadRow", "AuditNodeRow", "Base", "privacy_ledger", "privacy_ledger_rounds"]
+__all__ = [
+    "AuditEventRow",
+    "AuditHeadRow",
+    "AuditNodeRow",
+    "Base",
+    "consent_events",
+    "privacy_ledger",
+    "privacy_ledger_rounds",
+]
 
 # SQLite makes only "INTEGER PRIMARY KEY" an alias of its (64-bit) rowid.
 _Seq = BigInteger().with_variant(Integer(), "sqlite")
@@ -105,4 +119,17 @@ privacy_ledger_rounds = Table(
     Column("delta", Float, nullable=False),
     Column("steps", Integer, nullable=False),
     Column("recorded_at", DateTime(timezone=True), nullable=False),
+)
+
+consent_events = Table(
+    "consent_events",
+    Base.metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("subject", String(64), nullable=False),
+    Column("purpose", String(128), nullable=False),
+    Column("kind", String(16), nullable=False),  # grant | withdraw | opt_out
+    Column("source", String(16), nullable=False),  # web | store | api | gpc
+    Column("notice_version", String(32), nullable=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Index("ix_consent_events_purpose_subject", "purpose", "subject"),
 )

@@ -1,0 +1,151 @@
+"""The consent registry in the SQL database: append-only events, current and as-of state.
+
+Events per (subject, purpose): ``grant``, ``withdraw`` or ``opt_out``, with their source
+(``web``, ``store``, ``api``, ``gpc``), the notice version shown and the time. The rules,
+identical to the gate's in-memory stand-in (``policies.gate.InMemoryConsentSource``):
+
+* an event for a purpose also speaks for every purpose below it (consent to ``marketing``
+  covers ``marketing.advertising.first_party.targeted``);
+* for a subject and purpose, the latest event at or before the asked time among the purpose
+  and its ancestors decides; at equal times a withdrawal or opt-out wins over a grant;
+* no event means no consent.
+
+A Global Privacy Control signal (``Sec-GPC: 1``) is recorded as an opt-out of sale and
+sharing (:data:`SALE_AND_SHARING`); it is later than any earlier opt-in, so it wins over it.
+
+Subjects are the store's keyed pseudonyms (``privacy.pseudonyms``), never raw customer ids.
+:meth:`ConsentRegistry.subjects_with_basis` implements the gate's ``ConsentSource``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from datetime import datetime, timezone
+from typing import Literal
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from siloguard.errors import ConfigError
+from siloguard.policies.taxonomy import ancestors, load_taxonomy
+from siloguard.storage.db import create_engine, current_revision, exclusive, head_revision, upgrade_database
+from siloguard.storage.orm import consent_events
+
+__all__ = ["KINDS", "SALE_AND_SHARING", "SOURCES", "ConsentRegistry"]
+
+Kind = Literal["grant", "withdraw", "opt_out"]
+KINDS: tuple[str, ...] = ("grant", "withdraw", "opt_out")
+SOURCES: tuple[str, ...] = ("web", "store", "api", "gpc")
+#: Purposes a GPC signal opts out of (CCPA "sale or sharing"): fideslang data uses.
+SALE_AND_SHARING: tuple[str, ...] = ("third_party_sharing", "marketing.advertising.third_party")
+
+
+def _utc(at: datetime | None) -> datetime:
+    if at is None:
+        return datetime.now(timezone.utc)
+    if at.tzinfo is None:
+        raise ConfigError("consent times must be timezone-aware (e.g. datetime.now(timezone.utc))")
+    return at.astimezone(timezone.utc)
+
+
+class ConsentRegistry:
+    """Consent events in a SQL database (SQLite file or PostgreSQL)."""
+
+    def __init__(self, url_or_engine: str | Engine) -> None:
+        self.engine = create_engine(url_or_engine) if isinstance(url_or_engine, str) else url_or_engine
+        if current_revision(self.engine) != head_revision():
+            upgrade_database(self.engine)
+        self._taxonomy = load_taxonomy()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # ---- writing -----------------------------------------------------------------
+    def record(
+        self,
+        subject: str,
+        purpose: str,
+        kind: str,
+        *,
+        source: str,
+        notice_version: str | None = None,
+        at: datetime | None = None,
+    ) -> None:
+        """Append one event; a bad kind, source or purpose is refused and nothing is written."""
+        self.record_many([(subject, purpose, kind)], source=source, notice_version=notice_version, at=at)
+
+    def record_many(
+        self,
+        events: Collection[tuple[str, str, str]],
+        *,
+        source: str,
+        notice_version: str | None = None,
+        at: datetime | None = None,
+    ) -> None:
+        """Append many (subject, purpose, kind) events in one transaction."""
+        when = _utc(at)
+        if source not in SOURCES:
+            raise ConfigError(f"unknown consent source {source!r}: use one of {', '.join(SOURCES)}")
+        rows = []
+        for subject, purpose, kind in events:
+            if kind not in KINDS:
+                raise ConfigError(f"unknown consent event {kind!r}: use one of {', '.join(KINDS)}")
+            if not self._taxonomy.is_use(purpose):
+                raise ConfigError(f"unknown purpose {purpose!r}: use a fideslang data use (policies/taxonomy.yaml)")
+            if not isinstance(subject, str) or not subject or len(subject) > 64:
+                raise ConfigError("a consent subject is the store's pseudonym of the customer (1-64 characters)")
+            rows.append(
+                {"subject": subject, "purpose": purpose, "kind": kind, "source": source,
+                 "notice_version": notice_version, "at": when}
+            )
+        if rows:
+            with exclusive(self.engine, "consent-events") as conn:
+                conn.execute(consent_events.insert(), rows)
+
+    def record_gpc(self, subject: str, *, at: datetime | None = None) -> None:
+        """A Global Privacy Control signal: opt the subject out of sale and sharing."""
+        self.record_many([(subject, p, "opt_out") for p in SALE_AND_SHARING], source="gpc", at=at)
+
+    # ---- reading -----------------------------------------------------------------
+    def _latest(self, purpose: str, at: datetime, subjects: Collection[str] | None) -> sa.Select:
+        t = consent_events
+        ranked = (
+            sa.select(
+                t.c.subject,
+                t.c.kind,
+                sa.func.row_number()
+                .over(
+                    partition_by=t.c.subject,
+                    # latest first; at equal times a withdrawal/opt-out before a grant
+                    order_by=(t.c.at.desc(), sa.case((t.c.kind == "grant", 1), else_=0), t.c.id.desc()),
+                )
+                .label("rank"),
+            )
+            .where(t.c.purpose.in_(ancestors(purpose)), t.c.at <= at)
+        )
+        if subjects is not None:
+            ranked = ranked.where(t.c.subject.in_(list(subjects)))
+        sub = ranked.subquery()
+        return sa.select(sub.c.subject).where(sub.c.rank == 1, sub.c.kind == "grant")
+
+    def subjects_with_basis(self, purpose: str, subject_ids: Collection[str], at: datetime) -> set[str]:
+        """Which of ``subject_ids`` had a live consent for ``purpose`` at ``at``."""
+        wanted = set(subject_ids)
+        if not wanted:
+            return set()
+        when = _utc(at)
+        # For large sets one pass over the purpose's events beats a huge IN list.
+        filter_in_sql = len(wanted) <= 1000
+        query = self._latest(purpose, when, wanted if filter_in_sql else None)
+        with self.engine.connect() as conn:
+            granted = {row[0] for row in conn.execute(query)}
+        return granted if filter_in_sql else granted & wanted
+
+    def consented(self, purpose: str, at: datetime | None = None) -> set[str]:
+        """Every subject with a live consent for ``purpose`` at ``at`` (default: now)."""
+        with self.engine.connect() as conn:
+            return {row[0] for row in conn.execute(self._latest(purpose, _utc(at), None))}
+
+    def has_basis(self, subject: str, purpose: str, at: datetime | None = None) -> bool:
+        """Did ``subject`` have a live consent for ``purpose`` at ``at`` (default: now)?"""
+        return subject in self.subjects_with_basis(purpose, [subject], _utc(at))
