@@ -17,6 +17,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from siloguard._files import write_atomic
 from siloguard.config import Settings
 from siloguard.errors import AuditError, AuditIntegrityError
 from siloguard.storage.cli import DbOpt, one_line_errors
@@ -70,15 +71,7 @@ def _write_text(path: Path, text: str) -> None:
         raise AuditError(f"{path} is a directory: give a file name")
     if not path.parent.exists():
         raise AuditError(f"{path.parent}: no such directory")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, text.encode("utf-8"))
 
 
 def _dump(data: Any) -> str:

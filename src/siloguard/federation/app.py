@@ -8,6 +8,7 @@ level ``app`` reads them from Flower's run config for ``flwr run``.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -15,7 +16,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
 from siloguard.config import Settings
-from siloguard.errors import ConfigError, PrivacyBudgetError
+from siloguard.clients.store import load_catalogue
+from siloguard.errors import ConfigError, DataError, PrivacyBudgetError
 from siloguard.federation.registry import save_model
 from siloguard.federation.strategy import RoundReport, SiloFedAvg
 from siloguard.recommender.model import SharedModel
@@ -50,8 +52,8 @@ def _n_items(settings: Settings) -> int:
     path = settings.work_dir / "run.json"
     try:
         run = json.loads(path.read_text())
-        return len(json.loads(open(run["catalogue"]).read())["stock_codes"])
-    except (OSError, ValueError, KeyError):
+        return load_catalogue(Path(run["catalogue"])).size
+    except (OSError, ValueError, KeyError, DataError):
         raise ConfigError(f"no prepared run at {path}: run 'siloguard train' (or demo) first") from None
 
 

@@ -9,10 +9,9 @@ sha256 so a reader can check it was not swapped.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
-import os
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from siloguard import __version__
+from siloguard._files import write_atomic
 from siloguard.config import Settings
 from siloguard.recommender.model import SharedModel
 
@@ -98,9 +98,9 @@ def save_model(model: SharedModel, settings: Settings, reports: dict[int, RoundR
     out = settings.work_dir / "model"
     out.mkdir(parents=True, exist_ok=True)
     final = reports[max(reports)]
-    with tempfile.NamedTemporaryFile(dir=out, delete=False, suffix=".tmp") as tmp:
-        torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, tmp)
-    os.replace(tmp.name, out / MODEL_FILE)
+    buffer = io.BytesIO()
+    torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, buffer)
+    write_atomic(out / MODEL_FILE, buffer.getvalue(), mode=0o600)
     manifest = {
         "format": "siloguard.model/1",
         "version": datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ"),
@@ -121,6 +121,5 @@ def save_model(model: SharedModel, settings: Settings, reports: dict[int, RoundR
             for r, rep in sorted(reports.items())
         ],
     }
-    (out / (MANIFEST_FILE + ".tmp")).write_text(json.dumps(manifest, indent=2, sort_keys=True))
-    os.replace(out / (MANIFEST_FILE + ".tmp"), out / MANIFEST_FILE)
+    write_atomic(out / MANIFEST_FILE, json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8"))
     return out

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import cache
@@ -19,6 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from siloguard._files import write_atomic
 from siloguard.audit.heads import SignedTreeHead
 from siloguard.audit.report.facts import NO_DATA, collect
 from siloguard.errors import AuditError
@@ -108,18 +107,6 @@ def write_report(report: Report, out_dir: Path) -> tuple[Path, Path]:
         raise AuditError(f"{out_dir} exists and is not a directory: choose another --out")
     out_dir.mkdir(parents=True, exist_ok=True)
     html_path, json_path = out_dir / "report.html", out_dir / "report.json"
-    _write_atomic(json_path, (json.dumps(report.facts, indent=2, sort_keys=True) + "\n").encode("utf-8"))
-    _write_atomic(html_path, report.html.encode("utf-8"))
+    write_atomic(json_path, (json.dumps(report.facts, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+    write_atomic(html_path, report.html.encode("utf-8"))
     return html_path, json_path
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
