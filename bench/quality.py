@@ -24,7 +24,7 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
-from siloguard.clients.store import StoreData, evaluate_store, load_store, overall_metrics
+from siloguard.clients.store import StoreData, evaluate_rows, evaluate_store, load_store, overall_metrics
 from siloguard.config import Settings
 from siloguard.data.loader import load_clean
 from siloguard.data.silos import assign_stores
@@ -38,7 +38,6 @@ from siloguard.recommender.baselines import (
     tune_als,
 )
 from siloguard.recommender.features import build_history
-from siloguard.recommender.metrics import ranking_metrics
 from siloguard.recommender.model import PrivateUsers, SharedModel
 from siloguard.recommender.train import train_local
 
@@ -50,21 +49,10 @@ def _per_store_from_central(
 ) -> dict[str, dict[str, float]]:
     """Evaluate a centrally scored method on each store's test customers."""
     rows_with_truth = np.diff(central.truth.indptr) > 0
-    out: dict[str, dict[str, float]] = {}
-    for store in stores:
-        rows = np.flatnonzero(rows_with_truth & (store_of_row == store))
-        if len(rows) == 0:
-            out[store] = {"users": 0, "new.users": 0}
-            continue
-
-        def chunk_scores(chunk: np.ndarray, rows: np.ndarray = rows) -> np.ndarray:
-            return scores(rows[chunk])
-
-        truth, history = central.truth[rows], central.history.counts[rows]
-        full = ranking_metrics(chunk_scores, truth)
-        new = ranking_metrics(chunk_scores, truth, history=history, new_items_only=True)
-        out[store] = {**full, **{f"new.{k}": v for k, v in new.items()}}
-    return out
+    return {
+        store: evaluate_rows(central, np.flatnonzero(rows_with_truth & (store_of_row == store)), scores)
+        for store in stores
+    }
 
 
 def _train_model(store: StoreData, settings: Settings, epochs: int) -> tuple[SharedModel, PrivateUsers]:

@@ -8,6 +8,7 @@ shared model's arrays and aggregate counts/metrics.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -32,7 +33,7 @@ from siloguard.recommender.features import (
 from siloguard.recommender.metrics import combine, ranking_metrics
 from siloguard.recommender.model import PrivateUsers, SharedModel, score_users
 
-__all__ = ["StoreData", "evaluate_store", "load_catalogue", "load_store", "save_catalogue"]
+__all__ = ["StoreData", "evaluate_rows", "evaluate_store", "load_catalogue", "load_store", "save_catalogue"]
 
 _EPOCH = pd.Timestamp("1970-01-01")
 
@@ -127,14 +128,13 @@ def load_store(name: str, path: Path, catalogue_path: Path, split_date: str, end
     )
 
 
-def evaluate_store(model: SharedModel, users: PrivateUsers | None, store: StoreData) -> dict[str, float]:
-    """Full-ranking metrics of a store's test customers (and the new-items variant)."""
-    rows = np.flatnonzero(np.diff(store.truth.indptr) > 0)
+def evaluate_rows(store: StoreData, rows: np.ndarray, score_rows: Callable[[np.ndarray], np.ndarray]) -> dict[str, float]:
+    """Full-ranking metrics of the given user rows (and the new-items variant), any scorer."""
     if len(rows) == 0:
         return {"users": 0, "new.users": 0}
 
     def scores(chunk: np.ndarray) -> np.ndarray:
-        return score_users(model, users, store.history, rows[chunk])
+        return score_rows(rows[chunk])
 
     truth = store.truth[rows]
     history = store.history.counts[rows]
@@ -143,6 +143,12 @@ def evaluate_store(model: SharedModel, users: PrivateUsers | None, store: StoreD
     out = {k: float(v) for k, v in overall.items()}
     out.update({f"new.{k}": float(v) for k, v in new.items()})
     return out
+
+
+def evaluate_store(model: SharedModel, users: PrivateUsers | None, store: StoreData) -> dict[str, float]:
+    """Full-ranking metrics of a store's test customers (and the new-items variant)."""
+    rows = np.flatnonzero(np.diff(store.truth.indptr) > 0)
+    return evaluate_rows(store, rows, lambda r: score_users(model, users, store.history, r))
 
 
 def overall_metrics(per_store: dict[str, dict[str, float]]) -> dict[str, float]:
