@@ -42,16 +42,44 @@ def write_tiny_retail(path: Path, *, customers_per_country: int = 12, items: int
     return path
 
 
+def write_consent(path: Path, customer_ids, *, purpose: str = "personalize.profiling", event: str = "grant",
+                  at: str = "2010-12-01T09:00:00+00:00", store: str = "") -> Path:
+    """A consent records file: one ``event`` for ``purpose`` per customer."""
+    pd.DataFrame(
+        {
+            "customer_id": [str(c) for c in customer_ids],
+            "store": store,
+            "purpose": purpose,
+            "event": event,
+            "source": "store",
+            "notice_version": "test-1",
+            "at": at,
+        }
+    ).to_csv(path, index=False)
+    return path
+
+
+def tiny_customers(path: Path) -> list[int]:
+    return sorted({int(float(c)) for c in pd.read_csv(path)["CustomerID"]})
+
+
 @pytest.fixture
 def tiny_retail(tmp_path: Path) -> Path:
     return write_tiny_retail(tmp_path / "tiny.csv")
 
 
 @pytest.fixture
-def tiny_settings(tmp_path: Path, tiny_retail: Path) -> Settings:
+def tiny_consent(tmp_path: Path, tiny_retail: Path) -> Path:
+    """Every tiny customer granted personalize.profiling in store before their first purchase."""
+    return write_consent(tmp_path / "consent.csv", tiny_customers(tiny_retail))
+
+
+@pytest.fixture
+def tiny_settings(tmp_path: Path, tiny_retail: Path, tiny_consent: Path) -> Settings:
     return Settings.build(
         work_dir=tmp_path / "work",
-        data={"path": tiny_retail, "uk_stores": 1, "min_store_customers": 5, "test_weeks": 3},
+        keys={"root": tmp_path / "store-keys"},
+        data={"path": tiny_retail, "consent": tiny_consent, "uk_stores": 1, "min_store_customers": 5, "test_weeks": 3},
         model={"dim": 8, "hidden": 4, "cutoffs": 2, "batch_size": 16},
         federation={"rounds": 2, "min_stores": 3},
         database={"url": f"sqlite:///{tmp_path / 'siloguard.db'}"},

@@ -33,10 +33,13 @@ app = typer.Typer(
 
 def _mount_subcommands() -> None:
     from siloguard.audit.cli import audit_app
+    from siloguard.clients.cli import consent_app, store_app
     from siloguard.storage.cli import db_app
 
     app.add_typer(audit_app, name="audit")
     app.add_typer(db_app, name="db")
+    app.add_typer(store_app, name="store")
+    app.add_typer(consent_app, name="consent")
 
 
 _mount_subcommands()
@@ -93,6 +96,11 @@ def _run(settings: Settings, *, verbose: bool) -> None:
     )
     console.print(
         "[bold]Stores[/] " + ", ".join(f"{name} ({n})" for name, n in sorted(prepared.customers.items()))
+    )
+    consented, customers = sum(prepared.consented.values()), sum(prepared.customers.values())
+    console.print(
+        f"[bold]Consent[/] {consented:,} of {customers:,} customers may be used for personalize.profiling now; "
+        "the gate checks again before every round"
     )
     rounds = settings.federation.rounds
     progress = Progress(
@@ -189,6 +197,7 @@ def _settings(
     out: Path,
     data: Path | None,
     split_date: str | None,
+    consent: Path | None = None,
     test_weeks: int | None,
     stores: int | None,
     rounds: int | None,
@@ -207,13 +216,12 @@ def _settings(
             from siloguard.errors import ConfigError
 
             raise ConfigError(f"--split-date {split_date!r} is not a date: use YYYY-MM-DD, e.g. 2011-10-03") from None
-    base = Settings.build()
-    if "SILOGUARD_DATABASE__URL" not in os.environ:
-        # The run's database (privacy ledger, audit log) lives in its work directory.
-        base = base.with_overrides(database={"url": f"sqlite:///{(out / 'siloguard.db').resolve()}"})
-    settings = base.with_overrides(
-        work_dir=out,  # type: ignore[arg-type]
-        data={"path": data, "split_date": split, "test_weeks": test_weeks, "uk_stores": stores},
+    from siloguard.clients.cli import run_settings
+
+    # The run's database (privacy ledger, audit log, consent) and the stores' keys live in
+    # its work directory unless the environment names them.
+    settings = run_settings(out).with_overrides(
+        data={"path": data, "consent": consent, "split_date": split, "test_weeks": test_weeks, "uk_stores": stores},
         federation={"rounds": rounds},
         model={"local_epochs": local_epochs, "dim": dim, "seed": seed},
         privacy={"enabled": dp, "epsilon_cap": epsilon_cap, "noise_multiplier": noise_multiplier},
@@ -223,6 +231,10 @@ def _settings(
         from siloguard.errors import DataError
 
         raise DataError(f"--data {data}: no such file; pass an Online Retail CSV or CSV.gz")
+    if consent is not None and not consent.is_file():
+        from siloguard.errors import DataError
+
+        raise DataError(f"--consent {consent}: no such file; pass a consent records CSV (see siloguard consent import --help)")
     return settings
 
 
@@ -244,6 +256,10 @@ def demo(
 @app.command()
 def train(
     data: DataOpt = None,
+    consent: Annotated[
+        Optional[Path],
+        typer.Option("--consent", help="Consent records CSV to import (columns: customer_id,store,purpose,event,source,notice_version,at).", show_default=False),
+    ] = None,
     split_date: SplitOpt = None,
     test_weeks: TestWeeksOpt = None,
     stores: StoresOpt = None,
@@ -261,7 +277,7 @@ def train(
     if data is None:
         raise typer.BadParameter("pass --data PATH (or run 'siloguard demo' for the embedded sample)", param_hint="--data")
     settings = _settings(
-        out=out, data=data, split_date=split_date, test_weeks=test_weeks, stores=stores,
+        out=out, data=data, consent=consent, split_date=split_date, test_weeks=test_weeks, stores=stores,
         rounds=rounds, local_epochs=local_epochs, dim=dim, seed=seed, dp=dp,
         epsilon_cap=epsilon_cap, noise_multiplier=noise_multiplier,
     )

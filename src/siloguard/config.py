@@ -25,13 +25,14 @@ __all__ = [
     "DataSettings",
     "DatabaseSettings",
     "FederationSettings",
+    "KeySettings",
     "ModelSettings",
     "PrivacySettings",
     "Settings",
 ]
 
 #: The sections of Settings, as they appear in run-config keys (``<section>.<field>``).
-_SECTIONS = ("data", "model", "federation", "database", "audit", "privacy")
+_SECTIONS = ("data", "model", "federation", "database", "audit", "privacy", "keys")
 
 
 class _Section(BaseModel):
@@ -42,6 +43,11 @@ class DataSettings(_Section):
     """Where the transactions come from and how they are cut into stores."""
 
     path: Path | None = Field(None, description="Online Retail CSV/CSV.gz; None = embedded sample")
+    consent: Path | None = Field(
+        None,
+        description="consent records CSV imported when the run is prepared (policies/consent_io.py); "
+        "None = the embedded sample's simulated records when path is None, else none",
+    )
     split_date: date | None = Field(None, description="first test day; None = last test_weeks of the file")
     test_weeks: int = Field(4, ge=1, le=52)
     uk_stores: int = Field(4, ge=1, le=64, description="stores the home country is split into")
@@ -130,6 +136,15 @@ class AuditSettings(_Section):
     head_every_seconds: int = Field(3600, ge=0, description="sign a tree head when the last is older than this; 0 = never automatically")
 
 
+class KeySettings(_Section):
+    """Where the stores' key material lives (master keys, pseudonym secrets, subject keys)."""
+
+    root: Path = Field(
+        Path("keys"),
+        description="FileKeyStore directory (mode 0700); holds stores/<store>/... (privacy/keys.py)",
+    )
+
+
 class Settings(BaseSettings):
     """Everything a siloguard entry point needs."""
 
@@ -143,6 +158,7 @@ class Settings(BaseSettings):
     database: DatabaseSettings = DatabaseSettings()
     audit: AuditSettings = AuditSettings()
     privacy: PrivacySettings = PrivacySettings()
+    keys: KeySettings = KeySettings()
     work_dir: Path = Field(Path("runs/current"), description="silos, client state and outputs")
 
     @field_validator("work_dir")

@@ -1,4 +1,4 @@
-"""The ClientApp's replies carry shared parameters only; private state stays in context.state."""
+"""The ClientApp's replies carry shared parameters only; private state stays on the store's disk."""
 
 from __future__ import annotations
 
@@ -7,7 +7,10 @@ import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from siloguard.clients.app import PRIVATE_STATE_KEY, handle_evaluate, handle_train
+import torch
+
+from siloguard.clients.app import handle_evaluate, handle_train
+from siloguard.clients.private import private_path
 from siloguard.config import Settings
 from siloguard.federation.runner import prepare_run
 from siloguard.recommender.model import SharedModel
@@ -32,6 +35,14 @@ def _shared(settings: Settings, n_items: int) -> SharedModel:
     return SharedModel(n_items, settings.model.dim, settings.model.hidden)
 
 
+def _private_weight(settings: Settings, store: str) -> torch.Tensor:
+    path = private_path(settings, store)
+    assert path.stat().st_mode & 0o077 == 0, "private parameters must be readable by the store only"
+    state = torch.load(path, weights_only=True)
+    assert all(str(s).startswith("v1.") for s in state["subjects"]), "stored by pseudonym, never by customer id"
+    return state["weight"]
+
+
 def _all_arrays(content: RecordDict) -> list[np.ndarray]:
     out = []
     for record in content.array_records.values():
@@ -48,7 +59,7 @@ def test_when_a_store_trains_then_its_reply_holds_only_shared_parameters(tiny_se
 
     assert set(reply.content.array_records) == {"arrays"}
     assert set(reply.content["arrays"]) == set(model.state_dict())
-    private = context.state[PRIVATE_STATE_KEY].to_torch_state_dict()["weight"].numpy()
+    private = _private_weight(tiny_settings, "germany").numpy()
     assert private.shape == (prepared.customers["germany"], tiny_settings.model.dim)
     # No array in the reply is (or contains a row of) the customers' embeddings.
     for arr in _all_arrays(reply.content):
@@ -80,11 +91,12 @@ def test_when_private_state_exists_then_training_continues_from_it(tiny_settings
     model = _shared(tiny_settings, prepared.items)
     context = _context(tiny_settings, "united-kingdom")
     handle_train(_message(ArrayRecord(model.state_dict()), MessageType.TRAIN, 1), context, tiny_settings)
-    first = context.state[PRIVATE_STATE_KEY].to_torch_state_dict()["weight"].clone()
-    handle_train(_message(ArrayRecord(model.state_dict()), MessageType.TRAIN, 2), context, tiny_settings)
-    second = context.state[PRIVATE_STATE_KEY].to_torch_state_dict()["weight"]
-    fresh = context.state  # same context: the embeddings moved on from round 1, not re-initialised
-    assert fresh is context.state
+    first = _private_weight(tiny_settings, "united-kingdom").clone()
+    # A new context (a restarted node): the embeddings still move on from round 1.
+    handle_train(
+        _message(ArrayRecord(model.state_dict()), MessageType.TRAIN, 2), _context(tiny_settings, "united-kingdom"), tiny_settings
+    )
+    second = _private_weight(tiny_settings, "united-kingdom")
     assert not np.allclose(first.numpy(), second.numpy())
     # Re-initialisation would restart from the seeded init, far from round-1 values.
     init = __import__("siloguard.recommender.model", fromlist=["PrivateUsers"]).PrivateUsers(

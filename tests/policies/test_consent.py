@@ -62,7 +62,7 @@ def test_when_a_gpc_signal_arrives_then_an_earlier_opt_in_to_sharing_no_longer_c
     [
         (("v1.ee", TARGETED, "maybe"), "unknown consent event"),
         (("v1.ee", "marketing.spam", "grant"), "unknown purpose"),
-        (("", TARGETED, "grant"), "pseudonym"),
+        (("", TARGETED, "grant"), "reference of the customer"),
     ],
 )
 def test_when_an_event_is_malformed_then_nothing_is_written(registry: ConsentRegistry, args, message) -> None:

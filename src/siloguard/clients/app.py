@@ -1,9 +1,13 @@
 """The Flower ClientApp a store runs next to its own data.
 
-On ``train``: load the store's silo, build examples, train the shared model and
-the store's private user embeddings, keep the private part in ``context.state``
-and reply with the shared arrays only. On ``evaluate``: full-ranking metrics on
-the store's test customers, replied as aggregate numbers.
+Every message starts by passing the store's silo through the store's gate
+(:mod:`siloguard.clients.gating`): only customers with a live consent for
+``personalize.profiling`` at that moment, under the store's pseudonyms, and only the
+columns training needs. On ``train``: build examples from that, train the shared model
+and the store's private user embeddings, keep the private part on the store's disk
+(:mod:`siloguard.clients.private`) and reply with the shared arrays only. On
+``evaluate``: full-ranking metrics on the store's test customers, replied as aggregate
+numbers.
 
 Which store a node is: ``node_config["store"]`` in a deployment; in the
 simulation engine, ``node_config["partition-id"]`` indexes the prepared stores.
@@ -11,24 +15,30 @@ simulation engine, ``node_config["partition-id"]`` indexes the prepared stores.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import threading
 import time
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from siloguard.clients.store import StoreData, evaluate_store, load_store
+from siloguard.clients.gating import gated_training_frame
+from siloguard.clients.private import load_private_users, private_path, save_private_users
+from siloguard.clients.store import StoreData, build_store, evaluate_store
 from siloguard.config import Settings
+from siloguard.data.loader import load_clean
 from siloguard.errors import ConfigError
 from siloguard.recommender.model import PrivateUsers, SharedModel
 from siloguard.recommender.train import train_local
 
 __all__ = [
-    "PRIVATE_STATE_KEY",
     "app",
     "budget_status",
     "handle_evaluate",
@@ -36,9 +46,6 @@ __all__ = [
     "handle_train",
     "store_for",
 ]
-
-#: Key of the store's private parameters in ``context.state``; never in a reply.
-PRIVATE_STATE_KEY = "private-users"
 
 
 def _run_manifest(settings: Settings) -> dict:
@@ -50,7 +57,7 @@ def _run_manifest(settings: Settings) -> dict:
 
 
 def store_for(context: Context, settings: Settings) -> StoreData:
-    """The store this node serves, with its data loaded (cached per process)."""
+    """The store this node serves, with the data its gate lets through now."""
     run = _run_manifest(settings)
     stores = run["stores"]
     if "store" in context.node_config:
@@ -62,20 +69,46 @@ def store_for(context: Context, settings: Settings) -> StoreData:
         name = sorted(stores)[pid]
     if name not in stores:
         raise ConfigError(f"store {name!r} is not part of this run: known stores are {', '.join(sorted(stores))}")
-    return load_store(
-        name,
-        Path(stores[name]),
-        Path(run["catalogue"]),
-        run["split_date"],
-        run["end_date"],
-    )
+    # A deployed SuperNode names its own silo (``siloguard store start --data``); the run's
+    # catalogue and split dates still come from the coordinator's run.json (docs/DEPLOY.md).
+    silo = Path(str(context.node_config["data"])) if "data" in context.node_config else Path(stores[name])
+    return gated_store(settings, name, silo, Path(run["catalogue"]), run["split_date"], run["end_date"])
 
 
-def _private_users(context: Context, store: StoreData, settings: Settings) -> PrivateUsers:
-    users = PrivateUsers(store.n_users, settings.model.dim, seed=settings.model.seed)
-    if PRIVATE_STATE_KEY in context.state:
-        users.load_state_dict(context.state[PRIVATE_STATE_KEY].to_torch_state_dict())
-    return users
+@lru_cache(maxsize=8)
+def _read_silo(path: str, _mtime_ns: int, _size: int) -> pd.DataFrame:
+    """The cleaned silo, read again only when the file changes (e.g. after an erasure)."""
+    return load_clean(Path(path))[0]
+
+
+# store -> (digest of the gated frame, what was built from it): the gate runs on every
+# message, the features are rebuilt only when what it lets through changes.
+_built: dict[str, tuple[str, StoreData]] = {}
+_built_lock = threading.Lock()
+
+
+def gated_store(
+    settings: Settings, name: str, silo: Path, catalogue: Path, split_date: str, end_date: str
+) -> StoreData:
+    """Read the silo, pass it through the store's gate, build training data from the result."""
+    try:
+        stat = os.stat(silo)
+    except OSError:
+        raise ConfigError(f"store {name!r}: its silo {silo} is missing; prepare the run again") from None
+    frame = _read_silo(str(silo), stat.st_mtime_ns, stat.st_size)
+    gated = gated_training_frame(settings, name, frame).frame
+    digest = hashlib.sha256(pd.util.hash_pandas_object(gated, index=False).to_numpy().tobytes()).hexdigest()
+    with _built_lock:
+        cached = _built.get(name)
+        if cached is not None and cached[0] == digest:
+            return cached[1]
+        data = build_store(name, gated, catalogue, split_date, end_date)
+        _built[name] = (digest, data)
+        return data
+
+
+def _private_users(store: StoreData, settings: Settings) -> PrivateUsers:
+    return load_private_users(settings, store.name, store.subjects, settings.model.dim, seed=settings.model.seed)
 
 
 def _shared_model(msg: Message, store: StoreData, settings: Settings) -> SharedModel:
@@ -127,7 +160,7 @@ def handle_query(msg: Message, context: Context, settings: Settings) -> Message:
 def handle_train(msg: Message, context: Context, settings: Settings) -> Message:
     store = store_for(context, settings)
     model = _shared_model(msg, store, settings)
-    users = _private_users(context, store, settings)
+    users = _private_users(store, settings)
     server_round = int(msg.content["config"].get("server-round", 0))
     rng = np.random.default_rng([settings.model.seed, server_round, store.n_users])
     started = time.perf_counter()
@@ -150,7 +183,7 @@ def handle_train(msg: Message, context: Context, settings: Settings) -> Message:
             weight_decay=settings.model.weight_decay,
             seed=settings.model.seed + server_round,
         )
-        context.state[PRIVATE_STATE_KEY] = ArrayRecord(users.state_dict())
+        save_private_users(settings, store.name, store.subjects, users)
         n_examples, loss = result.examples, result.loss
     content = RecordDict(
         {
@@ -215,7 +248,7 @@ def _train_dp(
 def handle_evaluate(msg: Message, context: Context, settings: Settings) -> Message:
     store = store_for(context, settings)
     model = _shared_model(msg, store, settings)
-    users = _private_users(context, store, settings) if PRIVATE_STATE_KEY in context.state else None
+    users = _private_users(store, settings) if private_path(settings, store.name).is_file() else None
     metrics = evaluate_store(model, users, store)
     metrics["num-examples"] = max(int(metrics["users"]), 1)
     clean = {k: (0.0 if np.isnan(v) else float(v)) for k, v in metrics.items()}

@@ -33,7 +33,7 @@ from siloguard.recommender.features import (
 from siloguard.recommender.metrics import combine, ranking_metrics
 from siloguard.recommender.model import PrivateUsers, SharedModel, score_users
 
-__all__ = ["StoreData", "evaluate_rows", "evaluate_store", "load_catalogue", "load_store", "save_catalogue"]
+__all__ = ["StoreData", "build_store", "evaluate_rows", "evaluate_store", "load_catalogue", "load_store", "save_catalogue"]
 
 _EPOCH = pd.Timestamp("1970-01-01")
 
@@ -67,6 +67,7 @@ class StoreData:
     events: pd.DataFrame  # training events (user, item, day, invoice)
     history: History  # everything before the split: what scoring personalises from
     truth: sp.csr_matrix  # items bought in the test period (users x items)
+    subjects: pd.Index  # who each user row is: customer ids, or the gate's pseudonyms in a client
 
     def examples(self, settings: ModelSettings, rng: np.random.Generator) -> Examples:
         """Training examples at cutoffs ``stride`` days apart inside the training period."""
@@ -93,17 +94,32 @@ class StoreData:
         return int((np.diff(self.truth.indptr) > 0).sum())
 
 
-@lru_cache(maxsize=8)
 def load_store(name: str, path: Path, catalogue_path: Path, split_date: str, end_date: str) -> StoreData:
-    """Read and prepare a store's silo (cached per process: Flower reuses actors)."""
+    """A store's silo file as training data, ungated: benchmarks and tests on data they own.
+
+    The federation client never calls this: it builds its data from the gate's output
+    (:func:`siloguard.clients.app.store_for`).
+    """
     frame, _report = load_clean(path)
+    return build_store(name, frame, catalogue_path, split_date, end_date)
+
+
+def build_store(name: str, frame: pd.DataFrame, catalogue_path: Path, split_date: str, end_date: str) -> StoreData:
+    """Training events and test truth from cleaned transactions (``customer_id`` any id type).
+
+    User rows are the distinct customer ids with a purchase before the split, sorted; in the
+    federation client these are the gate's pseudonyms (:attr:`StoreData.subjects`).
+    """
     catalogue = load_catalogue(catalogue_path)
     split = pd.Timestamp(split_date)
     end = pd.Timestamp(end_date)
     train = frame[frame["invoice_date"] < split]
     test = frame[(frame["invoice_date"] >= split) & (frame["invoice_date"] < end)]
     if train.empty:
-        raise DataError(f"store {name!r} has no purchases before the split date {split.date()}: pick an earlier --split-date")
+        raise DataError(
+            f"store {name!r} has no purchases before the split date {split.date()} that may be used: "
+            "pick an earlier --split-date, or check that its customers' consent is recorded"
+        )
     users = pd.Index(np.sort(train["customer_id"].unique()))
     events = to_events(train, catalogue, users)
     test_events = to_events(test, catalogue, users)
@@ -125,6 +141,7 @@ def load_store(name: str, path: Path, catalogue_path: Path, split_date: str, end
         events=events,
         history=build_history(events, len(users), n_items, split_day),
         truth=truth,
+        subjects=users,
     )
 
 

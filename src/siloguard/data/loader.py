@@ -28,6 +28,7 @@ __all__ = [
     "clean",
     "load_clean",
     "load_transactions",
+    "sample_consent_path",
     "sample_path",
 ]
 
@@ -53,6 +54,7 @@ DATE_FORMATS: dict[str, str] = {
 }
 
 SAMPLE_FILE = "online_retail_sample.csv.gz"
+SAMPLE_CONSENT_FILE = "consent_sample.csv.gz"
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
@@ -64,6 +66,14 @@ def sample_path() -> Path:
             f"the packaged sample {SAMPLE_FILE} is missing from the siloguard installation; "
             "reinstall siloguard or pass your own transactions file"
         )
+    return path
+
+
+def sample_consent_path() -> Path:
+    """Path of the simulated consent records for the embedded sample (see its README)."""
+    path = Path(str(resources.files("siloguard.data") / "sample" / SAMPLE_CONSENT_FILE))
+    if not path.is_file():
+        raise DataError(f"the packaged {SAMPLE_CONSENT_FILE} is missing from the siloguard installation; reinstall siloguard")
     return path
 
 

@@ -22,7 +22,7 @@ import pandas as pd
 
 from siloguard.clients.store import save_catalogue
 from siloguard.config import Settings
-from siloguard.data.loader import RAW_COLUMNS, CleaningReport, load_clean, sample_path
+from siloguard.data.loader import RAW_COLUMNS, CleaningReport, load_clean, sample_consent_path, sample_path
 from siloguard.data.silos import assign_stores, partition
 from siloguard.data.split import temporal_split
 from siloguard.errors import FederationError, SiloguardError
@@ -43,6 +43,7 @@ class PreparedRun:
     end_date: pd.Timestamp
     cleaning: CleaningReport
     source: Path
+    consented: dict[str, int]  # customers per store the gate lets train now (consent recorded)
 
 
 def _to_raw(frame: pd.DataFrame) -> pd.DataFrame:
@@ -65,6 +66,12 @@ def prepare_run(settings: Settings) -> PreparedRun:
     )
     silos = partition(frame, stores)
     catalogue = Catalogue.from_frame(split.train)
+    consent_file = settings.data.consent or (sample_consent_path() if settings.data.path is None else None)
+    consents = None
+    if consent_file is not None:
+        from siloguard.policies.consent_io import read_consent_file
+
+        consents = read_consent_file(consent_file, [s.name for s in silos])
 
     work = settings.work_dir
     work.mkdir(parents=True, exist_ok=True)
@@ -92,6 +99,7 @@ def prepare_run(settings: Settings) -> PreparedRun:
             os.replace(staging / entry, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    consented = _record_consent(settings, silos, consents)
     return PreparedRun(
         stores=paths,
         customers={s.name: int(s.frame["customer_id"].nunique()) for s in silos},
@@ -101,7 +109,34 @@ def prepare_run(settings: Settings) -> PreparedRun:
         end_date=split.end_date,
         cleaning=report,
         source=Path(source),
+        consented=consented,
     )
+
+
+def _record_consent(settings: Settings, silos: list, consents: pd.DataFrame | None) -> dict[str, int]:
+    """Create the stores' keys, import the consent records, count who may train now."""
+    from datetime import UTC, datetime
+
+    from siloguard.clients.gating import TRAINING_PURPOSE, store_consent, store_keys
+    from siloguard.policies.consent import ConsentRegistry
+    from siloguard.policies.consent_io import import_consent
+
+    keys = {silo.name: store_keys(settings, silo.name) for silo in silos}
+    if consents is not None:
+        registry = ConsentRegistry(settings.database.url)
+        try:
+            import_consent(registry, consents, keys)
+        finally:
+            registry.close()
+    now = datetime.now(UTC)
+    return {
+        silo.name: len(
+            store_consent(settings, silo.name).subjects_with_basis(
+                TRAINING_PURPOSE, {str(c) for c in silo.frame["customer_id"].unique()}, now
+            )
+        )
+        for silo in silos
+    }
 
 
 def run_federation(
@@ -120,6 +155,15 @@ def run_federation(
 
     if not verbose:
         logging.getLogger("flwr").setLevel(logging.WARNING)
+    without = sorted(name for name, n in prepared.consented.items() if n == 0)
+    if without:
+        from siloguard.errors import ConfigError
+
+        raise ConfigError(
+            f"no customer of store(s) {', '.join(without)} has a live consent for personalize.profiling, "
+            "so the gate lets nothing train: import the consents your stores collected "
+            "(siloguard train --consent FILE, or siloguard consent import FILE)"
+        )
     n_stores = len(prepared.stores)
     settings = settings.with_overrides(
         federation={"min_stores": min(settings.federation.min_stores, n_stores)}

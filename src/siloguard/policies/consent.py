@@ -13,25 +13,30 @@ identical to the gate's in-memory stand-in (``policies.gate.InMemoryConsentSourc
 A Global Privacy Control signal (``Sec-GPC: 1``) is recorded as an opt-out of sale and
 sharing (:data:`SALE_AND_SHARING`); it is later than any earlier opt-in, so it wins over it.
 
-Subjects are the store's keyed pseudonyms (``privacy.pseudonyms``), never raw customer ids.
-:meth:`ConsentRegistry.subjects_with_basis` implements the gate's ``ConsentSource``.
+Subjects are a store's stable keyed references of its customers, never raw customer ids;
+:class:`StoreConsent` maps customer ids to them and implements the gate's ``ConsentSource``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection
 from datetime import datetime, timezone
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
+import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from siloguard.errors import ConfigError
 from siloguard.policies.taxonomy import ancestors, load_taxonomy
 from siloguard.storage.db import create_engine, current_revision, exclusive, head_revision, upgrade_database
+from siloguard.privacy.pseudonyms import normalise_ids
 from siloguard.storage.orm import consent_events
 
-__all__ = ["KINDS", "SALE_AND_SHARING", "SOURCES", "ConsentRegistry"]
+if TYPE_CHECKING:
+    from siloguard.privacy.keys import StoreKeys
+
+__all__ = ["KINDS", "SALE_AND_SHARING", "SOURCES", "ConsentRegistry", "StoreConsent"]
 
 Kind = Literal["grant", "withdraw", "opt_out"]
 KINDS: tuple[str, ...] = ("grant", "withdraw", "opt_out")
@@ -84,19 +89,28 @@ class ConsentRegistry:
     ) -> None:
         """Append many (subject, purpose, kind) events in one transaction."""
         when = _utc(at)
-        if source not in SOURCES:
-            raise ConfigError(f"unknown consent source {source!r}: use one of {', '.join(SOURCES)}")
+        self.record_events([(subject, purpose, kind, source, notice_version, when) for subject, purpose, kind in events])
+
+    def record_events(
+        self, events: Collection[tuple[str, str, str, str, str | None, datetime]]
+    ) -> None:
+        """Append (subject, purpose, kind, source, notice version, time) events in one transaction.
+
+        Every event is checked first: one bad event and nothing is written.
+        """
         rows = []
-        for subject, purpose, kind in events:
+        for subject, purpose, kind, source, notice_version, at in events:
+            if source not in SOURCES:
+                raise ConfigError(f"unknown consent source {source!r}: use one of {', '.join(SOURCES)}")
             if kind not in KINDS:
                 raise ConfigError(f"unknown consent event {kind!r}: use one of {', '.join(KINDS)}")
             if not self._taxonomy.is_use(purpose):
                 raise ConfigError(f"unknown purpose {purpose!r}: use a fideslang data use (policies/taxonomy.yaml)")
             if not isinstance(subject, str) or not subject or len(subject) > 64:
-                raise ConfigError("a consent subject is the store's pseudonym of the customer (1-64 characters)")
+                raise ConfigError("a consent subject is the store's reference of the customer (1-64 characters)")
             rows.append(
                 {"subject": subject, "purpose": purpose, "kind": kind, "source": source,
-                 "notice_version": notice_version, "at": when}
+                 "notice_version": notice_version, "at": _utc(at)}
             )
         if rows:
             with exclusive(self.engine, "consent-events") as conn:
@@ -149,3 +163,61 @@ class ConsentRegistry:
     def has_basis(self, subject: str, purpose: str, at: datetime | None = None) -> bool:
         """Did ``subject`` have a live consent for ``purpose`` at ``at`` (default: now)?"""
         return subject in self.subjects_with_basis(purpose, [subject], _utc(at))
+
+
+class StoreConsent:
+    """One store's view of the registry, in customer ids: the gate's ``ConsentSource``.
+
+    The registry is keyed by the store's stable subject reference (a keyed hash of the
+    customer id, :meth:`siloguard.privacy.keys.SubjectVault.subject_ref`): it does not change
+    when pseudonym secrets rotate, and without the store's master key it names nobody. So the
+    same customer has unrelated references in two stores, and consent is recorded per store.
+    """
+
+    def __init__(self, registry: ConsentRegistry, store_keys: StoreKeys) -> None:
+        from siloguard.privacy.keys import SubjectVault
+
+        self.registry = registry
+        self.store = store_keys.store
+        self._vault = SubjectVault(store_keys)
+
+    def subject(self, customer_id: object) -> str:
+        """The registry's key for a customer of this store."""
+        if isinstance(customer_id, str) and customer_id.strip() and not customer_id.strip().endswith(".0"):
+            sid: str | None = customer_id.strip()  # the gate passes normalised ids: skip pandas
+        else:
+            sid = normalise_ids(pd.Series([customer_id]))[0]
+        if sid is None:
+            raise ConfigError("a consent subject needs a customer id")
+        return self._vault.subject_ref(sid)
+
+    def subjects_with_basis(self, purpose: str, subject_ids: Collection[str], at: datetime) -> set[str]:
+        """Which of these customer ids had a live consent for ``purpose`` at ``at``."""
+        by_ref = {self.subject(cid): cid for cid in subject_ids}
+        granted = self.registry.subjects_with_basis(purpose, by_ref.keys(), at)
+        return {by_ref[ref] for ref in granted}
+
+    def record(
+        self,
+        customer_ids: Collection[object],
+        purpose: str,
+        kind: str,
+        *,
+        source: str,
+        notice_version: str | None = None,
+        at: datetime | None = None,
+    ) -> None:
+        """One ``kind`` event for ``purpose`` per customer, in one transaction."""
+        self.registry.record_many(
+            [(self.subject(cid), purpose, kind) for cid in customer_ids],
+            source=source,
+            notice_version=notice_version,
+            at=at,
+        )
+
+    def record_gpc(self, customer_id: object, *, at: datetime | None = None) -> None:
+        """A Global Privacy Control signal from this customer: opt-out of sale and sharing."""
+        self.registry.record_gpc(self.subject(customer_id), at=at)
+
+    def __repr__(self) -> str:
+        return f"StoreConsent(store={self.store!r})"

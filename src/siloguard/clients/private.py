@@ -1,0 +1,123 @@
+"""A store's private parameters on its own disk: one embedding per customer, by pseudonym.
+
+The federation client trains a user embedding per customer next to the shared model; it
+never leaves the store. Between rounds (and across restarts of the store's node) it is kept
+in ``<work_dir>/private/<store>.pt`` (mode 0600) as the gate's pseudonyms of the customers
+and their vectors, never a raw customer id.
+
+Only customers in the round's gated data are written back: a customer whose consent was
+withdrawn loses their embedding at the next round, and :func:`erase_subjects` removes one
+at once (a data-subject erasure).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import io
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from siloguard._files import write_atomic
+from siloguard.config import Settings
+from siloguard.errors import DataError
+from siloguard.recommender.model import PrivateUsers
+
+__all__ = ["erase_subjects", "load_private_users", "private_path", "save_private_users", "stored_subjects"]
+
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """One writer at a time across processes (the store's node and ``store sync``)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with open(path.with_name(path.name + ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def private_path(settings: Settings, store: str) -> Path:
+    return settings.work_dir / "private" / f"{store}.pt"
+
+
+def _read(path: Path) -> tuple[list[str], torch.Tensor] | None:
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, weights_only=True)
+        subjects, weight = list(state["subjects"]), state["weight"]
+    except Exception as exc:  # noqa: BLE001  any unreadable file is the same problem for the user
+        raise DataError(
+            f"the store's private parameters at {path} are unreadable ({type(exc).__name__}); "
+            "delete the file to start them afresh"
+        ) from None
+    if weight.ndim != 2 or weight.shape[0] != len(subjects):
+        raise DataError(f"the store's private parameters at {path} are inconsistent; delete the file to start afresh")
+    return subjects, weight
+
+
+def _write(path: Path, subjects: list[str], weight: torch.Tensor) -> None:
+    buffer = io.BytesIO()
+    torch.save({"subjects": subjects, "weight": weight.detach().clone()}, buffer)
+    write_atomic(path, buffer.getvalue(), mode=0o600)
+
+
+def load_private_users(settings: Settings, store: str, subjects: pd.Index, dim: int, *, seed: int) -> PrivateUsers:
+    """Embeddings for these user rows: the stored vector of a known subject, a fresh one otherwise."""
+    users = PrivateUsers(len(subjects), dim, seed=seed)
+    stored = _read(private_path(settings, store))
+    if stored is None:
+        return users
+    names, weight = stored
+    if weight.shape[1] != dim:
+        return users  # a run with another --dim: the old vectors do not fit; start afresh
+    rows = subjects.get_indexer(pd.Index(names))
+    keep = rows >= 0
+    if keep.any():
+        with torch.no_grad():
+            users.weight[torch.as_tensor(rows[keep])] = weight[torch.as_tensor(np.flatnonzero(keep))]
+    return users
+
+
+def save_private_users(settings: Settings, store: str, subjects: pd.Index, users: PrivateUsers) -> None:
+    """Keep exactly these subjects' vectors (anyone else's is dropped)."""
+    path = private_path(settings, store)
+    with _locked(path):
+        _write(path, [str(s) for s in subjects], users.weight)
+
+
+def stored_subjects(settings: Settings, store: str) -> list[str]:
+    """The pseudonyms that have a stored embedding."""
+    stored = _read(private_path(settings, store))
+    return [] if stored is None else stored[0]
+
+
+def erase_subjects(settings: Settings, store: str, customer_ids: list[object]) -> int:
+    """Remove these customers' embeddings (under every live pseudonym version); returns how many."""
+    from siloguard.clients.gating import store_keys
+    from siloguard.privacy.pseudonyms import Pseudonymiser
+
+    path = private_path(settings, store)
+    with _locked(path):
+        stored = _read(path)
+        if stored is None:
+            return 0
+        names, weight = stored
+        keys = store_keys(settings, store)
+        pseudonymiser = Pseudonymiser(keys)
+        ids = pd.Series([str(c) for c in customer_ids], dtype=object)
+        gone: set[str] = set()
+        for version in keys.pseudonym_versions():
+            gone.update(pseudonymiser.pseudonymise(ids, version=version).dropna())
+        keep = [i for i, name in enumerate(names) if name not in gone]
+        removed = len(names) - len(keep)
+        if removed:
+            _write(path, [names[i] for i in keep], weight[keep])
+        return removed
