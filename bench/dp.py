@@ -148,7 +148,12 @@ def main() -> int:
     from siloguard.federation.runner import prepare_run, run_federation
     from siloguard.privacy.dp import steps_per_round
 
-    base = Settings.build(work_dir=Path(tempfile.mkdtemp()), data={"path": Path(data)})
+    from _consent import everyone_consents  # bench/_consent.py
+
+    consent_dir = Path(tempfile.mkdtemp(prefix="siloguard-consent-"))
+    base = Settings.build(
+        work_dir=consent_dir, data={"path": Path(data), "consent": everyone_consents(Path(data), consent_dir)}
+    )
     rounds = base.federation.rounds
     rows = []
     for target in (None, *TARGETS):
@@ -162,7 +167,7 @@ def main() -> int:
             sigma = get_noise_multiplier(target_epsilon=target, target_delta=1e-5, sample_rate=q, steps=steps,
                                          accountant=base.privacy.accountant, epsilon_tolerance=0.01)
             overrides.update({"noise_multiplier": float(sigma), "epsilon_cap": target * 1.001})
-        settings = base.with_overrides(work_dir=work, privacy=overrides,
+        settings = base.with_overrides(work_dir=work, privacy=overrides, keys={"root": work / "keys"},
                                        database={"url": f"sqlite:///{work / 'siloguard.db'}"})
         prepared = prepare_run(settings)
         started = time.perf_counter()

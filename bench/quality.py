@@ -29,6 +29,8 @@ from siloguard.config import Settings
 from siloguard.data.loader import load_clean
 from siloguard.data.silos import assign_stores
 from siloguard.federation.runner import prepare_run, run_federation
+
+from _consent import everyone_consents  # bench/_consent.py (python puts bench/ on the path)
 from siloguard.recommender.baselines import (
     als_score_fn,
     fit_als,
@@ -82,7 +84,8 @@ def main() -> int:
     # Quality without differential privacy (bench/dp.py measures the DP runs against this).
     settings = Settings.build(
         work_dir=work,
-        data={"path": args.data},
+        data={"path": args.data, "consent": everyone_consents(args.data, work)},
+        keys={"root": work / "keys"},
         privacy={"enabled": False},
         database={"url": f"sqlite:///{work / 'siloguard.db'}"},
     )

@@ -34,12 +34,24 @@ app = typer.Typer(
 def _mount_subcommands() -> None:
     from siloguard.audit.cli import audit_app
     from siloguard.clients.cli import consent_app, store_app
+    from siloguard.compliance.cli import check_app, retention_app
     from siloguard.storage.cli import db_app
 
     app.add_typer(audit_app, name="audit")
     app.add_typer(db_app, name="db")
     app.add_typer(store_app, name="store")
     app.add_typer(consent_app, name="consent")
+    app.add_typer(check_app, name="check")
+    app.add_typer(retention_app, name="retention")
+
+    # siloguard pki init, coordinator start, store enroll|start, federate, model ...
+    from siloguard.deploy.cli import coordinator_app, federate, pki_app
+    from siloguard.federation.cli import model_app
+
+    app.add_typer(pki_app, name="pki")
+    app.add_typer(coordinator_app, name="coordinator")
+    app.command("federate")(federate)
+    app.add_typer(model_app, name="model")
 
 
 _mount_subcommands()

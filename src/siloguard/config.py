@@ -11,7 +11,7 @@ the app boundary, and :meth:`Settings.to_run_config` does the reverse.
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,8 +22,10 @@ from siloguard.errors import ConfigError
 
 __all__ = [
     "AuditSettings",
+    "ComplianceSettings",
     "DataSettings",
     "DatabaseSettings",
+    "DeploySettings",
     "FederationSettings",
     "KeySettings",
     "ModelSettings",
@@ -32,7 +34,7 @@ __all__ = [
 ]
 
 #: The sections of Settings, as they appear in run-config keys (``<section>.<field>``).
-_SECTIONS = ("data", "model", "federation", "database", "audit", "privacy", "keys")
+_SECTIONS = ("data", "model", "federation", "database", "audit", "privacy", "keys", "compliance", "deploy")
 
 
 class _Section(BaseModel):
@@ -106,6 +108,18 @@ class FederationSettings(_Section):
     fraction_train: float = Field(1.0, gt=0, le=1)
     min_stores: int = Field(2, ge=1)
     round_timeout: float = Field(600.0, gt=0)
+    aggregator: Literal["fedavg", "trimmed-mean", "median"] = Field(
+        "fedavg", description="how accepted updates are combined: Flower FedAvg, FedTrimmedAvg or FedMedian"
+    )
+    trim_fraction: float = Field(0.2, ge=0, lt=0.5, description="trimmed-mean: share cut from each tail")
+    max_update_norm: float | None = Field(
+        None, gt=0, description="reject a store's update whose L2 norm (change to the global model) is above this"
+    )
+    outlier_factor: float | None = Field(
+        100.0, gt=1,
+        description="reject an update whose norm is above this many times the round's median (3+ updates); "
+        "DP-noised updates of small and large stores can differ by 10x or more, so keep this well above that",
+    )
 
 
 class DatabaseSettings(_Section):
@@ -145,6 +159,28 @@ class KeySettings(_Section):
     )
 
 
+class ComplianceSettings(_Section):
+    """The GDPR/CCPA checks (``siloguard check``, the training pre-flight): files and clock."""
+
+    as_of: Literal["data"] | datetime | None = Field(
+        None,
+        description="when the age of stored rows is measured: None = now, 'data' = the latest invoice "
+        "in the stores (the data's own clock), or a date-time (docs/COMPLIANCE.md)",
+    )
+    rules: Path | None = Field(None, description="directory of rule files; None = siloguard/policies/rules")
+    records: Path | None = Field(None, description="processing, DPIA and transfer records; None = siloguard/policies/records")
+    datamaps: Path | None = Field(None, description="data maps; None = siloguard/policies/datamaps")
+
+
+class DeploySettings(_Section):
+    """A real deployment: the SuperLink's address, and where its key material and state live."""
+
+    root: Path = Field(Path("deploy"), description="pki/, nodes/<store>/ (node keys), flwr/ (Flower CLI home), logs/")
+    host: str = Field("127.0.0.1", description="address the SuperLink listens on and stores connect to")
+    port: int = Field(9093, ge=1, le=65535, description="the SuperLink's HTTPS port (Fleet, Control and Runtime APIs)")
+    connect_timeout: float = Field(60.0, gt=0, description="seconds a command waits for the SuperLink to answer")
+
+
 class Settings(BaseSettings):
     """Everything a siloguard entry point needs."""
 
@@ -159,6 +195,8 @@ class Settings(BaseSettings):
     audit: AuditSettings = AuditSettings()
     privacy: PrivacySettings = PrivacySettings()
     keys: KeySettings = KeySettings()
+    deploy: DeploySettings = DeploySettings()
+    compliance: ComplianceSettings = ComplianceSettings()
     work_dir: Path = Field(Path("runs/current"), description="silos, client state and outputs")
 
     @field_validator("work_dir")

@@ -17,8 +17,10 @@ carries personal data (no customer ids, names, emails, or raw cell values).
     │                              head or a proof do not check out (exit 7)
     ├── StorageError               the database is unreachable or its schema is not
     │                              at the version this siloguard expects (exit 8)
-    └── PrivacyBudgetError         a store's privacy-budget ledger is corrupt or a
-                                   round would exceed its cap (exit 9)
+    ├── PrivacyBudgetError         a store's privacy-budget ledger is corrupt or a
+    │                              round would exceed its cap (exit 9)
+    └── ComplianceError            a GDPR/CCPA rule failed where it must hold: a training
+                                   run refused before round 1; names the rule and the fix (exit 10)
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ __all__ = [
     "AccessDenied",
     "AuditError",
     "AuditIntegrityError",
+    "ComplianceError",
     "ConfigError",
     "DataError",
     "FederationError",
@@ -106,3 +109,17 @@ class PrivacyBudgetError(SiloguardError):
     """A privacy-budget ledger entry is invalid, or a round would exceed a store's cap."""
 
     exit_code = 9
+
+
+class ComplianceError(SiloguardError):
+    """An error-severity compliance rule failed where it must hold (the training pre-flight).
+
+    The message names the rule, its legal source, what failed and the fix; ``rules`` lists
+    the ids of every failed rule.
+    """
+
+    exit_code = 10
+
+    def __init__(self, message: str, rules: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.rules = tuple(rules)

@@ -179,3 +179,34 @@ def test_when_per_customer_norms_are_computed_then_they_equal_autograd_per_custo
     )
     model_and_losses(ghost).sum().backward()
     assert torch.allclose(ghost.get_norm_sample(), torch.stack(expected), rtol=1e-4, atol=1e-6)
+
+
+def test_when_poisson_sampling_draws_nobody_then_the_step_is_noise_only_and_training_goes_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A small store at a low rate often samples no customer: that step must still be taken
+    (and accounted), with zero clipped gradient plus noise, not crash the round."""
+    examples, n_users, n_items = _examples()
+    privacy = PrivacySettings(noise_multiplier=1.0, sample_rate=1 / n_users, max_grad_norm=1.0)
+    model = SharedModel(n_items, dim=4, hidden=3)
+    before = model.items.weight.detach().clone()
+    batches: list[int] = []
+    real_loader = torch.utils.data.DataLoader.__iter__
+
+    def counting(self):  # noqa: ANN001, ANN202
+        for batch in real_loader(self):
+            batches.append(len(batch[0]))
+            yield batch
+
+    monkeypatch.setattr(torch.utils.data.DataLoader, "__iter__", counting)
+    result = train_local_dp(
+        model, PrivateUsers(n_users, 4).weight.detach(), group_by_customer(examples, n_users), privacy=privacy,
+        local_epochs=1, lr=0.01, repeat_lr=0.01, history=[], delta=DELTA, seed=0,
+    )
+
+    assert 0 in batches, "the test needs an empty Poisson batch"
+    assert result.steps == steps_per_round(privacy, 1, n_users) == len(batches)
+    assert result.history == [(1.0, privacy.sample_rate, result.steps)]
+    assert np.isfinite(result.report.epsilon)
+    assert all(torch.isfinite(v).all() for v in model.state_dict().values())
+    assert torch.equal(model.items.weight, before)  # items are frozen under DP (docs/PRIVACY.md)

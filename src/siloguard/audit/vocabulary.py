@@ -14,8 +14,33 @@ any, decision allow/deny      ``actor``, ``purpose``, ``reason``: gate decisions
 ``dsr.received``              ``request``; ``resource`` ``dsr:<kind>`` (access, erasure,
                               opt-out, ...); ``reason`` ``gdpr`` or ``ccpa`` (the clock)
 ``dsr.completed``             ``request``
+``dsr.<status>``              every other transition of a request (``verifying``,
+                              ``verified``, ``in_progress``, ``extended``, ``denied``,
+                              ``failed``): ``request``, ``resource`` ``dsr:<kind>``,
+                              ``reason`` (a code such as ``code-verified``)
+``dsr.receipt``               ``store``, ``request``: a store's signed erasure receipt
+                              accepted; counts ``rows_erased``, ``rows_remaining``,
+                              ``embeddings_erased``, ``keys_destroyed``
+``consent.changed``           ``purpose``; ``reason`` ``grant`` or ``withdraw`` (a subject
+                              through the privacy API); counts ``stores``
 ``check.result``              ``resource`` ``check:<rule>``; decision ``allow`` (passed)
                               or ``deny`` (failed); ``reason`` (latest per rule counts)
+``compliance.check``          summary of one ``siloguard check``: decision ``allow`` or
+                              ``deny``; counts ``rules``, ``failed``, ``warnings``
+``compliance.preflight``      the same, for the rules a training run must pass before
+                              round 1 (``deny``: the run was refused; ``reason``
+                              ``failed:<rule>``)
+``retention.enforce``         ``store``; counts ``rows_expired``, ``rows_deleted``
+``federation.round``          ``round``; counts ``stores_trained``, ``stores_dropped``,
+                              ``updates_rejected``, ``sha256_part1..5`` (the round's model)
+``federation.update_accepted``
+                              ``store``, ``round``: the store's update was aggregated
+``federation.update_rejected``
+                              ``store``, ``round``; decision ``deny``; ``reason`` why
+``federation.store_dropped``  ``store``, ``round``: sent a message, nothing came back
+``model.registered``          ``resource`` ``model:v<n>``; counts ``sha256_part1..5``
+``model.rollback``            ``resource`` ``model:v<n>`` (now current); ``reason`` from
+``node.enrolled``             ``store``: its SuperNode key registered with the SuperLink
 ============================  ==========================================================
 """
 
@@ -23,21 +48,45 @@ from __future__ import annotations
 
 __all__ = [
     "CHECK_RESULT",
+    "CONSENT_CHANGED",
+    "COMPLIANCE_CHECK",
+    "COMPLIANCE_PREFLIGHT",
     "CONSENT_COVERAGE",
     "COUNT_CONSENTED",
     "COUNT_EPSILON_E6",
     "COUNT_SUBJECTS",
     "DSR_COMPLETED",
+    "DSR_RECEIPT",
     "DSR_RECEIVED",
+    "FEDERATION_ROUND",
     "LEGAL_CLOCKS",
+    "MODEL_REGISTERED",
+    "MODEL_ROLLBACK",
+    "NODE_ENROLLED",
     "PRIVACY_SPEND",
+    "RETENTION_ENFORCE",
+    "STORE_DROPPED",
+    "UPDATE_ACCEPTED",
+    "UPDATE_REJECTED",
 ]
 
 CONSENT_COVERAGE = "consent.coverage"
+FEDERATION_ROUND = "federation.round"
+UPDATE_ACCEPTED = "federation.update_accepted"
+UPDATE_REJECTED = "federation.update_rejected"
+STORE_DROPPED = "federation.store_dropped"
+MODEL_REGISTERED = "model.registered"
+MODEL_ROLLBACK = "model.rollback"
+NODE_ENROLLED = "node.enrolled"
 PRIVACY_SPEND = "privacy.spend"
 DSR_RECEIVED = "dsr.received"
+DSR_RECEIPT = "dsr.receipt"
+CONSENT_CHANGED = "consent.changed"
 DSR_COMPLETED = "dsr.completed"
 CHECK_RESULT = "check.result"
+COMPLIANCE_CHECK = "compliance.check"
+COMPLIANCE_PREFLIGHT = "compliance.preflight"
+RETENTION_ENFORCE = "retention.enforce"
 
 COUNT_SUBJECTS = "subjects"
 COUNT_CONSENTED = "consented"

@@ -17,7 +17,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from siloguard.config import Settings
 from siloguard.clients.store import load_catalogue
-from siloguard.errors import ConfigError, DataError, PrivacyBudgetError
+from siloguard.errors import ConfigError, DataError, FederationError, PrivacyBudgetError
 from siloguard.federation.registry import save_model
 from siloguard.federation.strategy import RoundReport, SiloFedAvg
 from siloguard.recommender.model import SharedModel
@@ -65,15 +65,26 @@ def round_events(report: RoundReport, purpose: str = "personalize.profiling") ->
     """Audit events of one round: participants and outcome, and each store's privacy spend.
 
     Ids and counts only: store names, round number, how many stores trained, were left out
-    at their budget or failed, and the epsilon a store spent in the round (in millionths).
+    at their budget, dropped out or failed, whose updates were accepted or rejected (and
+    why), the sha256 of the round's global model (as integers: see
+    ``registry.sha256_counts``), and the epsilon a store spent in the round (in millionths).
+    A dropped node whose store never named itself is counted, not listed (its id is a number).
     """
     from siloguard.audit import AuditEvent
-    from siloguard.audit.vocabulary import COUNT_EPSILON_E6, PRIVACY_SPEND
+    from siloguard.audit.vocabulary import (
+        COUNT_EPSILON_E6,
+        FEDERATION_ROUND,
+        PRIVACY_SPEND,
+        STORE_DROPPED,
+        UPDATE_ACCEPTED,
+        UPDATE_REJECTED,
+    )
+    from siloguard.federation.registry import sha256_counts
 
     events = [
         AuditEvent(
             actor="coordinator",
-            action="federation.round",
+            action=FEDERATION_ROUND,
             resource="model:global",
             purpose=purpose,
             decision="info",
@@ -81,11 +92,30 @@ def round_events(report: RoundReport, purpose: str = "personalize.profiling") ->
                 "stores_trained": len(report.train),
                 "stores_skipped": len(report.skipped),
                 "stores_evaluated": len(report.evaluate),
+                "stores_dropped": len(report.dropped),
+                "updates_accepted": len(report.participants),
+                "updates_rejected": len(report.rejected),
                 "failures": report.failures,
+                **(sha256_counts(report.model_sha256) if report.model_sha256 else {}),
             },
             round=report.server_round,
         )
     ]
+    for store in report.participants:
+        events.append(
+            AuditEvent(actor="coordinator", action=UPDATE_ACCEPTED, resource="model:global", purpose=purpose,
+                       decision="allow", round=report.server_round, store=store)
+        )
+    for store, reason in sorted(report.rejected.items()):
+        events.append(
+            AuditEvent(actor="coordinator", action=UPDATE_REJECTED, resource="model:global", purpose=purpose,
+                       decision="deny", reason=reason, round=report.server_round, store=store)
+        )
+    for store in sorted(s for s in report.dropped if not s.startswith("node-")):
+        events.append(
+            AuditEvent(actor="coordinator", action=STORE_DROPPED, resource="model:global", purpose=purpose,
+                       decision="info", reason="no-reply", round=report.server_round, store=store)
+        )
     for store in sorted(report.train):
         metrics = report.train[store]
         if "epsilon" not in metrics:
@@ -108,6 +138,24 @@ def round_events(report: RoundReport, purpose: str = "personalize.profiling") ->
             )
         )
     return events
+
+
+def registered_event(version_dir: Path):  # noqa: ANN201 - AuditEvent imported lazily
+    """The audit event of a new model version: its id and its file's sha256."""
+    from siloguard.audit import AuditEvent
+    from siloguard.audit.vocabulary import MODEL_REGISTERED
+    from siloguard.federation.registry import MANIFEST_FILE, sha256_counts
+
+    manifest = json.loads((version_dir / MANIFEST_FILE).read_text())
+    return AuditEvent(
+        actor="coordinator",
+        action=MODEL_REGISTERED,
+        resource=f"model:{manifest['version']}",
+        purpose="personalize.profiling",
+        decision="info",
+        reason=f"parent-{manifest['parent']}" if manifest["parent"] else "parent-none",
+        counts={"rounds": int(manifest["rounds"]), "stores": len(manifest["participants"]), **sha256_counts(manifest["sha256"])},
+    )
 
 
 def _open_audit(settings: Settings):  # noqa: ANN202 - SQLAlchemy only when a run starts
@@ -137,6 +185,11 @@ def run_server(
             on_round(report)
 
     try:
+        from siloguard.compliance.engine import preflight
+
+        # GDPR/CCPA rules of scope "training", audited, before any message reaches a store:
+        # an error-severity failure raises ComplianceError naming the rule and the fix.
+        preflight(settings, audit)
         fed = settings.federation
         model = SharedModel(_n_items(settings), settings.model.dim, settings.model.hidden, seed=settings.model.seed)
         strategy = SiloFedAvg(
@@ -149,6 +202,10 @@ def run_server(
             min_evaluate_nodes=fed.min_stores,
             min_available_nodes=fed.min_stores,
             weighted_by_key="num-examples",
+            aggregator=fed.aggregator,
+            trim_fraction=fed.trim_fraction,
+            max_update_norm=fed.max_update_norm,
+            outlier_factor=fed.outlier_factor,
         )
         runner: object = strategy
         if settings.privacy.central:
@@ -180,8 +237,14 @@ def run_server(
             )
         if not trained or len(result.arrays) == 0 or final is None or not final.evaluate:
             raise RuntimeError("the federation produced no model: no store completed a round (see the log above)")
+        if not any(rep.participants for rep in strategy.reports.values()):
+            raise FederationError(
+                "every store's update was rejected (federation.update_rejected in the audit log says why): "
+                "no model was registered"
+            )
         model.load_state_dict(result.arrays.to_torch_state_dict())
         outcome.model_dir = str(save_model(model, settings, strategy.reports))
+        audit.append([registered_event(Path(outcome.model_dir))])
         return outcome
     finally:
         audit.close()

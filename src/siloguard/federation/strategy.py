@@ -1,28 +1,50 @@
-"""FedAvg on the shared parameters, keeping each store's reported metrics.
+"""FedAvg (or a robust aggregate) on the shared parameters, with per-store reports.
 
-Flower's ``FedAvg`` (weighted by ``num-examples``) does the aggregation; this
-subclass only remembers which store reported what, so rounds can be shown per
-store and the overall evaluation can be weighted by test customers for each
-metric variant separately.
+Flower's strategies do the aggregation: ``FedAvg`` weighted by ``num-examples`` by default,
+or ``FedTrimmedAvg`` / ``FedMedian`` (``federation.aggregator``) for the shared parameters
+when some stores may send outliers. This subclass adds what a federation of separate
+companies needs around it:
+
+- per-store replies kept for each round (metrics, privacy spend, budget answers);
+- every training update screened before aggregation: NaN/Inf values, a shape that is not the
+  global model's, or an update norm ``||reply - global||`` above ``federation.max_update_norm``
+  or above ``federation.outlier_factor`` times the round's median norm (with at least three
+  updates) is rejected, so it has no effect on the global model;
+- stores that were sent a message but sent nothing back (a node that stopped or lost its
+  connection; the SuperLink answers for it with "node unavailable") reported as dropped: the
+  round goes on with the others, down to ``min_train_nodes``;
+- the sha256 of each round's global model (after aggregation, and after central DP noise when
+  that is on), so the audit log names the exact model every round produced.
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
+import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from logging import INFO, WARNING
+from typing import Literal
 
-import random
-from logging import INFO
-
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg
 from flwr.serverapp.strategy.strategy_utils import sample_nodes
 from flwr.supercore import log
 
 from siloguard.clients.store import overall_metrics
 
-__all__ = ["RoundReport", "SiloFedAvg"]
+__all__ = ["Aggregator", "RoundReport", "SiloFedAvg", "arrays_sha256", "screen_update"]
+
+Aggregator = Literal["fedavg", "trimmed-mean", "median"]
+
+#: Why an update was rejected (audit ``reason`` codes).
+NON_FINITE = "update-non-finite"
+SHAPE = "update-shape-mismatch"
+OVER_NORM = "update-norm-above-bound"
+OUTLIER = "update-norm-outlier"
 
 
 @dataclass
@@ -35,21 +57,56 @@ class RoundReport:
     failures: int = 0
     budgets: dict[str, dict[str, float]] = field(default_factory=dict)  # answers to the budget query
     skipped: list[str] = field(default_factory=list)  # stores left out: next round would pass their cap
+    rejected: dict[str, str] = field(default_factory=dict)  # store -> reason code; not aggregated
+    update_norms: dict[str, float] = field(default_factory=dict)  # L2 norm of each store's update
+    dropped: list[str] = field(default_factory=list)  # sent a message, nothing came back from the node
+    model_sha256: str | None = None  # the global model after this round
 
     @property
     def overall(self) -> dict[str, float]:
         return overall_metrics(self.evaluate) if self.evaluate else {}
 
+    @property
+    def participants(self) -> list[str]:
+        """Stores whose training update went into this round's global model."""
+        return sorted(s for s in self.train if s not in self.rejected)
 
-def _store_name(msg: Message) -> str:
+
+def arrays_sha256(arrays: ArrayRecord) -> str:
+    """sha256 over each array's name, dtype, shape and bytes, in the record's order."""
+    digest = hashlib.sha256()
+    for name, array in arrays.items():
+        nd = np.ascontiguousarray(array.numpy())
+        digest.update(f"{name}|{nd.dtype.str}|{nd.shape}|".encode())
+        digest.update(nd.tobytes())
+    return digest.hexdigest()
+
+
+def screen_update(
+    update: list[np.ndarray], current: list[np.ndarray], max_norm: float | None
+) -> tuple[str | None, float]:
+    """(reason to reject or None, L2 norm of ``update - current``) for one store's arrays."""
+    if len(update) != len(current) or any(u.shape != c.shape for u, c in zip(update, current)):
+        return SHAPE, math.inf
+    if not all(np.isfinite(u).all() for u in update):
+        return NON_FINITE, math.inf
+    norm = math.sqrt(sum(float(np.sum((u.astype(np.float64) - c) ** 2)) for u, c in zip(update, current)))
+    if not math.isfinite(norm):
+        return NON_FINITE, math.inf
+    if max_norm is not None and norm > max_norm:
+        return OVER_NORM, norm
+    return None, norm
+
+
+def _store_name(msg: Message) -> str | None:
     try:
         return str(msg.content["store"]["name"])
     except KeyError:
-        return f"node-{msg.metadata.src_node_id}"
+        return None
 
 
 class SiloFedAvg(FedAvg):
-    """``FedAvg`` that records per-store replies and calls ``on_round`` after each round."""
+    """``FedAvg`` that screens updates, reports drops and per-store replies, and calls ``on_round``."""
 
     def __init__(
         self,
@@ -57,20 +114,56 @@ class SiloFedAvg(FedAvg):
         on_round: Callable[[RoundReport], None] | None = None,
         budget_aware: bool = False,
         query_timeout: float = 120.0,
+        aggregator: Aggregator = "fedavg",
+        trim_fraction: float = 0.2,
+        max_update_norm: float | None = None,
+        outlier_factor: float | None = 100.0,
         **kwargs: object,
     ) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.on_round = on_round
         self.budget_aware = budget_aware
         self.query_timeout = query_timeout
+        self.aggregator = aggregator
+        self.max_update_norm = max_update_norm
+        self.outlier_factor = outlier_factor
         self.reports: dict[int, RoundReport] = {}
+        self._names: dict[int, str] = {}  # node id -> store, from every reply that named its store
+        self._sent: dict[tuple[int, str], set[int]] = {}  # (round, phase) -> node ids sent a message
+        self._current: list[np.ndarray] | None = None  # the global model the round started from
+        shared = {"weighted_by_key": self.weighted_by_key, "arrayrecord_key": self.arrayrecord_key}
+        # Flower's robust aggregates, used on the accepted updates (FedAvg's sampling is kept).
+        self._robust: FedAvg | None = None
+        if aggregator == "trimmed-mean":
+            self._robust = FedTrimmedAvg(beta=trim_fraction, **shared)  # type: ignore[arg-type]
+        elif aggregator == "median":
+            self._robust = FedMedian(**shared)  # type: ignore[arg-type]
 
+    # ---- configure: remember what was sent ---------------------------------------------
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> list[Message]:
+        """Sample stores (only those within their privacy budget when budget-aware) and send them the model."""
+        self._current = arrays.to_numpy_ndarrays()
+        messages = self._budget_aware_train(server_round, arrays, config, grid) if self.budget_aware else list(
+            super().configure_train(server_round, arrays, config, grid)
+        )
+        self._sent[(server_round, "train")] = {m.metadata.dst_node_id for m in messages}
+        return messages
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> list[Message]:
+        """The arrays here are the round's new global model: record its checksum."""
+        self._report(server_round).model_sha256 = arrays_sha256(arrays)
+        messages = list(super().configure_evaluate(server_round, arrays, config, grid))
+        self._sent[(server_round, "evaluate")] = {m.metadata.dst_node_id for m in messages}
+        return messages
+
+    def _budget_aware_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> list[Message]:
         """Ask every store for its privacy budget, then sample only stores that can afford the round."""
-        if not self.budget_aware:
-            return list(super().configure_train(server_round, arrays, config, grid))
         report = self._report(server_round)
         _, all_nodes = sample_nodes(grid, self.min_available_nodes, self.min_available_nodes)
         queries = [
@@ -82,16 +175,20 @@ class SiloFedAvg(FedAvg):
             for node in all_nodes
         ]
         eligible: list[int] = []
+        answered: set[int] = set()
         for reply in grid.send_and_receive(queries, timeout=self.query_timeout):
             if reply.has_error():
                 report.failures += 1  # fail closed: a store that cannot state its budget does not train
                 continue
-            name, budget = _store_name(reply), dict(reply.content["budget"])
-            report.budgets[name] = budget
+            answered.add(reply.metadata.src_node_id)
+            name = self._name(reply)
+            report.budgets[name] = dict(reply.content["budget"])
+            budget = report.budgets[name]
             if budget.get("projected-epsilon", float("inf")) <= budget.get("epsilon-cap", 0.0):
                 eligible.append(reply.metadata.src_node_id)
             else:
                 report.skipped.append(name)
+        self._note_dropped(report, set(all_nodes) - answered)
         if report.skipped:
             log(INFO, "configure_train: %d store(s) at their privacy budget skip this round", len(report.skipped))
         if not eligible:
@@ -102,30 +199,85 @@ class SiloFedAvg(FedAvg):
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
         return list(self._construct_messages(record, chosen, MessageType.TRAIN))
 
+    # ---- bookkeeping -------------------------------------------------------------------
     def _report(self, server_round: int) -> RoundReport:
         return self.reports.setdefault(server_round, RoundReport(server_round))
 
-    def _collect(self, server_round: int, replies: list[Message], into: str) -> None:
-        """Keep each store's reply metrics in the round's report (``train`` or ``evaluate``)."""
+    def _name(self, msg: Message) -> str:
+        node = msg.metadata.src_node_id
+        name = _store_name(msg)
+        if name is not None:
+            self._names[node] = name
+        return self._names.get(node, f"node-{node}")
+
+    def _note_dropped(self, report: RoundReport, nodes: set[int]) -> None:
+        for node in sorted(nodes):
+            name = self._names.get(node, f"node-{node}")
+            if name not in report.dropped:
+                report.dropped.append(name)
+        if nodes:
+            log(WARNING, "round %d: %d store(s) dropped out: %s", report.server_round, len(nodes), ", ".join(report.dropped))
+
+    def _collect(self, server_round: int, replies: list[Message], into: str) -> list[Message]:
+        """Keep each store's reply metrics in the round's report; return the replies with content."""
         report = self._report(server_round)
+        valid: list[Message] = []
+        heard: set[int] = set()
         for msg in replies:
             if msg.has_error():
-                report.failures += 1
-            else:
-                getattr(report, into)[_store_name(msg)] = dict(msg.content["metrics"])
+                # The SuperLink itself answers for a node that went away ("node unavailable");
+                # an error from the node is a failure of the store's ClientApp.
+                if msg.metadata.src_node_id in self._sent.get((server_round, into), set()):
+                    heard.add(msg.metadata.src_node_id)
+                    report.failures += 1
+                continue
+            heard.add(msg.metadata.src_node_id)
+            getattr(report, into)[self._name(msg)] = dict(msg.content["metrics"])
+            valid.append(msg)
+        self._note_dropped(report, self._sent.get((server_round, into), set()) - heard)
+        return valid
 
+    def _screen(self, server_round: int, replies: list[Message]) -> list[Message]:
+        """Drop updates that are not finite, not the model's shape, or far larger than the rest."""
+        report = self._report(server_round)
+        if self._current is None:
+            return replies
+        kept: list[tuple[Message, float]] = []
+        for msg in replies:
+            name = self._name(msg)
+            reason, norm = screen_update(msg.content[self.arrayrecord_key].to_numpy_ndarrays(), self._current, self.max_update_norm)
+            report.update_norms[name] = norm
+            if reason is None:
+                kept.append((msg, norm))
+            else:
+                report.rejected[name] = reason
+        if self.outlier_factor is not None and len(kept) >= 3:
+            median = float(np.median([n for _, n in kept]))
+            if median > 0:
+                for msg, norm in list(kept):
+                    if norm > self.outlier_factor * median:
+                        report.rejected[self._name(msg)] = OUTLIER
+                        kept.remove((msg, norm))
+        for name, reason in sorted(report.rejected.items()):
+            log(WARNING, "round %d: update of store %s rejected (%s)", server_round, name, reason)
+        return [msg for msg, _ in kept]
+
+    # ---- aggregation -------------------------------------------------------------------
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies = list(replies)
-        self._collect(server_round, replies, "train")
-        return super().aggregate_train(server_round, replies)
+        """Screen the updates, then aggregate the accepted ones (None: the global model stays)."""
+        kept = self._screen(server_round, self._collect(server_round, list(replies), "train"))
+        if not kept:
+            return None, None
+        if self._robust is not None:
+            return self._robust.aggregate_train(server_round, kept)
+        return super().aggregate_train(server_round, kept)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        replies = list(replies)
-        self._collect(server_round, replies, "evaluate")
+        valid = self._collect(server_round, list(replies), "evaluate")
         report = self._report(server_round)
-        aggregated = super().aggregate_evaluate(server_round, replies)
+        aggregated = super().aggregate_evaluate(server_round, valid)
         if self.on_round is not None:
             self.on_round(report)
         return aggregated

@@ -427,6 +427,10 @@ def train_local_dp(
             steps += 1
             dp_optimizer.zero_grad(set_to_none=True)
             if len(idx) == 0:  # Poisson sampling drew nobody: still a (noise-only) step
+                # The ghost-clipping optimizer sums p.grad, which no backward pass set: the
+                # clipped sum of zero customers is zero, and step() adds the noise to it.
+                for param in dp_optimizer.params:
+                    param.grad = torch.zeros_like(param)
                 dp_optimizer.step()
                 continue
             rows = idx.numpy()

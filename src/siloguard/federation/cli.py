@@ -1,0 +1,81 @@
+"""``siloguard model list | show | rollback``: the run's model registry.
+
+``siloguard.cli`` mounts ``model_app``. Every command reads the registry under ``--out`` (the
+run's work directory); ``rollback`` is recorded in the audit log before it takes effect.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from siloguard.config import Settings
+from siloguard.storage.cli import one_line_errors
+
+__all__ = ["model_app"]
+
+model_app = typer.Typer(name="model", help="The model registry: versions, manifests, rollback.", no_args_is_help=True)
+
+OutOpt = Annotated[Path, typer.Option("--out", help="The run's work directory (holds models/ and model).")]
+
+
+def _settings(out: Path) -> Settings:
+    base = Settings.build()
+    if "SILOGUARD_DATABASE__URL" not in os.environ:
+        # As `siloguard train`/`federate`: the run's audit log lives in its work directory.
+        base = base.with_overrides(database={"url": f"sqlite:///{(out / 'siloguard.db').resolve()}"})
+    return base.with_overrides(work_dir=out)  # type: ignore[arg-type]
+
+
+@model_app.command("list")
+@one_line_errors
+def model_list(out: OutOpt = Path("runs/train")) -> None:
+    """Every model version, oldest first; '*' marks the current one."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from siloguard.federation.registry import current_version, list_versions
+
+    current = current_version(out)
+    table = Table(title=f"Models in {out}", title_justify="left")
+    for col in ("", "version", "parent", "created", "rounds", "stores", "NDCG@10", "sha256"):
+        table.add_column(col)
+    for m in list_versions(out):
+        ndcg = m["metrics"]["overall"].get("ndcg@10")
+        table.add_row("*" if m["version"] == current else "", m["version"], m.get("parent") or "-", m.get("created", "-"),
+                      str(m["rounds"]), str(len(m.get("participants", m["stores"]))),
+                      "-" if ndcg is None else f"{ndcg:.4f}", m["sha256"][:16])
+    Console().print(table)
+
+
+@model_app.command("show")
+@one_line_errors
+def model_show(
+    version: Annotated[str, typer.Argument(help="e.g. v2; default: the current version")] = "",
+    out: OutOpt = Path("runs/train"),
+) -> None:
+    """A version's manifest (JSON)."""
+    from siloguard.errors import ConfigError
+    from siloguard.federation.registry import current_version, load_manifest
+
+    version = version or current_version(out) or ""
+    if not version:
+        raise ConfigError(f"no model in {out} yet: run 'siloguard train' or 'siloguard federate' first")
+    typer.echo(json.dumps(load_manifest(out, version), indent=2, sort_keys=True))
+
+
+@model_app.command("rollback")
+@one_line_errors
+def model_rollback(
+    version: Annotated[str, typer.Argument(help="The version to make current again, e.g. v1.")],
+    out: OutOpt = Path("runs/train"),
+) -> None:
+    """Make an earlier version current again (its file checked against its sha256; audited)."""
+    from siloguard.federation.registry import rollback
+
+    manifest = rollback(_settings(out), version)
+    typer.echo(f"current model is now {manifest['version']} (sha256 {manifest['sha256'][:16]}...)")

@@ -1,0 +1,118 @@
+"""``siloguard check``, ``siloguard check ropa`` and ``siloguard retention enforce`` end to end."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from siloguard.cli import app
+from siloguard.compliance.records import RECORDS_DIR
+from siloguard.compliance.ropa import ART30_FIELDS, MISSING
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The demo configuration (embedded sample, shipped rules and records), database and keys in tmp_path."""
+    monkeypatch.setenv("SILOGUARD_DATABASE__URL", f"sqlite:///{tmp_path / 'siloguard.db'}")
+    monkeypatch.setenv("SILOGUARD_KEYS__ROOT", str(tmp_path / "keys"))
+    monkeypatch.setenv("SILOGUARD_WORK_DIR", str(tmp_path / "no-run"))
+    monkeypatch.setenv("SILOGUARD_AUDIT__PUBLIC_KEY", str(tmp_path / "audit.pub"))
+    return tmp_path
+
+
+def test_check_passes_on_the_demo_configuration(env: Path) -> None:
+    result = runner.invoke(app, ["check", "--as-of", "data", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["passed"] is True and report["failed"] == []
+    statuses = {r["id"]: r["status"] for r in report["rules"]}
+    assert statuses["storage-limitation"] == "passed"
+    assert statuses["cross-border-transfers"] == "passed"
+    assert set(statuses) >= {"lawful-basis", "records-of-processing", "dpia-approved", "request-deadlines", "audit-log-verifies"}
+
+
+def test_check_on_todays_clock_fails_storage_limitation_with_exit_1(env: Path) -> None:
+    result = runner.invoke(app, ["check", "--only", "storage-limitation", "--as-of", "now", "--no-record"])
+    assert result.exit_code == 1
+    assert "storage-limitation" in result.output and "failed" in result.output
+    as_json = runner.invoke(app, ["check", "--only", "storage-limitation", "--as-of", "now", "--no-record", "--format", "json"])
+    assert as_json.exit_code == 1
+    (rule,) = json.loads(as_json.output)["rules"]
+    assert rule["fix"].startswith("run `siloguard retention enforce`")
+    assert all("older than the retention P6Y" in f for f in rule["findings"])
+
+
+def test_check_only_one_rule_as_json(env: Path) -> None:
+    result = runner.invoke(app, ["check", "--only", "dpia-approved", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    rules = json.loads(result.output)["rules"]
+    assert [r["id"] for r in rules] == ["dpia-approved"]
+    assert rules[0]["source"] == ["GDPR Art. 35(1)", "GDPR Art. 35(3)"] and rules[0]["fix"] is None
+
+
+def test_check_fails_for_a_violating_configuration(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    records = env / "records"
+    shutil.copytree(RECORDS_DIR, records)
+    dpia = records / "dpia.yaml"
+    dpia.write_text(dpia.read_text().replace("status: approved\n    approved_on: 2024-05-02\n    approved_by: data protection officer\n    document: docs/COMPLIANCE.md (risks and measures of the federated",
+                                             "status: draft\n    approved_by: data protection officer\n    document: docs/COMPLIANCE.md (risks and measures of the federated", 1))
+    monkeypatch.setenv("SILOGUARD_COMPLIANCE__RECORDS", str(records))
+    result = runner.invoke(app, ["check", "--only", "dpia-approved", "--format", "json"])
+    assert result.exit_code == 1
+    (rule,) = json.loads(result.output)["rules"]
+    assert rule["status"] == "failed"
+    assert rule["findings"] == ["DPIA dpia-2024-001 of activity train_recommender is draft, not approved"]
+    assert rule["fix"].startswith("carry out the DPIA")
+
+
+def test_check_unknown_rule_is_a_one_line_error(env: Path) -> None:
+    result = runner.invoke(app, ["check", "--only", "no-such-rule"])
+    assert result.exit_code == 2
+    assert "unknown rule(s) no-such-rule" in result.output
+
+
+def test_ropa_lists_every_activity_with_every_art30_field(env: Path) -> None:
+    out = env / "ropa.md"
+    result = runner.invoke(app, ["check", "ropa", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    text = out.read_text()
+    for name in ("Training the next-purchase recommender", "Campaign target lists", "RFM segments and store reports",
+                 "Handling data-subject requests", "Audit log of data flows and decisions"):
+        section = text.split(f"## {name}")[1].split("\n## ")[0]
+        for field in ART30_FIELDS:
+            row = next(line for line in section.splitlines() if line.startswith(f"| {field} |"))
+            assert MISSING not in row, row
+    assert "personalize.profiling (lawful basis: consent)" in text
+    assert "transactions: P6Y" in text
+
+
+def test_ropa_json(env: Path) -> None:
+    result = runner.invoke(app, ["check", "ropa", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output)
+    ids = [a["id"] for a in doc["activities"]]
+    assert ids == ["train_recommender", "campaign_lists", "rfm_reporting", "dsr_handling", "audit_logging"]
+    train = doc["activities"][0]
+    assert train["transfers"]["mechanisms"][0]["store"] == "international"
+    assert train["erasure"]["retention"] == {"transactions": "P6Y"}
+
+
+def test_check_results_appear_in_the_officer_report(env: Path) -> None:
+    from siloguard.audit.heads import generate_keypair
+
+    generate_keypair(env / "audit.key", env / "audit.pub")
+    assert runner.invoke(app, ["check", "--only", "lawful-basis", "--only", "storage-limitation", "--as-of", "now"]).exit_code == 1
+    assert runner.invoke(app, ["audit", "head", "--signing-key", str(env / "audit.key")]).exit_code == 0
+    out = env / "report"
+    result = runner.invoke(app, ["audit", "report", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = {r["check"]: r for r in json.loads((out / "report.json").read_text())["checks"]["rows"]}
+    assert rows["lawful-basis"]["result"] == "passed"
+    assert rows["storage-limitation"]["result"] == "failed"
+    assert "storage-limitation" in (out / "report.html").read_text()
