@@ -86,7 +86,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--target-bytes", type=int, default=1_500_000)
     parser.add_argument("--protect", nargs="*", default=["Germany", "France", "EIRE"])
     parser.add_argument("--min-customers", type=int, default=30)
+    parser.add_argument(
+        "--consent-only", action="store_true",
+        help="only (re)write the simulated consent records next to --out, from the existing sample",
+    )
     args = parser.parse_args(argv)
+    if args.consent_only:
+        write_consent(args.out)
+        return
 
     raw = pd.read_csv(args.source, dtype=str, keep_default_na=False, na_filter=False)
     raw_ids = pd.to_numeric(raw["CustomerID"], errors="coerce")
@@ -130,6 +137,19 @@ def main(argv: list[str] | None = None) -> None:
         f"{sample['country'].nunique()} countries"
     )
     print("customers per store: " + ", ".join(f"{k} {v}" for k, v in stores.items()))
+    write_consent(args.out)
+
+
+def write_consent(sample: Path) -> None:
+    """The sample's simulated consent records (see the sample's README), seed 0."""
+    from siloguard.data.consent import simulated_consent
+    from siloguard.data.loader import SAMPLE_CONSENT_FILE
+
+    frame, _ = load_clean(sample)
+    consent = simulated_consent(frame, seed=0)
+    out = sample.with_name(SAMPLE_CONSENT_FILE)
+    consent.to_csv(out, index=False, compression={"method": "gzip", "mtime": 0})  # reproducible bytes
+    print(f"wrote {out}: {len(consent):,} consent events for {frame['customer_id'].nunique():,} customers")
 
 
 if __name__ == "__main__":

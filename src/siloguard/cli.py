@@ -44,6 +44,13 @@ def _mount_subcommands() -> None:
     app.add_typer(check_app, name="check")
     app.add_typer(retention_app, name="retention")
 
+    # siloguard serve, siloguard keys ..., siloguard store sync (privacy API and DSRs)
+    import siloguard.dsr.cli  # noqa: F401  registers `store sync` on store_app
+    from siloguard.api.cli import keys_app, serve
+
+    app.command("serve")(serve)
+    app.add_typer(keys_app, name="keys")
+
     # siloguard pki init, coordinator start, store enroll|start, federate, model ...
     from siloguard.deploy.cli import coordinator_app, federate, pki_app
     from siloguard.federation.cli import model_app

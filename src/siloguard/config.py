@@ -21,6 +21,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from siloguard.errors import ConfigError
 
 __all__ = [
+    "ApiSettings",
     "AuditSettings",
     "ComplianceSettings",
     "DataSettings",
@@ -34,7 +35,7 @@ __all__ = [
 ]
 
 #: The sections of Settings, as they appear in run-config keys (``<section>.<field>``).
-_SECTIONS = ("data", "model", "federation", "database", "audit", "privacy", "keys", "compliance", "deploy")
+_SECTIONS = ("data", "model", "federation", "database", "audit", "privacy", "keys", "api", "compliance", "deploy")
 
 
 class _Section(BaseModel):
@@ -159,6 +160,21 @@ class KeySettings(_Section):
     )
 
 
+class ApiSettings(_Section):
+    """The privacy API (``siloguard serve``): where it listens and how it protects itself."""
+
+    host: str = Field("127.0.0.1", description="address to listen on")
+    port: int = Field(8000, ge=1, le=65535)
+    max_body_bytes: int = Field(16384, ge=256, description="larger request bodies are refused (413)")
+    rate_per_key: str = Field("600/minute", description="requests per API key or subject token (limits syntax)")
+    rate_per_ip: str = Field("300/minute", description="requests per client address (limits syntax)")
+    code_ttl_seconds: int = Field(900, ge=30, description="how long a one-time verification code is valid")
+    code_attempts: int = Field(5, ge=1, le=20, description="wrong codes before a request is closed")
+    session_ttl_seconds: int = Field(86400, ge=60, description="how long a verified subject's token is valid")
+    default_jurisdiction: Literal["gdpr", "ccpa"] = Field("gdpr", description="when a request names none (the stores are in the EEA/UK)")
+    resume_every_seconds: float = Field(5.0, gt=0, description="how often the server carries pending requests forward")
+
+
 class ComplianceSettings(_Section):
     """The GDPR/CCPA checks (``siloguard check``, the training pre-flight): files and clock."""
 
@@ -196,6 +212,7 @@ class Settings(BaseSettings):
     privacy: PrivacySettings = PrivacySettings()
     keys: KeySettings = KeySettings()
     deploy: DeploySettings = DeploySettings()
+    api: ApiSettings = ApiSettings()
     compliance: ComplianceSettings = ComplianceSettings()
     work_dir: Path = Field(Path("runs/current"), description="silos, client state and outputs")
 

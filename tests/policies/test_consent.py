@@ -98,3 +98,59 @@ def test_when_random_histories_are_replayed_then_the_registry_agrees_with_the_in
             expected = memory.subjects_with_basis(purpose, subjects, at)
             assert registry.subjects_with_basis(purpose, subjects, at) == expected
             assert registry.consented(purpose, at) == expected
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_when_a_database_from_before_the_order_key_is_upgraded_then_its_events_keep_their_meaning(
+    backend: str, tmp_path: Path
+) -> None:
+    import sqlalchemy as sa
+
+    from siloguard.storage.db import create_engine, upgrade_database
+
+    with fresh_database(backend, tmp_path) as url:
+        engine = create_engine(url)
+        upgrade_database(engine, "0003_consent")
+        old = [
+            ("v1.a", TARGETED, "grant", T0),
+            ("v1.a", TARGETED, "withdraw", T0 + timedelta(days=1)),
+            ("v1.b", "marketing", "grant", T0),  # a parent key covers the purpose
+            ("v1.c", TARGETED, "grant", T0 + timedelta(microseconds=7)),
+            ("v1.c", TARGETED, "withdraw", T0 + timedelta(microseconds=7)),  # tie: withdrawal wins
+        ]
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text("insert into consent_events (subject, purpose, kind, source, at) values (:s, :p, :k, 'web', :at)"),
+                [{"s": s, "p": p, "k": k, "at": at} for s, p, k, at in old],
+            )
+        upgrade_database(engine)
+        engine.dispose()
+        registry = ConsentRegistry(url)
+        try:
+            assert registry.consented(TARGETED, T0 + timedelta(hours=1)) == {"v1.a", "v1.b"}
+            assert registry.consented(TARGETED, T0 + timedelta(days=2)) == {"v1.b"}
+            registry.record("v1.c", TARGETED, "grant", source="api", at=T0 + timedelta(days=3))
+            assert registry.consented(TARGETED, T0 + timedelta(days=4)) == {"v1.b", "v1.c"}
+        finally:
+            registry.close()
+
+
+def test_when_many_subjects_are_asked_then_lookups_and_full_scans_agree(registry: ConsentRegistry) -> None:
+    """Over 20,000 subjects the registry scans the purpose; up to that it looks subjects up
+    in chunks of 1,000: both paths, and the parent key's events, must give the same answer."""
+    rng = random.Random(7)
+    events = []
+    for i in range(25_000):
+        subject = f"s{i}"
+        granted = T0 + timedelta(minutes=rng.randrange(10_000))
+        events.append((subject, "marketing" if i % 20 == 0 else TARGETED, "grant", "web", None, granted))
+        if i % 7 == 0:
+            events.append((subject, TARGETED, "withdraw", "api", None, granted + timedelta(minutes=rng.randrange(-5, 5))))
+    registry.record_events(events)
+    at = T0 + timedelta(days=30)
+    everyone = {f"s{i}" for i in range(25_000)}
+    full = registry.subjects_with_basis(TARGETED, everyone, at)
+    assert full == registry.consented(TARGETED, at)
+    some = set(rng.sample(sorted(everyone), 2_500))
+    assert registry.subjects_with_basis(TARGETED, some, at) == full & some
+    assert 0 < len(full) < len(everyone)

@@ -53,6 +53,14 @@ ALLOW = [
     ("data_subject", "*", "user", "read", LEGAL),
     ("data_subject", "*", "user", "export", LEGAL),
     ("data_subject", "*", "user", "erase", LEGAL),
+    # the privacy API (siloguard.api.auth.OPERATIONS)
+    ("data_subject", "*", "user.privacy_preferences", "submit", LEGAL),
+    ("data_subject", "*", "user.privacy_preferences", "review", LEGAL),
+    ("api_service", "*", "user.privacy_preferences", "submit", LEGAL),
+    ("compliance_officer", "*", "user.privacy_preferences", "review", LEGAL),
+    ("dpo", "*", "user.privacy_preferences", "review", LEGAL),
+    ("dpo", "*", "user.privacy_preferences", "decide", LEGAL),
+    ("store_operator", "*", "user", "fulfil", LEGAL),
 ]
 DENY = [
     ("store_trainer", "*", "user.contact", "*", "*"),
@@ -72,7 +80,7 @@ BINDINGS = [
     ("service:api", "api_service", "*"),
 ]
 PRINCIPAL = {role: principal for principal, role, _ in BINDINGS} | {"data_subject": ME}
-ACTIONS = ["read", "export", "train", "erase"]
+ACTIONS = ["read", "export", "train", "erase", "submit", "review", "decide", "fulfil"]
 
 
 def _matrix_keys() -> tuple[list[str], list[str]]:

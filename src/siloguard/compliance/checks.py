@@ -389,9 +389,7 @@ def request_deadlines(ctx: Context, scope: str) -> Outcome:
     if not sa.inspect(engine).has_table("dsr_requests"):
         return Outcome("not_applicable", ["no request queue in this database yet (no dsr_requests table): nothing is due"])
     table = sa.Table("dsr_requests", sa.MetaData(), autoload_with=engine)
-    due = table.c.due_at
-    if "extend_until" in table.c:  # a lawful extension (Art. 12(3), 1798.130) moves the deadline
-        due = sa.func.coalesce(table.c.extend_until, table.c.due_at)
+    due = table.c.due_at  # the current legal deadline: the queue moves it on a lawful extension
     query = sa.select(table.c.id, due.label("due")).where(table.c.status.not_in(TERMINAL_STATUSES))
     with engine.connect() as conn:
         open_rows = [(rid, _utc(d)) for rid, d in conn.execute(query)]

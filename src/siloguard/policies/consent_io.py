@@ -94,9 +94,9 @@ def import_consent(
             continue
         registry.record_events(
             [
-                (view.subject(c), p, k, src, notice or None, at)
-                for c, p, k, src, notice, at in zip(
-                    rows["customer_id"], rows["purpose"], rows["event"], rows["source"],
+                (ref, p, k, src, notice or None, at)
+                for ref, p, k, src, notice, at in zip(
+                    view.subjects(rows["customer_id"].tolist()), rows["purpose"], rows["event"], rows["source"],
                     rows["notice_version"], rows["at"],
                 )
             ]

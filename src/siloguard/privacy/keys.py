@@ -274,6 +274,16 @@ class SubjectVault:
         """Keyed hash of a subject id: names the subject's key without revealing the id."""
         return hmac.digest(self._ref_key.reveal(), str(subject_id).encode(), "sha256").hex()[:40]
 
+    def subject_refs(self, subject_ids: Iterable[str]) -> list[str]:
+        """:meth:`subject_ref` of many ids: the HMAC is keyed once and copied per id."""
+        keyed = hmac.new(self._ref_key.reveal(), digestmod="sha256")
+        out = []
+        for sid in subject_ids:
+            mac = keyed.copy()
+            mac.update(str(sid).encode())
+            out.append(mac.hexdigest()[:40])
+        return out
+
     def _key_name(self, subject_id: str) -> str:
         return f"stores/{self._keys.store}/subjects/{self.subject_ref(subject_id)}"
 

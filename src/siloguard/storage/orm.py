@@ -21,6 +21,17 @@ Consent registry (written only by :mod:`siloguard.policies.consent`):
 
 - ``consent_events``: append-only grant / withdraw / opt-out events per (subject, purpose);
   ``subject`` is the store's pseudonym of the data subject, never a raw id.
+
+Privacy API and data-subject requests (written only by :mod:`siloguard.api` and
+:mod:`siloguard.dsr`; migration ``0004_api``):
+
+- ``api_keys``: staff and service keys (role, store), only a SHA-256 of the secret;
+- ``store_signing_keys``: each store's Ed25519 public key for erasure receipts;
+- ``dsr_requests``: the request queue with its state and legal clock (``due_at`` is the
+  current deadline); ``dsr_transitions``: every state change, with the id of its audit event;
+- ``dsr_verifications`` (hashed one-time codes), ``dsr_outbox`` (the default notifier),
+  ``dsr_sessions`` (hashed subject tokens), ``dsr_tasks`` (one erasure task per store, with
+  the store's signed receipt).
 """
 
 from __future__ import annotations
@@ -38,6 +49,9 @@ from sqlalchemy import (
     Table,
     Text,
     Index,
+    Boolean,
+    ForeignKey,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -46,8 +60,16 @@ __all__ = [
     "AuditHeadRow",
     "AuditNodeRow",
     "Base",
+    "api_keys",
     "consent_events",
+    "dsr_outbox",
+    "dsr_requests",
+    "dsr_sessions",
+    "dsr_tasks",
+    "dsr_transitions",
+    "dsr_verifications",
     "privacy_ledger",
+    "store_signing_keys",
     "privacy_ledger_rounds",
 ]
 
@@ -131,5 +153,117 @@ consent_events = Table(
     Column("source", String(16), nullable=False),  # web | store | api | gpc
     Column("notice_version", String(32), nullable=True),
     Column("at", DateTime(timezone=True), nullable=False),
-    Index("ix_consent_events_purpose_subject", "purpose", "subject"),
+    # 2 x microseconds since the epoch of ``at`` + 1 unless a grant (0005_consent_order): the
+    # largest ord among a purpose's keys decides, a withdrawal winning a tie.
+    Column("ord", BigInteger, nullable=False),
+    Index("ix_consent_events_purpose_subject_ord", "purpose", "subject", "ord"),
+    Index("ix_consent_events_subject", "subject"),  # one subject's events (the API's consent reads)
+)
+
+# ---- privacy API and data-subject requests (0004_api) -----------------------------------
+
+api_keys = Table(
+    "api_keys",
+    Base.metadata,
+    Column("id", String(16), primary_key=True),
+    Column("role", String(32), nullable=False),
+    Column("store", String(128), nullable=True),  # None = every store
+    Column("label", String(64), nullable=True),
+    Column("secret_hash", LargeBinary(32), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("revoked_at", DateTime(timezone=True), nullable=True),
+)
+
+store_signing_keys = Table(
+    "store_signing_keys",
+    Base.metadata,
+    Column("store", String(128), primary_key=True),
+    Column("public_key", LargeBinary(32), nullable=False),
+    Column("registered_at", DateTime(timezone=True), nullable=False),
+)
+
+dsr_requests = Table(
+    "dsr_requests",
+    Base.metadata,
+    Column("id", String(40), primary_key=True),
+    Column("kind", String(16), nullable=False),
+    Column("jurisdiction", String(8), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("due_at", DateTime(timezone=True), nullable=False),
+    Column("ack_due_at", DateTime(timezone=True), nullable=True),
+    # the last moment an extension may be announced (the original deadline); None: no extension
+    Column("extension_notice_by", DateTime(timezone=True), nullable=True),
+    Column("extended", Boolean, nullable=False),
+    Column("subject_digest", String(64), nullable=False, index=True),
+    Column("customer_ref", String(64), nullable=True),  # cleared once an erasure completes
+    Column("contact", String(254), nullable=True),
+    Column("idempotency_key", String(128), nullable=True),
+    Column("gpc", Boolean, nullable=False),
+    Column("payload", Text, nullable=False),  # JSON: consent changes of a consent request
+    Column("result", Text, nullable=True),  # JSON: the answer once completed or denied
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("subject_digest", "idempotency_key"),
+    Index("ix_dsr_requests_status_due_at", "status", "due_at"),
+)
+
+dsr_transitions = Table(
+    "dsr_transitions",
+    Base.metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("request_id", String(40), ForeignKey("dsr_requests.id"), nullable=False, index=True),
+    Column("from_status", String(16), nullable=True),
+    Column("to_status", String(16), nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("actor", String(64), nullable=False),
+    Column("reason", String(128), nullable=True),
+    Column("event_id", String(36), nullable=False, unique=True),  # its event in audit_events
+)
+
+dsr_verifications = Table(
+    "dsr_verifications",
+    Base.metadata,
+    Column("request_id", String(40), ForeignKey("dsr_requests.id"), primary_key=True),
+    Column("code_hash", LargeBinary(32), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("max_attempts", Integer, nullable=False),
+)
+
+dsr_outbox = Table(
+    "dsr_outbox",
+    Base.metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("request_id", String(40), ForeignKey("dsr_requests.id"), nullable=False, index=True),
+    Column("destination", String(254), nullable=False),
+    Column("body", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+)
+
+dsr_sessions = Table(
+    "dsr_sessions",
+    Base.metadata,
+    Column("token_hash", LargeBinary(32), primary_key=True),
+    Column("subject_digest", String(64), nullable=False, index=True),
+    Column("customer_ref", String(64), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+)
+
+dsr_tasks = Table(
+    "dsr_tasks",
+    Base.metadata,
+    Column("id", String(48), primary_key=True),
+    Column("request_id", String(40), ForeignKey("dsr_requests.id"), nullable=False, index=True),
+    Column("store", String(128), nullable=False),
+    Column("status", String(16), nullable=False),  # pending | done
+    Column("customer_ref", String(64), nullable=True),  # cleared with the receipt
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("done_at", DateTime(timezone=True), nullable=True),
+    Column("receipt", Text, nullable=True),  # canonical JSON the store signed
+    Column("signature", LargeBinary(64), nullable=True),
+    Column("receipt_event_id", String(36), nullable=True),  # its dsr.receipt event in audit_events
+    UniqueConstraint("request_id", "store"),
+    Index("ix_dsr_tasks_store_status", "store", "status"),
 )

@@ -1,0 +1,114 @@
+"""``siloguard serve`` and ``siloguard keys create|list|revoke``.
+
+Mounted by :func:`siloguard.cli._mount_subcommands`. A key is printed once, at creation; the
+database keeps only its hash. Creating a ``store_operator`` key also registers that store's
+receipt public key (derived from the store's keys under ``keys.root``), which the API checks
+erasure receipts against.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from siloguard.config import Settings
+from siloguard.storage.cli import DbOpt, one_line_errors
+
+__all__ = ["keys_app", "serve"]
+
+keys_app = typer.Typer(
+    name="keys",
+    help="API keys for staff and services: create (shown once), list, revoke.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _settings(db: str | None, **api: object) -> Settings:
+    return Settings.build().with_overrides(database={"url": db}, api={k: v for k, v in api.items() if v is not None})
+
+
+@one_line_errors
+def serve(
+    host: Annotated[Optional[str], typer.Option("--host", help="Address to listen on. \\[default: api.host]")] = None,
+    port: Annotated[Optional[int], typer.Option("--port", help="Port. \\[default: api.port]")] = None,
+    db: DbOpt = None,
+) -> None:
+    """Run the privacy API (uvicorn); refuses a database that is not migrated."""
+    import logging
+
+    import uvicorn
+
+    from siloguard.api.app import create_app
+
+    settings = _settings(db, host=host, port=port)
+    app = create_app(settings)  # checks the schema first: a clear error, not a half-started server
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # Casbin logs every decision (a miss as a warning, with principal ids): the API's own
+    # answers say what was refused, so only Casbin's errors are kept.
+    logging.getLogger("casbin").setLevel(logging.ERROR)
+    typer.echo(f"siloguard API on http://{settings.api.host}:{settings.api.port} (docs at /docs)", err=True)
+    uvicorn.run(app, host=settings.api.host, port=settings.api.port, access_log=False, log_level="warning")
+
+
+@keys_app.command("create")
+@one_line_errors
+def create(
+    role: Annotated[str, typer.Option("--role", help="store_operator, store_trainer, compliance_officer, dpo or api_service.")],
+    store: Annotated[Optional[str], typer.Option("--store", help="The store a store key belongs to.")] = None,
+    label: Annotated[Optional[str], typer.Option("--label", help="A note for you (not personal data).")] = None,
+    db: DbOpt = None,
+) -> None:
+    """Create a key and print it once; only its hash is kept."""
+    from siloguard.api.keys import create_key
+    from siloguard.storage.db import create_engine, require_current_schema
+
+    settings = _settings(db)
+    engine = create_engine(settings.database.url)
+    try:
+        require_current_schema(engine)
+        if role == "store_operator" and store is not None:
+            from siloguard.clients.gating import store_keys
+            from siloguard.dsr.receipts import public_key_bytes, register_store_key
+
+            register_store_key(engine, store, public_key_bytes(store_keys(settings, store)))
+        key, text = create_key(engine, role, store=store, label=label)
+    finally:
+        engine.dispose()
+    typer.echo(text)
+    typer.echo(f"key {key.id}: role {key.role}, store {key.store or '*'}. Shown once: store it now.", err=True)
+
+
+@keys_app.command("list")
+@one_line_errors
+def list_(db: DbOpt = None) -> None:
+    """List keys (ids, roles, stores, state); never the secrets."""
+    from siloguard.api.keys import list_keys
+    from siloguard.storage.db import create_engine
+
+    engine = create_engine(_settings(db).database.url)
+    try:
+        for key in list_keys(engine):
+            state = f"revoked {key.revoked_at:%Y-%m-%d}" if key.revoked_at else "active"
+            typer.echo(f"{key.id}  {key.role:<18} {key.store or '*':<20} {state}  {key.label or ''}".rstrip())
+    finally:
+        engine.dispose()
+
+
+@keys_app.command("revoke")
+@one_line_errors
+def revoke(key_id: Annotated[str, typer.Argument(help="The key id (from `siloguard keys list`).")], db: DbOpt = None) -> None:
+    """Revoke a key at once."""
+    from siloguard.api.keys import revoke_key
+    from siloguard.errors import ConfigError
+    from siloguard.storage.db import create_engine
+
+    engine = create_engine(_settings(db).database.url)
+    try:
+        if not revoke_key(engine, key_id):
+            raise ConfigError(f"no active key {key_id!r}: see `siloguard keys list`")
+    finally:
+        engine.dispose()
+    typer.echo(f"key {key_id} revoked")

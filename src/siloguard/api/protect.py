@@ -1,0 +1,140 @@
+"""Protection in front of every route: body size limit, rate limits, an access log without PII.
+
+A pure ASGI middleware (not Starlette's ``BaseHTTPMiddleware``, which buffers and costs a
+task per request):
+
+* a body larger than ``api.max_body_bytes`` is refused with 413, by ``Content-Length`` before
+  reading and by counting the bytes of a streamed body;
+* requests are counted per client address and per credential (a hash of the
+  ``Authorization`` header) with the ``limits`` package's sliding-window counters, in memory
+  (one server process); over the limit is 429 with ``Retry-After``;
+* the access log line has the method, the route template (``/v1/requests/{request_id}``, not
+  the path), the status and the time: no address, no query string, no header. uvicorn's own
+  access log is off (``siloguard serve`` starts it with ``access_log=False``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from typing import Any
+
+from limits import parse
+from limits.storage import MemoryStorage
+from limits.strategies import SlidingWindowCounterRateLimiter
+
+__all__ = ["Protect"]
+
+access_log = logging.getLogger("siloguard.api.access")
+
+Scope = dict[str, Any]
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _error(status: int, code: str, message: str, headers: list[tuple[bytes, bytes]] | None = None) -> tuple[dict, dict]:
+    body = json.dumps({"error": {"status": status, "code": code, "message": message}}).encode()
+    start = {
+        "type": "http.response.start",
+        "status": status,
+        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *(headers or [])],
+    }
+    return start, {"type": "http.response.body", "body": body}
+
+
+class Protect:
+    def __init__(self, app: Any, *, max_body_bytes: int, rate_per_key: str, rate_per_ip: str) -> None:
+        self.app = app
+        self.max_body = max_body_bytes
+        self.limiter = SlidingWindowCounterRateLimiter(MemoryStorage())
+        self.per_key = parse(rate_per_key)
+        self.per_ip = parse(rate_per_ip)
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        state = {"status": 0, "refused": False}
+        headers = dict(scope.get("headers") or [])
+
+        async def send_logged(message: dict) -> None:
+            if state["refused"]:
+                return  # the 413 went out already; whatever the app answers is dropped
+            if message["type"] == "http.response.start":
+                state["status"] = message["status"]
+            await send(message)
+
+        refusal = self._refuse(scope, headers)
+        if refusal is not None:
+            start, body = refusal
+            await send_logged(start)
+            await send(body)
+            self._log(scope, state["status"], started)
+            return
+
+        seen = 0
+
+        async def receive_limited() -> dict:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_body and not state["refused"]:
+                    # A streamed body (no Content-Length) over the limit: answer 413 now and
+                    # stop the app (which would otherwise report a body parsing error).
+                    start, body = _error(413, "too_large", f"the request body is larger than {self.max_body} bytes")
+                    if state["status"] == 0:
+                        await send_logged(start)
+                        await send(body)
+                    state["refused"] = True
+                    raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, receive_limited, send_logged)
+        except _TooLarge:
+            pass
+        self._log(scope, state["status"], started)
+
+    def _refuse(self, scope: Scope, headers: dict[bytes, bytes]) -> tuple[dict, dict] | None:
+        length = headers.get(b"content-length")
+        if length is not None:
+            try:
+                too_big = int(length) > self.max_body
+            except ValueError:
+                return _error(400, "bad_request", "Content-Length is not a number")
+            if too_big:
+                return _error(413, "too_large", f"the request body is larger than {self.max_body} bytes")
+        client = scope.get("client")
+        ip = client[0] if client else "unknown"
+        if not self.limiter.hit(self.per_ip, "ip", ip):
+            return self._limited(self.per_ip, "ip", ip, "this address")
+        auth = headers.get(b"authorization")
+        if auth:
+            key = hashlib.sha256(auth).hexdigest()[:32]
+            if not self.limiter.hit(self.per_key, "key", key):
+                return self._limited(self.per_key, "key", key, "this credential")
+        return None
+
+    def _limited(self, limit: Any, *ids: str) -> tuple[dict, dict]:
+        *keys, who = ids
+        reset = self.limiter.get_window_stats(limit, *keys).reset_time
+        retry = max(1, math.ceil(reset - time.time()))
+        return _error(
+            429, "rate_limited", f"too many requests from {who}; retry after {retry} s",
+            [(b"retry-after", str(retry).encode())],
+        )
+
+    @staticmethod
+    def _log(scope: Scope, status: int, started: float) -> None:
+        if not access_log.isEnabledFor(logging.INFO):
+            return
+        route = scope.get("route")
+        template = getattr(route, "path", None) or "(unmatched)"
+        access_log.info("%s %s %d %.1fms", scope.get("method", "-"), template, status, (time.perf_counter() - started) * 1000)

@@ -1,0 +1,135 @@
+"""Request and response bodies of the API (pydantic), as the OpenAPI schema shows them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import Enum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from siloguard.policies.taxonomy import load_taxonomy
+
+__all__ = [
+    "ConsentChange", "ConsentRequest", "ConsentState", "DataUse", "RightsRequest", "DecisionBody", "ReceiptBody", "RequestCreate", "RequestList",
+    "RequestView", "SubmitResponse", "TaskList", "TaskView", "VerifyBody", "VerifyResponse",
+]
+
+Kind = Literal["access", "erasure", "opt_out", "consent"]
+Jurisdiction = Literal["gdpr", "ccpa"]
+#: Same as the service's check (siloguard.dsr.service), so the schema says what is accepted.
+EMAIL_PATTERN = r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,63}$"
+#: Every fideslang data use of policies/taxonomy.yaml: a purpose outside it is refused.
+DataUse = Enum("DataUse", {key: key for key in sorted(load_taxonomy().data_uses)}, type=str)  # type: ignore[misc]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RequestConsentChange(_Body):
+    purpose: DataUse
+    action: Literal["grant", "withdraw"]
+
+
+class _RequestFields(_Body):
+    customer_ref: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+                              description="the customer number the stores know you by")
+    jurisdiction: Jurisdiction | None = Field(None, description="default: the stores' region (api.default_jurisdiction)")
+    contact: str | None = Field(None, min_length=6, max_length=254, pattern=EMAIL_PATTERN,
+                                description="where to send notices about the request (the verification code goes "
+                                "to the contact the stores hold for this customer)")
+
+
+class RightsRequest(_RequestFields):
+    kind: Literal["access", "erasure", "opt_out"] = Field(
+        description="access (Art. 15 / right to know), erasure (Art. 17 / right to delete), "
+        "opt_out (Art. 21 objection / opt-out of sale and sharing)"
+    )
+
+
+class ConsentRequest(_RequestFields):
+    kind: Literal["consent"]
+    consent: list[RequestConsentChange] = Field(min_length=1, max_length=20)
+
+
+RequestCreate = Annotated[RightsRequest | ConsentRequest, Field(discriminator="kind")]
+
+
+class RequestView(BaseModel):
+    id: str
+    kind: Kind
+    jurisdiction: Jurisdiction
+    status: Literal["received", "verifying", "verified", "in_progress", "extended", "completed", "denied", "failed"]
+    received_at: datetime
+    due_at: datetime = Field(description="the current legal deadline")
+    ack_due_at: datetime | None = Field(None, description="CCPA: acknowledge by")
+    extension_notice_by: datetime | None = Field(None, description="an extension must be announced before this")
+    extended: bool
+    overdue: bool
+    result: dict[str, Any] | None = None
+
+
+class SubmitResponse(BaseModel):
+    request: RequestView
+    created: bool = Field(description="false when the idempotency key matched an earlier request")
+    verification: Literal["code_sent", "not_required", "done"]
+
+
+class VerifyBody(_Body):
+    code: str = Field(min_length=8, max_length=8, pattern=r"^[0-9]{8}$")
+
+
+class VerifyResponse(BaseModel):
+    request: RequestView
+    subject_token: str = Field(description="bearer token for your own requests and consent; keep it secret")
+
+
+class RequestList(BaseModel):
+    requests: list[RequestView]
+
+
+class DecisionBody(_Body):
+    reason: str = Field(min_length=3, max_length=64, pattern=r"^[a-z][a-z0-9-]*$",
+                        description="a reason code such as complexity or number-of-requests")
+    explanation: str | None = Field(None, max_length=2000, description="the reasons as told to the subject")
+
+
+class TaskView(BaseModel):
+    id: str
+    request_id: str
+    store: str
+    customer_ref: str | None
+    created_at: datetime
+
+
+class TaskList(BaseModel):
+    tasks: list[TaskView]
+
+
+class ReceiptBody(_Body):
+    receipt: str = Field(min_length=2, max_length=4096, description="canonical JSON of the receipt")
+    signature: str = Field(min_length=4, max_length=128, description="base64 Ed25519 signature by the store's receipt key")
+
+
+class ConsentChange(_Body):
+    action: Literal["grant", "withdraw"]
+
+
+class PurposeState(BaseModel):
+    purpose: str
+    consented: bool
+
+
+class StoreConsentState(BaseModel):
+    store: str
+    purposes: list[PurposeState]
+
+
+class ConsentState(BaseModel):
+    stores: list[StoreConsentState]
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    schema_revision: str

@@ -1,0 +1,904 @@
+"""Data-subject requests: intake, verification, processing, erasure tasks and receipts.
+
+:class:`DsrService` is the one place that changes ``dsr_*`` rows; the API and the CLI call
+it. Each change of status is a compare-and-set inside one serialised transaction
+(:func:`siloguard.storage.db.exclusive`) that also writes a ``dsr_transitions`` row carrying
+the id of its audit event. The audit events are appended right after the commit;
+:meth:`DsrService.flush_audit` appends those a crash left behind (transitions whose event id
+is not in ``audit_events``). So a server killed at any point loses no request and no audit
+event, and :meth:`DsrService.resume` (run at start-up and periodically) carries every active
+request forward.
+
+Side effects outside the request tables (consent events, the access answer) are idempotent:
+repeating them after a crash changes nothing that matters.
+
+Subjects are identified by a customer reference (the store's customer id). Requests store a
+keyed digest of it for look-ups; the reference itself only while work needs it (cleared
+when an erasure completes). A subject proves the reference with a one-time code sent by the
+:class:`~siloguard.dsr.notifier.Notifier`; verifying returns a bearer token for that subject.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import hmac
+import json
+import logging
+import os
+import queue
+import re
+import secrets
+import threading
+import uuid
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from functools import lru_cache
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError
+
+from siloguard.audit import AuditEvent, AuditLog, new_event_id
+from siloguard.audit.vocabulary import CONSENT_CHANGED, DSR_RECEIPT
+from siloguard.config import Settings
+from siloguard.dsr import clocks
+from siloguard.dsr.errors import DsrConflict, DsrInvalid, DsrNotFound, DsrUnauthorized
+from siloguard.dsr.machine import ACTIVE, TERMINAL, allowed
+from siloguard.dsr.notifier import Notifier, OutboxNotifier
+from siloguard.dsr.receipts import Receipt, receipt_summary, verify_receipt
+from siloguard.errors import AuditError, SiloguardError
+from siloguard.storage.db import exclusive
+from siloguard.storage.orm import (
+    dsr_requests,
+    dsr_sessions,
+    dsr_tasks,
+    dsr_transitions,
+    dsr_verifications,
+    store_signing_keys,
+)
+
+__all__ = ["CONSENT_KINDS", "DsrService", "SubjectSession", "consent_purposes", "normalise_ref"]
+
+log = logging.getLogger(__name__)
+
+PURPOSE = "essential.legal_obligation"
+CONSENT_KINDS: tuple[str, ...] = ("grant", "withdraw")
+_LOCK = "dsr"
+_CODE_DIGITS = 8
+_REF = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+# A plain ASCII address (the API schema states the same pattern): no display names,
+# no quoted or internationalised local parts.
+_EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,63}")
+SYSTEM = "dsr-service"
+SUBJECT_ACTOR = "data-subject"
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def normalise_ref(customer_ref: object) -> str:
+    """A customer reference as the stores write it: ``17850``, ``17850.0`` -> ``17850``."""
+    text = str(customer_ref).strip()
+    if text.endswith(".0") and text[:-2].isdigit():
+        text = text[:-2]
+    if not _REF.fullmatch(text):
+        raise DsrInvalid("customer_ref must be 1-64 letters, digits, '.', '_' or '-' (the customer number on a receipt)")
+    return text
+
+
+@lru_cache(maxsize=1)
+@functools.lru_cache(maxsize=1)
+def consent_purposes() -> tuple[str, ...]:
+    """Every purpose some data map rests on consent: withdrawn at erasure or objection."""
+    from siloguard.policies.datamap import load_datamaps
+
+    return tuple(sorted({p for m in load_datamaps().values() for p, basis in m.lawful_bases.items() if basis == "consent"}))
+
+
+@dataclass(frozen=True)
+class SubjectSession:
+    """A verified data subject: the digest names them, ``customer_ref`` until erased."""
+
+    digest: str
+    customer_ref: str | None
+
+    @property
+    def principal(self) -> str:
+        return subject_principal(self.digest)
+
+
+def subject_principal(digest: str) -> str:
+    """The Casbin principal of a subject: from the digest, so no customer id reaches policy."""
+    return f"subject:d.{digest[:40]}"
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    # SQLite returns naive datetimes for DateTime(timezone=True); they are stored in UTC.
+    if value is None:
+        return None
+    return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
+
+
+def _resource(kind: str) -> str:
+    return "dsr:" + kind.replace("_", "-")
+
+
+class DsrService:
+    """Data-subject requests in one database. Thread-safe; one per process."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        audit: AuditLog,
+        *,
+        notifier: Notifier | None = None,
+        clock: Callable[[], datetime] = _now,
+        stores: Callable[[], list[str]] | None = None,
+        store_consent: Callable[[str], Any] | None = None,
+        access_report: Callable[[str, list[str]], dict[str, Any]] | None = None,
+    ) -> None:
+        from siloguard.clients import gating
+
+        self.settings = settings
+        self.engine = engine
+        self.audit = audit
+        self.notifier = notifier or OutboxNotifier()
+        self.clock = clock
+        self._stores = stores or _RunStores(settings)
+        self._consent_cache: dict[str, Any] = {}
+        self._writer = _GroupWriter(self)
+        self._ref_cache: dict[tuple[str, str], str] = {}
+        self._store_consent = store_consent or (lambda store: gating.store_consent(settings, store))
+        self._access_report = access_report
+        self._digest_key = _service_secret(settings)
+        self._audit_lock = threading.Lock()
+        # One request moves forward at a time in this process: the sweep thread and a
+        # request thread never run the same side effects (or the gate's models) at once.
+        self._work_lock = threading.RLock()
+        self.code_ttl = timedelta(seconds=settings.api.code_ttl_seconds)
+        self.session_ttl = timedelta(seconds=settings.api.session_ttl_seconds)
+        self.max_attempts = settings.api.code_attempts
+
+    # ---- identity -------------------------------------------------------------------------
+
+    def digest(self, customer_ref: str) -> str:
+        return hmac.digest(self._digest_key, b"subject\0" + customer_ref.encode(), "sha256").hex()
+
+    def _code_hash(self, request_id: str, code: str) -> bytes:
+        return hmac.digest(self._digest_key, f"code\0{request_id}\0{code}".encode(), "sha256")
+
+    @staticmethod
+    def _token_hash(token: str) -> bytes:
+        # Tokens are 256 random bits: a fast hash is enough (no dictionary to search).
+        return hashlib.sha256(token.encode()).digest()
+
+    def session(self, token: str) -> SubjectSession | None:
+        """The subject a bearer token belongs to, if it is known and not expired."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(dsr_sessions).where(dsr_sessions.c.token_hash == self._token_hash(token))
+            ).mappings().first()
+        if row is None or _aware(row["expires_at"]) <= self.clock():
+            return None
+        return SubjectSession(row["subject_digest"], row["customer_ref"] or None)
+
+    # ---- transitions -----------------------------------------------------------------------
+
+    def _transition(
+        self, conn: Connection, request: dict[str, Any], to: str, *, actor: str, reason: str | None, now: datetime,
+        events: list[AuditEvent], **values: Any,
+    ) -> None:
+        current = request["status"]
+        if not allowed(current, to):
+            raise DsrConflict(f"request is {current}; it cannot become {to}")
+        done = conn.execute(
+            dsr_requests.update()
+            .where(dsr_requests.c.id == request["id"], dsr_requests.c.status == current)
+            .values(status=to, updated_at=now, **values)
+        ).rowcount
+        if done != 1:
+            raise DsrConflict(f"request changed while being updated (it is no longer {current}); retry")
+        row = {"request_id": request["id"], "from_status": current, "to_status": to, "at": now, "actor": actor,
+               "reason": reason, "event_id": new_event_id()}
+        conn.execute(dsr_transitions.insert(), row)
+        events.append(self._event({**row, "kind": request["kind"], "jurisdiction": request["jurisdiction"]}))
+        request["status"] = to
+        request.update(values)
+
+    def _load(self, conn: Connection, request_id: str) -> dict[str, Any]:
+        row = conn.execute(sa.select(dsr_requests).where(dsr_requests.c.id == request_id)).mappings().first()
+        if row is None:
+            raise DsrNotFound("no such request; check the request id")
+        return dict(row)
+
+    def _append(self, events: list[AuditEvent]) -> None:
+        """Append the events of a committed change; a failure is left to :meth:`flush_audit`."""
+        if not events:
+            return
+        try:
+            self.audit.append(events)
+        except AuditError:
+            self.flush_audit()  # some were appended already (a retry): append the rest
+        except SiloguardError as exc:
+            log.warning("dsr audit events not appended yet (%s); the next sweep appends them", type(exc).__name__)
+
+    def flush_audit(self) -> int:
+        """Append the audit events of transitions not in the log yet; returns how many."""
+        from siloguard.storage.orm import AuditEventRow
+
+        audited = sa.select(AuditEventRow.event_id).where(AuditEventRow.event_id == dsr_transitions.c.event_id)
+        with self._audit_lock:
+            with self.engine.connect() as conn:
+                rows = conn.execute(
+                    sa.select(dsr_transitions, dsr_requests.c.kind, dsr_requests.c.jurisdiction)
+                    .join(dsr_requests, dsr_requests.c.id == dsr_transitions.c.request_id)
+                    .where(~audited.exists())
+                    .order_by(dsr_transitions.c.id)
+                ).mappings().all()
+            events = [self._event(r) for r in rows]
+            receipted = sa.select(AuditEventRow.event_id).where(AuditEventRow.event_id == dsr_tasks.c.receipt_event_id)
+            with self.engine.connect() as conn:
+                tasks = conn.execute(
+                    sa.select(dsr_tasks.c.receipt, dsr_tasks.c.receipt_event_id, dsr_tasks.c.done_at)
+                    .where(dsr_tasks.c.receipt_event_id.is_not(None), ~receipted.exists())
+                ).all()
+            events += [
+                self._receipt_event(Receipt.parse(t.receipt), actor=f"store:{Receipt.parse(t.receipt).store}",
+                                    event_id=t.receipt_event_id, at=_aware(t.done_at))  # type: ignore[arg-type]
+                for t in tasks
+            ]
+            for event in events:
+                try:
+                    self.audit.append([event])
+                except AuditError:
+                    log.info("dsr audit event appended meanwhile")
+            return len(events)
+
+    @staticmethod
+    def _receipt_event(receipt: Receipt, *, actor: str, event_id: str, at: datetime) -> AuditEvent:
+        return AuditEvent(
+            actor=actor, action=DSR_RECEIPT, resource="dsr:erasure", purpose=PURPOSE, decision="info",
+            reason="receipt-verified", store=receipt.store, request=receipt.request,
+            counts={"rows_erased": receipt.rows_erased, "rows_remaining": receipt.rows_remaining,
+                    "embeddings_erased": receipt.embeddings_erased, "keys_destroyed": int(receipt.key_destroyed)},
+            event_id=event_id, time=at,  # type: ignore[arg-type]
+        )
+
+    @staticmethod
+    def _event(row: Any) -> AuditEvent:
+        """The audit event of a transition row (ids, statuses and reason codes only)."""
+        to = row["to_status"]
+        reason = row["jurisdiction"] if to == "received" else row["reason"]
+        return AuditEvent(
+            actor=row["actor"],
+            action=f"dsr.{to}",
+            resource=_resource(row["kind"]),
+            purpose=PURPOSE,
+            decision="deny" if to in ("denied", "failed") else "info",
+            reason=reason,
+            request=row["request_id"],
+            event_id=row["event_id"],
+            time=_aware(row["at"]),
+        )
+
+    # ---- intake ----------------------------------------------------------------------------
+
+    def submit(
+        self,
+        *,
+        kind: str,
+        customer_ref: str,
+        jurisdiction: str | None = None,
+        contact: str | None = None,
+        idempotency_key: str | None = None,
+        consent: list[dict[str, str]] | None = None,
+        gpc: bool = False,
+        actor: str = SUBJECT_ACTOR,
+    ) -> tuple[dict[str, Any], bool]:
+        """Create a request (or return the one with the same idempotency key): (row, created)."""
+        ref = normalise_ref(customer_ref)
+        jur = jurisdiction or self.settings.api.default_jurisdiction
+        now = self.clock()
+        clock = clocks.clock_for(jur, kind, now)
+        if contact is not None and (len(contact) > 254 or not _EMAIL.fullmatch(contact)):
+            raise DsrInvalid("contact must be an e-mail address where the verification code can be sent")
+        changes = self._check_consent_changes(kind, consent)
+        digest = self.digest(ref)
+        if idempotency_key is not None:
+            existing = self._by_idempotency(digest, idempotency_key)
+            if existing is not None:
+                return self._check_same(existing, kind, jur), False
+        request_id = f"dsr-{uuid.uuid4()}"
+        row: dict[str, Any] = {
+            "id": request_id, "kind": kind, "jurisdiction": jur, "status": "received",
+            "received_at": now, "due_at": clock.due_at, "ack_due_at": clock.ack_due_at,
+            "extension_notice_by": clock.extension_notice_by, "extended": False, "subject_digest": digest,
+            "customer_ref": ref, "contact": contact, "idempotency_key": idempotency_key,
+            "gpc": gpc, "payload": json.dumps({"consent": changes}), "result": None, "updated_at": now,
+        }
+
+        def write(conn: Connection) -> list[AuditEvent]:
+            events: list[AuditEvent] = []
+            conn.execute(dsr_requests.insert(), row)
+            received = {"request_id": request_id, "from_status": None, "to_status": "received", "at": now,
+                        "actor": actor, "reason": jur, "event_id": new_event_id()}
+            conn.execute(dsr_transitions.insert(), received)
+            events.append(self._event({**received, "kind": kind, "jurisdiction": jur}))
+            if clock.needs_verification:
+                code = f"{secrets.randbelow(10**_CODE_DIGITS):0{_CODE_DIGITS}d}"
+                expires = now + self.code_ttl
+                conn.execute(
+                    dsr_verifications.insert(),
+                    {"request_id": request_id, "code_hash": self._code_hash(request_id, code),
+                     "expires_at": expires, "attempts": 0, "max_attempts": self.max_attempts},
+                )
+                self.notifier.send(
+                    # To the contact on file for this customer, never to an address the requester
+                    # typed: otherwise anyone could verify a request about someone else.
+                    conn, request_id=request_id, destination=f"customer-ref:{ref}",
+                    body=f"Your siloguard verification code for request {request_id} is {code}. It expires at {expires.isoformat()}.",
+                    now=now, expires_at=expires,
+                )
+                self._transition(conn, row, "verifying", events=events, actor=SYSTEM, reason="code-sent", now=now)
+            else:
+                self._transition(conn, row, "verified", events=events, actor=SYSTEM, reason="no-verification-needed", now=now)
+            return events
+
+        try:
+            self._writer.run(write)
+        except IntegrityError:
+            existing = self._by_idempotency(digest, idempotency_key) if idempotency_key else None
+            if existing is None:
+                raise
+            return self._check_same(existing, kind, jur), False
+        if gpc:
+            self.record_gpc(ref)
+        if row["status"] == "verified":
+            self._try_advance(request_id)
+            row = self.get(request_id)
+        return row, True
+
+    def _by_idempotency(self, digest: str, key: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(dsr_requests).where(dsr_requests.c.subject_digest == digest, dsr_requests.c.idempotency_key == key)
+            ).mappings().first()
+        return dict(row) if row else None
+
+    @staticmethod
+    def _check_same(existing: dict[str, Any], kind: str, jurisdiction: str) -> dict[str, Any]:
+        if existing["kind"] != kind or existing["jurisdiction"] != jurisdiction:
+            raise DsrConflict("this idempotency key was used for a different request; use a new key")
+        return existing
+
+    def _check_consent_changes(self, kind: str, consent: list[dict[str, str]] | None) -> list[dict[str, str]]:
+        if kind != "consent":
+            if consent:
+                raise DsrInvalid("consent changes belong to a request of type consent")
+            return []
+        if not consent:
+            raise DsrInvalid("a consent request lists at least one change: [{purpose, action: grant|withdraw}]")
+        from siloguard.policies.taxonomy import load_taxonomy
+
+        taxonomy = load_taxonomy()
+        out = []
+        for change in consent:
+            purpose, action = change.get("purpose"), change.get("action")
+            if action not in CONSENT_KINDS:
+                raise DsrInvalid(f"consent action must be one of {', '.join(CONSENT_KINDS)}")
+            if not isinstance(purpose, str) or not taxonomy.is_use(purpose):
+                raise DsrInvalid("consent purpose must be a fideslang data use (policies/taxonomy.yaml)")
+            out.append({"purpose": purpose, "action": action})
+        return out
+
+    # ---- verification ----------------------------------------------------------------------
+
+    def verify(self, request_id: str, code: str) -> tuple[dict[str, Any], str]:
+        """Check a one-time code; on success the request is verified and a subject token issued."""
+        now = self.clock()
+        outcome: str
+        token = secrets.token_urlsafe(32)
+        events: list[AuditEvent] = []
+        with exclusive(self.engine, _LOCK) as conn:
+            request = self._load(conn, request_id)
+            ver = conn.execute(
+                sa.select(dsr_verifications).where(dsr_verifications.c.request_id == request_id)
+            ).mappings().first()
+            if request["status"] != "verifying" or ver is None:
+                raise DsrConflict(f"request is {request['status']}, not waiting for a code")
+            attempts = ver["attempts"] + 1
+            conn.execute(
+                dsr_verifications.update().where(dsr_verifications.c.request_id == request_id).values(attempts=attempts)
+            )
+            good = hmac.compare_digest(ver["code_hash"], self._code_hash(request_id, str(code)))
+            if _aware(ver["expires_at"]) <= now:
+                outcome = "expired"
+                self._transition(conn, request, "denied", events=events, actor=SYSTEM, reason="code-expired", now=now)
+            elif good:
+                outcome = "ok"
+                self._transition(conn, request, "verified", events=events, actor=SUBJECT_ACTOR, reason="code-verified", now=now)
+                conn.execute(dsr_verifications.delete().where(dsr_verifications.c.request_id == request_id))
+                conn.execute(
+                    dsr_sessions.insert().values(
+                        token_hash=self._token_hash(token), subject_digest=request["subject_digest"],
+                        customer_ref=request["customer_ref"], created_at=now, expires_at=now + self.session_ttl,
+                    )
+                )
+            elif attempts >= ver["max_attempts"]:
+                outcome = "exhausted"
+                self._transition(conn, request, "denied", events=events, actor=SYSTEM, reason="verification-failed", now=now)
+            else:
+                outcome = "wrong"
+        self._append(events)
+        if outcome == "expired":
+            raise DsrUnauthorized("the code expired; the request was closed: submit a new request")
+        if outcome == "exhausted":
+            raise DsrUnauthorized("too many wrong codes; the request was closed: submit a new request")
+        if outcome == "wrong":
+            raise DsrUnauthorized(f"wrong code; {ver['max_attempts'] - attempts} attempt(s) left")
+        self._try_advance(request_id)
+        return self.get(request_id), token
+
+    # ---- reading ---------------------------------------------------------------------------
+
+    def get(self, request_id: str) -> dict[str, Any]:
+        with self.engine.connect() as conn:
+            return self._load(conn, request_id)
+
+    def transitions(self, request_id: str) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(dsr_transitions).where(dsr_transitions.c.request_id == request_id).order_by(dsr_transitions.c.id)
+            ).mappings()
+            return [dict(r) for r in rows]
+
+    def list(self, *, subject_digest: str | None = None, due_within: timedelta | None = None, status: str | None = None, limit: int = 500) -> list[dict[str, Any]]:
+        """Requests, soonest deadline first; ``due_within``: active ones due by now + that (overdue included)."""
+        query = sa.select(dsr_requests).order_by(dsr_requests.c.due_at, dsr_requests.c.id).limit(limit)
+        if subject_digest is not None:
+            query = query.where(dsr_requests.c.subject_digest == subject_digest)
+        if due_within is not None:
+            query = query.where(dsr_requests.c.status.in_(sorted(ACTIVE)), dsr_requests.c.due_at <= self.clock() + due_within)
+        if status is not None:
+            query = query.where(dsr_requests.c.status == status)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(query).mappings()]
+
+    # ---- officers' decisions ---------------------------------------------------------------
+
+    def extend(self, request_id: str, *, reason: str, actor: str) -> dict[str, Any]:
+        """Move the deadline once (GDPR +2 months, CCPA +45 days), announced before it passes."""
+        now = self.clock()
+        events: list[AuditEvent] = []
+        with exclusive(self.engine, _LOCK) as conn:
+            request = self._load(conn, request_id)
+            clock = clocks.Clock(
+                request["jurisdiction"], request["kind"], _aware(request["received_at"]), _aware(request["due_at"]),
+                _aware(request["ack_due_at"]), _aware(request["extension_notice_by"]), True,
+            )
+            due = clocks.extended_due(clock, at=now, already_extended=request["extended"])
+            if request["status"] != "in_progress":
+                raise DsrConflict(f"request is {request['status']}; only a request in progress can be extended")
+            self._transition(
+                conn, request, "extended", events=events, actor=actor, reason=reason, now=now, due_at=due, extended=True,
+                result=json.dumps({"extension": {"reason": reason, "new_due_at": due.isoformat()}}),
+            )
+        self._append(events)
+        return self.get(request_id)
+
+    def deny(self, request_id: str, *, reason: str, actor: str) -> dict[str, Any]:
+        now = self.clock()
+        events: list[AuditEvent] = []
+        with exclusive(self.engine, _LOCK) as conn:
+            request = self._load(conn, request_id)
+            self._transition(conn, request, "denied", events=events, actor=actor, reason=reason, now=now, result=json.dumps({"denied": reason}))
+        self._append(events)
+        return self.get(request_id)
+
+    # ---- processing ------------------------------------------------------------------------
+
+    def resume(self) -> int:
+        """Carry every active, verified request forward (start-up and periodic sweep)."""
+        self.flush_audit()
+        with self.engine.connect() as conn:
+            ids = conn.execute(
+                sa.select(dsr_requests.c.id).where(dsr_requests.c.status.in_(["verified", "in_progress", "extended"]))
+            ).scalars().all()
+        moved = 0
+        for request_id in ids:
+            try:
+                moved += self.advance(request_id)
+            except SiloguardError as exc:
+                log.warning("request %s could not proceed yet: %s", request_id, exc)
+        return moved
+
+    def _try_advance(self, request_id: str) -> None:
+        """Start the work now if possible; if not (e.g. no prepared run yet), the sweep retries."""
+        try:
+            self.advance(request_id)
+        except SiloguardError as exc:
+            log.warning("request %s will proceed at the next sweep: %s", request_id, type(exc).__name__)
+
+    def advance(self, request_id: str) -> bool:
+        """Do the next step of a verified request; True if its status changed."""
+        with self._work_lock:
+            return self._advance(request_id)
+
+    def _advance(self, request_id: str) -> bool:
+        request = self.get(request_id)
+        kind, status = request["kind"], request["status"]
+        if status in TERMINAL or status in ("received", "verifying"):
+            return False
+        ref = request["customer_ref"]
+        if status == "verified":
+            if kind == "erasure":
+                return self._start_erasure(request)
+            self._apply_effects(request)
+            self._move(request_id, "in_progress", reason="processing")
+        if kind == "erasure":
+            return self._maybe_complete_erasure(request_id)
+        result: dict[str, Any]
+        if kind == "access":
+            try:
+                result = self.build_access(ref)
+            except SiloguardError as exc:
+                log.warning("access request %s failed: %s", request_id, type(exc).__name__)
+                self._move(request_id, "failed", reason="access-report-failed", result={"error": str(exc)})
+                return True
+        else:
+            result = {"applied": self._effects_summary(request)}
+        self._move(request_id, "completed", reason="done", result=result)
+        return True
+
+    def _move(self, request_id: str, to: str, *, reason: str, result: dict[str, Any] | None = None, actor: str = SYSTEM, **values: Any) -> bool:
+        now = self.clock()
+        try:
+            events: list[AuditEvent] = []
+            with exclusive(self.engine, _LOCK) as conn:
+                request = self._load(conn, request_id)
+                if request["status"] == to:
+                    return False
+                if result is not None:
+                    values["result"] = json.dumps(result, sort_keys=True)
+                self._transition(conn, request, to, events=events, actor=actor, reason=reason, now=now, **values)
+        except DsrConflict:
+            return False  # another worker moved it first
+        self._append(events)
+        return True
+
+    def _subject_ref(self, store: str, consent: Any, customer_ref: str) -> str:
+        """The store's registry key for a customer, remembered (a keyed hash: it never changes)."""
+        key = (store, customer_ref)
+        ref = self._ref_cache.get(key)
+        if ref is None:
+            ref = consent.subject(customer_ref)
+            if len(self._ref_cache) >= 65536:
+                self._ref_cache.pop(next(iter(self._ref_cache)))
+            self._ref_cache[key] = ref
+        return ref
+
+    def _consents(self) -> list[tuple[str, Any]]:
+        """Each store's consent view, built once per store (keys are derived once)."""
+        out = []
+        for store in self._stores():
+            consent = self._consent_cache.get(store)
+            if consent is None:
+                consent = self._consent_cache[store] = self._store_consent(store)
+            out.append((store, consent))
+        return out
+
+    def _apply_effects(self, request: dict[str, Any]) -> None:
+        """Record the request's consent events in every store (idempotent)."""
+        ref, kind = request["customer_ref"], request["kind"]
+        if ref is None:
+            return
+        from siloguard.policies.consent import SALE_AND_SHARING
+
+        for _store, consent in self._consents():
+            if kind in ("erasure", "opt_out"):
+                if kind == "erasure" or request["jurisdiction"] == "gdpr":
+                    for purpose in consent_purposes():
+                        consent.record([ref], purpose, "withdraw", source="api")
+            if kind == "opt_out":
+                for purpose in SALE_AND_SHARING:
+                    consent.record([ref], purpose, "opt_out", source="api")
+            if kind == "consent":
+                for change in json.loads(request["payload"])["consent"]:
+                    consent.record([ref], change["purpose"], change["action"], source="api")
+
+    def _effects_summary(self, request: dict[str, Any]) -> dict[str, Any]:
+        stores = self._stores()
+        if request["kind"] == "consent":
+            return {"consent": json.loads(request["payload"])["consent"], "stores": stores}
+        from siloguard.policies.consent import SALE_AND_SHARING
+
+        withdrawn = list(consent_purposes()) if request["jurisdiction"] == "gdpr" else []
+        return {"opted_out": list(SALE_AND_SHARING), "consent_withdrawn": withdrawn, "stores": stores}
+
+    def record_gpc(self, customer_ref: str) -> None:
+        """``Sec-GPC: 1``: an opt-out of sale and sharing in every store."""
+        for _store, consent in self._consents():
+            consent.record_gpc(customer_ref)
+
+    # ---- consent ---------------------------------------------------------------------------
+
+    def consent_state(self, customer_ref: str) -> list[tuple[str, list[tuple[str, bool]]]]:
+        """Per store, whether the subject consents now to each consent-based purpose and to sale/sharing.
+
+        One query for the subject's events in every store (a handful of rows), evaluated with
+        the registry's rules by the gate's in-memory source, instead of one registry query per
+        store and purpose: this is the API's hottest read.
+        """
+        from siloguard.policies.consent import SALE_AND_SHARING
+        from siloguard.policies.gate import InMemoryConsentSource
+        from siloguard.storage.orm import consent_events
+
+        now = self.clock()
+        purposes = (*consent_purposes(), *SALE_AND_SHARING)
+        refs = {store: self._subject_ref(store, consent, customer_ref) for store, consent in self._consents()}
+        t = consent_events
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(t.c.subject, t.c.purpose, t.c.kind, t.c.at).where(t.c.subject.in_(list(refs.values())), t.c.at <= now)
+            ).all()
+        events = InMemoryConsentSource()
+        for subject, purpose, kind, at in rows:
+            (events.grant if kind == "grant" else events.withdraw)(subject, purpose, _aware(at))
+        return [
+            (store, [(p, bool(events.subjects_with_basis(p, [ref], now))) for p in purposes])
+            for store, ref in refs.items()
+        ]
+
+    def change_consent(self, customer_ref: str, purpose: str, action: str) -> None:
+        """Grant or withdraw consent for ``purpose`` in every store, and audit it."""
+        from siloguard.policies.taxonomy import load_taxonomy
+
+        if action not in CONSENT_KINDS:
+            raise DsrInvalid(f"consent action must be one of {', '.join(CONSENT_KINDS)}")
+        if not load_taxonomy().is_use(purpose):
+            raise DsrInvalid("unknown purpose: use a fideslang data use (policies/taxonomy.yaml)")
+        stores = self._consents()
+        for _store, consent in stores:
+            consent.record([customer_ref], purpose, action, source="api")
+        self.audit.append([
+            AuditEvent(actor=SUBJECT_ACTOR, action=CONSENT_CHANGED, resource="consent", purpose=purpose,
+                       decision="info", reason=action, counts={"stores": len(stores)})
+        ])
+
+    # ---- erasure ---------------------------------------------------------------------------
+
+    def _start_erasure(self, request: dict[str, Any]) -> bool:
+        """Exclude the subject everywhere (consent withdrawn), then one task per store."""
+        stores = self._stores()
+        if not stores:
+            return self._move(request["id"], "failed", reason="no-stores", result={"error": "no stores are enrolled"})
+        self._apply_effects(request)
+        now = self.clock()
+        try:
+            events: list[AuditEvent] = []
+            with exclusive(self.engine, _LOCK) as conn:
+                current = self._load(conn, request["id"])
+                if current["status"] != "verified":
+                    return False
+                held = set(conn.execute(sa.select(dsr_tasks.c.store).where(dsr_tasks.c.request_id == request["id"])).scalars())
+                rows = [
+                    {"id": f"task-{uuid.uuid4()}", "request_id": request["id"], "store": store, "status": "pending",
+                     "customer_ref": current["customer_ref"], "created_at": now}
+                    for store in stores if store not in held
+                ]
+                if rows:
+                    conn.execute(dsr_tasks.insert(), rows)
+                self._transition(conn, current, "in_progress", events=events, actor=SYSTEM, reason="tasks-created", now=now)
+        except DsrConflict:
+            return False
+        self._append(events)
+        return True
+
+    def pending_tasks(self, store: str) -> list[dict[str, Any]]:
+        """A store's erasure tasks still waiting for a receipt."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(dsr_tasks.c.id, dsr_tasks.c.request_id, dsr_tasks.c.store, dsr_tasks.c.customer_ref, dsr_tasks.c.created_at)
+                .where(dsr_tasks.c.store == store, dsr_tasks.c.status == "pending")
+                .order_by(dsr_tasks.c.created_at, dsr_tasks.c.id)
+            ).mappings()
+            return [dict(r) for r in rows]
+
+    def tasks(self, request_id: str) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(dsr_tasks).where(dsr_tasks.c.request_id == request_id).order_by(dsr_tasks.c.store))
+            return [dict(r) for r in rows.mappings()]
+
+    def post_receipt(self, store: str, task_id: str, receipt_text: str, signature: bytes, *, actor: str) -> dict[str, Any]:
+        """Accept a store's signed receipt for its task; completes the request with the last one."""
+        now = self.clock()
+        with exclusive(self.engine, _LOCK) as conn:
+            task = conn.execute(sa.select(dsr_tasks).where(dsr_tasks.c.id == task_id, dsr_tasks.c.store == store)).mappings().first()
+            if task is None:
+                raise DsrNotFound("no such task for this store; pull the store's tasks again")
+            if task["status"] == "done":
+                raise DsrConflict("this task has a receipt already")
+            key = conn.execute(sa.select(store_signing_keys.c.public_key).where(store_signing_keys.c.store == store)).scalar()
+            if key is None:
+                raise DsrConflict(f"store {store!r} has no registered receipt key; register it with `siloguard keys create --role store_operator --store {store}`")
+            receipt = verify_receipt(bytes(key), receipt_text, signature)
+            if (receipt.task, receipt.request, receipt.store) != (task_id, task["request_id"], store):
+                raise DsrInvalid("the receipt names another task, request or store")
+            if receipt.rows_remaining != 0:
+                raise DsrInvalid("the receipt reports rows remaining: erase them and post a new receipt")
+            if not receipt.key_destroyed and receipt.rows_erased > 0:
+                raise DsrInvalid("the receipt reports erased rows but a surviving data key: destroy the key")
+            event_id = new_event_id()
+            conn.execute(
+                dsr_tasks.update().where(dsr_tasks.c.id == task_id).values(
+                    status="done", done_at=now, receipt=receipt_text, signature=signature, customer_ref=None,
+                    receipt_event_id=event_id,
+                )
+            )
+            request_id = task["request_id"]
+        self._append([self._receipt_event(receipt, actor=actor, event_id=event_id, at=now)])
+        self._maybe_complete_erasure(request_id)
+        return self.get(request_id)
+
+    def _maybe_complete_erasure(self, request_id: str) -> bool:
+        tasks = self.tasks(request_id)
+        if not tasks or any(t["status"] != "done" for t in tasks):
+            return False
+        erased = [receipt_summary(Receipt.parse(t["receipt"])) for t in tasks]
+        result = {
+            "erased": erased,
+            "stores": len(erased),
+            "rows_erased": sum(e["rows_erased"] for e in erased),
+            "dp_bound": self._dp_bound(),
+        }
+        now = self.clock()
+        try:
+            events: list[AuditEvent] = []
+            with exclusive(self.engine, _LOCK) as conn:
+                request = self._load(conn, request_id)
+                if request["status"] in TERMINAL:
+                    return False
+                self._transition(
+                    conn, request, "completed", events=events, actor=SYSTEM, reason="all-receipts-verified", now=now,
+                    result=json.dumps(result, sort_keys=True), customer_ref=None, contact=None,
+                )
+                # The subject's sessions keep working (to read the answer) without the reference.
+                conn.execute(
+                    dsr_sessions.update().where(dsr_sessions.c.subject_digest == request["subject_digest"]).values(customer_ref="")
+                )
+        except DsrConflict:
+            return False
+        self._append(events)
+        return True
+
+    def _dp_bound(self) -> dict[str, Any]:
+        """The DP guarantee covering models trained before the erasure, per store."""
+        from siloguard.privacy.budget import BudgetLedger
+
+        try:
+            entries = BudgetLedger(self.engine).entries()
+        except SiloguardError:
+            entries = []
+        per_store = {e.store: {"epsilon": round(e.epsilon, 4), "delta": e.delta, "epsilon_cap": e.epsilon_cap} for e in entries}
+        return {
+            "unit": "customer",
+            "per_store": per_store,
+            "statement": (
+                "Models trained before this erasure may still reflect this customer's data, but only within "
+                "customer-level (epsilon, delta)-differential privacy per store: no output changes in probability "
+                "by more than a factor of e^epsilon (plus delta) whether or not the customer's data was used. "
+                "Later training rounds exclude the customer from the moment of verification."
+                if per_store
+                else "No store has trained with differential privacy on record; models trained before this "
+                "erasure carry no recorded DP bound. Later training rounds exclude the customer."
+            ),
+        }
+
+    # ---- access ----------------------------------------------------------------------------
+
+    def build_access(self, customer_ref: str | None) -> dict[str, Any]:
+        if customer_ref is None:
+            raise DsrConflict("this subject's reference was erased; nothing is held")
+        if self._access_report is not None:
+            return self._access_report(customer_ref, self._stores())
+        from siloguard.dsr.access import access_report
+
+        return access_report(self.settings, customer_ref, self._stores())
+
+
+class _GroupWriter:
+    """Writes many threads' new requests in shared transactions: one durable commit per batch.
+
+    A SQLite commit with ``synchronous=FULL`` waits for the disk (milliseconds), and writes are
+    serialised: one transaction per request would cap intake at a few hundred a second at
+    best. Jobs queued while a batch commits go into the next one, each inside its own
+    savepoint (a failing job, e.g. a repeated idempotency key, rolls back alone); the batch's
+    audit events are appended together; then every caller gets its outcome. A caller returns
+    only after its request and audit events are durable.
+    """
+
+    def __init__(self, service: DsrService, max_batch: int = 64) -> None:
+        self._service = service
+        self._max = max_batch
+        self._queue: queue.SimpleQueue[tuple[Callable[[Connection], list[AuditEvent]], Future[None]]] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def run(self, job: Callable[[Connection], list[AuditEvent]]) -> None:
+        """Run ``job`` in the next batch's transaction; raises what it raised."""
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, name="dsr-writer", daemon=True)
+                self._thread.start()
+        done: Future[None] = Future()
+        self._queue.put((job, done))
+        done.result()
+
+    def _loop(self) -> None:
+        while True:
+            batch = [self._queue.get()]
+            while len(batch) < self._max:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            outcomes: list[BaseException | None] = []
+            events: list[AuditEvent] = []
+            try:
+                with exclusive(self._service.engine, _LOCK) as conn:
+                    for job, _ in batch:
+                        try:
+                            with conn.begin_nested():
+                                events.extend(job(conn))
+                            outcomes.append(None)
+                        except Exception as exc:  # noqa: BLE001  handed to its caller
+                            outcomes.append(exc)
+            except BaseException as exc:  # noqa: BLE001  nothing was committed: every caller fails
+                for _, done in batch:
+                    done.set_exception(exc)
+                continue
+            self._service._append(events)
+            for (_, done), outcome in zip(batch, outcomes):
+                if outcome is None:
+                    done.set_result(None)
+                else:
+                    done.set_exception(outcome)
+
+
+class _RunStores:
+    """The prepared run's stores, re-read only when ``run.json`` changes."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._seen: tuple[float, list[str]] | None = None
+
+    def __call__(self) -> list[str]:
+        from siloguard.clients.gating import known_stores
+
+        path = self.settings.work_dir / "run.json"
+        try:
+            mtime = path.stat().st_mtime
+        except OSError:
+            mtime = -1.0
+        if self._seen is None or self._seen[0] != mtime:
+            self._seen = (mtime, known_stores(self.settings))
+        return list(self._seen[1])
+
+
+def _service_secret(settings: Settings) -> bytes:
+    """The API's HMAC key (subject digests, code hashes), created on first use in the key store."""
+    from siloguard.privacy.keys import FileKeyStore
+
+    store = FileKeyStore(settings.keys.root)
+    name = "api/subject-digest"
+    store.create(name, os.urandom(32))
+    data = store.read(name)
+    assert data is not None
+    return data
+

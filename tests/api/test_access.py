@@ -1,0 +1,44 @@
+"""An access request answered through each store's gate (Art. 15(1)): everything, and only theirs."""
+
+from __future__ import annotations
+
+import json
+
+from siloguard.audit import AuditLog
+from tests.api.conftest import Api
+from tests.dsr.helpers import OTHER, STORES, SUBJECT
+
+
+def test_access_answer_lists_every_category_purpose_retention_recipient_and_source(sqlite_api: Api) -> None:
+    api = sqlite_api
+    request, token = api.verified("access", SUBJECT)
+    assert request["status"] == "completed"
+    reply = api.client.get(f"/v1/requests/{request['id']}/access", headers=api.auth(token))
+    assert reply.status_code == 200
+    answer = reply.json()["answer"]
+    per_store = {s["store"]: s for s in answer["stores"]}
+    assert set(per_store) == set(STORES)
+    for i, store in enumerate(STORES):
+        held = per_store[store]
+        assert held["records"] == 2 + i == len(held["data"])
+        categories = {c["category"] for c in held["categories"]}
+        assert {"user.behavior.purchase_history", "user.unique_id", "user.contact.address.country"} <= categories
+        ids = {row["customer_id"] for row in held["data"]}
+        assert len(ids) == 1 and ids.pop().startswith("v1.")  # the store's pseudonym, never the raw id
+    assert {p["purpose"]: p["lawful_basis"] for p in answer["purposes"]}["personalize.profiling"] == "consent"
+    assert answer["retention"] == "P6Y" and answer["recipients"] and answer["source"]
+    text = json.dumps(answer)
+    assert SUBJECT not in text and OTHER not in text
+
+    # The dpo may read it too; the other subject may not.
+    assert api.client.get(f"/v1/requests/{request['id']}/access", headers=api.as_key("dpo")).status_code == 200
+    _, other_token = api.verified("consent", OTHER, consent=[{"purpose": "personalize.profiling", "action": "grant"}])
+    assert api.client.get(f"/v1/requests/{request['id']}/access", headers=api.auth(other_token)).status_code == 404
+
+    log = AuditLog.open(api.env.settings)
+    try:
+        gate = [s.event for s in log.iter_events() if s.event.actor.startswith("subject:") and s.event.decision == "allow"]
+    finally:
+        log.close()
+    assert len(gate) == len(STORES)  # one gate decision per store, the subject as a pseudonym
+    assert {e.store for e in gate} == set(STORES)

@@ -1,0 +1,79 @@
+"""``siloguard keys``, ``siloguard serve`` refusing an unmigrated database, ``store sync`` errors."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from siloguard.api.keys import authenticate_key, list_keys
+from siloguard.cli import app
+from siloguard.storage import create_engine
+from siloguard.storage.orm import api_keys, store_signing_keys
+from tests.dsr.helpers import make_env
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    env = make_env(tmp_path, f"sqlite:///{tmp_path / 'cli.db'}")
+    monkeypatch.setenv("SILOGUARD_DATABASE__URL", env.url)
+    monkeypatch.setenv("SILOGUARD_KEYS__ROOT", str(env.settings.keys.root))
+    monkeypatch.setenv("SILOGUARD_WORK_DIR", str(env.settings.work_dir))
+    return env
+
+
+def test_keys_are_shown_once_stored_as_hashes_listed_and_revoked(env) -> None:  # type: ignore[no-untyped-def]
+    created = runner.invoke(app, ["keys", "create", "--role", "dpo", "--label", "dpo-laptop"])
+    assert created.exit_code == 0, created.output
+    text = created.stdout.strip().splitlines()[0]
+    engine = create_engine(env.url)
+    try:
+        key = authenticate_key(engine, text)
+        assert key is not None and key.role == "dpo" and key.store is None
+        secret = text.split("_", 2)[2]  # sgk_<id>_<secret>; the secret may hold "_"
+        with engine.connect() as conn:
+            row = conn.execute(api_keys.select()).mappings().one()
+        assert secret not in repr(dict(row)) and bytes(row["secret_hash"]) == hashlib.sha256(secret.encode()).digest()
+        assert [k.id for k in list_keys(engine)] == [key.id]
+        listed = runner.invoke(app, ["keys", "list"])
+        assert key.id in listed.stdout and text not in listed.stdout and "active" in listed.stdout
+        assert runner.invoke(app, ["keys", "revoke", key.id]).exit_code == 0
+        assert authenticate_key(engine, text) is None
+        again = runner.invoke(app, ["keys", "revoke", key.id])
+        assert again.exit_code == 2 and "no active key" in again.output
+    finally:
+        engine.dispose()
+
+
+def test_a_store_key_registers_the_stores_receipt_key(env) -> None:  # type: ignore[no-untyped-def]
+    assert runner.invoke(app, ["keys", "create", "--role", "store_operator", "--store", "alpha"]).exit_code == 0
+    engine = create_engine(env.url)
+    try:
+        with engine.connect() as conn:
+            stores = [r.store for r in conn.execute(store_signing_keys.select())]
+    finally:
+        engine.dispose()
+    assert stores == ["alpha"]
+    missing = runner.invoke(app, ["keys", "create", "--role", "store_operator"])
+    assert missing.exit_code == 2 and "--store" in missing.output
+    bad = runner.invoke(app, ["keys", "create", "--role", "root"])
+    assert bad.exit_code == 2 and "unknown role" in bad.output
+
+
+def test_serve_refuses_an_unmigrated_database_in_one_line(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["serve", "--db", f"sqlite:///{tmp_path / 'empty.db'}", "--port", "1"])
+    assert result.exit_code == 8
+    assert "siloguard db upgrade" in result.output and "Traceback" not in result.output
+
+
+def test_store_sync_needs_the_store_key_in_the_environment(env, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.delenv("SILOGUARD_STORE_KEY", raising=False)
+    result = runner.invoke(app, ["store", "sync", "--store", "alpha"])
+    assert result.exit_code == 2 and "SILOGUARD_STORE_KEY" in result.output
+    monkeypatch.setenv("SILOGUARD_STORE_KEY", "sgk_abcdefghijkl_" + "x" * 43)
+    unreachable = runner.invoke(app, ["store", "sync", "--store", "alpha", "--api", "http://127.0.0.1:9"])
+    assert unreachable.exit_code == 2 and "cannot reach the API" in unreachable.output
