@@ -13,17 +13,11 @@ from typing import Annotated, Optional
 import typer
 
 from siloguard.config import Settings
-from siloguard.storage.cli import DbOpt, one_line_errors
+from siloguard.storage.cli import DbOpt, command_group, one_line_errors
 
 __all__ = ["keys_app", "serve"]
 
-keys_app = typer.Typer(
-    name="keys",
-    help="API keys for staff and services: create (shown once), list, revoke.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
+keys_app = command_group("keys", "API keys for staff and services: create (shown once), list, revoke.")
 
 
 def _settings(db: str | None, **api: object) -> Settings:

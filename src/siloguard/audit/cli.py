@@ -20,16 +20,12 @@ import typer
 from siloguard._files import write_atomic
 from siloguard.config import Settings
 from siloguard.errors import AuditError, AuditIntegrityError
-from siloguard.storage.cli import DbOpt, one_line_errors
+from siloguard.storage.cli import DbOpt, command_group, one_line_errors
 
 __all__ = ["audit_app"]
 
-audit_app = typer.Typer(
-    name="audit",
-    help="Tamper-evident audit log: keys, signed tree heads, verification, proofs, export and the officer's report.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
+audit_app = command_group(
+    "audit", "Tamper-evident audit log: keys, signed tree heads, verification, proofs, export and the officer's report."
 )
 
 PublicKeyOpt = Annotated[

@@ -16,19 +16,16 @@ from typing import Annotated, Optional
 import typer
 
 from siloguard.config import Settings
-from siloguard.storage.cli import one_line_errors
+from siloguard.storage.cli import command_group, one_line_errors
 
 __all__ = ["OutOpt", "consent_app", "run_settings", "store_app"]
 
-store_app = typer.Typer(
-    name="store",
-    help="Run and look after one partner store: enrol it, start its node, segments and campaign lists, sync data-subject requests.",
-    no_args_is_help=True,
+store_app = command_group(
+    "store",
+    "Run and look after one partner store: enrol it, start its node, segments and campaign lists, sync data-subject requests.",
 )
-consent_app = typer.Typer(
-    name="consent",
-    help="The consent registry: import the consents stores collected, see who may be used for what.",
-    no_args_is_help=True,
+consent_app = command_group(
+    "consent", "The consent registry: import the consents stores collected, see who may be used for what."
 )
 
 OutOpt = Annotated[Path, typer.Option("--out", help="The run's work directory (as given to siloguard train/demo).")]

@@ -20,24 +20,16 @@ import typer
 from siloguard._files import write_atomic
 from siloguard.config import Settings
 from siloguard.errors import ConfigError
-from siloguard.storage.cli import DbOpt, one_line_errors
+from siloguard.storage.cli import DbOpt, command_group, one_line_errors
 
 __all__ = ["check_app", "retention_app"]
 
-check_app = typer.Typer(
-    name="check",
-    help="GDPR/CCPA checks of the data maps, records, consent, requests, budget, audit log and federation.",
+check_app = command_group(
+    "check",
+    "GDPR/CCPA checks of the data maps, records, consent, requests, budget, audit log and federation.",
     invoke_without_command=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
 )
-retention_app = typer.Typer(
-    name="retention",
-    help="Storage limitation: delete rows kept past their retention (through the gate).",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
+retention_app = command_group("retention", "Storage limitation: delete rows kept past their retention (through the gate).")
 
 
 class CheckFormat(str, Enum):

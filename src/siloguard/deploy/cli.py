@@ -18,12 +18,12 @@ import typer
 
 from siloguard.clients.cli import store_app
 from siloguard.config import Settings
-from siloguard.storage.cli import one_line_errors
+from siloguard.storage.cli import command_group, one_line_errors
 
 __all__ = ["coordinator_app", "federate", "pki_app"]
 
-pki_app = typer.Typer(name="pki", help="The deployment's CA and the SuperLink's TLS certificate.", no_args_is_help=True)
-coordinator_app = typer.Typer(name="coordinator", help="Run the coordinator (the Flower SuperLink).", no_args_is_help=True)
+pki_app = command_group("pki", "The deployment's CA and the SuperLink's TLS certificate.")
+coordinator_app = command_group("coordinator", "Run the coordinator (the Flower SuperLink).")
 
 RootOpt = Annotated[Optional[Path], typer.Option("--root", help="Deployment directory (PKI, node keys, Flower home). \\[default: deploy]")]
 HostOpt = Annotated[Optional[str], typer.Option("--host", help="SuperLink address. \\[default: 127.0.0.1]")]

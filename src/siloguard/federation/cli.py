@@ -7,28 +7,18 @@ run's work directory); ``rollback`` is recorded in the audit log before it takes
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from siloguard.config import Settings
-from siloguard.storage.cli import one_line_errors
+from siloguard.storage.cli import command_group, one_line_errors
 
 __all__ = ["model_app"]
 
-model_app = typer.Typer(name="model", help="The model registry: versions, manifests, rollback.", no_args_is_help=True)
+model_app = command_group("model", "The model registry: versions, manifests, rollback.")
 
 OutOpt = Annotated[Path, typer.Option("--out", help="The run's work directory (holds models/ and model).")]
-
-
-def _settings(out: Path) -> Settings:
-    base = Settings.build()
-    if "SILOGUARD_DATABASE__URL" not in os.environ:
-        # As `siloguard train`/`federate`: the run's audit log lives in its work directory.
-        base = base.with_overrides(database={"url": f"sqlite:///{(out / 'siloguard.db').resolve()}"})
-    return base.with_overrides(work_dir=out)  # type: ignore[arg-type]
 
 
 @model_app.command("list")
@@ -77,5 +67,7 @@ def model_rollback(
     """Make an earlier version current again (its file checked against its sha256; audited)."""
     from siloguard.federation.registry import rollback
 
-    manifest = rollback(_settings(out), version)
+    from siloguard.clients.cli import run_settings
+
+    manifest = rollback(run_settings(out), version)  # the run's audit log lives in its work directory
     typer.echo(f"current model is now {manifest['version']} (sha256 {manifest['sha256'][:16]}...)")

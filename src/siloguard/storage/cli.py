@@ -14,7 +14,7 @@ import typer
 from siloguard.config import Settings
 from siloguard.errors import SiloguardError
 
-__all__ = ["DbOpt", "db_app", "one_line_errors"]
+__all__ = ["DbOpt", "command_group", "db_app", "one_line_errors"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -35,13 +35,21 @@ def one_line_errors(func: F) -> F:
 
     return wrapper  # type: ignore[return-value]
 
-db_app = typer.Typer(
-    name="db",
-    help="The database: create or migrate its tables (SQLite file by default, PostgreSQL by URL).",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
+def command_group(name: str, help: str, *, invoke_without_command: bool = False) -> typer.Typer:  # noqa: A002
+    """A ``siloguard <name> ...`` command group, configured like every other one: help when
+    called bare (unless it has a command of its own), no shell-completion options, and no
+    Rich tracebacks (errors are one line: :func:`one_line_errors`)."""
+    return typer.Typer(
+        name=name,
+        help=help,
+        no_args_is_help=not invoke_without_command,
+        invoke_without_command=invoke_without_command,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+    )
+
+
+db_app = command_group("db", "The database: create or migrate its tables (SQLite file by default, PostgreSQL by URL).")
 
 DbOpt = Annotated[
     Optional[str],
