@@ -116,3 +116,25 @@ def test_check_results_appear_in_the_officer_report(env: Path) -> None:
     assert rows["lawful-basis"]["result"] == "passed"
     assert rows["storage-limitation"]["result"] == "failed"
     assert "storage-limitation" in (out / "report.html").read_text()
+
+
+def test_when_a_run_of_the_historical_sample_is_checked_then_its_rows_age_on_the_data_clock(tmp_path, monkeypatch) -> None:
+    """The embedded sample (2010-2011) records the data's clock in run.json; --run picks it up,
+    with the run's database and keys; --as-of now still overrides it."""
+    import json
+
+    from siloguard.compliance.cli import _settings
+    from siloguard.config import Settings
+    from siloguard.federation.runner import prepare_run
+
+    for name in ("SILOGUARD_DATABASE__URL", "SILOGUARD_KEYS__ROOT", "SILOGUARD_COMPLIANCE__AS_OF"):
+        monkeypatch.delenv(name, raising=False)
+    out = tmp_path / "demo"
+    prepare_run(Settings.build(work_dir=out, keys={"root": out / "keys"}, database={"url": f"sqlite:///{out / 'siloguard.db'}"}))
+    assert json.loads((out / "run.json").read_text())["compliance_as_of"] == "data"
+
+    settings = _settings(out=out, db=None, as_of=None)
+    assert settings.compliance.as_of == "data"
+    assert settings.keys.root == (out / "keys").resolve()
+    assert settings.database.url == f"sqlite:///{(out / 'siloguard.db').resolve()}"
+    assert _settings(out=out, db=None, as_of="now").compliance.as_of is None

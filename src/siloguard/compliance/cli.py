@@ -54,12 +54,24 @@ AsOfOpt = Annotated[
 ]
 
 
+def _run_clock(out: Path) -> str | None:
+    """The clock a prepared run asks for (``run.json``: ``"data"`` for the historical sample)."""
+    try:
+        clock = json.loads((out / "run.json").read_text()).get("compliance_as_of")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return clock if isinstance(clock, str) else None
+
+
 def _settings(*, out: Path | None, db: str | None, as_of: str | None) -> Settings:
     base = Settings.build()
     if out is not None:
-        base = base.with_overrides(work_dir=out)  # type: ignore[arg-type]
-        if db is None and "SILOGUARD_DATABASE__URL" not in os.environ:
-            db = f"sqlite:///{(out / 'siloguard.db').resolve()}"
+        from siloguard.clients.cli import run_settings
+
+        # The run's database and the stores' keys live in its work directory by default.
+        base = run_settings(out, base)
+        if as_of is None and "SILOGUARD_COMPLIANCE__AS_OF" not in os.environ:
+            as_of = _run_clock(out)
     clock: Any = None
     if as_of is not None and as_of != "now":
         if as_of == "data":

@@ -91,6 +91,10 @@ def prepare_run(settings: Settings) -> PreparedRun:
             "split_date": str(split.split_date.date()),
             "end_date": str(split.end_date.date()),
         }
+        if settings.data.path is None:
+            # The embedded sample is historical (2010-2011): `siloguard check --run` measures
+            # the age of its rows on the data's own clock, not today's (docs/COMPLIANCE.md).
+            run["compliance_as_of"] = "data"
         (staging / "run.json").write_text(json.dumps(run, indent=2))
         for entry in ("stores", "catalogue.json", "run.json"):
             target = work / entry
