@@ -16,7 +16,6 @@ simulation engine, ``node_config["partition-id"]`` indexes the prepared stores.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import threading
 import time
@@ -31,7 +30,7 @@ from flwr.clientapp import ClientApp
 
 from siloguard.clients.gating import gated_training_frame
 from siloguard.clients.private import load_private_users, private_path, save_private_users
-from siloguard.clients.store import StoreData, build_store, evaluate_store
+from siloguard.clients.store import StoreData, build_store, evaluate_store, run_manifest
 from siloguard.config import Settings
 from siloguard.data.loader import load_clean
 from siloguard.errors import ConfigError
@@ -48,17 +47,9 @@ __all__ = [
 ]
 
 
-def _run_manifest(settings: Settings) -> dict:
-    path = settings.work_dir / "run.json"
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        raise ConfigError(f"no prepared run at {path}: run 'siloguard train' (or demo) to prepare the stores") from None
-
-
 def store_for(context: Context, settings: Settings) -> StoreData:
     """The store this node serves, with the data its gate lets through now."""
-    run = _run_manifest(settings)
+    run = run_manifest(settings.work_dir)
     stores = run["stores"]
     if "store" in context.node_config:
         name = str(context.node_config["store"])

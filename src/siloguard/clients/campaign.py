@@ -68,10 +68,10 @@ class CampaignList:
 def _by_item(settings: Settings, store: str, gated: pd.DataFrame, item: str, model_file: Path) -> pd.Series:
     """Each consenting customer's score for ``item`` from the federated model (higher first)."""
     from siloguard.clients.private import load_private_users
-    from siloguard.clients.store import build_store, load_catalogue
+    from siloguard.clients.store import build_store, load_catalogue, run_manifest
     from siloguard.recommender.model import SharedModel, score_users
 
-    run = __import__("json").loads((settings.work_dir / "run.json").read_text())
+    run = run_manifest(settings.work_dir)
     catalogue = load_catalogue(Path(run["catalogue"]))
     index = catalogue.index()
     if item not in index:

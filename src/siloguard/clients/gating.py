@@ -16,7 +16,6 @@ consent registry and the audit log.
 
 from __future__ import annotations
 
-import json
 import threading
 from datetime import datetime
 from functools import lru_cache
@@ -68,11 +67,9 @@ def store_keys(settings: Settings, store: str) -> StoreKeys:
 
 def known_stores(settings: Settings) -> list[str]:
     """The stores of the prepared run in ``settings.work_dir`` (sorted)."""
-    path = settings.work_dir / "run.json"
-    try:
-        return sorted(json.loads(path.read_text())["stores"])
-    except (OSError, ValueError, KeyError):
-        raise ConfigError(f"no prepared run at {path}: run 'siloguard train' (or demo) to prepare the stores") from None
+    from siloguard.clients.store import run_manifest
+
+    return sorted(run_manifest(settings.work_dir)["stores"])
 
 
 @lru_cache(maxsize=4)

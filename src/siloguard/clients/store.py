@@ -19,7 +19,7 @@ import scipy.sparse as sp
 
 from siloguard.config import ModelSettings
 from siloguard.data.loader import load_clean
-from siloguard.errors import DataError
+from siloguard.errors import ConfigError, DataError
 from siloguard.recommender.features import (
     Catalogue,
     Examples,
@@ -33,13 +33,25 @@ from siloguard.recommender.features import (
 from siloguard.recommender.metrics import combine, ranking_metrics
 from siloguard.recommender.model import PrivateUsers, SharedModel, score_users
 
-__all__ = ["StoreData", "build_store", "evaluate_rows", "evaluate_store", "load_catalogue", "load_store", "save_catalogue"]
+__all__ = ["StoreData", "build_store", "evaluate_rows", "run_manifest", "evaluate_store", "load_catalogue", "load_store", "save_catalogue"]
 
 _EPOCH = pd.Timestamp("1970-01-01")
 
 
 def day_number(ts: pd.Timestamp) -> int:
     return int((pd.Timestamp(ts).normalize() - _EPOCH).days)
+
+
+def run_manifest(work_dir: Path) -> dict:
+    """The prepared run's ``run.json`` (stores' silos, catalogue, split): what every reader uses."""
+    path = Path(work_dir) / "run.json"
+    try:
+        run = json.loads(path.read_text())
+        if not isinstance(run, dict) or "stores" not in run:
+            raise ValueError("not a run manifest")
+        return run
+    except (OSError, ValueError):
+        raise ConfigError(f"no prepared run at {path}: run 'siloguard train' (or demo) to prepare the stores") from None
 
 
 def save_catalogue(catalogue: Catalogue, path: Path) -> None:

@@ -16,7 +16,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
 from siloguard.config import Settings
-from siloguard.clients.store import load_catalogue
+from siloguard.clients.store import load_catalogue, run_manifest
 from siloguard.errors import ConfigError, DataError, FederationError, PrivacyBudgetError
 from siloguard.federation.registry import save_model
 from siloguard.federation.strategy import RoundReport, SiloFedAvg
@@ -49,16 +49,15 @@ def _prepare_if_missing(settings: Settings) -> None:
 
 
 def _n_items(settings: Settings) -> int:
-    path = settings.work_dir / "run.json"
+    run = run_manifest(settings.work_dir)
     try:
-        run = json.loads(path.read_text())
         return load_catalogue(Path(run["catalogue"])).size
-    except (OSError, ValueError, KeyError, DataError):
-        raise ConfigError(f"no prepared run at {path}: run 'siloguard train' (or demo) first") from None
+    except DataError:
+        raise ConfigError(f"the run in {settings.work_dir} has no readable catalogue: prepare it again") from None
 
 
 def _n_stores(settings: Settings) -> int:
-    return len(json.loads((settings.work_dir / "run.json").read_text())["stores"])
+    return len(run_manifest(settings.work_dir)["stores"])
 
 
 def round_events(report: RoundReport, purpose: str = "personalize.profiling") -> list:
