@@ -168,10 +168,22 @@ class ApiSettings(_Section):
     max_body_bytes: int = Field(16384, ge=256, description="larger request bodies are refused (413)")
     rate_per_key: str = Field("600/minute", description="requests per API key or subject token (limits syntax)")
     rate_per_ip: str = Field("300/minute", description="requests per client address (limits syntax)")
+    trusted_proxies: tuple[str, ...] = Field(
+        (),  # a tuple: settings are hashable (cached per process)
+        description="addresses or networks (e.g. 10.0.0.5, 10.0.0.0/24) of reverse proxies whose X-Forwarded-For / "
+        "X-Forwarded-Proto are believed; empty = no proxy headers are used, the client is the connecting address",
+    )
+    max_headers: int = Field(100, ge=10, le=10000, description="requests with more header lines are refused (431)")
+    max_header_bytes: int = Field(
+        8192, ge=1024, description="requests whose header names and values total more bytes are refused (431)"
+    )
     code_ttl_seconds: int = Field(900, ge=30, description="how long a one-time verification code is valid")
     code_attempts: int = Field(5, ge=1, le=20, description="wrong codes before a request is closed")
     session_ttl_seconds: int = Field(86400, ge=60, description="how long a verified subject's token is valid")
-    default_jurisdiction: Literal["gdpr", "ccpa"] = Field("gdpr", description="when a request names none (the stores are in the EEA/UK)")
+    answer_ttl_days: int = Field(30, ge=1, le=366, description="how long an access answer is kept for its subject after completion")
+    default_jurisdiction: Literal["gdpr", "ccpa"] = Field(
+        "gdpr", description="the law of stores whose run declares none (run.json 'jurisdictions'); requests never choose it"
+    )
     resume_every_seconds: float = Field(5.0, gt=0, description="how often the server carries pending requests forward")
 
 

@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from siloguard.api.keys import authenticate_key, list_keys
 from siloguard.cli import app
+from siloguard.clients.gating import store_keys
 from siloguard.storage import create_engine
 from siloguard.storage.orm import api_keys, store_signing_keys
 from tests.dsr.helpers import make_env
@@ -50,6 +51,7 @@ def test_keys_are_shown_once_stored_as_hashes_listed_and_revoked(env) -> None:  
 
 
 def test_a_store_key_registers_the_stores_receipt_key(env) -> None:  # type: ignore[no-untyped-def]
+    store_keys(env.settings, "alpha")  # the store's own keys, under the keys root it points at
     assert runner.invoke(app, ["keys", "create", "--role", "store_operator", "--store", "alpha"]).exit_code == 0
     engine = create_engine(env.url)
     try:
@@ -75,5 +77,6 @@ def test_store_sync_needs_the_store_key_in_the_environment(env, monkeypatch: pyt
     result = runner.invoke(app, ["store", "sync", "--store", "alpha"])
     assert result.exit_code == 2 and "SILOGUARD_STORE_KEY" in result.output
     monkeypatch.setenv("SILOGUARD_STORE_KEY", "sgk_abcdefghijkl_" + "x" * 43)
+    store_keys(env.settings, "alpha")
     unreachable = runner.invoke(app, ["store", "sync", "--store", "alpha", "--api", "http://127.0.0.1:9"])
     assert unreachable.exit_code == 2 and "cannot reach the API" in unreachable.output

@@ -18,7 +18,7 @@ from siloguard.errors import StorageError
 from siloguard.policies.consent import SALE_AND_SHARING
 from siloguard.storage import create_engine
 from tests.api.conftest import Api, build_api
-from tests.dsr.helpers import OTHER, STORES, SUBJECT, make_env
+from tests.dsr.helpers import OTHER, STORES, SUBJECT, declare_jurisdictions, make_env
 from tests.storage.databases import fresh_database
 
 TARGETED = "marketing.advertising.first_party.targeted"
@@ -56,8 +56,15 @@ def test_idempotency_key_returns_the_same_request_and_refuses_reuse_for_another(
     again = api.client.post("/v1/requests", json={"kind": "access", "customer_ref": SUBJECT}, headers=headers)
     assert first.status_code == 201 and again.status_code == 200
     assert again.json()["request"]["id"] == first.json()["request"]["id"] and again.json()["created"] is False
+    # Without credentials the key is bound to the whole request: another body is another request.
     other = api.client.post("/v1/requests", json={"kind": "erasure", "customer_ref": SUBJECT}, headers=headers)
-    assert other.status_code == 409 and other.json()["error"]["code"] == "conflict"
+    assert other.status_code == 201 and other.json()["request"]["id"] != first.json()["request"]["id"]
+    # A credential's key is its own: reused for another kind of request, it is refused.
+    service = {**headers, **api.as_key("api_service")}
+    mine = api.client.post("/v1/requests", json={"kind": "access", "customer_ref": OTHER}, headers=service)
+    assert mine.status_code == 201 and mine.json()["request"]["id"] != first.json()["request"]["id"]
+    reused = api.client.post("/v1/requests", json={"kind": "erasure", "customer_ref": OTHER}, headers=service)
+    assert reused.status_code == 409 and reused.json()["error"]["code"] == "conflict"
     # The same key from another subject is another request.
     theirs = api.client.post("/v1/requests", json={"kind": "access", "customer_ref": OTHER}, headers=headers)
     assert theirs.status_code == 201 and theirs.json()["request"]["id"] != first.json()["request"]["id"]
@@ -84,7 +91,7 @@ def test_an_expired_code_closes_the_request(clocked: tuple[Api, Clock]) -> None:
     clock.now += timedelta(seconds=api.env.settings.api.code_ttl_seconds + 1)
     reply = api.client.post(f"/v1/requests/{request['id']}/verify", json={"code": api.code(request["id"])})
     assert reply.status_code == 401 and "expired" in reply.json()["error"]["message"]
-    assert api.app_service().get(request["id"])["status"] == "denied"
+    assert api.app_service().get(request["id"])["status"] == "unverified"
 
 
 def test_every_transition_is_audited_with_ids_only(sqlite_api: Api) -> None:
@@ -108,19 +115,23 @@ def test_every_transition_is_audited_with_ids_only(sqlite_api: Api) -> None:
 
 
 def test_ccpa_opt_out_needs_no_verification_and_is_applied_in_every_store(api: Api) -> None:
+    declare_jurisdictions(api.env, dict.fromkeys(STORES, "ccpa"))
     for store in STORES:
         store_consent(api.env.settings, store).record([SUBJECT], "third_party_sharing", "grant", source="web")
     assert _consents(api, SUBJECT, "third_party_sharing") == set(STORES)
-    request = api.submit("opt_out", SUBJECT, jurisdiction="ccpa")
-    assert request["status"] == "completed"
+    request = api.submit("opt_out", SUBJECT)
+    assert request["status"] == "completed" and request["jurisdiction"] == "ccpa"
     assert _consents(api, SUBJECT, "third_party_sharing") == set()
     assert request["due_at"] > request["received_at"]
 
 
-def test_gpc_header_on_a_subject_request_records_an_opt_out_of_sale_and_sharing(api: Api) -> None:
+def test_gpc_header_on_a_subject_request_records_an_opt_out_of_sale_and_sharing_once_verified(api: Api) -> None:
     for store in STORES:
         store_consent(api.env.settings, store).record([SUBJECT, OTHER], SALE_AND_SHARING[1], "grant", source="web")
-    api.submit("access", SUBJECT, headers={"Sec-GPC": "1"})
+    request = api.submit("access", SUBJECT, headers={"Sec-GPC": "1"})
+    assert _consents(api, SUBJECT, SALE_AND_SHARING[1]) == set(STORES)  # anyone can name a customer
+    reply = api.client.post(f"/v1/requests/{request['id']}/verify", json={"code": api.code(request["id"])})
+    assert reply.status_code == 200
     assert _consents(api, SUBJECT, SALE_AND_SHARING[1]) == set()
     assert _consents(api, OTHER, SALE_AND_SHARING[1]) == set(STORES)
 

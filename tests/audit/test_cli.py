@@ -145,3 +145,39 @@ def test_refused_inputs_print_one_line_and_write_nothing(env: Env) -> None:
     _one_error_line(bad_url, 2, "database.url")
     fresh = f"sqlite:///{env.dir / 'never-migrated.db'}"
     _one_error_line(env.run("verify", "--db", fresh, *pub), 8, "siloguard db upgrade")
+
+
+def _wipe(env: Env, *tables: str) -> None:
+    engine = create_engine(env.db)
+    with engine.begin() as conn:
+        for table in tables:
+            conn.execute(sa.text(f"DELETE FROM {table}"))
+    engine.dispose()
+
+
+def test_when_the_log_is_wiped_then_verify_fails(env: Env) -> None:
+    """Security finding: a wiped log (events, nodes and heads deleted) passed as "OK: 0 events"."""
+    env.run("keygen", "--signing-key", str(env.key), "--public-key", str(env.pub))
+    _record(env, 10)
+    assert env.run(*env.keyed("head", "--signing-key", str(env.key))).exit_code == 0
+    _wipe(env, "audit_events", "audit_nodes", "audit_heads")
+    result = env.run(*env.keyed("verify", "--public-key", str(env.pub)))
+    _one_error_line(result, 7, "holds no events", "brand-new deployment", "--allow-empty")
+    assert result.stdout == ""
+
+
+def test_when_allow_empty_then_an_empty_log_passes(env: Env) -> None:
+    env.run("keygen", "--signing-key", str(env.key), "--public-key", str(env.pub))
+    pub = ["--public-key", str(env.pub)]
+    _one_error_line(env.run(*env.keyed("verify", *pub)), 7, "holds no events", "--allow-empty")  # brand-new, not allowed
+    result = env.run(*env.keyed("verify", *pub, "--allow-empty"))
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("OK: the audit log is empty")
+
+    # events gone but their signed heads left: fails, --allow-empty or not
+    _record(env, 4)
+    assert env.run(*env.keyed("head", "--signing-key", str(env.key))).exit_code == 0
+    _wipe(env, "audit_events", "audit_nodes")
+    wiped = env.run(*env.keyed("verify", *pub, "--allow-empty"))
+    _one_error_line(wiped, 7, "audit log failed verification")
+    assert "tree head #0 covers 4 events but the log holds 0: events deleted" in wiped.stderr

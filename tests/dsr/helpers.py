@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +40,15 @@ class Env:
     def rows_of(self, store: str, customer: str) -> int:
         frame = pd.read_csv(self.silo(store), dtype=str)
         return int((frame["CustomerID"].str.replace(".0", "", regex=False) == customer).sum())
+
+
+def declare_jurisdictions(env: Env, jurisdictions: dict[str, str]) -> None:
+    """Say in the run's manifest under which law each store operates (run.json ``jurisdictions``)."""
+    path = env.settings.work_dir / "run.json"
+    run = json.loads(path.read_text())
+    run["jurisdictions"] = jurisdictions
+    path.write_text(json.dumps(run))
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 1_000_000_000))  # a new mtime, even within the same tick
 
 
 def make_env(tmp_path: Path, url: str, **api: object) -> Env:

@@ -20,7 +20,7 @@ from siloguard.policies.gate import (
     MemoryRecorder,
     Principal,
 )
-from siloguard.privacy.keys import StoreKeys
+from siloguard.privacy.keys import StoreKeys, SubjectVault
 from siloguard.privacy.masking import Masker
 from siloguard.privacy.pseudonyms import Pseudonymiser
 
@@ -72,6 +72,7 @@ def gate(store_keys: StoreKeys, enforcer: PolicyEnforcer, consent: InMemoryConse
         masker=masker,
         store_country="GB",
         clock=lambda: NOW,
+        blind=SubjectVault(keys).audit_ref,
     )
 
 
@@ -168,7 +169,7 @@ def test_when_data_subject_is_denied_then_neither_reason_nor_event_nor_log_holds
     texts = [str(info.value), caplog.text, json.dumps(recorder.events, default=str)]
     for text in texts:
         assert str(CANARY_ID) not in text
-    assert recorder.events[-1]["actor"].startswith("subject:v1.")
+    assert recorder.events[-1]["actor"].startswith("subject:b.")
     assert recorder.events[0]["decision"] == "deny" and recorder.events[0]["reason_code"] == "not_own_data"
 
 

@@ -38,18 +38,22 @@ from siloguard.api.schemas import (
     Health,
     PurposeState,
     ReceiptBody,
+    ReceiptKey,
     RequestCreate,
     RequestList,
     RequestView,
+    Status,
     StoreConsentState,
     SubmitResponse,
     TaskList,
+    TaskStatus,
     TaskView,
     VerifyBody,
     VerifyResponse,
 )
 from siloguard.config import Settings
-from siloguard.dsr.service import DsrService
+from siloguard.dsr.machine import TERMINAL
+from siloguard.dsr.service import ANONYMOUS, DsrService
 from siloguard.storage.db import create_engine, head_revision, require_current_schema
 
 __all__ = ["create_app"]
@@ -133,17 +137,34 @@ class _Resumer:
             stop.wait(self.every)
 
 
-def _view(row: dict[str, Any], now: datetime) -> RequestView:
+def _result(row: dict[str, Any]) -> dict[str, Any] | None:
+    """What a request view shows of its result: never the content of an access answer.
+
+    The answer is the subject's data; it is read only at ``/v1/requests/{id}/access``, by the
+    subject. Officers see that it exists (and errors), listings and replays the same.
+    """
+    if not row["result"]:
+        return None
+    result = json.loads(row["result"])
+    if row["kind"] != "access" or "error" in result or "denied" in result:
+        return result
+    if result.get("answer_deleted") or result.get("erased"):
+        return {"answer": "deleted"}
+    return {"answer": f"/v1/requests/{row['id']}/access"}
+
+
+def _view(row: dict[str, Any], now: datetime, *, with_result: bool = True, status: str | None = None) -> RequestView:
     def aware(v: datetime | None) -> datetime | None:
         return None if v is None else (v if v.tzinfo else v.replace(tzinfo=timezone.utc))
 
     due = aware(row["due_at"])
+    status = status or row["status"]
     return RequestView(
-        id=row["id"], kind=row["kind"], jurisdiction=row["jurisdiction"], status=row["status"],
+        id=row["id"], kind=row["kind"], jurisdiction=row["jurisdiction"], status=status,
         received_at=aware(row["received_at"]), due_at=due, ack_due_at=aware(row["ack_due_at"]),
         extension_notice_by=aware(row["extension_notice_by"]), extended=bool(row["extended"]),
-        overdue=row["status"] not in ("completed", "denied", "failed") and due <= now,
-        result=json.loads(row["result"]) if row["result"] else None,
+        overdue=status not in TERMINAL and due <= now,
+        result=_result(row) if with_result else None,
     )
 
 
@@ -183,6 +204,8 @@ def create_app(settings: Settings, *, service: DsrService | None = None) -> Fast
         max_body_bytes=settings.api.max_body_bytes,
         rate_per_key=settings.api.rate_per_key,
         rate_per_ip=settings.api.rate_per_ip,
+        max_headers=settings.api.max_headers,
+        max_header_bytes=settings.api.max_header_bytes,
     )
 
     def gpc(sec_gpc: str | None, customer_ref: str | None) -> None:
@@ -190,6 +213,9 @@ def create_app(settings: Settings, *, service: DsrService | None = None) -> Fast
             service.record_gpc(customer_ref)
 
     def subject_request(caller: Caller, request_id: str, operation: str) -> dict[str, Any]:
+        if caller.anonymous and operation != "submit":
+            # before the look-up: an existing and an unknown id answer alike
+            raise ApiError(401, "unauthenticated", "this operation needs a subject token or an API key", {"www-authenticate": "Bearer"})
         row = service.get(request_id)
         if caller.session is not None and caller.session.digest != row["subject_digest"]:
             raise ApiError(404, "not_found", "no such request; check the request id")
@@ -216,21 +242,33 @@ def create_app(settings: Settings, *, service: DsrService | None = None) -> Fast
         idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")] = None,
         sec_gpc: GpcHeader = None,
     ) -> SubmitResponse:
-        """Submit an access, erasure, opt-out or consent request; a code is sent to verify it."""
+        """Submit an access, erasure, opt-out or consent request; a code is sent to verify it.
+
+        An ``Idempotency-Key`` replays only the caller's own submission: a credential's own, or
+        without one, exactly the same request. A replay shows no more than the first answer did.
+        """
         digest = service.digest(service_ref(body.customer_ref))
         if who.session is not None and who.session.digest != digest:
             raise ApiError(403, "forbidden", "a subject token acts only for its own subject")
         authz.authorize(who, "submit", subject_digest=digest)
+        scope = who.key.principal if who.key else (who.session.principal if who.session else ANONYMOUS)
+        signalled = bool(sec_gpc and sec_gpc.strip() == "1")
         row, created = service.submit(
-            kind=body.kind, customer_ref=body.customer_ref, jurisdiction=body.jurisdiction, contact=body.contact,
+            kind=body.kind, customer_ref=body.customer_ref, contact=body.contact,
             idempotency_key=idempotency_key,
             consent=[{"purpose": c.purpose.value, "action": c.action} for c in getattr(body, "consent", [])],
-            gpc=bool(sec_gpc and sec_gpc.strip() == "1"), actor=who.actor,
+            gpc=signalled, actor=who.actor, scope=scope,
         )
+        if signalled and who.session is not None:
+            gpc(sec_gpc, who.session.customer_ref)  # a verified subject: at once
+        status = None
         if not created:
             response.status_code = 200
-        state = "code_sent" if row["status"] == "verifying" else ("not_required" if created else "done")
-        return SubmitResponse(request=_view(row, service.clock()), created=created, verification=state)
+            if who.anonymous:  # the status the first answer gave, not what happened since
+                status = service.submitted_status(row["id"])
+        current = status or row["status"]
+        state = "code_sent" if current == "verifying" else ("not_required" if created else "done")
+        return SubmitResponse(request=_view(row, service.clock(), with_result=False, status=status), created=created, verification=state)
 
     @app.post("/v1/requests/{request_id}/verify", response_model=VerifyResponse, tags=["requests"], openapi_extra=_OPTIONAL_AUTH)
     def verify_request(request_id: RequestId, body: VerifyBody, who: OptionalCallerDep, sec_gpc: GpcHeader = None) -> VerifyResponse:
@@ -242,23 +280,31 @@ def create_app(settings: Settings, *, service: DsrService | None = None) -> Fast
 
     @app.get("/v1/requests", response_model=RequestList, tags=["requests"])
     def list_requests(
+        request: Request,
         who: CallerDep,
         due_within: Annotated[timedelta | None, Query(description="active requests due within this (ISO 8601 duration or seconds), overdue included; negative: overdue by at least this")] = None,
-        status: Annotated[Literal["received", "verifying", "verified", "in_progress", "extended", "completed", "denied", "failed"] | None, Query()] = None,
+        status: Annotated[Status | None, Query()] = None,
+        limit: Annotated[int, Query(ge=1, le=500, description="requests per page")] = 100,
+        cursor: Annotated[str | None, Query(max_length=200, pattern=r"^[A-Za-z0-9_-]+$", description="from the previous page's 'next' link")] = None,
         sec_gpc: GpcHeader = None,
     ) -> RequestList:
-        """Officers: every request (soonest deadline first). A subject: their own."""
+        """Officers: every request (soonest deadline first), a page at a time. A subject: their own."""
         if due_within is not None:  # a century either way covers every deadline (and cannot overflow)
             due_within = max(-_CENTURY, min(_CENTURY, due_within))
         if who.session is not None:
             authz.authorize(who, "review", subject_digest=who.session.digest)
             gpc(sec_gpc, who.session.customer_ref)
-            rows = service.list(subject_digest=who.session.digest, due_within=due_within, status=status)
+            digest: str | None = who.session.digest
         else:
             authz.authorize(who, "review")
-            rows = service.list(due_within=due_within, status=status)
+            digest = None
+        rows, total, following = service.page(subject_digest=digest, due_within=due_within, status=status, limit=limit, cursor=cursor)
         now = service.clock()
-        return RequestList(requests=[_view(r, now) for r in rows])
+        link = None
+        if following is not None:  # relative to the API's root, with the same filters
+            url = request.url.include_query_params(cursor=following)
+            link = f"{url.path}?{url.query}"
+        return RequestList(requests=[_view(r, now) for r in rows], total=total, next=link)
 
     @app.get("/v1/requests/{request_id}", response_model=RequestView, tags=["requests"])
     def get_request(request_id: RequestId, who: CallerDep, sec_gpc: GpcHeader = None) -> RequestView:
@@ -276,7 +322,11 @@ def create_app(settings: Settings, *, service: DsrService | None = None) -> Fast
             raise ApiError(409, "conflict", "this is not an access request")
         if row["status"] != "completed":
             raise ApiError(409, "conflict", f"the request is {row['status']}; the answer is ready once it is completed")
-        return {"request": row["id"], "answer": json.loads(row["result"])}
+        answer = json.loads(row["result"])
+        if answer.get("answer_deleted") or answer.get("erased"):
+            raise ApiError(410, "gone", f"the answer was deleted ({service.settings.api.answer_ttl_days} days after completion, "
+                           "or when you were erased): submit a new access request")
+        return {"request": row["id"], "answer": answer}
 
     @app.post("/v1/requests/{request_id}/extend", response_model=RequestView, tags=["requests"])
     def extend_request(request_id: RequestId, body: DecisionBody, who: CallerDep) -> RequestView:
@@ -297,6 +347,19 @@ def create_app(settings: Settings, *, service: DsrService | None = None) -> Fast
         """The store's pending erasure tasks (its store key only)."""
         authz.authorize(who, "fulfil", store=store)
         return TaskList(tasks=[TaskView(**t) for t in service.pending_tasks(store)])
+
+    @app.get("/v1/stores/{store}/tasks/{task_id}", response_model=TaskStatus, tags=["stores"])
+    def store_task(store: StoreId, task_id: TaskId, who: CallerDep) -> TaskStatus:
+        """Whether a task is still to be done: a store asks right before it erases anything."""
+        authz.authorize(who, "fulfil", store=store)
+        task = service.task_status(store, task_id)
+        return TaskStatus(id=task["id"], request_id=task["request_id"], store=task["store"], status=task["status"])
+
+    @app.get("/v1/stores/{store}/receipt-key", response_model=ReceiptKey, tags=["stores"])
+    def store_receipt_key(store: StoreId, who: CallerDep) -> ReceiptKey:
+        """The receipt key registered for the store: a store checks it is its own before erasing."""
+        authz.authorize(who, "fulfil", store=store)
+        return ReceiptKey(store=store, public_key=base64.b64encode(service.registered_key(store)).decode())
 
     @app.post("/v1/stores/{store}/tasks/{task_id}/receipt", response_model=RequestView, tags=["stores"])
     def post_receipt(store: StoreId, task_id: TaskId, body: ReceiptBody, who: CallerDep) -> RequestView:

@@ -36,15 +36,17 @@ def serve(
     import uvicorn
 
     from siloguard.api.app import create_app
+    from siloguard.api.server import uvicorn_options
 
     settings = _settings(db, host=host, port=port)
+    options = uvicorn_options(settings)  # proxy headers, JSON protocol errors, header limits
     app = create_app(settings)  # checks the schema first: a clear error, not a half-started server
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     # Casbin logs every decision (a miss as a warning, with principal ids): the API's own
     # answers say what was refused, so only Casbin's errors are kept.
     logging.getLogger("casbin").setLevel(logging.ERROR)
     typer.echo(f"siloguard API on http://{settings.api.host}:{settings.api.port} (docs at /docs)", err=True)
-    uvicorn.run(app, host=settings.api.host, port=settings.api.port, access_log=False, log_level="warning")
+    uvicorn.run(app, **options)
 
 
 @keys_app.command("create")
@@ -53,21 +55,31 @@ def create(
     role: Annotated[str, typer.Option("--role", help="store_operator, store_trainer, compliance_officer, dpo or api_service.")],
     store: Annotated[Optional[str], typer.Option("--store", help="The store a store key belongs to.")] = None,
     label: Annotated[Optional[str], typer.Option("--label", help="A note for you (not personal data).")] = None,
+    rotate_receipt_key: Annotated[bool, typer.Option(
+        "--rotate-receipt-key", help="store_operator: replace the store's registered receipt key (its keys changed)."
+    )] = False,
     db: DbOpt = None,
 ) -> None:
-    """Create a key and print it once; only its hash is kept."""
+    """Create a key and print it once; only its hash is kept.
+
+    A store_operator key also registers the store's receipt key, derived from the store's
+    existing keys under keys.root (SILOGUARD_KEYS__ROOT); no keys are ever created here.
+    """
     from siloguard.api.keys import create_key
+    from siloguard.errors import ConfigError
     from siloguard.storage.db import create_engine, require_current_schema
 
     settings = _settings(db)
     engine = create_engine(settings.database.url)
     try:
         require_current_schema(engine)
+        if rotate_receipt_key and role != "store_operator":
+            raise ConfigError("--rotate-receipt-key goes with --role store_operator --store STORE")
         if role == "store_operator" and store is not None:
-            from siloguard.clients.gating import store_keys
             from siloguard.dsr.receipts import public_key_bytes, register_store_key
+            from siloguard.dsr.sync import existing_store_keys
 
-            register_store_key(engine, store, public_key_bytes(store_keys(settings, store)))
+            register_store_key(engine, store, public_key_bytes(existing_store_keys(settings, store)), replace=rotate_receipt_key)
         key, text = create_key(engine, role, store=store, label=label)
     finally:
         engine.dispose()

@@ -51,6 +51,7 @@ _DESCRIPTIONS = {
     415: "Body is not JSON",
     422: "The body or parameters are invalid",
     429: "Rate limit exceeded",
+    431: "Too many request headers, or too large (api.max_headers, api.max_header_bytes)",
     503: "The database is unavailable",
 }
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -58,7 +59,8 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 _CODES = {400: "bad_request", 401: "unauthenticated", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
-          409: "conflict", 413: "too_large", 415: "unsupported_media_type", 422: "invalid", 429: "rate_limited"}
+          409: "conflict", 413: "too_large", 415: "unsupported_media_type", 422: "invalid", 429: "rate_limited",
+          431: "headers_too_large"}
 
 
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -93,6 +95,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        extra = sorted({str(err["loc"][-1]) for err in exc.errors() if err.get("type") == "extra_forbidden" and err.get("loc")})
+        if extra:
+            return error_response(422, "invalid", f"field(s) this operation does not take: {', '.join(extra)}; "
+                                  "see the OpenAPI schema at /openapi.json")
         fields = sorted({".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body" for err in exc.errors()})
         return error_response(422, "invalid", f"invalid or missing field(s): {', '.join(fields)}; see the OpenAPI schema at /openapi.json")
 

@@ -3,6 +3,9 @@
 A pure ASGI middleware (not Starlette's ``BaseHTTPMiddleware``, which buffers and costs a
 task per request):
 
+* more than ``api.max_headers`` header lines, or names and values totalling more than
+  ``api.max_header_bytes`` bytes, are refused with 431 (``siloguard serve`` refuses them
+  earlier, while parsing: :mod:`siloguard.api.server`; this check holds under any ASGI server);
 * a body larger than ``api.max_body_bytes`` is refused with 413, by ``Content-Length`` before
   reading and by counting the bytes of a streamed body;
 * requests are counted per client address and per credential (a hash of the
@@ -26,7 +29,9 @@ from limits import parse
 from limits.storage import MemoryStorage
 from limits.strategies import SlidingWindowCounterRateLimiter
 
-__all__ = ["Protect"]
+from siloguard.config import ApiSettings
+
+__all__ = ["Protect", "error_body", "headers_too_large_message"]
 
 access_log = logging.getLogger("siloguard.api.access")
 
@@ -37,8 +42,18 @@ class _TooLarge(Exception):
     pass
 
 
+def error_body(status: int, code: str, message: str) -> bytes:
+    """The API's error body (see :mod:`siloguard.api.errors`) as bytes."""
+    return json.dumps({"error": {"status": status, "code": code, "message": message}}).encode()
+
+
+def headers_too_large_message(max_headers: int, max_header_bytes: int) -> str:
+    return (f"the request headers are too large: at most {max_headers} headers, "
+            f"{max_header_bytes} bytes of names and values in total")
+
+
 def _error(status: int, code: str, message: str, headers: list[tuple[bytes, bytes]] | None = None) -> tuple[dict, dict]:
-    body = json.dumps({"error": {"status": status, "code": code, "message": message}}).encode()
+    body = error_body(status, code, message)
     start = {
         "type": "http.response.start",
         "status": status,
@@ -48,9 +63,14 @@ def _error(status: int, code: str, message: str, headers: list[tuple[bytes, byte
 
 
 class Protect:
-    def __init__(self, app: Any, *, max_body_bytes: int, rate_per_key: str, rate_per_ip: str) -> None:
+    def __init__(
+        self, app: Any, *, max_body_bytes: int, rate_per_key: str, rate_per_ip: str,
+        max_headers: int = ApiSettings.model_fields["max_headers"].default,
+        max_header_bytes: int = ApiSettings.model_fields["max_header_bytes"].default,
+    ) -> None:
         self.app = app
         self.max_body = max_body_bytes
+        self.max_headers, self.max_header_bytes = max_headers, max_header_bytes
         self.limiter = SlidingWindowCounterRateLimiter(MemoryStorage())
         self.per_key = parse(rate_per_key)
         self.per_ip = parse(rate_per_ip)
@@ -103,6 +123,9 @@ class Protect:
         self._log(scope, state["status"], started)
 
     def _refuse(self, scope: Scope, headers: dict[bytes, bytes]) -> tuple[dict, dict] | None:
+        raw = scope.get("headers") or []
+        if len(raw) > self.max_headers or sum(len(name) + len(value) for name, value in raw) > self.max_header_bytes:
+            return _error(431, "headers_too_large", headers_too_large_message(self.max_headers, self.max_header_bytes))
         length = headers.get(b"content-length")
         if length is not None:
             try:

@@ -12,10 +12,12 @@ from siloguard.policies.taxonomy import load_taxonomy
 
 __all__ = [
     "ConsentChange", "ConsentRequest", "ConsentState", "DataUse", "RightsRequest", "DecisionBody", "ReceiptBody", "RequestCreate", "RequestList",
-    "RequestView", "SubmitResponse", "TaskList", "TaskView", "VerifyBody", "VerifyResponse",
+    "ReceiptKey", "RequestView", "Status", "SubmitResponse", "TaskList", "TaskStatus", "TaskView", "VerifyBody", "VerifyResponse",
 ]
 
 Kind = Literal["access", "erasure", "opt_out", "consent"]
+#: siloguard.dsr.machine.STATUSES
+Status = Literal["received", "verifying", "verified", "in_progress", "extended", "completed", "denied", "failed", "unverified"]
 Jurisdiction = Literal["gdpr", "ccpa"]
 #: Same as the service's check (siloguard.dsr.service), so the schema says what is accepted.
 EMAIL_PATTERN = r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,63}$"
@@ -33,9 +35,11 @@ class RequestConsentChange(_Body):
 
 
 class _RequestFields(_Body):
+    """What a data subject says in a request. No jurisdiction: the law follows from where the
+    stores operate (run.json ``jurisdictions``), never from the caller."""
+
     customer_ref: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
                               description="the customer number the stores know you by")
-    jurisdiction: Jurisdiction | None = Field(None, description="default: the stores' region (api.default_jurisdiction)")
     contact: str | None = Field(None, min_length=6, max_length=254, pattern=EMAIL_PATTERN,
                                 description="where to send notices about the request (the verification code goes "
                                 "to the contact the stores hold for this customer)")
@@ -60,14 +64,17 @@ class RequestView(BaseModel):
     id: str
     kind: Kind
     jurisdiction: Jurisdiction
-    status: Literal["received", "verifying", "verified", "in_progress", "extended", "completed", "denied", "failed"]
+    status: Status
     received_at: datetime
     due_at: datetime = Field(description="the current legal deadline")
     ack_due_at: datetime | None = Field(None, description="CCPA: acknowledge by")
     extension_notice_by: datetime | None = Field(None, description="an extension must be announced before this")
     extended: bool
     overdue: bool
-    result: dict[str, Any] | None = None
+    result: dict[str, Any] | None = Field(
+        None, description="the outcome: receipts of an erasure, effects of an opt-out or consent request, an "
+        "error; never an access answer (GET /v1/requests/{id}/access, the subject only)"
+    )
 
 
 class SubmitResponse(BaseModel):
@@ -87,6 +94,20 @@ class VerifyResponse(BaseModel):
 
 class RequestList(BaseModel):
     requests: list[RequestView]
+    total: int = Field(description="requests matching the filters, on every page")
+    next: str | None = Field(None, description="the URL of the next page; absent on the last page")
+
+
+class TaskStatus(BaseModel):
+    id: str
+    request_id: str
+    store: str
+    status: Literal["pending", "done", "cancelled"] = Field(description="pending: erase now; cancelled: the request was denied or closed, erase nothing")
+
+
+class ReceiptKey(BaseModel):
+    store: str
+    public_key: str = Field(description="base64 raw Ed25519 public key the API checks this store's receipts against")
 
 
 class DecisionBody(_Body):

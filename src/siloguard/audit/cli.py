@@ -106,16 +106,34 @@ def head(
 
 @audit_app.command()
 @one_line_errors
-def verify(db: DbOpt = None, public_key: PublicKeyOpt = None, against: AgainstOpt = None) -> None:
-    """Recompute the log from its events, check every signed head, and (--against) a saved head."""
+def verify(
+    db: DbOpt = None,
+    public_key: PublicKeyOpt = None,
+    against: AgainstOpt = None,
+    allow_empty: Annotated[
+        bool, typer.Option("--allow-empty", help="Pass a log with no events (a brand-new deployment); otherwise it fails.")
+    ] = False,
+) -> None:
+    """Recompute the log from its events, check every signed head, and (--against) a saved head.
+
+    An empty log fails unless --allow-empty: a wiped log is empty too.
+    """
     from siloguard.audit.heads import SignedTreeHead
 
     settings = _settings(db=db, public_key=public_key)
     key = _public_key(settings)
     saved = SignedTreeHead.read(against) if against is not None else None
     with _open(settings) as log:
-        report = log.verify(key, against=saved)
-    typer.echo(f"OK: {report.tree_size} events, root {report.root_hash.hex()}")
+        report = log.verify(key, against=saved)  # an empty log passes here: the library allows it
+    if report.tree_size == 0:
+        if not allow_empty:
+            raise AuditIntegrityError(
+                "the audit log holds no events: nothing shows it was not wiped; "
+                "if this is a brand-new deployment, pass --allow-empty"
+            )
+        typer.echo("OK: the audit log is empty (0 events, allowed by --allow-empty)")
+    else:
+        typer.echo(f"OK: {report.tree_size} events, root {report.root_hash.hex()}")
     typer.echo(f"{report.heads_checked} signed tree head(s) verified", nl=False)
     if report.latest_head is not None:
         typer.echo(f"; latest #{report.latest_head.seq} covers {report.latest_head.tree_size} events", nl=False)

@@ -12,9 +12,10 @@ leaking it fail loudly:
 - in ``actor``, ``resource``, ``store`` and ``request`` every ``:``/``/``-separated part
   contains a letter: ``customer:17850``, ``ip:203.0.113.7`` or ``dob:1985-02-17`` are refused.
 - no field has a run of 5 or more digits (raw customer numbers, phone and card numbers,
-  IBANs), except inside a UUID or a keyed pseudonym ``v<version>.<32 hex>`` (the form
-  ``privacy.pseudonyms`` makes). A data subject appears only as such a pseudonym, e.g.
-  ``subject:v1.3f9a0c…``, never as a raw id.
+  IBANs), except inside a UUID, a keyed pseudonym ``v<version>.<32 hex>`` (the form
+  ``privacy.pseudonyms`` makes) or a blinded subject reference ``b.<32 hex>``. A data
+  subject appears only as a blinded reference, e.g. ``subject:b.3f9a0c…``, keyed per subject
+  and unlinkable once the subject is erased (``SubjectVault.audit_ref``), never as a raw id.
 - ``counts`` maps names to integers (no floats: ``epsilon_e6`` holds a privacy loss in
   millionths); a name is lowercase words joined by ``_``, each word letters then optional
   digits (``records_kept``, ``epsilon_e6``); booleans are not counts.
@@ -72,6 +73,7 @@ _LETTER = re.compile(r"[a-z]")
 _RANDOM_TOKEN = re.compile(
     r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}(?![0-9a-f])"
     r"|(?<![0-9a-z])v[0-9]{1,4}\.[0-9a-f]{32}(?![0-9a-f])"
+    r"|(?<![0-9a-z])b\.[0-9a-f]{32}(?![0-9a-f])"  # a subject's blinded reference (SubjectVault.audit_ref)
 )
 _HEX_LETTER = re.compile(r"[a-f]")
 _DIGIT_RUN = re.compile(r"[0-9]{5}")

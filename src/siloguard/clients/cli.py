@@ -64,6 +64,8 @@ def consent_import(
     finally:
         registry.close()
     typer.echo(f"recorded {sum(result.events.values()):,} consent events in {len(result.events)} store(s)")
+    if result.suppressed:
+        typer.echo(f"skipped {result.suppressed:,} event(s) of customers the stores erased (their suppression lists)")
 
 
 @consent_app.command("status")

@@ -39,6 +39,7 @@ __all__ = [
     "store_consent",
     "store_gate",
     "store_keys",
+    "store_suppression",
     "trainer",
 ]
 
@@ -94,6 +95,13 @@ def store_consent(settings: Settings, store: str):  # noqa: ANN201 - imported la
     return StoreConsent(_registry(settings.database.url), store_keys(settings, store))
 
 
+def store_suppression(settings: Settings, store: str):  # noqa: ANN201 - imported lazily (SQLAlchemy)
+    """The store's suppression list (customers it erased), in the run's database."""
+    from siloguard.privacy.suppression import SuppressionList
+
+    return SuppressionList(_registry(settings.database.url).engine, store_keys(settings, store))
+
+
 @lru_cache(maxsize=16)
 def _enforcer(store: str):  # noqa: ANN202 - Casbin only when a gate is built
     """The shipped policy with the store trainer's role binding (one per store and process)."""
@@ -118,6 +126,7 @@ def bind(store: str, principal: Principal) -> None:
 def store_gate(settings: Settings, store: str) -> Gate:
     """The store's gate, built once per process: policy, consent, keys, masker, audit."""
     from siloguard.privacy.masking import Masker
+    from siloguard.privacy.keys import SubjectVault
     from siloguard.privacy.pseudonyms import Pseudonymiser
 
     with _lock:
@@ -129,6 +138,8 @@ def store_gate(settings: Settings, store: str) -> Gate:
             recorder=_recorder(settings),
             pseudonymiser=Pseudonymiser(keys),
             masker=Masker.for_store(keys),
+            suppression=store_suppression(settings, store),
+        blind=SubjectVault(keys).audit_ref,
         )
 
 

@@ -375,7 +375,7 @@ def cross_border_transfers(ctx: Context, scope: str) -> Outcome:
 
 # ---- the database: requests, budget, audit log ---------------------------------------------------------
 
-TERMINAL_STATUSES = ("completed", "denied", "failed")
+TERMINAL_STATUSES = ("completed", "denied", "failed", "unverified")  # siloguard.dsr.machine.TERMINAL
 
 
 def _utc(value: datetime) -> datetime:

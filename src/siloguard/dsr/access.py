@@ -36,9 +36,10 @@ SOURCE = "collected by the store from the data subject at purchase (invoices of 
 def _gate(settings: Settings, store: str) -> Gate:
     from siloguard.audit import AuditLog
     from siloguard.audit.adapters import DecisionRecorderAdapter
-    from siloguard.clients.gating import store_consent, store_keys
+    from siloguard.clients.gating import store_consent, store_keys, store_suppression
     from siloguard.policies.enforcer import PolicyEnforcer
     from siloguard.privacy.masking import Masker
+    from siloguard.privacy.keys import SubjectVault
     from siloguard.privacy.pseudonyms import Pseudonymiser
 
     keys = store_keys(settings, store)
@@ -49,6 +50,8 @@ def _gate(settings: Settings, store: str) -> Gate:
         recorder=DecisionRecorderAdapter(AuditLog.open(settings)),
         pseudonymiser=Pseudonymiser(keys),
         masker=Masker.for_store(keys),
+        suppression=store_suppression(settings, store),
+        blind=SubjectVault(keys).audit_ref,
     )
 
 

@@ -45,8 +45,12 @@ def sync(
     except httpx.HTTPError as exc:
         raise ConfigError(f"cannot reach the API at {api} ({type(exc).__name__}); check --api") from None
     for item in posted:
+        if "skipped" in item:
+            typer.echo(f"{item['task']}: not erased: the task is {item['skipped']} (the request was denied or closed)")
+            continue
         typer.echo(
             f"{item['task']}: erased {item['rows_erased']} row(s), {item['embeddings_erased']} embedding(s), "
             f"data key {'destroyed' if item['key_destroyed'] else 'NOT destroyed'}; receipt accepted"
         )
-    typer.echo(f"store {store}: {len(posted)} erasure task(s) done")
+    done = sum("skipped" not in item for item in posted)
+    typer.echo(f"store {store}: {done} erasure task(s) done" + (f", {len(posted) - done} cancelled" if done < len(posted) else ""))

@@ -86,7 +86,10 @@ def register_store_key(engine: Engine, store: str, public_key: bytes, *, replace
             conn.execute(store_signing_keys.insert().values(store=store, public_key=public_key, registered_at=now))
         elif bytes(held) != public_key:
             if not replace:
-                raise DsrInvalid(f"store {store!r} has another receipt key registered; pass replace=True to rotate it")
+                raise DsrInvalid(
+                    f"store {store!r} has another receipt key registered: check that keys.root is the store's own key "
+                    "directory; if the store's keys really changed, pass --rotate-receipt-key"
+                )
             conn.execute(
                 store_signing_keys.update()
                 .where(store_signing_keys.c.store == store)

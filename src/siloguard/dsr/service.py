@@ -13,13 +13,26 @@ Side effects outside the request tables (consent events, the access answer) are 
 repeating them after a crash changes nothing that matters.
 
 Subjects are identified by a customer reference (the store's customer id). Requests store a
-keyed digest of it for look-ups; the reference itself only while work needs it (cleared
-when an erasure completes). A subject proves the reference with a one-time code sent by the
-:class:`~siloguard.dsr.notifier.Notifier`; verifying returns a bearer token for that subject.
+keyed digest of it for look-ups; the reference and contact only while work needs them
+(cleared when the request ends). A subject proves the reference with a one-time code sent by
+the :class:`~siloguard.dsr.notifier.Notifier`; verifying returns a bearer token for that
+subject.
+
+What the service keeps about a subject, and until when (docs/API.md, "What is kept"):
+
+* a request ending (completed, denied, failed, unverified) clears its customer reference and
+  contact, its one-time code and its outbox messages, and cancels its open erasure tasks;
+* an access answer is kept for ``api.answer_ttl_days`` after completion, then deleted;
+* an erasure completing destroys every copy of the subject the service holds: the earlier
+  requests' answers, references, contacts and idempotency keys are deleted, and their digest
+  (and the subject's tokens) move to a random value that nothing links back to the customer.
+  What remains about the person is the stores' keyed suppression record.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import functools
 import hashlib
 import hmac
@@ -53,6 +66,7 @@ from siloguard.dsr.receipts import Receipt, receipt_summary, verify_receipt
 from siloguard.errors import AuditError, SiloguardError
 from siloguard.storage.db import exclusive
 from siloguard.storage.orm import (
+    dsr_outbox,
     dsr_requests,
     dsr_sessions,
     dsr_tasks,
@@ -61,7 +75,7 @@ from siloguard.storage.orm import (
     store_signing_keys,
 )
 
-__all__ = ["CONSENT_KINDS", "DsrService", "SubjectSession", "consent_purposes", "normalise_ref"]
+__all__ = ["ANONYMOUS", "CONSENT_KINDS", "DsrService", "SubjectSession", "consent_purposes", "normalise_ref"]
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +89,10 @@ _REF = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,63}")
 SYSTEM = "dsr-service"
 SUBJECT_ACTOR = "data-subject"
+#: The idempotency scope of a caller without credentials (see :meth:`DsrService.submit`).
+ANONYMOUS = "anonymous"
+#: What an access request's ``result`` becomes once its answer is deleted (retention, erasure).
+_ANSWER_DELETED = json.dumps({"answer_deleted": True})
 
 
 def _now() -> datetime:
@@ -91,7 +109,6 @@ def normalise_ref(customer_ref: object) -> str:
     return text
 
 
-@lru_cache(maxsize=1)
 @functools.lru_cache(maxsize=1)
 def consent_purposes() -> tuple[str, ...]:
     """Every purpose some data map rests on consent: withdrawn at erasure or objection."""
@@ -124,6 +141,22 @@ def _aware(value: datetime | None) -> datetime | None:
     return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
 
 
+def _make_cursor(due: datetime, request_id: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps([due.isoformat(), request_id]).encode()).decode().rstrip("=")
+
+
+def _read_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        due, request_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        when = datetime.fromisoformat(due)
+        if not isinstance(request_id, str) or when.tzinfo is None:
+            raise ValueError
+    except (ValueError, TypeError, binascii.Error):
+        # 404, not 422: the parameter is well formed, the page it names does not exist
+        raise DsrNotFound("no such page: this cursor was not handed out by this API; start again without it") from None
+    return when.astimezone(timezone.utc), request_id
+
+
 def _resource(kind: str) -> str:
     return "dsr:" + kind.replace("_", "-")
 
@@ -142,6 +175,7 @@ class DsrService:
         stores: Callable[[], list[str]] | None = None,
         store_consent: Callable[[str], Any] | None = None,
         access_report: Callable[[str, list[str]], dict[str, Any]] | None = None,
+        jurisdictions: Callable[[], dict[str, str]] | None = None,
     ) -> None:
         from siloguard.clients import gating
 
@@ -150,7 +184,9 @@ class DsrService:
         self.audit = audit
         self.notifier = notifier or OutboxNotifier()
         self.clock = clock
-        self._stores = stores or _RunStores(settings)
+        run_stores = _RunStores(settings)
+        self._stores = stores or run_stores
+        self._jurisdictions = jurisdictions or run_stores.jurisdictions
         self._consent_cache: dict[str, Any] = {}
         self._writer = _GroupWriter(self)
         self._ref_cache: dict[tuple[str, str], str] = {}
@@ -169,6 +205,29 @@ class DsrService:
 
     def digest(self, customer_ref: str) -> str:
         return hmac.digest(self._digest_key, b"subject\0" + customer_ref.encode(), "sha256").hex()
+
+    def _idempotency(self, scope: str, key: str, body: dict[str, Any]) -> str:
+        """The stored form of an Idempotency-Key: keyed, and scoped to who sent it.
+
+        A caller with a credential replays only its own submissions (``scope`` is its
+        principal). A caller without one replays only a submission with exactly the same body
+        (keyed with the service secret, so the stored value reveals neither the key nor the
+        body): knowing a customer number and a guessed key returns nothing of anyone else's.
+        """
+        bound = json.dumps(body, sort_keys=True, separators=(",", ":")) if scope == ANONYMOUS else ""
+        return hmac.digest(self._digest_key, f"idem\0{scope}\0{key}\0{bound}".encode(), "sha256").hex()
+
+    def jurisdiction(self) -> str:
+        """The law a request follows: where the stores holding the subject operate, never the caller.
+
+        The service does not read store data, so it cannot tell which stores hold a customer:
+        a request follows GDPR if any store of the federation does (the stricter clock, and
+        identity is verified), and CCPA only when every store operates under it.
+        """
+        declared = set(self._jurisdictions().values())
+        if not declared:
+            return self.settings.api.default_jurisdiction
+        return "ccpa" if declared == {"ccpa"} else "gdpr"
 
     def _code_hash(self, request_id: str, code: str) -> bytes:
         return hmac.digest(self._digest_key, f"code\0{request_id}\0{code}".encode(), "sha256")
@@ -207,9 +266,30 @@ class DsrService:
         row = {"request_id": request["id"], "from_status": current, "to_status": to, "at": now, "actor": actor,
                "reason": reason, "event_id": new_event_id()}
         conn.execute(dsr_transitions.insert(), row)
+        if to in TERMINAL:
+            values.update(self._close(conn, request["id"]))
         events.append(self._event({**row, "kind": request["kind"], "jurisdiction": request["jurisdiction"]}))
         request["status"] = to
         request.update(values)
+
+    @staticmethod
+    def _close(conn: Connection, request_id: str) -> dict[str, Any]:
+        """A request ended: drop what only its work needed; returns the row values cleared.
+
+        Its customer reference and contact, its one-time code and outbox messages (which
+        name the customer and carry the code), and its erasure tasks still pending (a denied
+        or failed erasure must not go on in the stores: they check a task is live first).
+        """
+        conn.execute(dsr_verifications.delete().where(dsr_verifications.c.request_id == request_id))
+        conn.execute(dsr_outbox.delete().where(dsr_outbox.c.request_id == request_id))
+        conn.execute(
+            dsr_tasks.update()
+            .where(dsr_tasks.c.request_id == request_id, dsr_tasks.c.status == "pending")
+            .values(status="cancelled", customer_ref=None)
+        )
+        cleared = {"customer_ref": None, "contact": None}
+        conn.execute(dsr_requests.update().where(dsr_requests.c.id == request_id).values(**cleared))
+        return cleared
 
     def _load(self, conn: Connection, request_id: str) -> dict[str, Any]:
         row = conn.execute(sa.select(dsr_requests).where(dsr_requests.c.id == request_id)).mappings().first()
@@ -294,24 +374,33 @@ class DsrService:
         *,
         kind: str,
         customer_ref: str,
-        jurisdiction: str | None = None,
         contact: str | None = None,
         idempotency_key: str | None = None,
         consent: list[dict[str, str]] | None = None,
         gpc: bool = False,
         actor: str = SUBJECT_ACTOR,
+        scope: str = ANONYMOUS,
     ) -> tuple[dict[str, Any], bool]:
-        """Create a request (or return the one with the same idempotency key): (row, created)."""
+        """Create a request (or return the caller's own with the same idempotency key): (row, created).
+
+        ``scope`` names the caller for idempotency: its principal, or :data:`ANONYMOUS` (then
+        the whole request must match too, see :meth:`_idempotency`). The jurisdiction is the
+        federation's (:meth:`jurisdiction`). A GPC signal is recorded with the request's other
+        effects, once the subject is verified: an unverified caller merely names a customer.
+        """
         ref = normalise_ref(customer_ref)
-        jur = jurisdiction or self.settings.api.default_jurisdiction
+        jur = self.jurisdiction()
         now = self.clock()
         clock = clocks.clock_for(jur, kind, now)
         if contact is not None and (len(contact) > 254 or not _EMAIL.fullmatch(contact)):
             raise DsrInvalid("contact must be an e-mail address where the verification code can be sent")
         changes = self._check_consent_changes(kind, consent)
         digest = self.digest(ref)
+        idem = None
         if idempotency_key is not None:
-            existing = self._by_idempotency(digest, idempotency_key)
+            idem = self._idempotency(scope, idempotency_key, {"kind": kind, "customer_ref": ref, "contact": contact,
+                                                             "consent": changes, "gpc": gpc})
+            existing = self._by_idempotency(digest, idem)
             if existing is not None:
                 return self._check_same(existing, kind, jur), False
         request_id = f"dsr-{uuid.uuid4()}"
@@ -319,7 +408,7 @@ class DsrService:
             "id": request_id, "kind": kind, "jurisdiction": jur, "status": "received",
             "received_at": now, "due_at": clock.due_at, "ack_due_at": clock.ack_due_at,
             "extension_notice_by": clock.extension_notice_by, "extended": False, "subject_digest": digest,
-            "customer_ref": ref, "contact": contact, "idempotency_key": idempotency_key,
+            "customer_ref": ref, "contact": contact, "idempotency_key": idem,
             "gpc": gpc, "payload": json.dumps({"consent": changes}), "result": None, "updated_at": now,
         }
 
@@ -347,22 +436,31 @@ class DsrService:
                 )
                 self._transition(conn, row, "verifying", events=events, actor=SYSTEM, reason="code-sent", now=now)
             else:
-                self._transition(conn, row, "verified", events=events, actor=SYSTEM, reason="no-verification-needed", now=now)
+                # Only a CCPA opt-out of sale/sharing goes ahead unverified (clocks.clock_for);
+                # the audit log says so.
+                self._transition(conn, row, "verified", events=events, actor=SYSTEM, reason="unverified-ccpa-opt-out", now=now)
             return events
 
         try:
             self._writer.run(write)
         except IntegrityError:
-            existing = self._by_idempotency(digest, idempotency_key) if idempotency_key else None
+            existing = self._by_idempotency(digest, idem) if idem else None
             if existing is None:
                 raise
             return self._check_same(existing, kind, jur), False
-        if gpc:
-            self.record_gpc(ref)
         if row["status"] == "verified":
             self._try_advance(request_id)
             row = self.get(request_id)
         return row, True
+
+    def submitted_status(self, request_id: str) -> str:
+        """The status a request's submission answered with (what a replay may show anonymously)."""
+        with self.engine.connect() as conn:
+            status = conn.execute(
+                sa.select(dsr_transitions.c.to_status)
+                .where(dsr_transitions.c.request_id == request_id, dsr_transitions.c.from_status == "received")
+            ).scalar()
+        return status or "received"
 
     def _by_idempotency(self, digest: str, key: str) -> dict[str, Any] | None:
         with self.engine.connect() as conn:
@@ -419,7 +517,7 @@ class DsrService:
             good = hmac.compare_digest(ver["code_hash"], self._code_hash(request_id, str(code)))
             if _aware(ver["expires_at"]) <= now:
                 outcome = "expired"
-                self._transition(conn, request, "denied", events=events, actor=SYSTEM, reason="code-expired", now=now)
+                self._transition(conn, request, "unverified", events=events, actor=SYSTEM, reason="code-expired", now=now)
             elif good:
                 outcome = "ok"
                 self._transition(conn, request, "verified", events=events, actor=SUBJECT_ACTOR, reason="code-verified", now=now)
@@ -460,15 +558,35 @@ class DsrService:
 
     def list(self, *, subject_digest: str | None = None, due_within: timedelta | None = None, status: str | None = None, limit: int = 500) -> list[dict[str, Any]]:
         """Requests, soonest deadline first; ``due_within``: active ones due by now + that (overdue included)."""
-        query = sa.select(dsr_requests).order_by(dsr_requests.c.due_at, dsr_requests.c.id).limit(limit)
+        return self.page(subject_digest=subject_digest, due_within=due_within, status=status, limit=limit)[0]
+
+    def page(
+        self, *, subject_digest: str | None = None, due_within: timedelta | None = None, status: str | None = None,
+        limit: int = 100, cursor: str | None = None,
+    ) -> tuple[list[dict[str, Any]], int, str | None]:
+        """One page of :meth:`list`: (rows, total matching, cursor of the next page or None).
+
+        Keyset pagination on (due_at, id): a request filed while an officer pages through is
+        on a later page or counted in the total, never silently dropped.
+        """
+        conds = []
         if subject_digest is not None:
-            query = query.where(dsr_requests.c.subject_digest == subject_digest)
+            conds.append(dsr_requests.c.subject_digest == subject_digest)
         if due_within is not None:
-            query = query.where(dsr_requests.c.status.in_(sorted(ACTIVE)), dsr_requests.c.due_at <= self.clock() + due_within)
+            conds += [dsr_requests.c.status.in_(sorted(ACTIVE)), dsr_requests.c.due_at <= self.clock() + due_within]
         if status is not None:
-            query = query.where(dsr_requests.c.status == status)
+            conds.append(dsr_requests.c.status == status)
+        query = sa.select(dsr_requests).where(*conds).order_by(dsr_requests.c.due_at, dsr_requests.c.id).limit(limit + 1)
+        if cursor is not None:
+            due, last = _read_cursor(cursor)
+            query = query.where(sa.or_(dsr_requests.c.due_at > due, sa.and_(dsr_requests.c.due_at == due, dsr_requests.c.id > last)))
         with self.engine.connect() as conn:
-            return [dict(r) for r in conn.execute(query).mappings()]
+            rows = [dict(r) for r in conn.execute(query).mappings()]
+            total = int(conn.execute(sa.select(sa.func.count()).select_from(dsr_requests).where(*conds)).scalar_one())
+        more = len(rows) > limit
+        rows = rows[:limit]
+        following = _make_cursor(_aware(rows[-1]["due_at"]), rows[-1]["id"]) if more and rows else None  # type: ignore[arg-type]
+        return rows, total, following
 
     # ---- officers' decisions ---------------------------------------------------------------
 
@@ -503,9 +621,45 @@ class DsrService:
 
     # ---- processing ------------------------------------------------------------------------
 
+    def expire_unverified(self) -> int:
+        """Close requests whose one-time code expired unused as ``unverified``; returns how many.
+
+        Anyone can file a request naming any customer: one nobody verifies must not stay open
+        (and overdue) for ever, nor keep the customer reference and the code's message.
+        """
+        now = self.clock()
+        with self.engine.connect() as conn:
+            ids = conn.execute(
+                sa.select(dsr_requests.c.id)
+                .join(dsr_verifications, dsr_verifications.c.request_id == dsr_requests.c.id)
+                .where(dsr_requests.c.status == "verifying", dsr_verifications.c.expires_at <= now)
+            ).scalars().all()
+        closed = 0
+        for request_id in ids:
+            closed += self._move(request_id, "unverified", reason="code-expired")
+        return closed
+
+    def purge_answers(self) -> int:
+        """Delete access answers older than ``api.answer_ttl_days``; returns how many."""
+        cutoff = self.clock() - timedelta(days=self.settings.api.answer_ttl_days)
+        with exclusive(self.engine, _LOCK) as conn:
+            return int(conn.execute(
+                dsr_requests.update()
+                .where(dsr_requests.c.kind == "access", dsr_requests.c.status == "completed",
+                       dsr_requests.c.updated_at < cutoff, dsr_requests.c.result.is_not(None),
+                       dsr_requests.c.result != _ANSWER_DELETED)
+                .values(result=_ANSWER_DELETED)
+            ).rowcount or 0)
+
     def resume(self) -> int:
-        """Carry every active, verified request forward (start-up and periodic sweep)."""
+        """Carry every active, verified request forward (start-up and periodic sweep).
+
+        Also closes requests nobody verified in time and deletes access answers past their
+        retention.
+        """
         self.flush_audit()
+        self.expire_unverified()
+        self.purge_answers()
         with self.engine.connect() as conn:
             ids = conn.execute(
                 sa.select(dsr_requests.c.id).where(dsr_requests.c.status.in_(["verified", "in_progress", "extended"]))
@@ -594,7 +748,11 @@ class DsrService:
         return out
 
     def _apply_effects(self, request: dict[str, Any]) -> None:
-        """Record the request's consent events in every store (idempotent)."""
+        """Record the request's consent events in every store (idempotent).
+
+        Runs only for a verified request, or an unverified CCPA opt-out (which records the
+        opt-out of sale and sharing only: what the law allows without verification).
+        """
         ref, kind = request["customer_ref"], request["kind"]
         if ref is None:
             return
@@ -611,6 +769,8 @@ class DsrService:
             if kind == "consent":
                 for change in json.loads(request["payload"])["consent"]:
                     consent.record([ref], change["purpose"], change["action"], source="api")
+            if request["gpc"] and kind != "erasure":  # sent with the request: applied once the subject is known
+                consent.record_gpc(ref)
 
     def _effects_summary(self, request: dict[str, Any]) -> dict[str, Any]:
         stores = self._stores()
@@ -715,33 +875,82 @@ class DsrService:
             rows = conn.execute(sa.select(dsr_tasks).where(dsr_tasks.c.request_id == request_id).order_by(dsr_tasks.c.store))
             return [dict(r) for r in rows.mappings()]
 
-    def post_receipt(self, store: str, task_id: str, receipt_text: str, signature: bytes, *, actor: str) -> dict[str, Any]:
-        """Accept a store's signed receipt for its task; completes the request with the last one."""
-        now = self.clock()
-        with exclusive(self.engine, _LOCK) as conn:
-            task = conn.execute(sa.select(dsr_tasks).where(dsr_tasks.c.id == task_id, dsr_tasks.c.store == store)).mappings().first()
-            if task is None:
-                raise DsrNotFound("no such task for this store; pull the store's tasks again")
-            if task["status"] == "done":
-                raise DsrConflict("this task has a receipt already")
+    def task_status(self, store: str, task_id: str) -> dict[str, Any]:
+        """A store's task and whether its work may go on (``status`` ``pending``: erase now)."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(dsr_tasks.c.id, dsr_tasks.c.request_id, dsr_tasks.c.store, dsr_tasks.c.status, dsr_requests.c.status.label("request_status"))
+                .join(dsr_requests, dsr_requests.c.id == dsr_tasks.c.request_id)
+                .where(dsr_tasks.c.id == task_id, dsr_tasks.c.store == store)
+            ).mappings().first()
+        if row is None:
+            raise DsrNotFound("no such task for this store; pull the store's tasks again")
+        out = dict(row)
+        if out["status"] == "pending" and out["request_status"] in TERMINAL:
+            out["status"] = "cancelled"  # the request ended meanwhile (denied, failed)
+        return out
+
+    def registered_key(self, store: str) -> bytes:
+        """The store's registered receipt public key (a store checks it before erasing)."""
+        with self.engine.connect() as conn:
             key = conn.execute(sa.select(store_signing_keys.c.public_key).where(store_signing_keys.c.store == store)).scalar()
-            if key is None:
-                raise DsrConflict(f"store {store!r} has no registered receipt key; register it with `siloguard keys create --role store_operator --store {store}`")
-            receipt = verify_receipt(bytes(key), receipt_text, signature)
-            if (receipt.task, receipt.request, receipt.store) != (task_id, task["request_id"], store):
-                raise DsrInvalid("the receipt names another task, request or store")
-            if receipt.rows_remaining != 0:
-                raise DsrInvalid("the receipt reports rows remaining: erase them and post a new receipt")
-            if not receipt.key_destroyed and receipt.rows_erased > 0:
-                raise DsrInvalid("the receipt reports erased rows but a surviving data key: destroy the key")
-            event_id = new_event_id()
-            conn.execute(
-                dsr_tasks.update().where(dsr_tasks.c.id == task_id).values(
-                    status="done", done_at=now, receipt=receipt_text, signature=signature, customer_ref=None,
-                    receipt_event_id=event_id,
-                )
+        if key is None:
+            raise DsrNotFound(
+                f"store {store!r} has no registered receipt key; register it with "
+                f"`siloguard keys create --role store_operator --store {store}` on a machine holding the store's keys"
             )
-            request_id = task["request_id"]
+        return bytes(key)
+
+    def post_receipt(self, store: str, task_id: str, receipt_text: str, signature: bytes, *, actor: str) -> dict[str, Any]:
+        """Accept a store's signed receipt for its task; completes the request with the last one.
+
+        A refused receipt is audited (``dsr.receipt``, decision ``deny``, with the reason code),
+        so a store that erased data and was refused leaves a trace.
+        """
+        now = self.clock()
+        request_id: str | None = None
+        try:
+            with exclusive(self.engine, _LOCK) as conn:
+                task = conn.execute(sa.select(dsr_tasks).where(dsr_tasks.c.id == task_id, dsr_tasks.c.store == store)).mappings().first()
+                if task is None:
+                    raise _Refusal("unknown-task", DsrNotFound("no such task for this store; pull the store's tasks again"))
+                request_id = task["request_id"]
+                if task["status"] == "done":
+                    raise _Refusal("duplicate-receipt", DsrConflict("this task has a receipt already"))
+                status = conn.execute(sa.select(dsr_requests.c.status).where(dsr_requests.c.id == request_id)).scalar()
+                if task["status"] != "pending" or status in TERMINAL:
+                    raise _Refusal("request-closed", DsrConflict(
+                        f"the request is {status} and its task {task['status']}: no receipt is accepted for it"
+                    ))
+                key = conn.execute(sa.select(store_signing_keys.c.public_key).where(store_signing_keys.c.store == store)).scalar()
+                if key is None:
+                    raise _Refusal("no-receipt-key", DsrConflict(
+                        f"store {store!r} has no registered receipt key; register it with "
+                        f"`siloguard keys create --role store_operator --store {store}`"
+                    ))
+                try:
+                    receipt = verify_receipt(bytes(key), receipt_text, signature)
+                except DsrInvalid as exc:
+                    raise _Refusal("bad-signature" if "signature" in str(exc) else "malformed", exc) from None
+                if (receipt.task, receipt.request, receipt.store) != (task_id, task["request_id"], store):
+                    raise _Refusal("wrong-task", DsrInvalid("the receipt names another task, request or store"))
+                if receipt.rows_remaining != 0:
+                    raise _Refusal("rows-remaining", DsrInvalid("the receipt reports rows remaining: erase them and post a new receipt"))
+                if not receipt.key_destroyed and receipt.rows_erased > 0:
+                    raise _Refusal("key-surviving", DsrInvalid("the receipt reports erased rows but a surviving data key: destroy the key"))
+                event_id = new_event_id()
+                conn.execute(
+                    dsr_tasks.update().where(dsr_tasks.c.id == task_id).values(
+                        status="done", done_at=now, receipt=receipt_text, signature=signature, customer_ref=None,
+                        receipt_event_id=event_id,
+                    )
+                )
+        except _Refusal as refusal:
+            self._append([AuditEvent(
+                actor=actor, action=DSR_RECEIPT, resource="dsr:erasure", purpose=PURPOSE, decision="deny",
+                reason=f"receipt-refused:{refusal.code}", store=store, request=request_id, time=now,
+            )])
+            raise refusal.error from None
         self._append([self._receipt_event(receipt, actor=actor, event_id=event_id, at=now)])
         self._maybe_complete_erasure(request_id)
         return self.get(request_id)
@@ -768,14 +977,42 @@ class DsrService:
                     conn, request, "completed", events=events, actor=SYSTEM, reason="all-receipts-verified", now=now,
                     result=json.dumps(result, sort_keys=True), customer_ref=None, contact=None,
                 )
-                # The subject's sessions keep working (to read the answer) without the reference.
-                conn.execute(
-                    dsr_sessions.update().where(dsr_sessions.c.subject_digest == request["subject_digest"]).values(customer_ref="")
-                )
+                self._forget_subject(conn, request["subject_digest"])
         except DsrConflict:
             return False
         self._append(events)
+        self._ref_cache.clear()  # it may hold the subject's store references
         return True
+
+    @staticmethod
+    def _forget_subject(conn: Connection, digest: str) -> None:
+        """An erasure completed: destroy every copy of the subject this service holds.
+
+        Every request of the subject loses its answer, consent changes, reference, contact and
+        idempotency key; outbox messages and codes go. The requests themselves stay (ids,
+        kinds, statuses and dates: what the controller must be able to show it did), under a
+        random digest that no key links back to the customer; the subject's tokens move with
+        them, so the subject can still read the outcome. What remains about the person is
+        the stores' keyed suppression record.
+        """
+        tombstone = "e" + secrets.token_hex(31)  # the form of a digest, the value of nothing
+        ids = conn.execute(sa.select(dsr_requests.c.id, dsr_requests.c.kind).where(dsr_requests.c.subject_digest == digest)).all()
+        request_ids = [i for i, _ in ids]
+        if request_ids:
+            conn.execute(dsr_verifications.delete().where(dsr_verifications.c.request_id.in_(request_ids)))
+            conn.execute(dsr_outbox.delete().where(dsr_outbox.c.request_id.in_(request_ids)))
+            conn.execute(dsr_tasks.update().where(dsr_tasks.c.request_id.in_(request_ids)).values(customer_ref=None))
+            others = [i for i, kind in ids if kind != "erasure"]
+            if others:
+                conn.execute(
+                    dsr_requests.update().where(dsr_requests.c.id.in_(others))
+                    .values(result=json.dumps({"erased": True}), payload=json.dumps({"consent": []}))
+                )
+            conn.execute(
+                dsr_requests.update().where(dsr_requests.c.id.in_(request_ids))
+                .values(subject_digest=tombstone, customer_ref=None, contact=None, idempotency_key=None)
+            )
+        conn.execute(dsr_sessions.update().where(dsr_sessions.c.subject_digest == digest).values(subject_digest=tombstone, customer_ref=""))
 
     def _dp_bound(self) -> dict[str, Any]:
         """The DP guarantee covering models trained before the erasure, per store."""
@@ -810,6 +1047,14 @@ class DsrService:
         from siloguard.dsr.access import access_report
 
         return access_report(self.settings, customer_ref, self._stores())
+
+
+class _Refusal(Exception):
+    """A refused receipt: its reason code for the audit log, and the error for the caller."""
+
+    def __init__(self, code: str, error: Exception) -> None:
+        super().__init__(code)
+        self.code, self.error = code, error
 
 
 class _GroupWriter:
@@ -872,14 +1117,19 @@ class _GroupWriter:
 
 
 class _RunStores:
-    """The prepared run's stores, re-read only when ``run.json`` changes."""
+    """The prepared run's stores and their jurisdictions, re-read only when ``run.json`` changes.
+
+    A store's law is a fact of where it operates: ``run.json`` may declare it per store
+    (``"jurisdictions": {"store": "gdpr" | "ccpa"}``); a store without one follows
+    ``api.default_jurisdiction``.
+    """
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._seen: tuple[float, list[str]] | None = None
+        self._seen: tuple[float, list[str], dict[str, str]] | None = None
 
-    def __call__(self) -> list[str]:
-        from siloguard.clients.gating import known_stores
+    def _read(self) -> tuple[list[str], dict[str, str]]:
+        from siloguard.clients.store import run_manifest
 
         path = self.settings.work_dir / "run.json"
         try:
@@ -887,8 +1137,24 @@ class _RunStores:
         except OSError:
             mtime = -1.0
         if self._seen is None or self._seen[0] != mtime:
-            self._seen = (mtime, known_stores(self.settings))
-        return list(self._seen[1])
+            run = run_manifest(self.settings.work_dir)
+            stores = sorted(run["stores"])
+            declared = run.get("jurisdictions") or {}
+            if not isinstance(declared, dict) or any(v not in ("gdpr", "ccpa") for v in declared.values()):
+                raise SiloguardError(f"{path}: 'jurisdictions' maps stores to gdpr or ccpa")
+            default = self.settings.api.default_jurisdiction
+            self._seen = (mtime, stores, {s: str(declared.get(s, default)) for s in stores})
+        return list(self._seen[1]), dict(self._seen[2])
+
+    def __call__(self) -> list[str]:
+        return self._read()[0]
+
+    def jurisdictions(self) -> dict[str, str]:
+        """Each store's law; empty when no run is prepared yet (requests then follow the default)."""
+        try:
+            return self._read()[1]
+        except SiloguardError:
+            return {}
 
 
 def _service_secret(settings: Settings) -> bytes:

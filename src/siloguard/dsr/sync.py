@@ -1,36 +1,46 @@
 """A store's side of erasure: pull its tasks, erase, confirm, post a signed receipt.
 
-For each pending task (:func:`sync_store`) the store, on its own machine and with its own
-keys:
+Before it touches any data, :func:`sync_store` checks that the receipt key the API holds for
+the store is the one this store signs with (its keys under ``settings.keys.root``, never
+created here): with the wrong keys root every receipt would be refused *after* the rows were
+gone. Then for each pending task the store, on its own machine and with its own keys:
 
-1. rewrites its silo (``<work_dir>/stores/<store>.csv``) without the subject's rows, atomically;
-2. re-reads the silo and counts the subject's rows: the receipt states this count, which must
+1. asks the API whether the task is still live (a request the DPO denied meanwhile has its
+   tasks cancelled: nothing is erased for it);
+2. rewrites its silo (``<work_dir>/stores/<store>.csv``) without the subject's rows,
+   atomically, after writing the count to its erasure journal (``store_erasures``);
+3. re-reads the silo and counts the subject's rows: the receipt states this count, which must
    be zero for the API to accept it;
-3. removes the subject's private user embedding (:func:`siloguard.clients.private.erase_subjects`);
-4. destroys the subject's data key (crypto-shredding, :meth:`SubjectVault.shred`);
-5. signs a :class:`~siloguard.dsr.receipts.Receipt` with its receipt key and posts it.
+4. removes the subject's private user embedding (:func:`siloguard.clients.private.erase_subjects`),
+   the subject's consent events and adds the subject to its suppression list (keyed
+   reference, no id), so no later preparation or import brings them back;
+5. destroys the subject's data key (crypto-shredding, :meth:`SubjectVault.shred`);
+6. signs a :class:`~siloguard.dsr.receipts.Receipt` with its receipt key and posts it.
 
-Every step is idempotent, so a sync interrupted at any point is simply run again.
+Every step is idempotent, so a sync interrupted at any point, or refused, is simply run
+again; the journal makes the retry's receipt report what the first attempt erased.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
 import httpx
 import pandas as pd
+import sqlalchemy as sa
 
 from siloguard._files import write_atomic
 from siloguard.config import Settings
 from siloguard.dsr.errors import DsrError
-from siloguard.dsr.receipts import Receipt, sign_receipt
+from siloguard.dsr.receipts import Receipt, public_key_bytes, sign_receipt
 from siloguard.dsr.service import normalise_ref
 from siloguard.errors import ConfigError
 
-__all__ = ["ErasureOutcome", "erase_subject", "sync_store"]
+__all__ = ["ErasureOutcome", "erase_subject", "existing_store_keys", "sync_store"]
 
 
 @dataclass(frozen=True)
@@ -46,41 +56,114 @@ def _ids(column: pd.Series) -> pd.Series:
     return text.where(~(text.str.endswith(".0") & text.str[:-2].str.isdigit()), text.str[:-2])
 
 
-def erase_subject(settings: Settings, store: str, customer_ref: str) -> ErasureOutcome:
-    """Erase one customer from the store's silo, embeddings and keys; count what remains."""
-    from siloguard.clients.gating import silo_path, store_keys
+def existing_store_keys(settings: Settings, store: str):  # noqa: ANN201 - StoreKeys, imported lazily
+    """The store's keys under ``settings.keys.root``; an error (never new keys) if there are none."""
+    from siloguard.privacy.keys import FileKeyStore, StoreKeys
+
+    keys = StoreKeys(FileKeyStore(settings.keys.root), store)
+    if keys.keystore.read(f"stores/{store}/master") is None:
+        raise ConfigError(
+            f"store {store!r} has no keys under {settings.keys.root.resolve()}: point SILOGUARD_KEYS__ROOT "
+            "at the store's own key directory (new keys would sign receipts the API refuses)"
+        )
+    return keys
+
+
+def _journal(settings: Settings):  # noqa: ANN202 - the run database's engine (one per process)
+    from siloguard.clients.gating import _registry
+
+    return _registry(settings.database.url).engine
+
+
+def erase_subject(settings: Settings, store: str, customer_ref: str, *, task: str | None = None, request: str | None = None) -> ErasureOutcome:
+    """Erase one customer from the store's silo, embeddings, consent and keys; count what remains.
+
+    With ``task``, the counts are kept in the store's erasure journal first, so a retry (after
+    a refused receipt, a crash) reports what the first attempt erased rather than zero.
+    """
+    from siloguard.clients.gating import silo_path, store_consent, store_suppression
     from siloguard.clients.private import erase_subjects
     from siloguard.data.loader import load_transactions
     from siloguard.privacy.keys import SubjectVault
     from siloguard.privacy.pseudonyms import normalise_ids
+    from siloguard.storage.orm import store_erasures
 
     ref = normalise_ref(customer_ref)
+    keys = existing_store_keys(settings, store)
     path = silo_path(settings, store)
+    engine = _journal(settings)
+    held = None
+    if task is not None:
+        with engine.connect() as conn:
+            held = conn.execute(sa.select(store_erasures).where(store_erasures.c.task_id == task)).mappings().first()
     # Read as text so every other row is written back exactly as it was.
     raw = pd.read_csv(path, dtype=str, keep_default_na=False)
     if "CustomerID" not in raw.columns:
         raise ConfigError(f"store {store!r}: the silo {path} has no CustomerID column")
     mine = (_ids(raw["CustomerID"]) == ref).to_numpy()
-    erased = int(mine.sum())
-    if erased:
+    found = int(mine.sum())
+    rows_erased = max(found, held["rows_erased"] if held else 0)
+    if task is not None:
+        _write_journal(engine, task, store, request or "", rows_erased=rows_erased,
+                       embeddings=held["embeddings_erased"] if held else 0, key_destroyed=False, update=held is not None)
+    if found:
         write_atomic(path, raw.loc[~mine].to_csv(index=False).encode())
     remaining = int((normalise_ids(load_transactions(path)["customer_id"]) == ref).sum())
-    embeddings = erase_subjects(settings, store, [ref])
-    vault = SubjectVault(store_keys(settings, store))
+    embeddings = max(erase_subjects(settings, store, [ref]), held["embeddings_erased"] if held else 0)
+    store_suppression(settings, store).add([ref])
+    store_consent(settings, store).forget([ref])
+    vault = SubjectVault(keys)
     vault.shred(ref)
-    return ErasureOutcome(erased, remaining, embeddings, key_destroyed=not vault.has_key(ref))
+    destroyed = not vault.has_key(ref)
+    if task is not None:
+        _write_journal(engine, task, store, request or "", rows_erased=rows_erased, embeddings=embeddings,
+                       key_destroyed=destroyed, update=True)
+    return ErasureOutcome(rows_erased, remaining, embeddings, key_destroyed=destroyed)
+
+
+def _write_journal(engine: Any, task: str, store: str, request: str, *, rows_erased: int, embeddings: int,
+                   key_destroyed: bool, update: bool) -> None:
+    from siloguard.storage.orm import store_erasures
+
+    values = {"rows_erased": rows_erased, "embeddings_erased": embeddings, "key_destroyed": key_destroyed,
+              "erased_at": datetime.now(timezone.utc)}
+    with engine.begin() as conn:
+        if update:
+            conn.execute(store_erasures.update().where(store_erasures.c.task_id == task).values(**values))
+        else:
+            conn.execute(store_erasures.insert().values(task_id=task, store=store, request_id=request, **values))
+
+
+def check_receipt_key(client: httpx.Client, keys: Any, store: str) -> None:
+    """Refuse to erase anything unless the API holds this store's receipt key."""
+    reply = client.get(f"/v1/stores/{store}/receipt-key")
+    _raise_for(reply)
+    try:
+        registered = base64.b64decode(reply.json()["public_key"], validate=True)
+    except (KeyError, TypeError, ValueError, binascii.Error):
+        raise DsrError("the API's answer for the store's receipt key is malformed; nothing was erased") from None
+    if registered != public_key_bytes(keys):
+        raise ConfigError(
+            f"the API holds another receipt key for store {store!r} than the keys under {keys.keystore.root.resolve()}: "
+            "nothing was erased. Use the store's own key directory (SILOGUARD_KEYS__ROOT), or, if the store's keys "
+            f"really changed, register their key with `siloguard keys create --role store_operator --store {store} --rotate-receipt-key`"
+        )
 
 
 def sync_store(client: httpx.Client, settings: Settings, store: str) -> list[dict[str, Any]]:
-    """Do every pending erasure task of ``store`` through the API at ``client``; returns receipts posted."""
-    from siloguard.clients.gating import store_keys
-
+    """Do every pending erasure task of ``store`` through the API at ``client``; returns what was done."""
+    keys = existing_store_keys(settings, store)
+    check_receipt_key(client, keys, store)
     response = client.get(f"/v1/stores/{store}/tasks")
     _raise_for(response)
-    keys = store_keys(settings, store)
     posted = []
     for task in response.json()["tasks"]:
-        outcome = erase_subject(settings, store, task["customer_ref"])
+        live = client.get(f"/v1/stores/{store}/tasks/{task['id']}")
+        _raise_for(live)
+        if live.json()["status"] != "pending":
+            posted.append({"task": task["id"], "request": task["request_id"], "skipped": live.json()["status"]})
+            continue
+        outcome = erase_subject(settings, store, task["customer_ref"], task=task["id"], request=task["request_id"])
         receipt = Receipt(
             task=task["id"], request=task["request_id"], store=store,
             rows_erased=outcome.rows_erased, rows_remaining=outcome.rows_remaining,

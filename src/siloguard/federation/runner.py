@@ -52,6 +52,23 @@ def _to_raw(frame: pd.DataFrame) -> pd.DataFrame:
     return raw.rename(columns={v: k for k, v in RAW_COLUMNS.items()})
 
 
+def _without_erased(settings: Settings, silos: list) -> list:
+    """Each store's silo without the customers that store erased (its suppression list).
+
+    Cutting the silos again from the same source must not bring an erased customer back.
+    """
+    from siloguard.clients.gating import store_suppression
+    from siloguard.data.silos import Silo
+
+    out = []
+    for silo in silos:
+        frame, dropped = store_suppression(settings, silo.name).drop_suppressed(silo.frame)
+        if dropped:
+            logging.getLogger(__name__).info("store %s: %d row(s) of erased customers left out", silo.name, dropped)
+        out.append(Silo(silo.name, frame) if dropped else silo)
+    return out
+
+
 def prepare_run(settings: Settings) -> PreparedRun:
     """Validate the input, cut it into stores and write them under ``work_dir``.
 
@@ -64,7 +81,7 @@ def prepare_run(settings: Settings) -> PreparedRun:
     stores = assign_stores(
         frame, uk_stores=settings.data.uk_stores, min_customers=settings.data.min_store_customers
     )
-    silos = partition(frame, stores)
+    silos = _without_erased(settings, partition(frame, stores))
     catalogue = Catalogue.from_frame(split.train)
     consent_file = settings.data.consent or (sample_consent_path() if settings.data.path is None else None)
     consents = None

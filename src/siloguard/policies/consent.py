@@ -152,6 +152,19 @@ class ConsentRegistry:
         """A Global Privacy Control signal: opt the subject out of sale and sharing."""
         self.record_many([(subject, p, "opt_out") for p in SALE_AND_SHARING], source="gpc", at=at)
 
+    def forget(self, subjects: Collection[str]) -> int:
+        """Delete every event of these subjects (erasure); returns how many were deleted.
+
+        The log is append-only for everything else: an erased subject's consent history is
+        personal data about them and goes with the rest. The store's suppression list keeps
+        them from coming back (:mod:`siloguard.privacy.suppression`).
+        """
+        refs = sorted(set(subjects))
+        if not refs:
+            return 0
+        with exclusive(self.engine, "consent-events") as conn:
+            return int(conn.execute(consent_events.delete().where(consent_events.c.subject.in_(refs))).rowcount or 0)
+
     # ---- reading -----------------------------------------------------------------
     def _granted(self, purpose: str, at: datetime, subjects: Collection[str] | None) -> set[str]:
         """Subjects whose deciding event (latest at or before ``at`` among the purpose and its
@@ -275,6 +288,10 @@ class StoreConsent:
             notice_version=notice_version,
             at=at,
         )
+
+    def forget(self, customer_ids: Collection[object]) -> int:
+        """Delete these customers' consent events in this store (erasure); returns the count."""
+        return self.registry.forget(self.subjects(customer_ids))
 
     def record_gpc(self, customer_id: object, *, at: datetime | None = None) -> None:
         """A Global Privacy Control signal from this customer: opt-out of sale and sharing."""

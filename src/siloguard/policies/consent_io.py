@@ -36,6 +36,7 @@ class ConsentImport:
 
     events: dict[str, int]
     subjects: int
+    suppressed: int = 0  # events skipped: customers the store erased (its suppression list)
 
 
 def read_consent_file(path: Path, stores: Iterable[str]) -> pd.DataFrame:
@@ -84,12 +85,21 @@ def read_consent_file(path: Path, stores: Iterable[str]) -> pd.DataFrame:
 def import_consent(
     registry: ConsentRegistry, frame: pd.DataFrame, keys: dict[str, StoreKeys]
 ) -> ConsentImport:
-    """Record a checked consent frame (see :func:`read_consent_file`) in every store it names."""
+    """Record a checked consent frame (see :func:`read_consent_file`) in every store it names.
+
+    Customers a store erased (its suppression list) are skipped: an old consent file does not
+    bring them back.
+    """
+    from siloguard.privacy.suppression import SuppressionList
+
     counts: dict[str, int] = {}
     subjects: set[tuple[str, str]] = set()
+    skipped = 0
     for store, store_keys in sorted(keys.items()):
         view = StoreConsent(registry, store_keys)
         rows = frame[(frame["store"] == "") | (frame["store"] == store)]
+        rows, dropped = SuppressionList(registry.engine, store_keys).drop_suppressed(rows)
+        skipped += dropped
         if rows.empty:
             continue
         registry.record_events(
@@ -103,4 +113,4 @@ def import_consent(
         )
         counts[store] = len(rows)
         subjects.update((store, c) for c in rows["customer_id"])
-    return ConsentImport(events=counts, subjects=len(subjects))
+    return ConsentImport(events=counts, subjects=len(subjects), suppressed=skipped)

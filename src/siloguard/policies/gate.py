@@ -10,14 +10,17 @@ principal may have for that purpose, made safe, or raises :class:`AccessDenied`.
    purpose (role, store, category, action, purpose, owner). Columns whose category is denied
    are dropped; if nothing is left, or a column asked for by name is denied, the flow is
    refused. A data subject reaches only rows about themself.
-3. **Consent.** When the purpose rests on consent, only rows of subjects that the
-   :class:`ConsentSource` says have a valid basis at ``at`` are kept.
+3. **Erased and consent.** Rows of customers on the store's suppression list (erased,
+   :class:`SuppressionSource`) never pass, whatever the purpose or lawful basis. When the
+   purpose rests on consent, only rows of subjects that the :class:`ConsentSource` says have
+   a valid basis at ``at`` are kept.
 4. **Minimisation, masking, pseudonymisation.** Only the allowed columns are kept; each is
    passed clear, masked by category, scanned (free text) or pseudonymised (the subject id,
    always) as its data map says for the purpose.
 5. **Record.** One decision event per call, allowed or denied, through the
    :class:`DecisionRecorder`. Events hold ids, names of columns and counts: never a cell
-   value, and data subjects only as pseudonyms. If recording fails nothing is released.
+   value, and data subjects only as blinded references (keyed per subject, unlinkable after
+   erasure). If recording fails nothing is released.
 
 Anything unexpected on the way is a refusal, never a pass-through.
 """
@@ -54,6 +57,7 @@ __all__ = [
     "InMemoryConsentSource",
     "MemoryRecorder",
     "Principal",
+    "SuppressionSource",
 ]
 
 log = logging.getLogger(__name__)
@@ -85,6 +89,13 @@ class ConsentSource(Protocol):
     """Answers: which of these subjects had a valid basis for this purpose at this time?"""
 
     def subjects_with_basis(self, purpose: str, subject_ids: Collection[str], at: datetime) -> set[str]: ...
+
+
+@runtime_checkable
+class SuppressionSource(Protocol):
+    """Answers: which of these subjects were erased by the store (its suppression list)?"""
+
+    def suppressed(self, subject_ids: Collection[str]) -> set[str]: ...
 
 
 @runtime_checkable
@@ -185,6 +196,7 @@ class _Flow:
     datamap_digest: str | None = None
     rows_out: int = 0
     rows_without_basis: int = 0
+    rows_suppressed: int = 0
     columns_out: list[str] = field(default_factory=list)
     columns_dropped: dict[str, str] = field(default_factory=dict)
     values_masked: dict[str, int] = field(default_factory=dict)
@@ -208,8 +220,14 @@ class Gate:
         datamaps: Mapping[str, DataMap] | None = None,
         store_country: str | None = None,
         clock: Callable[[], datetime] | None = None,
+        suppression: SuppressionSource | None = None,
+        blind: Callable[[str], str] | None = None,
     ) -> None:
         self.store = store
+        self._suppression = suppression
+        # A data subject's reference in decision events: blinded per subject (the store's
+        # SubjectVault.audit_ref), so it names nobody once the subject is erased.
+        self._blind = blind
         self._enforcer = enforcer
         self._consent = consent
         self._recorder = recorder
@@ -360,8 +378,17 @@ class Gate:
             reason = first.reason if first else f"no column of {flow.dataset!r} may serve {flow.purpose}"
             raise _Refused("policy_denied", reason, first)
 
-        # 3. consent
+        # 3. erased customers never pass; then consent
         rows = pd.Series(True, index=frame.index)
+        if self._suppression is not None:
+            present = ids.notna()
+            try:
+                erased = self._suppression.suppressed(set(ids[present].unique()))
+            except Exception as exc:  # noqa: BLE001  no answer: nobody passes
+                raise _Refused("suppression_unavailable", f"the suppression list failed ({type(exc).__name__})") from None
+            if erased:
+                rows = ~ids.isin(erased)
+                flow.rows_suppressed = int((~rows).sum())
         if basis == "consent":
             present = ids.notna()
             unique = set(ids[present].unique())
@@ -369,8 +396,9 @@ class Gate:
                 granted = self._consent.subjects_with_basis(flow.purpose, unique, flow.at)
             except Exception as exc:  # noqa: BLE001  no answer is no consent
                 raise _Refused("consent_unavailable", f"the consent source failed ({type(exc).__name__})") from None
-            rows = present & ids.isin(set(granted) & unique)
-            flow.rows_without_basis = int((~rows).sum())
+            with_basis = present & ids.isin(set(granted) & unique)
+            flow.rows_without_basis = int((rows & ~with_basis).sum())
+            rows = rows & with_basis
         gated = frame.loc[rows.to_numpy(), kept]
 
         # 4. minimise, mask, pseudonymise
@@ -414,8 +442,10 @@ class Gate:
         if not isinstance(pid, str):
             return "unknown"
         if pid.startswith(_SUBJECT_PREFIX):
+            if self._blind is None:
+                return f"{_SUBJECT_PREFIX}unidentified"
             try:
-                return _SUBJECT_PREFIX + self._pseudonymiser.pseudonym(pid[len(_SUBJECT_PREFIX) :])
+                return _SUBJECT_PREFIX + self._blind(pid[len(_SUBJECT_PREFIX) :])
             except Exception:  # noqa: BLE001  the event must not fail on a bad id
                 return f"{_SUBJECT_PREFIX}unidentified"
         return pid
@@ -449,6 +479,7 @@ class Gate:
                 "rows_in": flow.rows_in,
                 "rows_out": flow.rows_out if allowed else 0,
                 "rows_without_basis": flow.rows_without_basis,
+                "rows_suppressed": flow.rows_suppressed,
                 "columns_in": len(flow.columns_in),
                 "columns_out": len(flow.columns_out) if allowed else 0,
                 "columns_dropped": len(flow.columns_dropped),
@@ -464,6 +495,12 @@ class Gate:
             raise AccessDenied(
                 f"the gate's decision could not be recorded ({type(exc).__name__}); nothing was released"
             ) from None
+        if getattr(flow.principal, "is_subject", False) is True:
+            # A data subject's own flow: which store answered and how many rows it held say
+            # where the person shops and how much. The decision id and counts, at debug only.
+            log.debug("gate %s: %s (%s), rows %d -> %d", flow.decision_id, event["decision"], code,
+                      flow.rows_in, event["counts"]["rows_out"])
+            return event
         log.info(
             "gate %s: %s %s %s for %s on %s: %s (%s), rows %d -> %d",
             flow.decision_id,

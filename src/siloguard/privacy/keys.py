@@ -256,6 +256,12 @@ class StoreKeys:
         return f"StoreKeys(store={self.store!r}, keystore={self.keystore!r})"
 
 
+def _blind(data_key: bytes) -> str:
+    """``b.`` + 128 bits of HMAC under a key derived (HKDF) from one subject's data key."""
+    blind_key = HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=b"siloguard/audit-blind").derive(data_key)
+    return "b." + hmac.digest(blind_key, b"subject", "sha256").hex()[:32]
+
+
 class SubjectVault:
     """Encrypts personal data per subject (AES-256-GCM) under keys wrapped by the store.
 
@@ -288,15 +294,43 @@ class SubjectVault:
         return f"stores/{self._keys.store}/subjects/{self.subject_ref(subject_id)}"
 
     def _data_key(self, subject_id: str, *, create: bool) -> AESGCM | None:
+        wrapped = self._wrapped(subject_id, create=create)
+        return None if wrapped is None else AESGCM(self._unwrap(wrapped))
+
+    def audit_ref(self, subject_id: str) -> str:
+        """The subject's blinded reference for audit events: ``b.<32 hex>``.
+
+        A keyed hash under a key that exists only for this subject (derived from the subject's
+        data key, created if missing): while the key exists, whoever holds the store's keys can
+        recompute it from the customer id and find the subject's events; after erasure
+        (:meth:`shred`) nobody can, while the events themselves stay byte for byte the same.
+        """
+        wrapped = self._wrapped(subject_id, create=True)
+        return _blind(self._unwrap(wrapped))
+
+    def audit_refs(self) -> dict[str, str]:
+        """Every blinded reference this store can still resolve: ``b.<hex>`` -> subject key name.
+
+        One unwrap per subject key: for reports, not for hot paths.
+        """
+        out = {}
+        for name in self._keys.keystore.names(f"stores/{self._keys.store}/subjects"):
+            wrapped = self._keys.keystore.read(name)
+            if wrapped is not None:
+                out[_blind(self._unwrap(wrapped))] = name.rsplit("/", 1)[1]
+        return out
+
+    def _wrapped(self, subject_id: str, *, create: bool) -> bytes | None:
         name = self._key_name(subject_id)
         wrapped = self._keys.keystore.read(name)
         if wrapped is None and create:
             self._keys.keystore.create(name, aes_key_wrap(self._kek.reveal(), AESGCM.generate_key(256)))
             wrapped = self._keys.keystore.read(name)  # another writer may have won the race
-        if wrapped is None:
-            return None
+        return wrapped
+
+    def _unwrap(self, wrapped: bytes) -> bytes:
         try:
-            return AESGCM(aes_key_unwrap(self._kek.reveal(), wrapped))
+            return aes_key_unwrap(self._kek.reveal(), wrapped)
         except InvalidUnwrap:
             raise DataError(f"a subject key of store {self._keys.store!r} is damaged or from another store") from None
 

@@ -31,7 +31,13 @@ Privacy API and data-subject requests (written only by :mod:`siloguard.api` and
   current deadline); ``dsr_transitions``: every state change, with the id of its audit event;
 - ``dsr_verifications`` (hashed one-time codes), ``dsr_outbox`` (the default notifier),
   ``dsr_sessions`` (hashed subject tokens), ``dsr_tasks`` (one erasure task per store, with
-  the store's signed receipt).
+  the store's signed receipt; ``status`` pending | done | cancelled).
+
+A store's erasure state (migration ``0006_erasure``; written only by the store's own
+commands, :mod:`siloguard.privacy.suppression` and :mod:`siloguard.dsr.sync`):
+
+- ``store_suppressions``: the store's keyed references of customers it erased (no raw id);
+- ``store_erasures``: per erasure task, the counts the store erased (for its receipt).
 """
 
 from __future__ import annotations
@@ -69,7 +75,9 @@ __all__ = [
     "dsr_transitions",
     "dsr_verifications",
     "privacy_ledger",
+    "store_erasures",
     "store_signing_keys",
+    "store_suppressions",
     "privacy_ledger_rounds",
 ]
 
@@ -257,7 +265,7 @@ dsr_tasks = Table(
     Column("id", String(48), primary_key=True),
     Column("request_id", String(40), ForeignKey("dsr_requests.id"), nullable=False, index=True),
     Column("store", String(128), nullable=False),
-    Column("status", String(16), nullable=False),  # pending | done
+    Column("status", String(16), nullable=False),  # pending | done | cancelled (request denied or failed)
     Column("customer_ref", String(64), nullable=True),  # cleared with the receipt
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("done_at", DateTime(timezone=True), nullable=True),
@@ -266,4 +274,26 @@ dsr_tasks = Table(
     Column("receipt_event_id", String(36), nullable=True),  # its dsr.receipt event in audit_events
     UniqueConstraint("request_id", "store"),
     Index("ix_dsr_tasks_store_status", "store", "status"),
+)
+
+# ---- a store's erasure state (0006_erasure) ---------------------------------------------
+
+store_suppressions = Table(
+    "store_suppressions",
+    Base.metadata,
+    Column("store", String(128), primary_key=True),
+    Column("subject_ref", String(64), primary_key=True),  # SubjectVault.subject_ref: keyed, no raw id
+    Column("erased_at", DateTime(timezone=True), nullable=False),
+)
+
+store_erasures = Table(
+    "store_erasures",
+    Base.metadata,
+    Column("task_id", String(48), primary_key=True),
+    Column("store", String(128), nullable=False),
+    Column("request_id", String(40), nullable=False),
+    Column("rows_erased", Integer, nullable=False),
+    Column("embeddings_erased", Integer, nullable=False),
+    Column("key_destroyed", Boolean, nullable=False),
+    Column("erased_at", DateTime(timezone=True), nullable=False),
 )
