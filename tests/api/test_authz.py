@@ -32,6 +32,8 @@ INTENDED: dict[str, set[str]] = {
     "extend": {"dpo"},
     "deny": {"dpo"},
     "tasks": {"store_alpha"},
+    "task": {"store_alpha"},
+    "receipt_key": {"store_alpha"},
     "receipt": {"store_alpha"},
     "consent_get": {"subject", "other_subject"},  # each their own consent
     "consent_put": {"subject", "other_subject"},
@@ -90,6 +92,12 @@ def _call(api: Api, route: str, headers: dict[str, str]) -> int:
         return c.post(f"/v1/requests/{request['id']}/{route}", json={"reason": "complexity"}, headers=headers).status_code
     if route == "tasks":
         return c.get("/v1/stores/alpha/tasks", headers=headers).status_code
+    if route == "task":
+        request = _erasure(api)
+        task = next(t for t in api.app_service().tasks(request["id"]) if t["store"] == "alpha")
+        return c.get(f"/v1/stores/alpha/tasks/{task['id']}", headers=headers).status_code
+    if route == "receipt_key":
+        return c.get("/v1/stores/alpha/receipt-key", headers=headers).status_code
     if route == "receipt":
         request = _erasure(api)
         task_id, body = _receipt_body(api, request["id"])
@@ -113,6 +121,12 @@ def test_every_route_and_role_only_intended_roles_succeed(world: tuple[Api, dict
             elif not ok:
                 assert status in (401, 403, 404), f"{route} as {caller}: refused with {status}"
     assert not wrong, "\n".join(wrong)
+
+
+def test_the_matrix_covers_every_route_of_the_app(world: tuple[Api, dict[str, dict[str, str]]]) -> None:
+    api, _ = world
+    served = {(m, r.path) for r in api.client.app.routes for m in getattr(r, "methods", ()) if r.path.startswith("/v1/")}  # type: ignore[attr-defined]
+    assert len(served) == len(INTENDED), sorted(served)
 
 
 def test_refusals_say_why_without_naming_the_subject(world: tuple[Api, dict[str, dict[str, str]]]) -> None:

@@ -141,20 +141,21 @@ def _aware(value: datetime | None) -> datetime | None:
     return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
 
 
-def _make_cursor(due: datetime, request_id: str) -> str:
-    return base64.urlsafe_b64encode(json.dumps([due.isoformat(), request_id]).encode()).decode().rstrip("=")
+def _make_cursor(due: datetime, received: datetime, request_id: str) -> str:
+    text = json.dumps([due.isoformat(), received.isoformat(), request_id])
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
 
 
-def _read_cursor(cursor: str) -> tuple[datetime, str]:
+def _read_cursor(cursor: str) -> tuple[datetime, datetime, str]:
     try:
-        due, request_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        when = datetime.fromisoformat(due)
-        if not isinstance(request_id, str) or when.tzinfo is None:
+        due, received, request_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        when, then = datetime.fromisoformat(due), datetime.fromisoformat(received)
+        if not isinstance(request_id, str) or when.tzinfo is None or then.tzinfo is None:
             raise ValueError
     except (ValueError, TypeError, binascii.Error):
         # 404, not 422: the parameter is well formed, the page it names does not exist
         raise DsrNotFound("no such page: this cursor was not handed out by this API; start again without it") from None
-    return when.astimezone(timezone.utc), request_id
+    return when.astimezone(timezone.utc), then.astimezone(timezone.utc), request_id
 
 
 def _resource(kind: str) -> str:
@@ -566,8 +567,10 @@ class DsrService:
     ) -> tuple[list[dict[str, Any]], int, str | None]:
         """One page of :meth:`list`: (rows, total matching, cursor of the next page or None).
 
-        Keyset pagination on (due_at, id): a request filed while an officer pages through is
-        on a later page or counted in the total, never silently dropped.
+        Keyset pagination on (due_at, received_at, id): a request filed while an officer pages
+        through comes after the requests with the same deadline, so it is on a later page; one
+        with an earlier deadline than the page reached (another clock) is counted in ``total``,
+        never silently dropped.
         """
         conds = []
         if subject_digest is not None:
@@ -576,16 +579,22 @@ class DsrService:
             conds += [dsr_requests.c.status.in_(sorted(ACTIVE)), dsr_requests.c.due_at <= self.clock() + due_within]
         if status is not None:
             conds.append(dsr_requests.c.status == status)
-        query = sa.select(dsr_requests).where(*conds).order_by(dsr_requests.c.due_at, dsr_requests.c.id).limit(limit + 1)
+        t = dsr_requests
+        query = sa.select(t).where(*conds).order_by(t.c.due_at, t.c.received_at, t.c.id).limit(limit + 1)
         if cursor is not None:
-            due, last = _read_cursor(cursor)
-            query = query.where(sa.or_(dsr_requests.c.due_at > due, sa.and_(dsr_requests.c.due_at == due, dsr_requests.c.id > last)))
+            due, received, last = _read_cursor(cursor)
+            query = query.where(sa.or_(
+                t.c.due_at > due,
+                sa.and_(t.c.due_at == due, t.c.received_at > received),
+                sa.and_(t.c.due_at == due, t.c.received_at == received, t.c.id > last),
+            ))
         with self.engine.connect() as conn:
             rows = [dict(r) for r in conn.execute(query).mappings()]
             total = int(conn.execute(sa.select(sa.func.count()).select_from(dsr_requests).where(*conds)).scalar_one())
         more = len(rows) > limit
         rows = rows[:limit]
-        following = _make_cursor(_aware(rows[-1]["due_at"]), rows[-1]["id"]) if more and rows else None  # type: ignore[arg-type]
+        last_row = rows[-1] if more and rows else None
+        following = None if last_row is None else _make_cursor(_aware(last_row["due_at"]), _aware(last_row["received_at"]), last_row["id"])  # type: ignore[arg-type]
         return rows, total, following
 
     # ---- officers' decisions ---------------------------------------------------------------
