@@ -11,6 +11,8 @@ the app boundary, and :meth:`Settings.to_run_config` does the reverse.
 
 from __future__ import annotations
 
+import os
+
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -271,12 +273,22 @@ class Settings(BaseSettings):
         return out
 
     @classmethod
-    def from_run_config(cls, run_config: dict[str, Any]) -> Settings:
-        """Inverse of :meth:`to_run_config`; unknown keys are an error, not ignored."""
+    def from_run_config(cls, run_config: dict[str, Any], *, store: bool = False) -> Settings:
+        """Inverse of :meth:`to_run_config`; unknown keys are an error, not ignored.
+
+        With ``store=True`` (a store's ClientApp) the store's own environment wins over the run
+        config for everything that belongs to the store's site (:data:`STORE_LOCAL`: its
+        database, keys, audit keys, data files, work directory): the coordinator's run config
+        is only a fallback for a store that sets none (the one-machine ``flwr run .``), never
+        an override. Otherwise every store would write its consent, ledger and audit events
+        into the coordinator's database.
+        """
         sections: dict[str, dict[str, Any]] = {name: {} for name in _SECTIONS}
         top: dict[str, Any] = {}
         for key, value in run_config.items():
             if value == "":
+                continue
+            if store and _set_by_store(key):
                 continue
             if key == "work-dir":
                 top["work_dir"] = value
@@ -289,6 +301,22 @@ class Settings(BaseSettings):
                 )
             sections[section][field.replace("-", "_")] = value
         return cls.build(**top, **{k: v for k, v in sections.items() if v})
+
+
+#: Run-config keys (or whole sections) that belong to a store's site, not to the federation.
+STORE_LOCAL: tuple[str, ...] = ("work-dir", "database", "keys", "audit", "deploy", "data.path", "data.consent")
+
+
+def _set_by_store(key: str) -> bool:
+    """Whether the store's environment sets this store-local run-config key itself."""
+    section, _, field = key.partition(".")
+    if key not in STORE_LOCAL and section not in STORE_LOCAL:
+        return False
+    if key == "work-dir":
+        names = ["SILOGUARD_WORK_DIR"]
+    else:
+        names = [f"SILOGUARD_{section.upper()}__{field.replace('-', '_').upper()}"]
+    return any(name in os.environ for name in names)
 
 
 def _describe(exc: ValidationError) -> str:

@@ -214,16 +214,33 @@ def report(
     db: DbOpt = None,
     public_key: PublicKeyOpt = None,
     against: AgainstOpt = None,
+    keys_root: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--keys-root",
+            help="Key store of the stores (stores/<store>/...): resolves blinded subject references, so erased "
+            "subjects show as such; nothing is created there. \\[default: settings keys.root]",
+        ),
+    ] = None,
 ) -> None:
-    """Verify the log, then write the compliance officer's report (HTML + JSON) for its latest head."""
-    from siloguard.audit.heads import SignedTreeHead
-    from siloguard.audit.report import build_report, write_report
+    """Verify the log, then write the compliance officer's report (HTML + JSON) for its latest head.
 
-    settings = _settings(db=db, public_key=public_key)
+    Data subjects are resolved with the subject keys under --keys-root (read only).
+    A subject whose key was destroyed (erased) shows as erased-subject.
+    Without store keys there, the report says subjects were not resolved.
+    """
+    from siloguard.audit.heads import SignedTreeHead
+    from siloguard.audit.report import build_report, subject_resolver, write_report
+
+    settings = _settings(db=db, public_key=public_key).with_overrides(keys={"root": keys_root})
     key = _public_key(settings)
     saved = SignedTreeHead.read(against) if against is not None else None
+    resolver = subject_resolver(settings.keys.root)
+    subjects, stores = resolver if resolver is not None else (None, None)
     with _open(settings) as log:
-        built = build_report(log, key, against=saved)
+        built = build_report(log, key, against=saved, subjects=subjects, subject_stores=stores)
     html_path, json_path = write_report(built, out)
     head_json = built.facts["tree_head"]
     typer.echo(f"report for tree head #{head_json['seq']} ({head_json['tree_size']} events): {html_path}, {json_path}")
+    if not built.facts["subjects"]["resolved"]:
+        typer.echo(f"note: subjects were not resolved: no store keys under {settings.keys.root}")

@@ -247,12 +247,18 @@ def handle_evaluate(msg: Message, context: Context, settings: Settings) -> Messa
     return Message(content=content, reply_to=msg)
 
 
+def store_settings(context: Context) -> Settings:
+    """A store's settings in its ClientApp: its own environment first, the run config as fallback
+    for what the store does not set (:meth:`Settings.from_run_config` with ``store=True``)."""
+    return Settings.from_run_config(dict(context.run_config), store=True)
+
+
 def build_client_app(settings: Settings | None = None) -> ClientApp:
-    """A ClientApp bound to ``settings``; with None, settings come from the run config."""
+    """A ClientApp bound to ``settings``; with None, each store's :func:`store_settings`."""
     client = ClientApp()
 
     def resolve(context: Context) -> Settings:
-        return settings if settings is not None else Settings.from_run_config(dict(context.run_config))
+        return settings if settings is not None else store_settings(context)
 
     @client.train()
     def train(msg: Message, context: Context) -> Message:

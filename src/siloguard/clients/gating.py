@@ -139,7 +139,7 @@ def store_gate(settings: Settings, store: str) -> Gate:
             pseudonymiser=Pseudonymiser(keys),
             masker=Masker.for_store(keys),
             suppression=store_suppression(settings, store),
-        blind=SubjectVault(keys).audit_ref,
+            blind=SubjectVault(keys).audit_ref,
         )
 
 

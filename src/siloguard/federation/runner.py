@@ -81,7 +81,7 @@ def prepare_run(settings: Settings) -> PreparedRun:
     stores = assign_stores(
         frame, uk_stores=settings.data.uk_stores, min_customers=settings.data.min_store_customers
     )
-    silos = _without_erased(settings, partition(frame, stores))
+    silos = partition(frame, stores)
     catalogue = Catalogue.from_frame(split.train)
     consent_file = settings.data.consent or (sample_consent_path() if settings.data.path is None else None)
     consents = None
@@ -91,7 +91,8 @@ def prepare_run(settings: Settings) -> PreparedRun:
         consents = read_consent_file(consent_file, [s.name for s in silos])
 
     work = settings.work_dir
-    work.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)  # (the run's database may live in it)
+    silos = _without_erased(settings, silos)
     staging = Path(tempfile.mkdtemp(prefix=".prepare-", dir=work))
     try:
         (staging / "stores").mkdir()

@@ -251,6 +251,7 @@ class StoreConsent:
 
         self.registry = registry
         self.store = store_keys.store
+        self._keys = store_keys
         self._vault = SubjectVault(store_keys)
 
     def subject(self, customer_id: object) -> str:
@@ -281,9 +282,17 @@ class StoreConsent:
         notice_version: str | None = None,
         at: datetime | None = None,
     ) -> None:
-        """One ``kind`` event for ``purpose`` per customer, in one transaction."""
+        """One ``kind`` event for ``purpose`` per customer, in one transaction.
+
+        Customers the store erased (its suppression list) are skipped: the registry holds no
+        consent for someone the store no longer holds.
+        """
+        from siloguard.privacy.suppression import SuppressionList
+
+        ids = list(customer_ids)
+        erased = SuppressionList(self.registry.engine, self._keys).suppressed(ids) if ids else set()
         self.registry.record_many(
-            [(ref, purpose, kind) for ref in self.subjects(customer_ids)],
+            [(ref, purpose, kind) for cid, ref in zip(ids, self.subjects(ids)) if str(cid) not in erased],
             source=source,
             notice_version=notice_version,
             at=at,

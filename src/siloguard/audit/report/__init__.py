@@ -4,12 +4,19 @@
 :func:`build_report` first verifies the whole log (refusing to report on one that fails),
 then computes the facts from the events the latest signed head covers; :func:`write_report`
 writes both files only once everything rendered and validated.
+
+Data subjects appear in events only as blinded references ``subject:b.<hex>``. Given a
+resolver (``subjects``: does this ``b.<hex>`` still resolve, i.e. does the subject's key
+still exist?), the report shows the decisions of erased subjects under ``erased-subject``;
+without one it shows the references as recorded and says they were not resolved.
+:func:`subject_resolver` builds one from a key store directory (never creating keys).
 """
 
 from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import cache
@@ -19,15 +26,25 @@ from typing import TYPE_CHECKING, Any
 
 from siloguard._files import write_atomic
 from siloguard.audit.heads import SignedTreeHead
-from siloguard.audit.report.facts import NO_DATA, collect
-from siloguard.errors import AuditError
+from siloguard.audit.report.facts import ERASED_SUBJECT, NO_DATA, SubjectResolver, collect
+from siloguard.errors import AuditError, ConfigError
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
     from siloguard.audit.log import AuditLog
 
-__all__ = ["NO_DATA", "Report", "build_report", "report_schema", "validate_facts", "write_report"]
+__all__ = [
+    "ERASED_SUBJECT",
+    "NO_DATA",
+    "Report",
+    "SubjectResolver",
+    "build_report",
+    "report_schema",
+    "subject_resolver",
+    "validate_facts",
+    "write_report",
+]
 
 REPORT_FORMAT = "siloguard-audit-report-v1"
 
@@ -57,15 +74,29 @@ def validate_facts(facts: dict[str, Any]) -> None:
         raise AuditError(f"report facts do not match the report schema at {where}: {error.message[:200]}")
 
 
-def build_report(log: AuditLog, public_key: Ed25519PublicKey, *, against: SignedTreeHead | None = None) -> Report:
-    """Verify the log, then build the report for its latest signed head."""
+def build_report(
+    log: AuditLog,
+    public_key: Ed25519PublicKey,
+    *,
+    against: SignedTreeHead | None = None,
+    subjects: SubjectResolver | None = None,
+    subject_stores: Collection[str] | None = None,
+) -> Report:
+    """Verify the log, then build the report for its latest signed head.
+
+    ``subjects`` says whether a blinded subject reference ``b.<hex>`` still resolves (None:
+    no store keys, references are shown unresolved); ``subject_stores`` optionally names the
+    stores whose keys it holds, so events of other stores are not taken for erased subjects.
+    """
     verified = log.verify(public_key, against=against)
     head = verified.latest_head
     if head is None:
         raise AuditError("the audit log has no signed tree head yet: sign one with `siloguard audit head`")
     events = (json.loads(stored.body) for stored in log.iter_events(0, head.tree_size))
     facts: dict[str, Any] = {"report": REPORT_FORMAT, "generated_at": _now()}
-    facts.update(collect(events, head, after_head=verified.uncovered))
+    facts.update(
+        collect(events, head, after_head=verified.uncovered, subjects=subjects, subject_stores=subject_stores)
+    )
     facts["log"].update(
         {"verified": True, "heads_verified": verified.heads_checked, "against": None if against is None else against.to_json()}
     )
@@ -75,6 +106,40 @@ def build_report(log: AuditLog, public_key: Ed25519PublicKey, *, against: Signed
     facts["plots"] = sorted(plots)
     validate_facts(facts)
     return Report(facts, plots, _render_html(facts, plots))
+
+
+def subject_resolver(keys_root: Path) -> tuple[SubjectResolver, list[str]] | None:
+    """A resolver for the blinded subject references of every store under ``keys_root``.
+
+    Reads ``<keys_root>/stores/<store>/`` with ``SubjectVault.audit_refs`` (one unwrap per
+    subject key); creates nothing: a store without a master key is skipped. Returns
+    ``(resolver, stores used)``, or None when the directory does not exist or holds no store
+    with a master key (the report then says subjects were not resolved).
+    """
+    from siloguard.privacy.keys import FileKeyStore, StoreKeys, SubjectVault
+
+    root = Path(keys_root)
+    stores_dir = root / "stores"
+    if not root.is_dir() or not stores_dir.is_dir():
+        return None  # FileKeyStore would create the directory: do not
+    keystore = FileKeyStore(root)
+    refs: set[str] = set()
+    used: list[str] = []
+    for entry in sorted(stores_dir.iterdir()):
+        if not entry.is_dir() or entry.name.startswith("."):
+            continue
+        try:
+            store_keys = StoreKeys(keystore, entry.name)
+        except ConfigError:  # not a valid store id (a stray directory): not a store
+            continue
+        if keystore.read(f"stores/{entry.name}/master") is None:
+            continue  # never call StoreKeys.init(): the report creates no keys
+        refs.update(SubjectVault(store_keys).audit_refs())
+        used.append(entry.name)
+    if not used:
+        return None
+    frozen = frozenset(refs)
+    return frozen.__contains__, used
 
 
 def _now() -> str:
@@ -95,6 +160,7 @@ def _render_html(facts: dict[str, Any], plots: dict[str, bytes]) -> str:
         facts=facts,
         head=facts["tree_head"],
         log=facts["log"],
+        subjects=facts["subjects"],
         generated_at=facts["generated_at"],
         plots={name: base64.b64encode(png).decode("ascii") for name, png in plots.items()},
     )

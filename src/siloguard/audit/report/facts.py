@@ -1,24 +1,42 @@
 """The facts of the compliance report, computed from the events one signed head covers.
 
 Pure functions of the event JSON objects and the head: the same log and head give the same
-facts (times are judged "as of" the head's time, not the clock when the report runs).
+facts (times are judged "as of" the head's time, not the clock when the report runs), given
+the same answer about which data subjects still exist.
+
+A data subject appears in an event's ``actor`` only as a blinded reference
+``subject:b.<32 hex>`` (``SubjectVault.audit_ref``), computable only while the subject's data
+key exists. ``collect`` takes a resolver (``subjects``) that says whether a ``b.<hex>``
+reference still resolves: one that does not belongs to an erased subject and its gate
+decisions are shown under the actor :data:`ERASED_SUBJECT`. Without a resolver (nobody gave
+the report any store keys) blinded references are shown as recorded and the ``subjects``
+section says they were not resolved. Older forms (``subject:v<N>.<hex>``, a store pseudonym,
+and ``subject:unidentified``) are shown as recorded.
 """
 
 from __future__ import annotations
 
 import calendar
+import re
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Collection, Iterable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from siloguard.audit import vocabulary as v
 from siloguard.audit.heads import SignedTreeHead
 
-__all__ = ["NO_DATA", "collect"]
+__all__ = ["ERASED_SUBJECT", "NO_DATA", "SubjectResolver", "collect"]
 
 NO_DATA = "no data yet"
 OK = "ok"
+ERASED_SUBJECT = "erased-subject"
+SUBJECT_PREFIX = "subject:"
+_BLINDED = re.compile(r"b\.[0-9a-f]{32}")
+
+#: Says whether a blinded reference ``b.<32 hex>`` (without ``subject:``) still resolves,
+#: i.e. whether the subject's data key still exists in some store's key store.
+SubjectResolver = Callable[[str], bool]
 
 
 def _day(event: dict[str, Any]) -> str:
@@ -40,9 +58,60 @@ def _iso(when: datetime | None) -> str | None:
     return None if when is None else when.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+class _Subjects:
+    """Judges ``subject:b.<hex>`` actors and counts the events that name a data subject."""
+
+    def __init__(self, resolver: SubjectResolver | None, stores: Collection[str] | None) -> None:
+        self.resolver = resolver
+        self.stores = None if stores is None else frozenset(stores)
+        self.subject_events = 0
+        self.erased_events = 0
+        self.unresolved_events = 0
+
+    def actor(self, event: dict[str, Any]) -> str:
+        """The actor label the report shows for ``event`` (counting it on the way)."""
+        actor = event["actor"]
+        if not actor.startswith(SUBJECT_PREFIX):
+            return actor
+        self.subject_events += 1
+        ref = actor[len(SUBJECT_PREFIX) :]
+        if not _BLINDED.fullmatch(ref):
+            return actor  # subject:v<N>.<hex> (a store pseudonym) or subject:unidentified
+        store = event["related"].get("store")
+        if self.resolver is None or (self.stores is not None and store is not None and store not in self.stores):
+            self.unresolved_events += 1  # no key of this event's store was given: cannot tell
+            return actor
+        if self.resolver(ref):
+            return actor
+        self.erased_events += 1
+        return ERASED_SUBJECT
+
+    def section(self) -> dict[str, Any]:
+        resolved = self.resolver is not None
+        stores = sorted(self.stores) if resolved and self.stores is not None else None
+        if not resolved:
+            note = ("subjects were not resolved: no store keys were available, so blinded subject references "
+                    "are shown as recorded and erased subjects cannot be told apart")
+        else:
+            keys = "the keys of store(s) " + ", ".join(stores) if stores else "the store keys given"
+            note = (f"blinded subject references were resolved with {keys}; a reference that no longer resolves "
+                    f"belongs to an erased subject (its key was destroyed) and is shown as {ERASED_SUBJECT}")
+            if self.unresolved_events:
+                note += f"; {self.unresolved_events} event(s) of stores whose keys were not available are shown as recorded"
+        return {
+            "resolved": resolved,
+            "key_stores": stores,
+            "subject_events": self.subject_events,
+            "erased_subject_events": self.erased_events if resolved else None,
+            "unresolved_events": self.unresolved_events,
+            "note": note,
+        }
+
+
 class _Collector:
-    def __init__(self, as_of: datetime) -> None:
+    def __init__(self, as_of: datetime, subjects: _Subjects) -> None:
         self.as_of = as_of
+        self.subjects = subjects
         self.total = 0
         self.by_day_action: Counter[tuple[str, str]] = Counter()
         self.decisions: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
@@ -56,8 +125,9 @@ class _Collector:
         self.total += 1
         action, related, counts = e["action"], e["related"], e["counts"]
         self.by_day_action[(_day(e), action)] += 1
+        actor = self.subjects.actor(e)
         if e["decision"] in ("allow", "deny") and action != v.CHECK_RESULT:
-            self.decisions[(e["actor"], e["purpose"])][e["decision"]] += 1
+            self.decisions[(actor, e["purpose"])][e["decision"]] += 1
             if e["decision"] == "deny":
                 self.denials[(e["reason"] or "unspecified", e["purpose"])] += 1
         if action == v.CONSENT_COVERAGE and related["store"] and v.COUNT_SUBJECTS in counts and v.COUNT_CONSENTED in counts:
@@ -151,9 +221,22 @@ class _Collector:
         return {"status": OK if rows else NO_DATA, "rows": rows}
 
 
-def collect(events: Iterable[dict[str, Any]], head: SignedTreeHead, *, after_head: int) -> dict[str, Any]:
-    """All report sections for ``events`` (the JSON objects of events ``0 .. head.tree_size-1``)."""
-    c = _Collector(as_of=head.time)
+def collect(
+    events: Iterable[dict[str, Any]],
+    head: SignedTreeHead,
+    *,
+    after_head: int,
+    subjects: SubjectResolver | None = None,
+    subject_stores: Collection[str] | None = None,
+) -> dict[str, Any]:
+    """All report sections for ``events`` (the JSON objects of events ``0 .. head.tree_size-1``).
+
+    ``subjects`` says whether a blinded reference ``b.<hex>`` still resolves (None: no store
+    keys, nothing is resolved). ``subject_stores``, if given, names the stores whose keys the
+    resolver holds: a blinded actor of an event recorded for another store is left as recorded
+    (unresolved) instead of being taken for an erased subject.
+    """
+    c = _Collector(as_of=head.time, subjects=_Subjects(subjects, subject_stores))
     for event in events:
         c.add(event)
     if c.total != head.tree_size:
@@ -163,6 +246,7 @@ def collect(events: Iterable[dict[str, Any]], head: SignedTreeHead, *, after_hea
         "log": {"events": c.total, "events_after_head": after_head, "as_of": _iso(head.time)},
         "events_by_type": c.events_by_type(),
         "gate_decisions": c.gate_decisions(),
+        "subjects": c.subjects.section(),
         "consent_coverage": c.consent_coverage(),
         "privacy_budget": c.privacy_budget(),
         "data_subject_requests": c.data_subject_requests(),

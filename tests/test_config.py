@@ -1,0 +1,54 @@
+"""Settings at the Flower boundary: a store's own environment beats the coordinator's run config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from siloguard.config import Settings
+
+COORDINATOR_DB = "sqlite:///coordinator/siloguard.db"
+STORE_DB = "postgresql+psycopg://store@127.0.0.1:5432/store"
+
+
+def _run_config(tmp_path: Path) -> dict[str, object]:
+    return {
+        "work-dir": str(tmp_path / "coordinator"),
+        "database.url": COORDINATOR_DB,
+        "keys.root": str(tmp_path / "coordinator" / "keys"),
+        "federation.rounds": 3,
+    }
+
+
+def test_when_the_store_sets_its_database_then_the_run_config_does_not_override_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SILOGUARD_DATABASE__URL", STORE_DB)
+    monkeypatch.setenv("SILOGUARD_KEYS__ROOT", str(tmp_path / "store-keys"))
+    monkeypatch.setenv("SILOGUARD_WORK_DIR", str(tmp_path / "store-site"))
+    store = Settings.from_run_config(_run_config(tmp_path), store=True)
+    assert store.database.url == STORE_DB
+    assert store.keys.root == tmp_path / "store-keys" and store.work_dir == tmp_path / "store-site"
+    assert store.federation.rounds == 3  # federation-wide settings still come from the run
+    coordinator = Settings.from_run_config(_run_config(tmp_path))
+    assert coordinator.database.url == COORDINATOR_DB
+
+
+def test_when_the_store_sets_nothing_then_the_run_config_is_its_fallback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("SILOGUARD_DATABASE__URL", "SILOGUARD_KEYS__ROOT", "SILOGUARD_WORK_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    store = Settings.from_run_config(_run_config(tmp_path), store=True)
+    assert store.database.url == COORDINATOR_DB and store.work_dir == tmp_path / "coordinator"
+
+
+def test_when_the_environment_sets_a_federation_setting_then_the_run_config_still_decides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SILOGUARD_FEDERATION__ROUNDS", "9")
+    assert Settings.from_run_config(_run_config(tmp_path), store=True).federation.rounds == 3
+
+
+def test_the_client_app_builds_store_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from siloguard.clients.app import store_settings
+
+    monkeypatch.setenv("SILOGUARD_DATABASE__URL", STORE_DB)
+    assert store_settings(SimpleNamespace(run_config=_run_config(tmp_path))).database.url == STORE_DB  # type: ignore[arg-type]
