@@ -182,6 +182,7 @@ class ApiSettings(_Section):
     code_ttl_seconds: int = Field(900, ge=30, description="how long a one-time verification code is valid")
     code_attempts: int = Field(5, ge=1, le=20, description="wrong codes before a request is closed")
     session_ttl_seconds: int = Field(86400, ge=60, description="how long a verified subject's token is valid")
+    claim_lease_seconds: int = Field(900, ge=30, description="how long a store's claim on an erasure task holds (the DPO cannot deny meanwhile)")
     answer_ttl_days: int = Field(30, ge=1, le=366, description="how long an access answer is kept for its subject after completion")
     default_jurisdiction: Literal["gdpr", "ccpa"] = Field(
         "gdpr", description="the law of stores whose run declares none (run.json 'jurisdictions'); requests never choose it"

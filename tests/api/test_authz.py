@@ -33,6 +33,7 @@ INTENDED: dict[str, set[str]] = {
     "deny": {"dpo"},
     "tasks": {"store_alpha"},
     "task": {"store_alpha"},
+    "claim": {"store_alpha"},
     "receipt_key": {"store_alpha"},
     "receipt": {"store_alpha"},
     "consent_get": {"subject", "other_subject"},  # each their own consent
@@ -59,7 +60,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Api, dict[
 
 
 def _erasure(api: Api) -> dict[str, Any]:
-    request, _ = api.verified("erasure", SUBJECT)
+    # A third customer: an erasure under way stops consent changes of its subject (409).
+    request, _ = api.verified("erasure", "12583")
     return request
 
 
@@ -96,6 +98,10 @@ def _call(api: Api, route: str, headers: dict[str, str]) -> int:
         request = _erasure(api)
         task = next(t for t in api.app_service().tasks(request["id"]) if t["store"] == "alpha")
         return c.get(f"/v1/stores/alpha/tasks/{task['id']}", headers=headers).status_code
+    if route == "claim":
+        request = _erasure(api)
+        task = next(t for t in api.app_service().tasks(request["id"]) if t["store"] == "alpha")
+        return c.post(f"/v1/stores/alpha/tasks/{task['id']}/claim", headers=headers).status_code
     if route == "receipt_key":
         return c.get("/v1/stores/alpha/receipt-key", headers=headers).status_code
     if route == "receipt":

@@ -150,6 +150,9 @@ def test_finding_02_an_idempotency_key_replayed_without_credentials_returns_noth
     victim = {"kind": "access", "customer_ref": SUBJECT, "contact": CONTACT}
     key = {"Idempotency-Key": "order-2211"}
     filed = api.client.post("/v1/requests", json=victim, headers=key).json()["request"]
+    # A replay of exactly the same request while it waits for its code: the same request.
+    waiting = api.client.post("/v1/requests", json=victim, headers=key)
+    assert waiting.status_code == 200 and waiting.json()["request"]["id"] == filed["id"]
     api.client.post(f"/v1/requests/{filed['id']}/verify", json={"code": api.code(filed["id"])})
     assert api.app_service().get(filed["id"])["status"] == "completed"
     marker = Pseudonymiser(store_keys(api.env.settings, "alpha")).pseudonym(SUBJECT)
@@ -157,11 +160,11 @@ def test_finding_02_an_idempotency_key_replayed_without_credentials_returns_noth
     # The attacker knows the customer number and the key, not the victim's whole request.
     guessed = api.client.post("/v1/requests", json={"kind": "access", "customer_ref": SUBJECT}, headers=key)
     assert guessed.status_code == 201 and guessed.json()["request"]["id"] != filed["id"]
-    # Even the exact same request shows no more than its first answer did.
+    # Even the exact same request does not reach the completed one: it is filed anew.
     replayed = api.client.post("/v1/requests", json=victim, headers=key)
-    assert replayed.status_code == 200 and replayed.json()["request"]["id"] == filed["id"]
+    assert replayed.status_code == 201 and replayed.json()["request"]["id"] != filed["id"]
     assert replayed.json()["request"]["status"] == "verifying" and replayed.json()["verification"] == "code_sent"
-    for reply in (guessed, replayed):
+    for reply in (waiting, guessed, replayed):
         assert reply.json()["request"]["result"] is None and marker not in reply.text
     # Wrong codes against the attacker's own request cannot touch the victim's.
     for _ in range(api.env.settings.api.code_attempts):
@@ -376,3 +379,177 @@ def test_finding_12_the_server_log_does_not_say_where_a_subject_shops(sqlite_api
     api.verified("access", SUBJECT)
     lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
     assert not [line for line in lines if "rows" in line or any(store in line for store in STORES)], lines
+
+
+# ---- found by a review of the fixes above (each failed on the fixes' first version) ----------------
+
+
+def _receipt(api: Api, store: str, request_id: str) -> None:
+    """The store erases the subject for its task of ``request_id`` and posts its receipt (service calls)."""
+    from siloguard.dsr.sync import erase_subject
+
+    service = api.app_service()
+    task = next(t for t in service.tasks(request_id) if t["store"] == store)
+    outcome = erase_subject(api.env.settings, store, SUBJECT, task=task["id"], request=request_id)
+    receipt = Receipt(task=task["id"], request=request_id, store=store, rows_erased=outcome.rows_erased,
+                      rows_remaining=outcome.rows_remaining, embeddings_erased=outcome.embeddings_erased,
+                      key_destroyed=outcome.key_destroyed, erased_at=datetime.now(timezone.utc).isoformat())
+    service.post_receipt(store, task["id"], receipt.canonical().decode(), sign_receipt(store_keys(api.env.settings, store), receipt),
+                         actor=f"key:{store}")
+
+
+def test_review_an_access_answer_built_while_the_erasure_completes_is_not_kept(tmp_path: Path) -> None:
+    from siloguard.dsr.access import access_report
+
+    armed: dict[str, Any] = {}
+
+    def factory(env: Any, engine: Any) -> DsrService:
+        def report(ref: str, stores: list[str]) -> dict[str, Any]:
+            answer = access_report(env.settings, ref, stores)
+            if armed:  # the last store's receipt lands while the answer is being built
+                _receipt(armed["api"], "gamma", armed["erasure"])
+            return answer
+
+        return DsrService(env.settings, engine, AuditLog.open(env.settings), access_report=report)
+
+    with fresh_database("sqlite", tmp_path) as url:
+        for api in build_api(tmp_path, url, service_factory=factory):
+            _prepare_stores(api.env.settings)
+            marker = Pseudonymiser(store_keys(api.env.settings, "gamma")).pseudonym(SUBJECT)
+            erasure, _ = api.verified("erasure", SUBJECT)
+            for store in ("alpha", "beta"):
+                _sync(api, store)
+            armed.update(api=api, erasure=erasure["id"])
+            access, token = api.verified("access", SUBJECT)
+            service = api.app_service()
+            assert service.get(erasure["id"])["status"] == "completed"
+            row = service.get(access["id"])
+            assert row["status"] == "failed" and marker not in (row["result"] or "")
+            assert api.client.get(f"/v1/requests/{access['id']}/access", headers=api.auth(token)).status_code in (409, 410)
+            assert _scan_database(api.engine, {"pseudonym": re.compile(re.escape(marker))}) == []
+
+
+def test_review_consent_and_gpc_are_not_recorded_while_stores_erase_the_subject(sqlite_api: Api) -> None:
+    api = sqlite_api
+    _prepare_stores(api.env.settings)
+    erasure, token = api.verified("erasure", SUBJECT)
+    _sync(api, "alpha")
+    put = api.client.put(f"/v1/consent/{TARGETED}", json={"action": "grant"}, headers=api.auth(token))
+    assert put.status_code == 409 and "erased" in put.json()["error"]["message"]
+    api.client.get("/v1/consent", headers={**api.auth(token), "Sec-GPC": "1"})
+    ref = SubjectVault(store_keys(api.env.settings, "alpha")).subject_ref(SUBJECT)
+    with api.engine.connect() as conn:
+        assert conn.execute(sa.select(consent_events).where(consent_events.c.subject == ref)).all() == []
+    for store in ("beta", "gamma"):
+        _sync(api, store)
+    assert api.app_service().get(erasure["id"])["status"] == "completed"
+
+
+def test_review_the_subjects_other_requests_end_with_the_erasure(sqlite_api: Api) -> None:
+    api = sqlite_api
+    service = api.app_service()
+    _prepare_stores(api.env.settings)
+    pending = api.submit("access", SUBJECT)  # never verified
+    first, _ = api.verified("erasure", SUBJECT)
+    second, _ = api.verified("erasure", SUBJECT)
+    done = [item for store in STORES for item in _sync(api, store)]
+    assert service.get(first["id"])["status"] == "completed"
+    assert service.get(second["id"])["status"] == "completed"  # done by the first
+    assert service.get(pending["id"])["status"] == "unverified"
+    assert all(t["status"] in ("done", "cancelled") for r in (first, second) for t in service.tasks(r["id"]))
+    assert all(item.get("rows_erased", 0) >= 0 for item in done)
+    erased = SubjectVault(store_keys(api.env.settings, "alpha"))
+    from siloguard.clients.gating import store_suppression
+
+    assert store_suppression(api.env.settings, "alpha").suppressed(["None"]) == set()
+    assert len(store_suppression(api.env.settings, "alpha")) == 1 and not erased.has_key(SUBJECT)
+
+
+def test_review_an_access_gate_after_the_erasure_does_not_recreate_the_subjects_key(sqlite_api: Api, tmp_path: Path) -> None:
+    import pandas as pd
+
+    from siloguard.data.loader import load_clean
+    from siloguard.dsr.access import _gate
+    from siloguard.policies.gate import Principal
+    from tests.dsr.helpers import HEADER
+
+    api = sqlite_api
+    _prepare_stores(api.env.settings)
+    # The subject's rows as an access answer read them just before the store erased them.
+    late = tmp_path / "read-before-erasure.csv"
+    pd.DataFrame([r for r in silo_rows(0) if r[6] == f"{SUBJECT}.0"], columns=HEADER).to_csv(late, index=False)
+    rows, _ = load_clean(late)
+    api.verified("erasure", SUBJECT)
+    for store in STORES:
+        _sync(api, store)
+    keys = store_keys(api.env.settings, "alpha")
+    assert not SubjectVault(keys).has_key(SUBJECT)
+    recorder_before = len(_events(api))
+    gated = _gate(api.env.settings, "alpha").admit(Principal(f"subject:{SUBJECT}", "data_subject"), "essential.legal_obligation",
+                                                   "transactions", rows, action="export")
+    assert gated.rows_out == 0  # erased: nothing passes
+    assert not SubjectVault(keys).has_key(SUBJECT)  # and the destroyed key stays destroyed
+    assert _events(api)[recorder_before:][-1].actor == "subject:unidentified"
+
+
+def test_review_a_claimed_task_cannot_be_denied_and_a_refused_receipt_does_not_stop_the_others(sqlite_api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    api = sqlite_api
+    service = api.app_service()
+    _prepare_stores(api.env.settings)
+    request, _ = api.verified("erasure", SUBJECT)
+    task = next(t for t in service.tasks(request["id"]) if t["store"] == "alpha")
+    claimed = api.client.post(f"/v1/stores/alpha/tasks/{task['id']}/claim", headers=api.as_key("store_alpha"))
+    assert claimed.status_code == 200 and claimed.json()["status"] == "claimed"
+    refused = api.client.post(f"/v1/requests/{request['id']}/deny", json={"reason": "manifestly-unfounded"}, headers=api.as_key("dpo"))
+    assert refused.status_code == 409 and "alpha" in refused.json()["error"]["message"]
+
+    other, _ = api.verified("erasure", OTHER)  # alpha now has two tasks: the first receipt is refused
+    real_sign = sign_receipt
+    calls = {"n": 0}
+
+    def bad_first(keys: Any, receipt: Receipt) -> bytes:
+        calls["n"] += 1
+        return bytes(64) if calls["n"] == 1 else real_sign(keys, receipt)
+
+    monkeypatch.setattr("siloguard.dsr.sync.sign_receipt", bad_first)
+    with pytest.raises(DsrError, match="1 receipt"):
+        _sync(api, "alpha")
+    assert {t["status"] for r in (request, other) for t in service.tasks(r["id"]) if t["store"] == "alpha"} == {"claimed", "done"}
+    assert api.env.rows_of("alpha", SUBJECT) == 0 and api.env.rows_of("alpha", OTHER) == 0
+
+
+def test_review_an_anonymous_replay_shows_the_first_deadline_and_an_ended_request_is_filed_anew(clocked: Any) -> None:
+    api, clock = clocked
+    body = {"kind": "erasure", "customer_ref": SUBJECT}
+    key = {"Idempotency-Key": "form-1"}
+    first = api.client.post("/v1/requests", json=body, headers=key).json()["request"]
+    api.client.post(f"/v1/requests/{first['id']}/verify", json={"code": api.code(first["id"])})
+    extended = api.client.post(f"/v1/requests/{first['id']}/extend", json={"reason": "complexity", "explanation": "many stores"},
+                               headers=api.as_key("dpo"))
+    assert extended.status_code == 200 and extended.json()["extended"] is True
+    assert extended.json()["result"]["extension"]["explanation"] == "many stores"
+    replay = api.client.post("/v1/requests", json=body, headers=key).json()["request"]
+    assert replay["id"] == first["id"] and replay["extended"] is False and replay["due_at"] == first["due_at"]
+
+    late = api.client.post("/v1/requests", json={"kind": "access", "customer_ref": OTHER}, headers=key).json()["request"]
+    clock.now += timedelta(seconds=api.env.settings.api.code_ttl_seconds + 1)
+    api.app_service().resume()
+    again = api.client.post("/v1/requests", json={"kind": "access", "customer_ref": OTHER}, headers=key)
+    assert again.status_code == 201 and again.json()["request"]["id"] != late["id"]
+    assert again.json()["verification"] == "code_sent"
+
+
+def test_review_small_ones_cursor_overflow_store_keys_on_request_ids_reason_codes(sqlite_api: Api) -> None:
+    api = sqlite_api
+    cursor = base64.urlsafe_b64encode(b'["9999-12-31T23:59:59-23:59", "9999-12-31T23:59:59-23:59", "x"]').decode().rstrip("=")
+    assert api.client.get(f"/v1/requests?cursor={cursor}", headers=api.as_key("dpo")).status_code == 404
+    real = api.submit("access", SUBJECT)["id"]
+    unknown = "dsr-00000000-0000-4000-8000-000000000000"
+    a = api.client.get(f"/v1/requests/{real}", headers=api.as_key("store_alpha"))
+    b = api.client.get(f"/v1/requests/{unknown}", headers=api.as_key("store_alpha"))
+    assert a.status_code == b.status_code == 403 and a.json() == b.json()
+    bad = api.client.post(f"/v1/requests/{real}/deny", json={"reason": "ticket-20261201"}, headers=api.as_key("dpo"))
+    assert bad.status_code == 422
+    ok = api.client.post(f"/v1/requests/{real}/deny", json={"reason": "ticket-2026", "explanation": "asked twice"},
+                         headers=api.as_key("dpo"))
+    assert ok.status_code == 200 and ok.json()["result"] == {"denied": "ticket-2026", "explanation": "asked twice"}

@@ -210,12 +210,16 @@ def create_app(settings: Settings, *, service: DsrService | None = None) -> Fast
 
     def gpc(sec_gpc: str | None, customer_ref: str | None) -> None:
         if sec_gpc is not None and sec_gpc.strip() == "1" and customer_ref:
+            if service.erasing(service.digest(customer_ref)):
+                return  # stores are erasing them: nothing new is recorded about them
             service.record_gpc(customer_ref)
 
     def subject_request(caller: Caller, request_id: str, operation: str) -> dict[str, Any]:
         if caller.anonymous and operation != "submit":
             # before the look-up: an existing and an unknown id answer alike
             raise ApiError(401, "unauthenticated", "this operation needs a subject token or an API key", {"www-authenticate": "Bearer"})
+        if caller.key is not None:
+            authz.authorize(caller, operation)  # a key's role decides before the look-up, for the same reason
         row = service.get(request_id)
         if caller.session is not None and caller.session.digest != row["subject_digest"]:
             raise ApiError(404, "not_found", "no such request; check the request id")
@@ -264,8 +268,9 @@ def create_app(settings: Settings, *, service: DsrService | None = None) -> Fast
         status = None
         if not created:
             response.status_code = 200
-            if who.anonymous:  # the status the first answer gave, not what happened since
+            if who.anonymous:  # the first answer's status and deadline, not what happened since
                 status = service.submitted_status(row["id"])
+                row = {**row, **service.original_clock(row)}
         current = status or row["status"]
         state = "code_sent" if current == "verifying" else ("not_required" if created else "done")
         return SubmitResponse(request=_view(row, service.clock(), with_result=False, status=status), created=created, verification=state)
@@ -332,13 +337,13 @@ def create_app(settings: Settings, *, service: DsrService | None = None) -> Fast
     def extend_request(request_id: RequestId, body: DecisionBody, who: CallerDep) -> RequestView:
         """Extend the deadline once, with reasons, before the original deadline passes (DPO)."""
         authz.authorize(who, "decide")
-        return _view(service.extend(request_id, reason=body.reason, actor=who.actor), service.clock())
+        return _view(service.extend(request_id, reason=body.reason, actor=who.actor, explanation=body.explanation), service.clock())
 
     @app.post("/v1/requests/{request_id}/deny", response_model=RequestView, tags=["requests"])
     def deny_request(request_id: RequestId, body: DecisionBody, who: CallerDep) -> RequestView:
         """Refuse a request, with reasons (DPO)."""
         authz.authorize(who, "decide")
-        return _view(service.deny(request_id, reason=body.reason, actor=who.actor), service.clock())
+        return _view(service.deny(request_id, reason=body.reason, actor=who.actor, explanation=body.explanation), service.clock())
 
     # ---- stores ------------------------------------------------------------------------------
 
@@ -353,6 +358,14 @@ def create_app(settings: Settings, *, service: DsrService | None = None) -> Fast
         """Whether a task is still to be done: a store asks right before it erases anything."""
         authz.authorize(who, "fulfil", store=store)
         task = service.task_status(store, task_id)
+        return TaskStatus(id=task["id"], request_id=task["request_id"], store=task["store"], status=task["status"])
+
+    @app.post("/v1/stores/{store}/tasks/{task_id}/claim", response_model=TaskStatus, tags=["stores"])
+    def claim_task(store: StoreId, task_id: TaskId, who: CallerDep) -> TaskStatus:
+        """Claim a task right before erasing: ``claimed`` means erase now (the request cannot be
+        denied while the claim holds); ``cancelled`` or ``done`` means erase nothing."""
+        authz.authorize(who, "fulfil", store=store)
+        task = service.claim_task(store, task_id)
         return TaskStatus(id=task["id"], request_id=task["request_id"], store=task["store"], status=task["status"])
 
     @app.get("/v1/stores/{store}/receipt-key", response_model=ReceiptKey, tags=["stores"])
@@ -382,6 +395,8 @@ def create_app(settings: Settings, *, service: DsrService | None = None) -> Fast
         authz.authorize(who, operation, subject_digest=who.session.digest)
         if not who.session.customer_ref:
             raise ApiError(409, "conflict", "this subject was erased; nothing is held")
+        if operation == "consent_write" and service.erasing(who.session.digest):
+            raise ApiError(409, "conflict", "your data is being erased in every store: no consent is recorded any more")
         return who.session.customer_ref
 
     @app.get("/v1/consent", response_model=ConsentState, tags=["consent"])

@@ -102,7 +102,9 @@ class TaskStatus(BaseModel):
     id: str
     request_id: str
     store: str
-    status: Literal["pending", "done", "cancelled"] = Field(description="pending: erase now; cancelled: the request was denied or closed, erase nothing")
+    status: Literal["pending", "claimed", "done", "cancelled"] = Field(
+        description="claimed (after POST .../claim): erase now; pending: not claimed yet; cancelled: the request "
+        "was denied or closed, erase nothing; done: receipt accepted")
 
 
 class ReceiptKey(BaseModel):
@@ -111,8 +113,9 @@ class ReceiptKey(BaseModel):
 
 
 class DecisionBody(_Body):
-    reason: str = Field(min_length=3, max_length=64, pattern=r"^[a-z][a-z0-9-]*$",
-                        description="a reason code such as complexity or number-of-requests")
+    reason: str = Field(min_length=3, max_length=64, pattern=r"^[a-z](?:[a-z-]|[0-9]{1,4}(?:[a-z-]|$))*$",
+                        description="a reason code such as complexity or number-of-requests (audited: "
+                        "lower-case words, no run of 5 or more digits)")
     explanation: str | None = Field(None, max_length=2000, description="the reasons as told to the subject")
 
 

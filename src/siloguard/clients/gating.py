@@ -126,7 +126,6 @@ def bind(store: str, principal: Principal) -> None:
 def store_gate(settings: Settings, store: str) -> Gate:
     """The store's gate, built once per process: policy, consent, keys, masker, audit."""
     from siloguard.privacy.masking import Masker
-    from siloguard.privacy.keys import SubjectVault
     from siloguard.privacy.pseudonyms import Pseudonymiser
 
     with _lock:
@@ -138,8 +137,8 @@ def store_gate(settings: Settings, store: str) -> Gate:
             recorder=_recorder(settings),
             pseudonymiser=Pseudonymiser(keys),
             masker=Masker.for_store(keys),
-            suppression=store_suppression(settings, store),
-            blind=SubjectVault(keys).audit_ref,
+            suppression=(suppression := store_suppression(settings, store)),
+            blind=suppression.blinder(),
         )
 
 

@@ -39,7 +39,6 @@ def _gate(settings: Settings, store: str) -> Gate:
     from siloguard.clients.gating import store_consent, store_keys, store_suppression
     from siloguard.policies.enforcer import PolicyEnforcer
     from siloguard.privacy.masking import Masker
-    from siloguard.privacy.keys import SubjectVault
     from siloguard.privacy.pseudonyms import Pseudonymiser
 
     keys = store_keys(settings, store)
@@ -50,8 +49,8 @@ def _gate(settings: Settings, store: str) -> Gate:
         recorder=DecisionRecorderAdapter(AuditLog.open(settings)),
         pseudonymiser=Pseudonymiser(keys),
         masker=Masker.for_store(keys),
-        suppression=store_suppression(settings, store),
-        blind=SubjectVault(keys).audit_ref,
+        suppression=(suppression := store_suppression(settings, store)),
+        blind=suppression.blinder(),
     )
 
 

@@ -16,6 +16,17 @@ __all__ = ["sync"]
 KEY_ENV = "SILOGUARD_STORE_KEY"
 
 
+def _echo(item: dict) -> None:
+    if "skipped" in item:
+        typer.echo(f"{item['task']}: not erased: the task is {item['skipped']} (the request was denied or closed)")
+        return
+    outcome = "receipt REFUSED" if "refused" in item else "receipt accepted"
+    typer.echo(
+        f"{item['task']}: erased {item['rows_erased']} row(s), {item['embeddings_erased']} embedding(s), "
+        f"data key {'destroyed' if item['key_destroyed'] else 'NOT destroyed'}; {outcome}"
+    )
+
+
 @store_app.command("sync")
 @one_line_errors
 def sync(
@@ -30,6 +41,7 @@ def sync(
     """
     import httpx
 
+    from siloguard.dsr.errors import DsrError
     from siloguard.dsr.sync import sync_store
     from siloguard.errors import ConfigError
 
@@ -44,13 +56,11 @@ def sync(
             posted = sync_store(client, settings, store)
     except httpx.HTTPError as exc:
         raise ConfigError(f"cannot reach the API at {api} ({type(exc).__name__}); check --api") from None
+    except DsrError as exc:
+        for item in getattr(exc, "done", []):
+            _echo(item)
+        raise
     for item in posted:
-        if "skipped" in item:
-            typer.echo(f"{item['task']}: not erased: the task is {item['skipped']} (the request was denied or closed)")
-            continue
-        typer.echo(
-            f"{item['task']}: erased {item['rows_erased']} row(s), {item['embeddings_erased']} embedding(s), "
-            f"data key {'destroyed' if item['key_destroyed'] else 'NOT destroyed'}; receipt accepted"
-        )
+        _echo(item)
     done = sum("skipped" not in item for item in posted)
     typer.echo(f"store {store}: {done} erasure task(s) done" + (f", {len(posted) - done} cancelled" if done < len(posted) else ""))

@@ -152,10 +152,13 @@ def _read_cursor(cursor: str) -> tuple[datetime, datetime, str]:
         when, then = datetime.fromisoformat(due), datetime.fromisoformat(received)
         if not isinstance(request_id, str) or when.tzinfo is None or then.tzinfo is None:
             raise ValueError
-    except (ValueError, TypeError, binascii.Error):
+    except (ValueError, TypeError, OverflowError, binascii.Error):
         # 404, not 422: the parameter is well formed, the page it names does not exist
         raise DsrNotFound("no such page: this cursor was not handed out by this API; start again without it") from None
-    return when.astimezone(timezone.utc), then.astimezone(timezone.utc), request_id
+    try:
+        return when.astimezone(timezone.utc), then.astimezone(timezone.utc), request_id
+    except OverflowError:  # an offset that moves the time out of range
+        raise DsrNotFound("no such page: this cursor was not handed out by this API; start again without it") from None
 
 
 def _resource(kind: str) -> str:
@@ -285,7 +288,7 @@ class DsrService:
         conn.execute(dsr_outbox.delete().where(dsr_outbox.c.request_id == request_id))
         conn.execute(
             dsr_tasks.update()
-            .where(dsr_tasks.c.request_id == request_id, dsr_tasks.c.status == "pending")
+            .where(dsr_tasks.c.request_id == request_id, dsr_tasks.c.status.in_(["pending", "claimed"]))
             .values(status="cancelled", customer_ref=None)
         )
         cleared = {"customer_ref": None, "contact": None}
@@ -402,6 +405,12 @@ class DsrService:
             idem = self._idempotency(scope, idempotency_key, {"kind": kind, "customer_ref": ref, "contact": contact,
                                                              "consent": changes, "gpc": gpc})
             existing = self._by_idempotency(digest, idem)
+            if existing is not None and scope == ANONYMOUS and existing["status"] in TERMINAL:
+                # The same anonymous request again after the first ended (e.g. its code
+                # expired): file it anew rather than answer with a request that is over.
+                with exclusive(self.engine, _LOCK) as conn:
+                    conn.execute(dsr_requests.update().where(dsr_requests.c.id == existing["id"]).values(idempotency_key=None))
+                existing = None
             if existing is not None:
                 return self._check_same(existing, kind, jur), False
         request_id = f"dsr-{uuid.uuid4()}"
@@ -453,6 +462,13 @@ class DsrService:
             self._try_advance(request_id)
             row = self.get(request_id)
         return row, True
+
+    @staticmethod
+    def original_clock(row: dict[str, Any]) -> dict[str, Any]:
+        """A request's deadlines as first answered (before any extension)."""
+        clock = clocks.clock_for(row["jurisdiction"], row["kind"], _aware(row["received_at"]))  # type: ignore[arg-type]
+        return {"due_at": clock.due_at, "ack_due_at": clock.ack_due_at,
+                "extension_notice_by": clock.extension_notice_by, "extended": False}
 
     def submitted_status(self, request_id: str) -> str:
         """The status a request's submission answered with (what a replay may show anonymously)."""
@@ -599,7 +615,7 @@ class DsrService:
 
     # ---- officers' decisions ---------------------------------------------------------------
 
-    def extend(self, request_id: str, *, reason: str, actor: str) -> dict[str, Any]:
+    def extend(self, request_id: str, *, reason: str, actor: str, explanation: str | None = None) -> dict[str, Any]:
         """Move the deadline once (GDPR +2 months, CCPA +45 days), announced before it passes."""
         now = self.clock()
         events: list[AuditEvent] = []
@@ -614,17 +630,36 @@ class DsrService:
                 raise DsrConflict(f"request is {request['status']}; only a request in progress can be extended")
             self._transition(
                 conn, request, "extended", events=events, actor=actor, reason=reason, now=now, due_at=due, extended=True,
-                result=json.dumps({"extension": {"reason": reason, "new_due_at": due.isoformat()}}),
+                result=json.dumps({"extension": {"reason": reason, "new_due_at": due.isoformat()}
+                                   | ({"explanation": explanation} if explanation else {})}),
             )
         self._append(events)
         return self.get(request_id)
 
-    def deny(self, request_id: str, *, reason: str, actor: str) -> dict[str, Any]:
+    def deny(self, request_id: str, *, reason: str, actor: str, explanation: str | None = None) -> dict[str, Any]:
+        """Refuse a request with reasons; refused while a store holds a claim on one of its tasks.
+
+        A store that claimed a task is erasing now: denying under it would leave the data
+        erased and the request denied. The DPO denies after the store's receipt (then the
+        request is complete) or once the claim lapses (``api.claim_lease_seconds``).
+        """
         now = self.clock()
         events: list[AuditEvent] = []
         with exclusive(self.engine, _LOCK) as conn:
             request = self._load(conn, request_id)
-            self._transition(conn, request, "denied", events=events, actor=actor, reason=reason, now=now, result=json.dumps({"denied": reason}))
+            claimed = conn.execute(
+                sa.select(dsr_tasks.c.store, dsr_tasks.c.claimed_until)
+                .where(dsr_tasks.c.request_id == request_id, dsr_tasks.c.status == "claimed")
+            ).all()
+            live = [(store, _aware(until)) for store, until in claimed if until is not None and _aware(until) > now]
+            if live:
+                store, until = live[0]
+                raise DsrConflict(
+                    f"store {store!r} is erasing for this request now (its claim holds until {until.isoformat()}): "
+                    "deny after its receipt or once the claim lapses"
+                )
+            denial = {"denied": reason} | ({"explanation": explanation} if explanation else {})
+            self._transition(conn, request, "denied", events=events, actor=actor, reason=reason, now=now, result=json.dumps(denial))
         self._append(events)
         return self.get(request_id)
 
@@ -727,6 +762,8 @@ class DsrService:
                 request = self._load(conn, request_id)
                 if request["status"] == to:
                     return False
+                if result is not None and request["kind"] == "access" and request["customer_ref"] is None:
+                    result = {"erased": True}  # the subject was erased while the answer was built
                 if result is not None:
                     values["result"] = json.dumps(result, sort_keys=True)
                 self._transition(conn, request, to, events=events, actor=actor, reason=reason, now=now, **values)
@@ -870,11 +907,12 @@ class DsrService:
         return True
 
     def pending_tasks(self, store: str) -> list[dict[str, Any]]:
-        """A store's erasure tasks still waiting for a receipt."""
+        """A store's erasure tasks still waiting for a receipt (claimed ones too: the store's own)."""
         with self.engine.connect() as conn:
             rows = conn.execute(
                 sa.select(dsr_tasks.c.id, dsr_tasks.c.request_id, dsr_tasks.c.store, dsr_tasks.c.customer_ref, dsr_tasks.c.created_at)
-                .where(dsr_tasks.c.store == store, dsr_tasks.c.status == "pending")
+                .where(dsr_tasks.c.store == store, dsr_tasks.c.status.in_(["pending", "claimed"]),
+                       dsr_tasks.c.customer_ref.is_not(None))
                 .order_by(dsr_tasks.c.created_at, dsr_tasks.c.id)
             ).mappings()
             return [dict(r) for r in rows]
@@ -895,8 +933,35 @@ class DsrService:
         if row is None:
             raise DsrNotFound("no such task for this store; pull the store's tasks again")
         out = dict(row)
-        if out["status"] == "pending" and out["request_status"] in TERMINAL:
+        if out["status"] in ("pending", "claimed") and out["request_status"] in TERMINAL:
             out["status"] = "cancelled"  # the request ended meanwhile (denied, failed)
+        return out
+
+    def claim_task(self, store: str, task_id: str) -> dict[str, Any]:
+        """A store is about to erase: claim its task for ``api.claim_lease_seconds`` if still live.
+
+        Returns the task with ``status`` ``claimed`` (erase now), or ``cancelled``/``done``
+        (erase nothing). While the claim holds the request cannot be denied.
+        """
+        now = self.clock()
+        with exclusive(self.engine, _LOCK) as conn:
+            task = conn.execute(
+                sa.select(dsr_tasks.c.id, dsr_tasks.c.request_id, dsr_tasks.c.store, dsr_tasks.c.status, dsr_tasks.c.customer_ref,
+                          dsr_requests.c.status.label("request_status"))
+                .join(dsr_requests, dsr_requests.c.id == dsr_tasks.c.request_id)
+                .where(dsr_tasks.c.id == task_id, dsr_tasks.c.store == store)
+            ).mappings().first()
+            if task is None:
+                raise DsrNotFound("no such task for this store; pull the store's tasks again")
+            out = dict(task)
+            if out["status"] in ("pending", "claimed") and (out["request_status"] in TERMINAL or out["customer_ref"] is None):
+                out["status"] = "cancelled"
+            elif out["status"] in ("pending", "claimed"):
+                conn.execute(
+                    dsr_tasks.update().where(dsr_tasks.c.id == task_id)
+                    .values(status="claimed", claimed_until=now + timedelta(seconds=self.settings.api.claim_lease_seconds))
+                )
+                out["status"] = "claimed"
         return out
 
     def registered_key(self, store: str) -> bytes:
@@ -927,7 +992,7 @@ class DsrService:
                 if task["status"] == "done":
                     raise _Refusal("duplicate-receipt", DsrConflict("this task has a receipt already"))
                 status = conn.execute(sa.select(dsr_requests.c.status).where(dsr_requests.c.id == request_id)).scalar()
-                if task["status"] != "pending" or status in TERMINAL:
+                if task["status"] not in ("pending", "claimed") or status in TERMINAL:
                     raise _Refusal("request-closed", DsrConflict(
                         f"the request is {status} and its task {task['status']}: no receipt is accepted for it"
                     ))
@@ -965,6 +1030,12 @@ class DsrService:
         return self.get(request_id)
 
     def _maybe_complete_erasure(self, request_id: str) -> bool:
+        # Under the work lock: no access answer of this subject is being built in this process
+        # while its copies are destroyed (other processes: see _move's check).
+        with self._work_lock:
+            return self._complete_erasure(request_id)
+
+    def _complete_erasure(self, request_id: str) -> bool:
         tasks = self.tasks(request_id)
         if not tasks or any(t["status"] != "done" for t in tasks):
             return False
@@ -986,24 +1057,38 @@ class DsrService:
                     conn, request, "completed", events=events, actor=SYSTEM, reason="all-receipts-verified", now=now,
                     result=json.dumps(result, sort_keys=True), customer_ref=None, contact=None,
                 )
-                self._forget_subject(conn, request["subject_digest"])
+                self._forget_subject(conn, request["subject_digest"], events=events, now=now, by=request_id)
         except DsrConflict:
             return False
         self._append(events)
         self._ref_cache.clear()  # it may hold the subject's store references
         return True
 
-    @staticmethod
-    def _forget_subject(conn: Connection, digest: str) -> None:
+    def _forget_subject(self, conn: Connection, digest: str, *, events: list[AuditEvent], now: datetime, by: str) -> None:
         """An erasure completed: destroy every copy of the subject this service holds.
 
-        Every request of the subject loses its answer, consent changes, reference, contact and
-        idempotency key; outbox messages and codes go. The requests themselves stay (ids,
-        kinds, statuses and dates: what the controller must be able to show it did), under a
-        random digest that no key links back to the customer; the subject's tokens move with
-        them, so the subject can still read the outcome. What remains about the person is
-        the stores' keyed suppression record.
+        The subject's other open requests end (another erasure ``completed``, ``verifying`` ->
+        ``unverified``, the rest ``failed``, reason ``subject-erased``; their pending tasks are
+        cancelled). Every request
+        of the subject loses its answer, consent changes, reference, contact and idempotency
+        key; outbox messages and codes go. The requests themselves stay (ids, kinds, statuses
+        and dates: what the controller must be able to show it did), under a random digest
+        that no key links back to the customer; the subject's tokens move with them, so the
+        subject can still read the outcome. What remains about the person is the stores' keyed
+        suppression record.
         """
+        open_rows = conn.execute(
+            sa.select(dsr_requests).where(dsr_requests.c.subject_digest == digest, dsr_requests.c.status.in_(sorted(ACTIVE)))
+        ).mappings().all()
+        for row in open_rows:
+            other = dict(row)
+            if other["kind"] == "erasure" and other["status"] in ("in_progress", "extended"):
+                # another erasure of the same subject: done by this one
+                self._transition(conn, other, "completed", events=events, actor=SYSTEM, reason="subject-erased", now=now,
+                                 result=json.dumps({"erased_by": by}))
+                continue
+            to = {"received": "denied", "verifying": "unverified"}.get(other["status"], "failed")
+            self._transition(conn, other, to, events=events, actor=SYSTEM, reason="subject-erased", now=now)
         tombstone = "e" + secrets.token_hex(31)  # the form of a digest, the value of nothing
         ids = conn.execute(sa.select(dsr_requests.c.id, dsr_requests.c.kind).where(dsr_requests.c.subject_digest == digest)).all()
         request_ids = [i for i, _ in ids]
@@ -1022,6 +1107,16 @@ class DsrService:
                 .values(subject_digest=tombstone, customer_ref=None, contact=None, idempotency_key=None)
             )
         conn.execute(dsr_sessions.update().where(dsr_sessions.c.subject_digest == digest).values(subject_digest=tombstone, customer_ref=""))
+
+    def erasing(self, digest: str) -> bool:
+        """Whether an erasure of this subject is under way (verified, not yet ended)."""
+        with self.engine.connect() as conn:
+            return conn.execute(
+                sa.select(dsr_requests.c.id).where(
+                    dsr_requests.c.subject_digest == digest, dsr_requests.c.kind == "erasure",
+                    dsr_requests.c.status.in_(["verified", "in_progress", "extended"]),
+                ).limit(1)
+            ).first() is not None
 
     def _dp_bound(self) -> dict[str, Any]:
         """The DP guarantee covering models trained before the erasure, per store."""

@@ -5,8 +5,9 @@ the store is the one this store signs with (its keys under ``settings.keys.root`
 created here): with the wrong keys root every receipt would be refused *after* the rows were
 gone. Then for each pending task the store, on its own machine and with its own keys:
 
-1. asks the API whether the task is still live (a request the DPO denied meanwhile has its
-   tasks cancelled: nothing is erased for it);
+1. claims the task (``POST .../claim``): only a live task is claimed (a request the DPO
+   denied meanwhile has its tasks cancelled: nothing is erased for it), and while the claim
+   holds (``api.claim_lease_seconds``) the request cannot be denied under the store's feet;
 2. rewrites its silo (``<work_dir>/stores/<store>.csv``) without the subject's rows,
    atomically, after writing the count to its erasure journal (``store_erasures``);
 3. re-reads the silo and counts the subject's rows: the receipt states this count, which must
@@ -18,7 +19,8 @@ gone. Then for each pending task the store, on its own machine and with its own 
 6. signs a :class:`~siloguard.dsr.receipts.Receipt` with its receipt key and posts it.
 
 Every step is idempotent, so a sync interrupted at any point, or refused, is simply run
-again; the journal makes the retry's receipt report what the first attempt erased.
+again; the journal makes the retry's receipt report what the first attempt erased. A refused
+receipt does not stop the store's other tasks.
 """
 
 from __future__ import annotations
@@ -88,6 +90,8 @@ def erase_subject(settings: Settings, store: str, customer_ref: str, *, task: st
     from siloguard.privacy.pseudonyms import normalise_ids
     from siloguard.storage.orm import store_erasures
 
+    if not customer_ref:
+        raise ConfigError("an erasure task without a customer reference: nothing to erase")
     ref = normalise_ref(customer_ref)
     keys = existing_store_keys(settings, store)
     path = silo_path(settings, store)
@@ -151,17 +155,26 @@ def check_receipt_key(client: httpx.Client, keys: Any, store: str) -> None:
 
 
 def sync_store(client: httpx.Client, settings: Settings, store: str) -> list[dict[str, Any]]:
-    """Do every pending erasure task of ``store`` through the API at ``client``; returns what was done."""
+    """Do every pending erasure task of ``store`` through the API at ``client``; returns what was done.
+
+    A task is claimed right before its subject is erased (``POST .../claim``): only a
+    ``claimed`` task is erased, and while the claim holds the request cannot be denied. A
+    refused receipt does not stop the other tasks: it is reported (``refused``), the erasure
+    journal keeps the counts for the retry, and :class:`DsrError` is raised at the end.
+    """
     keys = existing_store_keys(settings, store)
     check_receipt_key(client, keys, store)
     response = client.get(f"/v1/stores/{store}/tasks")
     _raise_for(response)
-    posted = []
+    done: list[dict[str, Any]] = []
+    refused: list[str] = []
     for task in response.json()["tasks"]:
-        live = client.get(f"/v1/stores/{store}/tasks/{task['id']}")
-        _raise_for(live)
-        if live.json()["status"] != "pending":
-            posted.append({"task": task["id"], "request": task["request_id"], "skipped": live.json()["status"]})
+        if not task.get("customer_ref"):
+            continue  # nothing names a subject (the service closed it meanwhile)
+        claim = client.post(f"/v1/stores/{store}/tasks/{task['id']}/claim")
+        _raise_for(claim)
+        if claim.json()["status"] != "claimed":
+            done.append({"task": task["id"], "request": task["request_id"], "skipped": claim.json()["status"]})
             continue
         outcome = erase_subject(settings, store, task["customer_ref"], task=task["id"], request=task["request_id"])
         receipt = Receipt(
@@ -175,10 +188,19 @@ def sync_store(client: httpx.Client, settings: Settings, store: str) -> list[dic
             f"/v1/stores/{store}/tasks/{task['id']}/receipt",
             json={"receipt": receipt.canonical().decode(), "signature": base64.b64encode(signature).decode()},
         )
-        _raise_for(reply)
-        posted.append({"task": task["id"], "request": task["request_id"], "rows_erased": outcome.rows_erased,
-                       "embeddings_erased": outcome.embeddings_erased, "key_destroyed": outcome.key_destroyed})
-    return posted
+        item = {"task": task["id"], "request": task["request_id"], "rows_erased": outcome.rows_erased,
+                "embeddings_erased": outcome.embeddings_erased, "key_destroyed": outcome.key_destroyed}
+        try:
+            _raise_for(reply)
+        except DsrError as exc:
+            refused.append(f"{task['id']}: {exc}")
+            item["refused"] = str(exc)
+        done.append(item)
+    if refused:
+        error = DsrError(f"{len(refused)} receipt(s) refused (the data is erased; run sync again to retry): " + "; ".join(refused))
+        error.done = done  # type: ignore[attr-defined]
+        raise error
+    return done
 
 
 def _raise_for(response: httpx.Response) -> None:

@@ -303,7 +303,14 @@ class StoreConsent:
         return self.registry.forget(self.subjects(customer_ids))
 
     def record_gpc(self, customer_id: object, *, at: datetime | None = None) -> None:
-        """A Global Privacy Control signal from this customer: opt-out of sale and sharing."""
+        """A Global Privacy Control signal from this customer: opt-out of sale and sharing.
+
+        Nothing is recorded for a customer the store erased (its suppression list).
+        """
+        from siloguard.privacy.suppression import SuppressionList
+
+        if SuppressionList(self.registry.engine, self._keys).suppressed([customer_id]):
+            return
         self.registry.record_gpc(self.subject(customer_id), at=at)
 
     def __repr__(self) -> str:

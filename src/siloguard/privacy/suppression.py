@@ -13,7 +13,7 @@ the store's keys are gone it is a list of meaningless hashes.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from datetime import datetime, timezone
 
 import pandas as pd
@@ -96,6 +96,27 @@ class SuppressionList:
             return frame, 0
         mask = ids.astype(str).isin(gone).to_numpy()
         return frame.loc[~mask], int(mask.sum())
+
+    def blinder(self) -> Callable[[str], str]:
+        """The store's blinded audit reference of a subject (``SubjectVault.audit_ref``), for the gate.
+
+        An erased subject gets ``unidentified`` and no key: a blinded reference needs the
+        subject's data key, and recreating the key the erasure destroyed would make the
+        subject's events linkable again. If the subject is erased between the check and the
+        key's creation, the new key is destroyed again at once.
+        """
+        vault = self._vault
+
+        def blind(subject_id: str) -> str:
+            if self.suppressed([subject_id]):
+                return "unidentified"
+            ref = vault.audit_ref(subject_id)
+            if self.suppressed([subject_id]):
+                vault.shred(subject_id)
+                return "unidentified"
+            return ref
+
+        return blind
 
     def __repr__(self) -> str:
         return f"SuppressionList(store={self.store!r})"

@@ -265,13 +265,14 @@ dsr_tasks = Table(
     Column("id", String(48), primary_key=True),
     Column("request_id", String(40), ForeignKey("dsr_requests.id"), nullable=False, index=True),
     Column("store", String(128), nullable=False),
-    Column("status", String(16), nullable=False),  # pending | done | cancelled (request denied or failed)
+    Column("status", String(16), nullable=False),  # pending | claimed | done | cancelled (request ended)
     Column("customer_ref", String(64), nullable=True),  # cleared with the receipt
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("done_at", DateTime(timezone=True), nullable=True),
     Column("receipt", Text, nullable=True),  # canonical JSON the store signed
     Column("signature", LargeBinary(64), nullable=True),
     Column("receipt_event_id", String(36), nullable=True),  # its dsr.receipt event in audit_events
+    Column("claimed_until", DateTime(timezone=True), nullable=True),  # a store is erasing (0006_erasure)
     UniqueConstraint("request_id", "store"),
     Index("ix_dsr_tasks_store_status", "store", "status"),
 )

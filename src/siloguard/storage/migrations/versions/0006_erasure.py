@@ -9,6 +9,8 @@
 * ``store_erasures``: what a store erased for each erasure task (counts, no subject), written
   before its receipt is posted, so a retry after a refused receipt reports the original
   counts instead of zero.
+* ``dsr_tasks.claimed_until``: a store claims a task right before it erases (a lease); while
+  the claim holds, the DPO cannot deny the request under the store's feet.
 
 Revision ID: 0006_erasure
 Revises: 0005_consent_order
@@ -29,6 +31,8 @@ _TS = sa.DateTime(timezone=True)
 
 
 def upgrade() -> None:
+    with op.batch_alter_table("dsr_tasks") as batch:
+        batch.add_column(sa.Column("claimed_until", _TS, nullable=True))
     op.create_table(
         "store_suppressions",
         sa.Column("store", sa.String(128), nullable=False),
@@ -50,5 +54,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("dsr_tasks") as batch:
+        batch.drop_column("claimed_until")
     op.drop_table("store_erasures")
     op.drop_table("store_suppressions")
