@@ -96,7 +96,7 @@ def assert_error_shape(status: int, content_type: str, body: bytes, expected: in
 # ---- 1. proxy headers ------------------------------------------------------------------------
 
 
-def test_a_rotating_forwarded_for_does_not_escape_the_per_address_limit(tmp_path: Path) -> None:
+def test_finding_10_a_rotating_forwarded_for_does_not_escape_the_per_address_limit(tmp_path: Path) -> None:
     """Default settings trust no proxy: X-Forwarded-For from 127.0.0.1 does not change the client."""
     with running(tmp_path, rate_per_ip="5/minute") as server, httpx.Client(base_url=server.url) as client:
         statuses = [client.get("/v1/health", headers={"X-Forwarded-For": f"203.0.113.{i}"}).status_code for i in range(8)]
@@ -121,7 +121,7 @@ def test_a_trusted_proxy_forwards_the_client_address(tmp_path: Path) -> None:
 # ---- 2. uvicorn's own errors ----------------------------------------------------------------
 
 
-def test_a_malformed_request_line_gets_the_json_error_shape(tmp_path: Path, http: str) -> None:
+def test_finding_12_a_malformed_request_line_gets_the_json_error_shape(tmp_path: Path, http: str) -> None:
     with running(tmp_path, http) as server:
         status, headers, body = server.raw(b"GET /v1/health HTTP/1.1 trailing-garbage\r\nHost: x\r\n\r\n")
         bad_header = server.raw(b"GET /v1/health HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n")
@@ -133,14 +133,14 @@ def test_a_malformed_request_line_gets_the_json_error_shape(tmp_path: Path, http
 # ---- 3. header limits -----------------------------------------------------------------------
 
 
-def test_two_thousand_headers_are_refused_with_431(tmp_path: Path, http: str) -> None:
+def test_issue_19_two_thousand_headers_are_refused_with_431(tmp_path: Path, http: str) -> None:
     with running(tmp_path, http) as server, httpx.Client(base_url=server.url) as client:
         reply = client.get("/v1/health", headers={f"x-h{i}": "v" for i in range(2000)})
     error = assert_error_shape(reply.status_code, reply.headers.get("content-type", ""), reply.content, 431, "headers_too_large")
     assert "100 headers" in error["message"] and "8192 bytes" in error["message"]
 
 
-def test_one_200_kb_header_is_refused_with_431(tmp_path: Path, http: str) -> None:
+def test_issue_19_one_200_kb_header_is_refused_with_431(tmp_path: Path, http: str) -> None:
     """431, not 400, with both parsers, before the whole header has arrived. httptools has no
     size limit of its own: the protocol counts the bytes of the unfinished head and refuses once
     they pass the head limit. h11 refuses a head over its buffer limit (set to the same number)

@@ -155,7 +155,7 @@ def _wipe(env: Env, *tables: str) -> None:
     engine.dispose()
 
 
-def test_when_the_log_is_wiped_then_verify_fails(env: Env) -> None:
+def test_finding_11_when_the_log_is_wiped_then_verify_fails(env: Env) -> None:
     """Security finding: a wiped log (events, nodes and heads deleted) passed as "OK: 0 events"."""
     env.run("keygen", "--signing-key", str(env.key), "--public-key", str(env.pub))
     _record(env, 10)
