@@ -103,3 +103,29 @@ def test_when_private_state_exists_then_training_continues_from_it(tiny_settings
         first.shape[0], first.shape[1], seed=tiny_settings.model.seed
     ).weight.detach()
     assert np.abs(second.numpy() - first.numpy()).mean() < np.abs(second.numpy() - init.numpy()).mean()
+
+
+def test_when_a_round_sends_query_train_and_evaluate_then_the_gate_runs_once(tiny_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    from siloguard.clients import app as client_app
+    from siloguard.clients.app import handle_query
+
+    prepared = prepare_run(tiny_settings)
+    model = _shared(tiny_settings, prepared.items)
+    context = _context(tiny_settings, "germany")
+    passes: list[str] = []
+    real = client_app.gated_training_frame
+
+    def counted(settings, store, frame, **kwargs):  # noqa: ANN001, ANN202
+        passes.append(store)
+        return real(settings, store, frame, **kwargs)
+
+    monkeypatch.setattr(client_app, "gated_training_frame", counted)
+    arrays = ArrayRecord(model.state_dict())
+    for server_round in (1, 2):
+        handle_query(_message(arrays, MessageType.QUERY, server_round), context, tiny_settings)
+        handle_train(_message(arrays, MessageType.TRAIN, server_round), context, tiny_settings)
+        handle_evaluate(_message(arrays, MessageType.EVALUATE, server_round), context, tiny_settings)
+        assert passes == ["germany"] * server_round  # once per round, not once per message
+    other_run = Context(run_id=2, node_id=1, node_config={"store": "germany"}, state=RecordDict(), run_config={})
+    handle_query(_message(arrays, MessageType.QUERY, 1), other_run, tiny_settings)
+    assert len(passes) == 3  # another run's round 1 is a new round

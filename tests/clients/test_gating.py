@@ -52,8 +52,8 @@ def _spy_training_sets(monkeypatch: pytest.MonkeyPatch) -> list[set[str]]:
     real_store_for = client_app.store_for
     current: dict[str, object] = {}
 
-    def store_for(context, settings):  # noqa: ANN001, ANN202
-        current["store"] = real_store_for(context, settings)
+    def store_for(context, settings, **kwargs):  # noqa: ANN001, ANN202
+        current["store"] = real_store_for(context, settings, **kwargs)
         return current["store"]
 
     def train_local(model, users, examples, **kwargs):  # noqa: ANN001, ANN202

@@ -1,9 +1,10 @@
 """The Flower ClientApp a store runs next to its own data.
 
-Every message starts by passing the store's silo through the store's gate
-(:mod:`siloguard.clients.gating`): only customers with a live consent for
-``personalize.profiling`` at that moment, under the store's pseudonyms, and only the
-columns training needs. On ``train``: build examples from that, train the shared model
+Once per round (the first message of the round, usually the budget query) the store's silo
+passes the store's gate (:mod:`siloguard.clients.gating`): only customers with a live consent
+for ``personalize.profiling`` at that moment, under the store's pseudonyms, and only the
+columns training needs. The round's other messages (train, evaluate) use what the gate let
+through then: a withdrawal takes effect from the next round. On ``train``: build examples from that, train the shared model
 and the store's private user embeddings, keep the private part on the store's disk
 (:mod:`siloguard.clients.private`) and reply with the shared arrays only. On
 ``evaluate``: full-ranking metrics on the store's test customers, replied as aggregate
@@ -47,8 +48,26 @@ __all__ = [
 ]
 
 
-def store_for(context: Context, settings: Settings) -> StoreData:
-    """The store this node serves, with the data its gate lets through now."""
+def _round_of(msg: Message) -> int | None:
+    """The server round a message belongs to (``config["server-round"]``), if it says."""
+    try:
+        value = msg.content["config"].get("server-round")
+    except (KeyError, AttributeError, TypeError):
+        return None
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+# store -> ((run id, server round, silo, database), the round's data): one gate pass per round and store.
+_rounds: dict[str, tuple[tuple[int, int, str, str], StoreData]] = {}
+_rounds_lock = threading.Lock()
+
+
+def store_for(context: Context, settings: Settings, *, server_round: int | None = None) -> StoreData:
+    """The store this node serves, with the data its gate lets through.
+
+    With ``server_round``, the gate runs on the round's first message only and the round's
+    other messages reuse its result (keyed by run and round); without, it runs now.
+    """
     run = run_manifest(settings.work_dir)
     stores = run["stores"]
     if "store" in context.node_config:
@@ -63,7 +82,17 @@ def store_for(context: Context, settings: Settings) -> StoreData:
     # A deployed SuperNode names its own silo (``siloguard store start --data``); the run's
     # catalogue and split dates still come from the coordinator's run.json (docs/DEPLOY.md).
     silo = Path(str(context.node_config["data"])) if "data" in context.node_config else Path(stores[name])
-    return gated_store(settings, name, silo, Path(run["catalogue"]), run["split_date"], run["end_date"])
+    key = (int(context.run_id), server_round, str(silo), settings.database.url) if server_round is not None else None
+    if key is not None:
+        with _rounds_lock:
+            held = _rounds.get(name)
+        if held is not None and held[0] == key:
+            return held[1]
+    data = gated_store(settings, name, silo, Path(run["catalogue"]), run["split_date"], run["end_date"])
+    if key is not None:
+        with _rounds_lock:
+            _rounds[name] = (key, data)
+    return data
 
 
 @lru_cache(maxsize=8)
@@ -140,7 +169,7 @@ def budget_status(store: StoreData, settings: Settings) -> dict[str, float]:
 
 def handle_query(msg: Message, context: Context, settings: Settings) -> Message:
     """The coordinator asks for the store's remaining budget before sampling it."""
-    store = store_for(context, settings)
+    store = store_for(context, settings, server_round=_round_of(msg))
     status = budget_status(store, settings) if settings.privacy.enabled else {}
     content = RecordDict(
         {"budget": MetricRecord({k: float(v) for k, v in status.items()}), "store": ConfigRecord({"name": store.name})}
@@ -149,7 +178,7 @@ def handle_query(msg: Message, context: Context, settings: Settings) -> Message:
 
 
 def handle_train(msg: Message, context: Context, settings: Settings) -> Message:
-    store = store_for(context, settings)
+    store = store_for(context, settings, server_round=_round_of(msg))
     model = _shared_model(msg, store, settings)
     users = _private_users(store, settings)
     server_round = int(msg.content["config"].get("server-round", 0))
@@ -237,7 +266,7 @@ def _train_dp(
 
 
 def handle_evaluate(msg: Message, context: Context, settings: Settings) -> Message:
-    store = store_for(context, settings)
+    store = store_for(context, settings, server_round=_round_of(msg))
     model = _shared_model(msg, store, settings)
     users = _private_users(store, settings) if private_path(settings, store.name).is_file() else None
     metrics = evaluate_store(model, users, store)
