@@ -47,7 +47,9 @@ def _mount_subcommands() -> None:
     # siloguard serve, siloguard keys ..., siloguard store sync (privacy API and DSRs)
     import siloguard.dsr.cli  # noqa: F401  registers `store sync` on store_app
     from siloguard.api.cli import keys_app, serve
+    from siloguard.dsr.cli import answer_app
 
+    app.add_typer(answer_app, name="answer")
     app.command("serve")(serve)
     app.add_typer(keys_app, name="keys")
 
@@ -235,7 +237,7 @@ def _settings(
             from siloguard.errors import ConfigError
 
             raise ConfigError(f"--split-date {split_date!r} is not a date: use YYYY-MM-DD, e.g. 2011-10-03") from None
-    from siloguard.clients.cli import run_settings
+    from siloguard.runs import run_settings
 
     # The run's database (privacy ledger, audit log, consent) and the stores' keys live in
     # its work directory unless the environment names them.

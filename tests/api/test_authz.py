@@ -87,8 +87,9 @@ def _call(api: Api, route: str, headers: dict[str, str]) -> int:
     own = api.service_requests(SUBJECT, "access")
     if route == "get":
         return c.get(f"/v1/requests/{own}", headers=headers).status_code
-    if route == "access":
-        return c.get(f"/v1/requests/{own}/access", headers=headers).status_code
+    if route == "access":  # a fresh answer each time: the subject's download deletes it
+        fresh, _ = api.verified("access", SUBJECT)
+        return c.get(f"/v1/requests/{fresh['id']}/access", headers=headers).status_code
     if route in ("extend", "deny"):
         request = _erasure(api)
         return c.post(f"/v1/requests/{request['id']}/{route}", json={"reason": "complexity"}, headers=headers).status_code

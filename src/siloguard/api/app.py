@@ -277,9 +277,12 @@ def create_app(settings: Settings, *, service: DsrService | None = None) -> Fast
 
     @app.post("/v1/requests/{request_id}/verify", response_model=VerifyResponse, tags=["requests"], openapi_extra=_OPTIONAL_AUTH)
     def verify_request(request_id: RequestId, body: VerifyBody, who: OptionalCallerDep, sec_gpc: GpcHeader = None) -> VerifyResponse:
-        """Prove the identity behind a request with the one-time code; returns a subject token."""
+        """Prove the identity behind a request with the one-time code; returns a subject token.
+
+        For an access request, ``answer_key`` (a P-256 public key) seals the answer to the
+        subject: the service then holds ciphertext only."""
         row = subject_request(who, request_id, "submit")
-        verified, token = service.verify(request_id, body.code)
+        verified, token = service.verify(request_id, body.code, answer_key=body.answer_key)
         gpc(sec_gpc, row["customer_ref"])
         return VerifyResponse(request=_view(verified, service.clock()), subject_token=f"sgs_{token}")
 
@@ -329,8 +332,12 @@ def create_app(settings: Settings, *, service: DsrService | None = None) -> Fast
             raise ApiError(409, "conflict", f"the request is {row['status']}; the answer is ready once it is completed")
         answer = json.loads(row["result"])
         if answer.get("answer_deleted") or answer.get("erased"):
-            raise ApiError(410, "gone", f"the answer was deleted ({service.settings.api.answer_ttl_days} days after completion, "
-                           "or when you were erased): submit a new access request")
+            raise ApiError(410, "gone", f"the answer was deleted (once downloaded, {service.settings.api.answer_ttl_days} days "
+                           "after completion, or when you were erased): submit a new access request")
+        if who.session is not None:  # the subject has it now: the service keeps no copy
+            service.answer_delivered(row["id"])
+        if "sealed" in answer:
+            return {"request": row["id"], "sealed": answer["sealed"]}
         return {"request": row["id"], "answer": answer}
 
     @app.post("/v1/requests/{request_id}/extend", response_model=RequestView, tags=["requests"])

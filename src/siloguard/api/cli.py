@@ -77,9 +77,9 @@ def create(
             raise ConfigError("--rotate-receipt-key goes with --role store_operator --store STORE")
         if role == "store_operator" and store is not None:
             from siloguard.dsr.receipts import public_key_bytes, register_store_key
-            from siloguard.dsr.sync import existing_store_keys
+            from siloguard.privacy.keys import existing_store_keys
 
-            register_store_key(engine, store, public_key_bytes(existing_store_keys(settings, store)), replace=rotate_receipt_key)
+            register_store_key(engine, store, public_key_bytes(existing_store_keys(settings.keys.root, store)), replace=rotate_receipt_key)
         key, text = create_key(engine, role, store=store, label=label)
     finally:
         engine.dispose()

@@ -85,6 +85,10 @@ class SubmitResponse(BaseModel):
 
 class VerifyBody(_Body):
     code: str = Field(min_length=8, max_length=8, pattern=r"^[0-9]{8}$")
+    answer_key: str | None = Field(
+        None, min_length=80, max_length=100, pattern=r"^[A-Za-z0-9+/_-]+={0,2}$",
+        description="access requests: your P-256 public key (base64 of the raw uncompressed point, 65 bytes) to seal "
+        "the answer to; the service then keeps only ciphertext (`siloguard answer keygen` makes one)")
 
 
 class VerifyResponse(BaseModel):

@@ -1,17 +1,19 @@
-"""``siloguard store sync``: a store pulls its erasure tasks, erases, and posts signed receipts."""
+"""``siloguard store sync`` (a store pulls its erasure tasks, erases, posts signed receipts) and
+``siloguard answer keygen|open`` (a data subject's key for sealed access answers)."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from siloguard.clients.cli import store_app
 from siloguard.config import Settings
-from siloguard.storage.cli import one_line_errors
+from siloguard.storage.cli import command_group, one_line_errors
 
-__all__ = ["sync"]
+__all__ = ["answer_app", "sync"]
 
 KEY_ENV = "SILOGUARD_STORE_KEY"
 
@@ -64,3 +66,56 @@ def sync(
         _echo(item)
     done = sum("skipped" not in item for item in posted)
     typer.echo(f"store {store}: {done} erasure task(s) done" + (f", {len(posted) - done} cancelled" if done < len(posted) else ""))
+
+
+# ---- siloguard answer keygen|open: a data subject's side of a sealed access answer -------------
+
+answer_app = command_group("answer", "A data subject's key for sealed access answers: keygen, open.")
+
+
+@answer_app.command("keygen")
+@one_line_errors
+def answer_keygen(
+    out: Annotated[Path, typer.Option("--out", help="Where to write your private key (PEM, mode 0600).")],
+) -> None:
+    """Make a P-256 key pair; prints the public key to send as answer_key when verifying."""
+    from cryptography.hazmat.primitives import serialization
+
+    from siloguard._files import write_atomic
+    from siloguard.dsr.sealed import new_key_pair
+    from siloguard.errors import ConfigError
+
+    if out.exists():
+        raise ConfigError(f"{out} exists: choose another --out (a key is never overwritten)")
+    private, public = new_key_pair()
+    pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    write_atomic(out, pem, mode=0o600)
+    typer.echo(public)
+    typer.echo(f"private key in {out}; send the line above as answer_key with your code", err=True)
+
+
+@answer_app.command("open")
+@one_line_errors
+def answer_open(
+    answer: Annotated[Path, typer.Argument(help="The JSON from GET /v1/requests/{id}/access ('-' = standard input).")],
+    key: Annotated[Path, typer.Option("--key", help="Your private key from `siloguard answer keygen`.")],
+) -> None:
+    """Open a sealed access answer with your private key; prints the answer (JSON)."""
+    import json
+    import sys
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from siloguard.dsr.sealed import open_answer
+    from siloguard.errors import ConfigError
+
+    try:
+        text = sys.stdin.read() if str(answer) == "-" else answer.read_text()
+        reply = json.loads(text)
+        private = serialization.load_pem_private_key(key.read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as exc:
+        raise ConfigError(f"cannot read the answer or the key ({type(exc).__name__}): pass the saved JSON and your PEM key") from None
+    if not isinstance(private, ec.EllipticCurvePrivateKey) or not isinstance(reply, dict) or "sealed" not in reply:
+        raise ConfigError("expected the JSON of a sealed access answer ({'request', 'sealed'}) and a P-256 private key")
+    typer.echo(json.dumps(open_answer(private, reply["sealed"], str(reply.get("request", ""))), indent=2, sort_keys=True))

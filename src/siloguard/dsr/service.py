@@ -514,8 +514,16 @@ class DsrService:
 
     # ---- verification ----------------------------------------------------------------------
 
-    def verify(self, request_id: str, code: str) -> tuple[dict[str, Any], str]:
-        """Check a one-time code; on success the request is verified and a subject token issued."""
+    def verify(self, request_id: str, code: str, *, answer_key: str | None = None) -> tuple[dict[str, Any], str]:
+        """Check a one-time code; on success the request is verified and a subject token issued.
+
+        ``answer_key`` (an access request only): the subject's P-256 public key; the answer is
+        then sealed to it (:mod:`siloguard.dsr.sealed`) and the service never stores it in clear.
+        """
+        if answer_key is not None:
+            from siloguard.dsr.sealed import public_key_from_text
+
+            public_key_from_text(answer_key)  # refused before the code is spent
         now = self.clock()
         outcome: str
         token = secrets.token_urlsafe(32)
@@ -527,6 +535,8 @@ class DsrService:
             ).mappings().first()
             if request["status"] != "verifying" or ver is None:
                 raise DsrConflict(f"request is {request['status']}, not waiting for a code")
+            if answer_key is not None and request["kind"] != "access":
+                raise DsrInvalid("answer_key goes with an access request (the answer is sealed to it)")
             attempts = ver["attempts"] + 1
             conn.execute(
                 dsr_verifications.update().where(dsr_verifications.c.request_id == request_id).values(attempts=attempts)
@@ -537,6 +547,10 @@ class DsrService:
                 self._transition(conn, request, "unverified", events=events, actor=SYSTEM, reason="code-expired", now=now)
             elif good:
                 outcome = "ok"
+                if answer_key is not None:
+                    payload = json.loads(request["payload"]) | {"answer_key": answer_key}
+                    conn.execute(dsr_requests.update().where(dsr_requests.c.id == request_id).values(payload=json.dumps(payload)))
+                    request["payload"] = json.dumps(payload)
                 self._transition(conn, request, "verified", events=events, actor=SUBJECT_ACTOR, reason="code-verified", now=now)
                 conn.execute(dsr_verifications.delete().where(dsr_verifications.c.request_id == request_id))
                 conn.execute(
@@ -683,6 +697,14 @@ class DsrService:
             closed += self._move(request_id, "unverified", reason="code-expired")
         return closed
 
+    def answer_delivered(self, request_id: str) -> None:
+        """The subject downloaded the access answer: it is deleted (download once)."""
+        with exclusive(self.engine, _LOCK) as conn:
+            conn.execute(
+                dsr_requests.update().where(dsr_requests.c.id == request_id, dsr_requests.c.kind == "access")
+                .values(result=_ANSWER_DELETED, payload=json.dumps({"consent": []}))
+            )
+
     def purge_answers(self) -> int:
         """Delete access answers older than ``api.answer_ttl_days``; returns how many."""
         cutoff = self.clock() - timedelta(days=self.settings.api.answer_ttl_days)
@@ -745,6 +767,11 @@ class DsrService:
         if kind == "access":
             try:
                 result = self.build_access(ref)
+                key = json.loads(request["payload"]).get("answer_key")
+                if key is not None:  # sealed at once: the plaintext is never stored
+                    from siloguard.dsr.sealed import public_key_from_text, seal_answer
+
+                    result = {"sealed": seal_answer(public_key_from_text(key), result, request_id)}
             except SiloguardError as exc:
                 log.warning("access request %s failed: %s", request_id, type(exc).__name__)
                 self._move(request_id, "failed", reason="access-report-failed", result={"error": str(exc)})
@@ -1233,7 +1260,7 @@ class _RunStores:
         self._seen: tuple[float, list[str], dict[str, str]] | None = None
 
     def _read(self) -> tuple[list[str], dict[str, str]]:
-        from siloguard.clients.store import run_manifest
+        from siloguard.runs import run_manifest
 
         path = self.settings.work_dir / "run.json"
         try:

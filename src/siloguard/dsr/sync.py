@@ -60,15 +60,9 @@ def _ids(column: pd.Series) -> pd.Series:
 
 def existing_store_keys(settings: Settings, store: str):  # noqa: ANN201 - StoreKeys, imported lazily
     """The store's keys under ``settings.keys.root``; an error (never new keys) if there are none."""
-    from siloguard.privacy.keys import FileKeyStore, StoreKeys
+    from siloguard.privacy.keys import existing_store_keys
 
-    keys = StoreKeys(FileKeyStore(settings.keys.root), store)
-    if keys.keystore.read(f"stores/{store}/master") is None:
-        raise ConfigError(
-            f"store {store!r} has no keys under {settings.keys.root.resolve()}: point SILOGUARD_KEYS__ROOT "
-            "at the store's own key directory (new keys would sign receipts the API refuses)"
-        )
-    return keys
+    return existing_store_keys(settings.keys.root, store)
 
 
 def _journal(settings: Settings):  # noqa: ANN202 - the run database's engine (one per process)
