@@ -109,7 +109,8 @@ def _run(settings: Settings, *, verbose: bool) -> None:
         f"[bold]Data[/] {prepared.source.name}: {c.rows_out:,} purchases of {c.customers:,} customers, "
         f"{prepared.items:,} products in the training catalogue "
         f"(dropped {c.guest_rows:,} guest, {c.cancellation_rows:,} cancelled, "
-        f"{c.non_positive_quantity_rows + c.non_positive_price_rows:,} non-positive rows)"
+        f"{c.non_positive_quantity_rows + c.non_positive_price_rows:,} non-positive, "
+        f"{c.missing_quantity_rows + c.missing_price_rows:,} without quantity or price)"
     )
     console.print(
         f"[bold]Split[/] train before {prepared.split_date.date()}, test {prepared.split_date.date()} .. "

@@ -512,7 +512,7 @@ def test_review_a_claimed_task_cannot_be_denied_and_a_refused_receipt_does_not_s
         return bytes(64) if calls["n"] == 1 else real_sign(keys, receipt)
 
     monkeypatch.setattr("siloguard.dsr.sync.sign_receipt", bad_first)
-    with pytest.raises(DsrError, match="1 receipt"):
+    with pytest.raises(DsrError, match="1 task\(s\) not finished"):
         _sync(api, "alpha")
     assert {t["status"] for r in (request, other) for t in service.tasks(r["id"]) if t["store"] == "alpha"} == {"claimed", "done"}
     assert api.env.rows_of("alpha", SUBJECT) == 0 and api.env.rows_of("alpha", OTHER) == 0
@@ -553,3 +553,92 @@ def test_review_small_ones_cursor_overflow_store_keys_on_request_ids_reason_code
     ok = api.client.post(f"/v1/requests/{real}/deny", json={"reason": "ticket-2026", "explanation": "asked twice"},
                          headers=api.as_key("dpo"))
     assert ok.status_code == 200 and ok.json()["result"] == {"denied": "ticket-2026", "explanation": "asked twice"}
+
+
+# ---- found by a second review (each failed before its fix) ----------------------------------------
+
+
+def test_review2_a_partly_erased_request_cannot_be_denied(sqlite_api: Api) -> None:
+    api = sqlite_api
+    _prepare_stores(api.env.settings)
+    request, _ = api.verified("erasure", SUBJECT)
+    _sync(api, "alpha")
+    reply = api.client.post(f"/v1/requests/{request['id']}/deny", json={"reason": "manifestly-unfounded"}, headers=api.as_key("dpo"))
+    assert reply.status_code == 409 and "already erased" in reply.json()["error"]["message"]
+    for store in ("beta", "gamma"):
+        _sync(api, store)
+    assert api.app_service().get(request["id"])["status"] == "completed"
+
+
+def test_review2_claiming_again_does_not_extend_the_lease(clocked: Any) -> None:
+    api, clock = clocked
+    service = api.app_service()
+    request, _ = api.verified("erasure", SUBJECT)
+    task = next(t for t in service.tasks(request["id"]) if t["store"] == "alpha")
+    lease = timedelta(seconds=api.env.settings.api.claim_lease_seconds)
+    for _ in range(3):  # a store re-claiming just before each lapse
+        assert service.claim_task("alpha", task["id"])["status"] == "claimed"
+        clock.now += lease * 0.9
+    denied = api.client.post(f"/v1/requests/{request['id']}/deny", json={"reason": "manifestly-unfounded"}, headers=api.as_key("dpo"))
+    assert denied.status_code == 200 and denied.json()["status"] == "denied"
+
+
+def test_review2_a_download_is_taken_once_even_when_two_race(sqlite_api: Api) -> None:
+    import threading
+
+    api = sqlite_api
+    _prepare_stores(api.env.settings)
+    request, _ = api.verified("access", SUBJECT)
+    service, got = api.app_service(), []
+    start = threading.Barrier(2)
+
+    def take() -> None:
+        start.wait()
+        got.append(service.take_answer(request["id"]))
+
+    threads = [threading.Thread(target=take) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(a is None for a in got) == [False, True]
+
+
+def test_review2_codes_sessions_and_effects_do_not_outlive_their_use(clocked: Any) -> None:
+    api, clock = clocked
+    service = api.app_service()
+    for store in STORES:  # an erasure under way; a consent request verified meanwhile records nothing
+        from siloguard.clients.gating import store_consent
+
+        store_consent(api.env.settings, store).record([SUBJECT], TARGETED, "withdraw", source="web")
+    erasure, _ = api.verified("erasure", SUBJECT)
+    assert read_outbox(api.engine, erasure["id"]) == []  # the code's message goes at verification
+
+    def subject_events() -> int:
+        with api.engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(consent_events)).scalar_one())
+
+    before = subject_events()
+    consent, token = api.verified("consent", SUBJECT, consent=[{"purpose": TARGETED, "action": "grant"}],
+                                  headers={"Sec-GPC": "1"})
+    assert subject_events() == before
+    clock.now += timedelta(seconds=api.env.settings.api.session_ttl_seconds + 1)
+    service.resume()
+    with api.engine.connect() as conn:
+        from siloguard.storage.orm import dsr_sessions
+
+        assert conn.execute(sa.select(sa.func.count()).select_from(dsr_sessions)).scalar_one() == 0
+
+
+def test_review2_a_malformed_receipt_and_a_dpos_read_of_an_answer_are_audited(sqlite_api: Api) -> None:
+    api = sqlite_api
+    _prepare_stores(api.env.settings)
+    request, _ = api.verified("erasure", SUBJECT)
+    task = next(t for t in api.app_service().tasks(request["id"]) if t["store"] == "alpha")
+    reply = api.client.post(f"/v1/stores/alpha/tasks/{task['id']}/receipt", json={"receipt": "{}", "signature": "!!!!"},
+                            headers=api.as_key("store_alpha"))
+    assert reply.status_code == 422
+    assert any(e.action == "dsr.receipt" and e.reason == "receipt-refused:malformed" and e.request == request["id"] for e in _events(api))
+    access, _ = api.verified("access", OTHER)
+    assert api.client.get(f"/v1/requests/{access['id']}/access", headers=api.as_key("dpo")).status_code == 200
+    assert any(e.action == "dsr.answer_read" and e.request == access["id"] and e.actor.startswith("key:") for e in _events(api))

@@ -132,3 +132,69 @@ def test_fake_sink_follows_the_protocol_and_the_real_rules() -> None:
     with pytest.raises(AuditError):
         sink.record({"actor": "store:france"})  # type: ignore[arg-type]
     assert sink.actions() == ["gate.train"] and len(sink) == 1
+
+
+# Finding: a store with a number in its code (store-31782) could not join, because the audit
+# log refused its id ("no run of 5+ digits"). A store id is an operator-chosen code, so it may
+# carry a store number in the store field and where actor or resource name that same store.
+PARTNER = "store-31782"
+
+
+@pytest.mark.parametrize(
+    ("actor", "resource"),
+    [
+        (f"client:{PARTNER}", f"silo:{PARTNER}"),
+        (f"store:{PARTNER}", f"silo:{PARTNER}/transactions"),
+        ("svc:federation", f"model:{PARTNER}/v3"),
+    ],
+)
+def test_when_the_store_id_holds_a_number_then_store_actor_and_resource_naming_it_are_accepted(
+    actor: str, resource: str
+) -> None:
+    event = _event(actor=actor, resource=resource, store=PARTNER)
+
+    assert (event.actor, event.resource, event.store) == (actor, resource, PARTNER)
+    body = event.canonical()
+    assert b'"store":"store-31782"' in body
+    assert AuditEvent.from_canonical(body) == event
+    assert AuditEvent.from_canonical(body).canonical() == body
+
+
+@pytest.mark.parametrize("store", ["store_31782", "shop-31782-north", "s-123456789"])
+def test_other_store_ids_with_a_store_number_are_accepted(store: str) -> None:
+    event = _event(actor=f"client:{store}", resource=f"silo:{store}", store=store)
+    assert AuditEvent.from_canonical(event.canonical()) == event
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"store": "31782"},  # all digits: not a store code
+        {"store": "31782-north"},  # ids start with a letter
+        {"store": "store-4111111111111111"},  # more than 9 digits: a card number, not a store number
+        {"store": "gb82west12345698765432"},  # a digit run glued to letters (a lowercased IBAN)
+        {"store": "store:31782"},  # not a store id, and a part without a letter
+        {"store": "shop/a-31782"},  # not a store id: general rules
+        {"actor": f"client:{PARTNER}", "store": "france"},  # names another store
+        {"actor": f"client:{PARTNER}", "store": None},  # the event has no store
+        {"resource": f"silo:{PARTNER}/transactions", "store": "store-31783"},
+        {"actor": f"client:{PARTNER}x", "store": PARTNER},  # not exactly the store
+        {"actor": f"client:x{PARTNER}", "store": PARTNER},
+        {"actor": "customer:17850", "store": PARTNER},
+        {"actor": f"client:{PARTNER}", "resource": f"silo:{PARTNER}/17850x", "store": PARTNER},
+        {"actor": "subject:c17850", "resource": f"silo:{PARTNER}", "store": PARTNER},
+        {"request": PARTNER, "store": PARTNER},  # only actor and resource may repeat the store
+        {"reason": f"denied-{PARTNER}", "store": PARTNER},
+    ],
+)
+def test_when_a_digit_run_is_not_the_events_own_store_id_then_refused(changes: dict[str, Any]) -> None:
+    with pytest.raises(AuditError) as info:
+        _event(**changes)
+    message = str(info.value)
+    assert "31782" not in message and "17850" not in message and "4111" not in message
+
+
+def test_when_canonical_bytes_name_a_numbered_store_in_the_actor_of_another_store_then_refused() -> None:
+    body = _event(actor=f"client:{PARTNER}", resource=f"silo:{PARTNER}", store=PARTNER).canonical()
+    with pytest.raises(AuditError):
+        AuditEvent.from_canonical(body.replace(b'"store":"store-31782"', b'"store":"france"'))

@@ -20,8 +20,8 @@ from typer.testing import CliRunner
 from siloguard.audit.cli import audit_app
 from siloguard.audit.events import AuditEvent
 from siloguard.audit.log import AuditLog
-from siloguard.audit.report import ERASED_SUBJECT, build_report, report_schema, subject_resolver, write_report
-from siloguard.privacy.keys import FileKeyStore, StoreKeys, SubjectVault
+from siloguard.audit.report import ERASED_SUBJECT, build_report, report_schema, write_report
+from siloguard.privacy.keys import FileKeyStore, StoreKeys, SubjectVault, subject_resolver
 from siloguard.privacy.pseudonyms import Pseudonymiser
 from siloguard.storage import create_engine
 from tests.audit.helpers import Keys, gate_event, make_keys

@@ -68,6 +68,6 @@ def test_enforce_deletes_exactly_the_expired_rows_through_the_gate(prepared: Set
         engine.dispose()
     enforced = {e["related"]["store"]: e["counts"] for e in events if e["action"] == "retention.enforce"}
     assert enforced == {s: {"rows_deleted": n, "rows_expired": n} for s, n in expired.items()}
-    gate = [e for e in events if e["actor"].startswith("job:retention-") and e["action"] != "retention.enforce"]
+    gate = [e for e in events if e["actor"] == "job:retention" and e["action"] != "retention.enforce"]
     assert {e["decision"] for e in gate} == {"allow"} and len(gate) == len(expired)
     assert all(e["purpose"] == "essential.legal_obligation" for e in gate)

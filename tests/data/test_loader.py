@@ -45,7 +45,7 @@ def test_when_iso_dates_then_parsed_with_normalized_columns(tmp_path: Path) -> N
         "invoice_date", "unit_price", "customer_id", "country",
     ]  # fmt: skip
     assert df["invoice_date"].dtype == "datetime64[ns]"
-    assert df["quantity"].dtype == "int64"
+    assert df["quantity"].dtype == "Int64"
     assert df["unit_price"].dtype == "float64"
     assert df["customer_id"].dtype == "Int64"
     assert list(df["invoice_date"]) == list(EXPECTED_DATES)
@@ -133,6 +133,85 @@ def test_when_quantity_not_a_number_then_error_names_row_not_value(tmp_path: Pat
     assert "six17850" not in message
 
 
+# Finding: a partner retailer's export in the documented format leaves the price of
+# zero-quantity rows empty; the load aborted ("value is not a number") instead of dropping
+# them like other non-positive rows.
+PARTNER_ROWS = [
+    "536365,85123A,WHITE HANGING HEART T-LIGHT HOLDER,6,2010-12-01 08:26:00,2.55,17850.0,United Kingdom",
+    "536414,22139,,0,2010-12-01 11:52:00,,,United Kingdom",  # zero quantity, no price, guest
+    "536415,22140,,0,2010-12-01 11:53:00,,17850.0,United Kingdom",  # zero quantity, no price
+    "536416,22141,RED SPOT BAG,3,2010-12-01 11:54:00,,13047.0,United Kingdom",  # a purchase without price
+    "536417,22142,BLUE SPOT BAG,,2010-12-01 11:55:00,1.65,13047.0,United Kingdom",  # no quantity
+    "536418,22143,GREEN SPOT BAG,  ,2010-12-01 11:56:00, ,13047.0,United Kingdom",  # blanks only
+    "536419,22144,PINK SPOT BAG,2,2010-12-01 11:57:00,1.65,13047.0,United Kingdom",
+]
+
+
+def test_when_partner_rows_have_empty_price_or_quantity_then_dropped_and_counted(tmp_path: Path) -> None:
+    path = _write(tmp_path / "partner.csv", PARTNER_ROWS)
+
+    raw = load_transactions(path)
+    out, report = load_clean(path)
+
+    assert raw["quantity"].isna().tolist() == [False] * 4 + [True, True, False]
+    assert raw["unit_price"].isna().tolist() == [False, True, True, True, False, True, False]
+    assert report == CleaningReport(
+        rows_in=7,
+        guest_rows=1,
+        cancellation_rows=0,
+        missing_quantity_rows=2,
+        non_positive_quantity_rows=1,
+        missing_price_rows=1,
+        non_positive_price_rows=0,
+        rows_out=2,
+        customers=2,
+        items=2,
+    )
+    assert list(out["invoice"]) == ["536365", "536419"]
+    assert out["quantity"].dtype == "int64" and out["customer_id"].dtype == "int64"
+    assert "1 missing price" in report.summary() and "2 missing quantity" in report.summary()
+
+
+def test_when_hand_made_frame_has_missing_values_then_counted_under_first_reason() -> None:
+    df = _frame([("1", "A", 1, 1.0, 10), ("2", "B", 0, 1.0, 11), ("3", "C", 2, 1.0, 12)])
+    df["quantity"] = pd.array([1, None, 0], dtype="Int64")
+    df["unit_price"] = [1.0, float("nan"), float("nan")]
+
+    out, report = clean(df)
+
+    assert (report.missing_quantity_rows, report.non_positive_quantity_rows) == (1, 1)
+    assert (report.missing_price_rows, report.non_positive_price_rows) == (0, 0)
+    assert list(out["invoice"]) == ["1"] and out["quantity"].dtype == "int64"
+
+
+@pytest.mark.parametrize(("column", "good", "bad"), [("Quantity", ",2,", ",abc,"), ("UnitPrice", ",1.65,", ",abc,")])
+def test_when_partner_file_has_a_malformed_number_then_error_names_column_and_row_not_value(
+    tmp_path: Path, column: str, good: str, bad: str
+) -> None:
+    rows = [*PARTNER_ROWS[:-1], PARTNER_ROWS[-1].replace(good, bad)]
+
+    with pytest.raises(DataError) as err:
+        load_transactions(_write(tmp_path / "partner.csv", rows))
+
+    message = str(err.value)
+    assert f"column {column}, data row 7" in message and "not a number" in message
+    assert "abc" not in message
+
+
+def test_when_quantity_too_large_for_a_whole_number_then_error_names_row(tmp_path: Path) -> None:
+    rows = [ISO_ROWS[0], ISO_ROWS[1].replace(",6,", ",1e20,")]
+
+    with pytest.raises(DataError, match="column Quantity, data row 2: value is not a whole number"):
+        load_transactions(_write(tmp_path / "t.csv", rows))
+
+
+def test_when_only_rows_without_price_then_no_customers_error_says_so(tmp_path: Path) -> None:
+    path = _write(tmp_path / "noprice.csv", [PARTNER_ROWS[3]])
+
+    with pytest.raises(DataError, match="missing or non-positive quantity or price"):
+        load_clean(path)
+
+
 def test_when_file_missing_then_data_error(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="not found"):
         load_transactions(tmp_path / "nope.csv")
@@ -189,7 +268,9 @@ def test_when_hand_made_frame_cleaned_then_each_row_counted_under_first_reason()
         rows_in=8,
         guest_rows=2,
         cancellation_rows=1,
+        missing_quantity_rows=0,
         non_positive_quantity_rows=1,
+        missing_price_rows=0,
         non_positive_price_rows=1,
         rows_out=3,
         customers=2,

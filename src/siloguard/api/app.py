@@ -330,12 +330,17 @@ def create_app(settings: Settings, *, service: DsrService | None = None) -> Fast
             raise ApiError(409, "conflict", "this is not an access request")
         if row["status"] != "completed":
             raise ApiError(409, "conflict", f"the request is {row['status']}; the answer is ready once it is completed")
-        answer = json.loads(row["result"])
-        if answer.get("answer_deleted") or answer.get("erased"):
-            raise ApiError(410, "gone", f"the answer was deleted (once downloaded, {service.settings.api.answer_ttl_days} days "
-                           "after completion, or when you were erased): submit a new access request")
-        if who.session is not None:  # the subject has it now: the service keeps no copy
-            service.answer_delivered(row["id"])
+        gone = ApiError(410, "gone", f"the answer was deleted (once downloaded, {service.settings.api.answer_ttl_days} days "
+                        "after completion, or when you were erased): submit a new access request")
+        if who.session is not None:
+            answer = service.take_answer(row["id"])  # the subject has it now: the service keeps no copy
+            if answer is None:
+                raise gone
+        else:
+            answer = json.loads(row["result"])
+            if answer.get("answer_deleted") or answer.get("erased"):
+                raise gone
+            service.answer_read(row["id"], actor=who.actor)
         if "sealed" in answer:
             return {"request": row["id"], "sealed": answer["sealed"]}
         return {"request": row["id"], "answer": answer}
@@ -388,6 +393,7 @@ def create_app(settings: Settings, *, service: DsrService | None = None) -> Fast
         try:
             signature = base64.b64decode(body.signature, validate=True)
         except (binascii.Error, ValueError):
+            service.refuse_receipt(store, task_id, "malformed", actor=who.actor)
             raise ApiError(422, "invalid", "signature must be base64") from None
         row = service.post_receipt(store, task_id, body.receipt, signature, actor=who.actor)
         return _view(row, service.clock())

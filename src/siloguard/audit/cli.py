@@ -230,7 +230,8 @@ def report(
     Without store keys there, the report says subjects were not resolved.
     """
     from siloguard.audit.heads import SignedTreeHead
-    from siloguard.audit.report import build_report, subject_resolver, write_report
+    from siloguard.audit.report import build_report, write_report
+    from siloguard.privacy.keys import subject_resolver  # the stores' key store, read only
 
     settings = _settings(db=db, public_key=public_key).with_overrides(keys={"root": keys_root})
     key = _public_key(settings)

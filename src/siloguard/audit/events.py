@@ -13,9 +13,21 @@ leaking it fail loudly:
   contains a letter: ``customer:17850``, ``ip:203.0.113.7`` or ``dob:1985-02-17`` are refused.
 - no field has a run of 5 or more digits (raw customer numbers, phone and card numbers,
   IBANs), except inside a UUID, a keyed pseudonym ``v<version>.<32 hex>`` (the form
-  ``privacy.pseudonyms`` makes) or a blinded subject reference ``b.<32 hex>``. A data
-  subject appears only as a blinded reference, e.g. ``subject:b.3f9a0c…``, keyed per subject
-  and unlinkable once the subject is erased (``SubjectVault.audit_ref``), never as a raw id.
+  ``privacy.pseudonyms`` makes) or a blinded subject reference ``b.<32 hex>``, and except
+  in the event's store id (below). A data subject appears only as a blinded reference, e.g.
+  ``subject:b.3f9a0c…``, keyed per subject and unlinkable once the subject is erased
+  (``SubjectVault.audit_ref``), never as a raw id.
+- a **store id** is a code the operator chose (``store-31782``), never a record value, so it
+  may hold a store number: ``store`` may have a run of 5 to 9 digits if it is a store id
+  (``a-z``, ``0-9``, ``_`` and ``-`` only, as the API and key stores require, starting with a
+  letter like every id here, at most 64 characters) and each such run is a whole
+  ``-``/``_``-separated word. So ``store-31782`` is accepted, while ``31782`` (no letter),
+  ``gb82west12345698765432`` (a lowercased IBAN: the run is glued to letters) and
+  ``store-4111111111111111`` (a card number: more than 9 digits) are refused. In ``actor`` and
+  ``resource`` a ``:``/``/``-separated part exactly equal to the event's own ``store`` is
+  accepted on the same grounds (``client:store-31782``, ``silo:store-31782/transactions``);
+  any other part with a 5+ digit run is refused as before: ``customer:17850``, or
+  ``client:store-31782`` on an event of another store or of no store.
 - ``counts`` maps names to integers (no floats: ``epsilon_e6`` holds a privacy loss in
   millionths); a name is lowercase words joined by ``_``, each word letters then optional
   digits (``records_kept``, ``epsilon_e6``); booleans are not counts.
@@ -77,6 +89,12 @@ _RANDOM_TOKEN = re.compile(
 )
 _HEX_LETTER = re.compile(r"[a-f]")
 _DIGIT_RUN = re.compile(r"[0-9]{5}")
+# A store id as the API path, api/keys and privacy/keys accept it, starting with a letter as
+# every id here does; a store number is a
+# whole "-"/"_"-separated word of digits, short enough not to be a card or phone number.
+_STORE_ID = re.compile(r"[a-z][a-z0-9_-]{0,63}")
+_STORE_NUMBER = re.compile(r"(?<![a-z0-9])[0-9]{5,9}(?![a-z0-9])")
+_SEGMENT_TEXT = re.compile(r"[^:/]+")
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 _TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z")
 _KEYS = frozenset(
@@ -122,12 +140,40 @@ def _check_text(name: str, value: object, pattern: re.Pattern[str], rule: str) -
     return value
 
 
-def _check_ident(name: str, value: object, pattern: re.Pattern[str] = _IDENT) -> str:
+def _check_ident(name: str, value: object, pattern: re.Pattern[str] = _IDENT, *, store: str | None = None) -> str:
+    """An id whose parts all hold a letter; with ``store`` (a store id, see ``_store_id``), a
+    part exactly equal to it may hold the store's number."""
     rule = _SLUG_RULE + ", every ':'- or '/'-separated part with a letter"
-    text = _check_text(name, value, pattern, rule)
-    if not all(_LETTER.search(part) for part in _SEGMENT.split(text)):
+    if not isinstance(value, str) or not pattern.fullmatch(value):
         raise _refuse(name, rule)
-    return text
+    if not all(_LETTER.search(part) for part in _SEGMENT.split(value)):
+        raise _refuse(name, rule)
+    rest = value if store is None else _SEGMENT_TEXT.sub(lambda m: "" if m.group() == store else m.group(), value)
+    _no_digit_run(name, rest, rule)
+    return value
+
+
+def _store_id(value: object) -> str | None:
+    """``value`` if it is a store id that may carry a store number (module docstring), else None."""
+    if not isinstance(value, str) or not _STORE_ID.fullmatch(value):
+        return None
+    if _DIGIT_RUN.search(_STORE_NUMBER.sub("", value)):
+        return None
+    return value
+
+
+def _check_store(value: object) -> str:
+    store = _store_id(value)
+    if store is not None:
+        return store
+    try:
+        return _check_ident("store", value)
+    except AuditError:
+        raise _refuse(
+            "store",
+            _SLUG_RULE + " (a store id may hold one as a whole '-'-separated word of at most 9 digits), "
+            "every ':'- or '/'-separated part with a letter",
+        ) from None
 
 
 def _check_int(name: str, value: object, *, low: int) -> int:
@@ -159,9 +205,10 @@ class AuditEvent:
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
-        _check_ident("actor", self.actor)
+        store = _store_id(self.store)  # the one value a part of actor or resource may repeat
+        _check_ident("actor", self.actor, store=store)
         _check_text("action", self.action, _ACTION, "dotted lowercase words such as 'gate.train' (at most 4 parts)")
-        _check_ident("resource", self.resource)
+        _check_ident("resource", self.resource, store=store)
         _check_text("purpose", self.purpose, _PURPOSE, "dotted lowercase names such as 'marketing.advertising' (at most 128)")
         if self.decision not in DECISIONS:
             raise _refuse("decision", "one of " + ", ".join(DECISIONS))
@@ -178,7 +225,7 @@ class AuditEvent:
         if self.round is not None:
             _check_int("round", self.round, low=0)
         if self.store is not None:
-            _check_ident("store", self.store)
+            _check_store(self.store)
         if self.request is not None:
             _check_ident("request", self.request)
         if not isinstance(self.event_id, str) or not _EVENT_ID.fullmatch(self.event_id):

@@ -20,7 +20,9 @@ any, decision allow/deny      ``actor``, ``purpose``, ``reason``: gate decisions
                               ``reason`` (a code such as ``code-verified``)
 ``dsr.receipt``               ``store``, ``request``: a store's signed erasure receipt
                               accepted; counts ``rows_erased``, ``rows_remaining``,
-                              ``embeddings_erased``, ``keys_destroyed``
+                              ``embeddings_erased``, ``keys_destroyed``; decision ``deny``
+                              with ``reason`` ``receipt-refused:<why>`` when refused
+``dsr.answer_read``           ``request``: a DPO read an access answer (decision ``info``)
 ``consent.changed``           ``purpose``; ``reason`` ``grant`` or ``withdraw`` (a subject
                               through the privacy API); counts ``stores``
 ``check.result``              ``resource`` ``check:<rule>``; decision ``allow`` (passed)
@@ -55,6 +57,7 @@ __all__ = [
     "COUNT_CONSENTED",
     "COUNT_EPSILON_E6",
     "COUNT_SUBJECTS",
+    "DSR_ANSWER_READ",
     "DSR_COMPLETED",
     "DSR_RECEIPT",
     "DSR_RECEIVED",
@@ -81,6 +84,7 @@ NODE_ENROLLED = "node.enrolled"
 PRIVACY_SPEND = "privacy.spend"
 DSR_RECEIVED = "dsr.received"
 DSR_RECEIPT = "dsr.receipt"
+DSR_ANSWER_READ = "dsr.answer_read"
 CONSENT_CHANGED = "consent.changed"
 DSR_COMPLETED = "dsr.completed"
 CHECK_RESULT = "check.result"

@@ -68,8 +68,9 @@ class CampaignList:
 def _by_item(settings: Settings, store: str, gated: pd.DataFrame, item: str, model_file: Path) -> pd.Series:
     """Each consenting customer's score for ``item`` from the federated model (higher first)."""
     from siloguard.clients.private import load_private_users
-    from siloguard.clients.store import build_store, load_catalogue, run_manifest
+    from siloguard.clients.store import build_store
     from siloguard.recommender.model import SharedModel, score_users
+    from siloguard.runs import load_catalogue, run_manifest
 
     run = run_manifest(settings.work_dir)
     catalogue = load_catalogue(Path(run["catalogue"]))

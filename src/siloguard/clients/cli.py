@@ -9,13 +9,13 @@ unless ``SILOGUARD_DATABASE__URL`` / ``SILOGUARD_KEYS__ROOT`` say otherwise.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from siloguard.config import Settings
+from siloguard.runs import run_settings  # re-exported: part of this module's API
 from siloguard.storage.cli import command_group, one_line_errors
 
 __all__ = ["OutOpt", "consent_app", "run_settings", "store_app"]
@@ -29,16 +29,6 @@ consent_app = command_group(
 )
 
 OutOpt = Annotated[Path, typer.Option("--out", help="The run's work directory (as given to siloguard train/demo).")]
-
-
-def run_settings(out: Path, base: Settings | None = None) -> Settings:
-    """Settings for a run directory: its database and the stores' keys live inside it by default."""
-    settings = (base or Settings.build()).with_overrides(work_dir=out)  # type: ignore[arg-type]
-    if "SILOGUARD_DATABASE__URL" not in os.environ:
-        settings = settings.with_overrides(database={"url": f"sqlite:///{(out / 'siloguard.db').resolve()}"})
-    if "SILOGUARD_KEYS__ROOT" not in os.environ:
-        settings = settings.with_overrides(keys={"root": (out / "keys").resolve()})
-    return settings
 
 
 # ---- consent ---------------------------------------------------------------------------

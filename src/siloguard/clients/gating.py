@@ -27,6 +27,9 @@ from siloguard.config import Settings
 from siloguard.errors import ConfigError
 from siloguard.policies.gate import Gate, GatedData, Principal
 from siloguard.privacy.keys import FileKeyStore, StoreKeys
+# What training reads of the silo (purpose, data map, columns): defined with the run, which the
+# compliance checks read too, and re-exported here for the store's modules.
+from siloguard.runs import TRAINING_COLUMNS, TRAINING_DATASET, TRAINING_PURPOSE, run_manifest
 
 __all__ = [
     "TRAINING_COLUMNS",
@@ -42,14 +45,6 @@ __all__ = [
     "store_suppression",
     "trainer",
 ]
-
-#: What the federation client does with a store's transactions, as a fideslang data use.
-TRAINING_PURPOSE = "personalize.profiling"
-#: The data map the silo is declared in (policies/datamaps/transactions.yaml).
-TRAINING_DATASET = "transactions"
-#: The columns training reads (recommender.features.to_events and the temporal split); no
-#: description, price, quantity or country ever reaches it.
-TRAINING_COLUMNS = ("customer_id", "invoice", "stock_code", "invoice_date")
 
 _lock = threading.Lock()
 
@@ -68,8 +63,6 @@ def store_keys(settings: Settings, store: str) -> StoreKeys:
 
 def known_stores(settings: Settings) -> list[str]:
     """The stores of the prepared run in ``settings.work_dir`` (sorted)."""
-    from siloguard.clients.store import run_manifest
-
     return sorted(run_manifest(settings.work_dir)["stores"])
 
 

@@ -7,10 +7,8 @@ shared model's arrays and aggregate counts/metrics.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +17,8 @@ import scipy.sparse as sp
 
 from siloguard.config import ModelSettings
 from siloguard.data.loader import load_clean
-from siloguard.errors import ConfigError, DataError
+from siloguard.errors import DataError
 from siloguard.recommender.features import (
-    Catalogue,
     Examples,
     History,
     build_examples,
@@ -30,8 +27,10 @@ from siloguard.recommender.features import (
     build_history,
     to_events,
 )
-from siloguard.recommender.metrics import combine, ranking_metrics
+from siloguard.recommender.metrics import overall_metrics, ranking_metrics  # overall_metrics: re-exported (bench)
 from siloguard.recommender.model import PrivateUsers, SharedModel, score_users
+# Shared with every reader of a run (re-exported: the store's modules and tools import them here).
+from siloguard.runs import load_catalogue, run_manifest, save_catalogue
 
 __all__ = ["StoreData", "build_store", "evaluate_rows", "run_manifest", "evaluate_store", "load_catalogue", "load_store", "save_catalogue"]
 
@@ -40,31 +39,6 @@ _EPOCH = pd.Timestamp("1970-01-01")
 
 def day_number(ts: pd.Timestamp) -> int:
     return int((pd.Timestamp(ts).normalize() - _EPOCH).days)
-
-
-def run_manifest(work_dir: Path) -> dict:
-    """The prepared run's ``run.json`` (stores' silos, catalogue, split): what every reader uses."""
-    path = Path(work_dir) / "run.json"
-    try:
-        run = json.loads(path.read_text())
-        if not isinstance(run, dict) or "stores" not in run:
-            raise ValueError("not a run manifest")
-        return run
-    except (OSError, ValueError):
-        raise ConfigError(f"no prepared run at {path}: run 'siloguard train' (or demo) to prepare the stores") from None
-
-
-def save_catalogue(catalogue: Catalogue, path: Path) -> None:
-    path.write_text(json.dumps({"stock_codes": list(catalogue.codes)}))
-
-
-@lru_cache(maxsize=4)
-def load_catalogue(path: Path) -> Catalogue:
-    try:
-        codes = json.loads(Path(path).read_text())["stock_codes"]
-    except (OSError, ValueError, KeyError) as exc:
-        raise DataError(f"cannot read the product catalogue {path}: {type(exc).__name__}; re-run the preparation step") from None
-    return Catalogue(tuple(codes))
 
 
 @dataclass(frozen=True)
@@ -178,15 +152,3 @@ def evaluate_store(model: SharedModel, users: PrivateUsers | None, store: StoreD
     """Full-ranking metrics of a store's test customers (and the new-items variant)."""
     rows = np.flatnonzero(np.diff(store.truth.indptr) > 0)
     return evaluate_rows(store, rows, lambda r: score_users(model, users, store.history, r))
-
-
-def overall_metrics(per_store: dict[str, dict[str, float]]) -> dict[str, float]:
-    """Weighted by test customers, separately for the full and new-items variants."""
-    per_store = {s: {k: v for k, v in m.items() if k != "num-examples"} for s, m in per_store.items()}
-    full = combine({s: {k: v for k, v in m.items() if not k.startswith("new.")} for s, m in per_store.items()})
-    new = combine(
-        {s: {k[4:]: v for k, v in m.items() if k.startswith("new.")} for s, m in per_store.items()}
-    )
-    out = dict(full)
-    out.update({f"new.{k}": v for k, v in new.items()})
-    return out

@@ -122,7 +122,7 @@ def data_minimisation(ctx: Context, scope: str) -> Outcome:
     training = [a for a in ctx.activities(scope) if a.federation_training]
     if training:
         # The record must not understate what the federation client really reads.
-        from siloguard.clients.gating import TRAINING_COLUMNS, TRAINING_DATASET
+        from siloguard.runs import TRAINING_COLUMNS, TRAINING_DATASET
 
         for act in training:
             unrecorded = [c for c in TRAINING_COLUMNS if c not in act.datasets.get(TRAINING_DATASET, ())]

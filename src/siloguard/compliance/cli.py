@@ -66,7 +66,7 @@ def _run_clock(out: Path) -> str | None:
 def _settings(*, out: Path | None, db: str | None, as_of: str | None) -> Settings:
     base = Settings.build()
     if out is not None:
-        from siloguard.clients.cli import run_settings
+        from siloguard.runs import run_settings
 
         # The run's database and the stores' keys live in its work directory by default.
         base = run_settings(out, base)

@@ -1,7 +1,7 @@
 """The compliance records as data: processing activities (Art. 30), DPIAs, transfers,
 adequacy and sensitive categories, read from ``policies/records/*.yaml``.
 
-Each file is read with :class:`~siloguard.policies._yaml.YamlDoc`, so a bad value fails at
+Each file is read with :class:`~siloguard._yaml.YamlDoc`, so a bad value fails at
 load with ``file:line: key: problem``. Whether the records are *complete* or *consistent* with
 the data maps is not checked here: that is what the rules are for (a missing Art. 30 field is
 a finding of ``records-of-processing``, not a load error), so a check can name what to fix.
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import yaml
 
+from siloguard._yaml import YamlDoc
 from siloguard.errors import ConfigError
-from siloguard.policies._yaml import YamlDoc
 
 __all__ = [
     "RECORDS_DIR",

@@ -48,7 +48,7 @@ def _gate(ctx: Context, store: str):  # noqa: ANN202 - heavy imports (Presidio) 
     from siloguard.privacy.pseudonyms import Pseudonymiser
 
     keys = store_keys(ctx.settings, store)
-    principal = Principal(id=f"job:retention-{store}", role="store_operator")
+    principal = Principal(id=f"job:retention", role="store_operator")
     enforcer = PolicyEnforcer()
     enforcer.assign_role(principal.id, principal.role, store)
     log = AuditLog.open(ctx.settings)
@@ -105,7 +105,7 @@ def enforce_retention(ctx: Context, *, dry_run: bool = False) -> list[RetentionR
         with _audit(ctx) as log:
             log.record(
                 AuditEvent(
-                    actor=f"job:retention-{store}", action=RETENTION_ENFORCE, resource=f"dataset:{STORE_DATASET}",
+                    actor=f"job:retention", action=RETENTION_ENFORCE, resource=f"dataset:{STORE_DATASET}",
                     purpose=ERASE_PURPOSE, decision="allow", reason="past-retention",
                     counts={"rows_expired": n_expired, "rows_deleted": n_expired}, store=store,
                 )

@@ -14,8 +14,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from siloguard._yaml import YamlDoc
 from siloguard.errors import ConfigError
-from siloguard.policies._yaml import YamlDoc
 
 __all__ = ["INPUTS", "RULES_DIR", "SCOPES", "SEVERITIES", "Rule", "load_rules"]
 

@@ -4,6 +4,11 @@ The input is a CSV (optionally gzip-compressed) with the UCI Online Retail colum
 ``InvoiceNo, StockCode, Description, Quantity, InvoiceDate, UnitPrice, CustomerID, Country``.
 Dates may be ISO (``2010-12-01 08:26:00``) or the original UCI style (``12/1/2010 8:26``).
 
+An empty ``Quantity`` or ``UnitPrice`` cell is read as missing (some retailers' exports leave
+the price of zero-quantity adjustment rows blank); :func:`clean` drops such rows and counts
+them, as it does rows with a non-positive quantity or price, since their revenue is unknown.
+A value that is present but not a number (``abc``) is still an error.
+
 Error messages name the file, the column and the 1-based data row, never a cell value,
 because cells can hold personal data.
 """
@@ -56,6 +61,8 @@ DATE_FORMATS: dict[str, str] = {
 SAMPLE_FILE = "online_retail_sample.csv.gz"
 SAMPLE_CONSENT_FILE = "consent_sample.csv.gz"
 _GZIP_MAGIC = b"\x1f\x8b"
+#: Largest magnitude of a whole-number cell: below 2**53, so float64 holds it exactly.
+_MAX_WHOLE = 10**15
 
 
 def sample_path() -> Path:
@@ -200,9 +207,11 @@ def _parse_number(
     if bad.any():
         raise _bad_row_error(path, column, col.bad_rows(bad), "a number")
     if whole:
-        fractional = ~empty & (arr != np.round(arr))
+        fractional = ~empty & ((arr != np.round(arr)) | (np.abs(arr) >= _MAX_WHOLE))
         if fractional.any():
-            raise _bad_row_error(path, column, col.bad_rows(fractional), "a whole number")
+            raise _bad_row_error(
+                path, column, col.bad_rows(fractional), "a whole number of at most 15 digits"
+            )
     return col.expand(numbers)
 
 
@@ -215,9 +224,13 @@ def _text(values: pd.Series, *, upper: bool = False) -> pd.Series:
 def load_transactions(path: str | Path) -> pd.DataFrame:
     """Read an Online Retail CSV or CSV.gz into a frame with normalized columns.
 
-    Columns: invoice, stock_code, description, quantity (int64), invoice_date
-    (datetime64[ns]), unit_price (float64), customer_id (Int64, <NA> for guests), country.
-    Raises DataError if the file is missing, unreadable, lacks a column or holds a bad value.
+    Columns: invoice, stock_code, description, quantity (Int64, <NA> where the cell is
+    empty), invoice_date (datetime64[ns]), unit_price (float64, NaN where the cell is empty),
+    customer_id (Int64, <NA> for guests), country. Empty quantities and prices are left for
+    :func:`clean` to drop and count.
+    Raises DataError if the file is missing, unreadable, lacks a column or holds a bad value
+    (a cell that is present but not a number, not a whole number where one is needed, or
+    not a date).
     """
     path = Path(path)
     if not path.exists():
@@ -236,10 +249,8 @@ def load_transactions(path: str | Path) -> pd.DataFrame:
             "check that the file is complete and in the Online Retail column format"
         ) from None
 
-    quantity = _parse_number(path, raw["Quantity"], "Quantity", allow_empty=False, whole=True)
-    unit_price = _parse_number(
-        path, raw["UnitPrice"], "UnitPrice", allow_empty=False, whole=False
-    )
+    quantity = _parse_number(path, raw["Quantity"], "Quantity", allow_empty=True, whole=True)
+    unit_price = _parse_number(path, raw["UnitPrice"], "UnitPrice", allow_empty=True, whole=False)
     customer = _parse_number(path, raw["CustomerID"], "CustomerID", allow_empty=True, whole=True)
 
     return pd.DataFrame(
@@ -247,7 +258,7 @@ def load_transactions(path: str | Path) -> pd.DataFrame:
             "invoice": _text(raw["InvoiceNo"]),
             "stock_code": _text(raw["StockCode"], upper=True),
             "description": _text(raw["Description"]),
-            "quantity": quantity.astype("int64"),
+            "quantity": quantity.astype("Int64"),
             "invoice_date": _parse_dates(path, raw["InvoiceDate"]),
             "unit_price": unit_price,
             "customer_id": customer.astype("Int64"),
@@ -263,7 +274,9 @@ class CleaningReport:
     rows_in: int
     guest_rows: int
     cancellation_rows: int
+    missing_quantity_rows: int
     non_positive_quantity_rows: int
+    missing_price_rows: int
     non_positive_price_rows: int
     rows_out: int
     customers: int
@@ -278,7 +291,9 @@ class CleaningReport:
         return (
             f"{self.rows_in:,} rows in; dropped {self.guest_rows:,} guest, "
             f"{self.cancellation_rows:,} cancellation, "
-            f"{self.non_positive_quantity_rows:,} non-positive quantity and "
+            f"{self.missing_quantity_rows:,} missing quantity, "
+            f"{self.non_positive_quantity_rows:,} non-positive quantity, "
+            f"{self.missing_price_rows:,} missing price and "
             f"{self.non_positive_price_rows:,} non-positive price rows; kept {self.rows_out:,} "
             f"rows of {self.customers:,} customers and {self.items:,} items"
         )
@@ -290,10 +305,13 @@ _CLEAN_COLUMNS = ("invoice", "stock_code", "quantity", "unit_price", "customer_i
 def clean(
     df: pd.DataFrame, *, source: str | Path | None = None
 ) -> tuple[pd.DataFrame, CleaningReport]:
-    """Drop guest, cancelled, non-positive quantity and non-positive price rows.
+    """Drop guest, cancelled, missing or non-positive quantity and missing or non-positive
+    price rows, counting each dropped row under its first reason in that order.
 
-    ``source`` (a file name) is only used in error messages. The returned frame has a
-    fresh index and ``customer_id`` as int64.
+    A missing (empty) quantity or price leaves the row's revenue unknown, so the row is
+    dropped like one with a non-positive value. ``source`` (a file name) is only used in
+    error messages. The returned frame has a fresh index, and ``customer_id`` and
+    ``quantity`` as int64.
     """
     where = f"{source}: " if source is not None else ""
     missing = [c for c in _CLEAN_COLUMNS if c not in df.columns]
@@ -304,11 +322,15 @@ def clean(
     rows_in = len(df)
     keep = np.ones(rows_in, dtype=bool)
     counts: list[int] = []
+    quantity = df["quantity"].to_numpy(dtype="float64", na_value=np.nan)
+    unit_price = df["unit_price"].to_numpy(dtype="float64", na_value=np.nan)
     reasons = (
         df["customer_id"].isna().to_numpy(),
         df["invoice"].astype(str).str.startswith("C").to_numpy(dtype=bool),
-        (df["quantity"] <= 0).to_numpy(dtype=bool),
-        (df["unit_price"] <= 0).to_numpy(dtype=bool),
+        np.isnan(quantity),
+        quantity <= 0,
+        np.isnan(unit_price),
+        unit_price <= 0,
     )
     for drop in reasons:
         hit = keep & drop
@@ -318,16 +340,19 @@ def clean(
     if out.empty:
         raise DataError(
             f"{where}no customers left after cleaning {rows_in:,} rows (all were guest checkouts, "
-            "cancellations or had non-positive quantity or price); check that CustomerID is "
-            "filled in and Quantity and UnitPrice are positive"
+            "cancellations or had a missing or non-positive quantity or price); check that "
+            "CustomerID is filled in and Quantity and UnitPrice are filled in and positive"
         )
     out["customer_id"] = out["customer_id"].astype("int64")
+    out["quantity"] = out["quantity"].astype("int64")
     report = CleaningReport(
         rows_in=rows_in,
         guest_rows=counts[0],
         cancellation_rows=counts[1],
-        non_positive_quantity_rows=counts[2],
-        non_positive_price_rows=counts[3],
+        missing_quantity_rows=counts[2],
+        non_positive_quantity_rows=counts[3],
+        missing_price_rows=counts[4],
+        non_positive_price_rows=counts[5],
         rows_out=len(out),
         customers=int(out["customer_id"].nunique()),
         items=int(out["stock_code"].nunique()),

@@ -18,6 +18,7 @@ from typing import Any
 import pandas as pd
 
 from siloguard.config import Settings
+from siloguard.errors import DataError
 from siloguard.policies.gate import Gate, Principal
 
 __all__ = ["RECIPIENTS", "SOURCE", "access_report"]
@@ -64,7 +65,10 @@ def _subject_rows(settings: Settings, store: str, customer_ref: str) -> pd.DataF
     mine = raw.loc[(ids == customer_ref).to_numpy()]
     if mine.empty:
         return mine
-    cleaned, _ = clean(mine)
+    try:
+        cleaned, _ = clean(mine)
+    except DataError:  # every row of theirs is one cleaning drops (guest, cancelled, no price...)
+        return mine.iloc[0:0]
     return cleaned
 
 

@@ -553,6 +553,7 @@ class DsrService:
                     request["payload"] = json.dumps(payload)
                 self._transition(conn, request, "verified", events=events, actor=SUBJECT_ACTOR, reason="code-verified", now=now)
                 conn.execute(dsr_verifications.delete().where(dsr_verifications.c.request_id == request_id))
+                conn.execute(dsr_outbox.delete().where(dsr_outbox.c.request_id == request_id))  # the code is spent
                 conn.execute(
                     dsr_sessions.insert().values(
                         token_hash=self._token_hash(token), subject_digest=request["subject_digest"],
@@ -661,6 +662,14 @@ class DsrService:
         events: list[AuditEvent] = []
         with exclusive(self.engine, _LOCK) as conn:
             request = self._load(conn, request_id)
+            done = conn.execute(
+                sa.select(dsr_tasks.c.store).where(dsr_tasks.c.request_id == request_id, dsr_tasks.c.status == "done")
+            ).scalars().first()
+            if done is not None:
+                raise DsrConflict(
+                    f"store {done!r} has already erased the subject for this request: it can no longer be denied; "
+                    "let it complete"
+                )
             claimed = conn.execute(
                 sa.select(dsr_tasks.c.store, dsr_tasks.c.claimed_until)
                 .where(dsr_tasks.c.request_id == request_id, dsr_tasks.c.status == "claimed")
@@ -697,13 +706,44 @@ class DsrService:
             closed += self._move(request_id, "unverified", reason="code-expired")
         return closed
 
-    def answer_delivered(self, request_id: str) -> None:
-        """The subject downloaded the access answer: it is deleted (download once)."""
+    def answer_read(self, request_id: str, *, actor: str) -> None:
+        """Audit a read of an access answer by staff (the DPO): the subject's data was seen."""
+        from siloguard.audit.vocabulary import DSR_ANSWER_READ
+
+        self.audit.append([AuditEvent(actor=actor, action=DSR_ANSWER_READ, resource="dsr:access", purpose=PURPOSE,
+                                      decision="info", reason="answer-read", request=request_id)])
+
+    def refuse_receipt(self, store: str, task_id: str, code: str, *, actor: str) -> None:
+        """Audit a receipt refused before it reached :meth:`post_receipt` (e.g. a signature that is not base64)."""
+        with self.engine.connect() as conn:
+            request_id = conn.execute(
+                sa.select(dsr_tasks.c.request_id).where(dsr_tasks.c.id == task_id, dsr_tasks.c.store == store)
+            ).scalar()
+        self._append([AuditEvent(actor=actor, action=DSR_RECEIPT, resource="dsr:erasure", purpose=PURPOSE, decision="deny",
+                                 reason=f"receipt-refused:{code}", store=store, request=request_id)])
+
+    def take_answer(self, request_id: str) -> dict[str, Any] | None:
+        """The subject's download: the stored answer, deleted in the same transaction (download
+        once; of two concurrent downloads one gets it, the other None)."""
         with exclusive(self.engine, _LOCK) as conn:
+            row = conn.execute(
+                sa.select(dsr_requests.c.result).where(dsr_requests.c.id == request_id, dsr_requests.c.kind == "access")
+            ).first()
+            if row is None or not row.result:
+                return None
+            answer = json.loads(row.result)
+            if answer.get("answer_deleted") or answer.get("erased"):
+                return None
             conn.execute(
-                dsr_requests.update().where(dsr_requests.c.id == request_id, dsr_requests.c.kind == "access")
+                dsr_requests.update().where(dsr_requests.c.id == request_id)
                 .values(result=_ANSWER_DELETED, payload=json.dumps({"consent": []}))
             )
+        return answer
+
+    def purge_sessions(self) -> int:
+        """Delete expired subject tokens (with the customer reference they carry); returns how many."""
+        with exclusive(self.engine, _LOCK) as conn:
+            return int(conn.execute(dsr_sessions.delete().where(dsr_sessions.c.expires_at <= self.clock())).rowcount or 0)
 
     def purge_answers(self) -> int:
         """Delete access answers older than ``api.answer_ttl_days``; returns how many."""
@@ -726,6 +766,7 @@ class DsrService:
         self.flush_audit()
         self.expire_unverified()
         self.purge_answers()
+        self.purge_sessions()
         with self.engine.connect() as conn:
             ids = conn.execute(
                 sa.select(dsr_requests.c.id).where(dsr_requests.c.status.in_(["verified", "in_progress", "extended"]))
@@ -829,6 +870,8 @@ class DsrService:
         ref, kind = request["customer_ref"], request["kind"]
         if ref is None:
             return
+        if kind != "erasure" and self.erasing(request["subject_digest"]):
+            return  # stores are erasing them: nothing new is recorded about them (docs/API.md)
         from siloguard.policies.consent import SALE_AND_SHARING
 
         for _store, consent in self._consents():
@@ -984,10 +1027,13 @@ class DsrService:
             if out["status"] in ("pending", "claimed") and (out["request_status"] in TERMINAL or out["customer_ref"] is None):
                 out["status"] = "cancelled"
             elif out["status"] in ("pending", "claimed"):
+                # The lease runs from the first claim: claiming again does not extend it, so a
+                # store cannot hold off a denial for longer than api.claim_lease_seconds.
                 conn.execute(
-                    dsr_tasks.update().where(dsr_tasks.c.id == task_id)
-                    .values(status="claimed", claimed_until=now + timedelta(seconds=self.settings.api.claim_lease_seconds))
+                    dsr_tasks.update().where(dsr_tasks.c.id == task_id, dsr_tasks.c.claimed_until.is_(None))
+                    .values(claimed_until=now + timedelta(seconds=self.settings.api.claim_lease_seconds))
                 )
+                conn.execute(dsr_tasks.update().where(dsr_tasks.c.id == task_id).values(status="claimed"))
                 out["status"] = "claimed"
         return out
 

@@ -40,7 +40,7 @@ from siloguard.config import Settings
 from siloguard.dsr.errors import DsrError
 from siloguard.dsr.receipts import Receipt, public_key_bytes, sign_receipt
 from siloguard.dsr.service import normalise_ref
-from siloguard.errors import ConfigError
+from siloguard.errors import ConfigError, SiloguardError
 
 __all__ = ["ErasureOutcome", "erase_subject", "existing_store_keys", "sync_store"]
 
@@ -166,11 +166,19 @@ def sync_store(client: httpx.Client, settings: Settings, store: str) -> list[dic
         if not task.get("customer_ref"):
             continue  # nothing names a subject (the service closed it meanwhile)
         claim = client.post(f"/v1/stores/{store}/tasks/{task['id']}/claim")
-        _raise_for(claim)
+        try:
+            _raise_for(claim)
+        except DsrError as exc:  # e.g. rate limited: this task waits for the next sync
+            refused.append(f"{task['id']}: not claimed: {exc}")
+            continue
         if claim.json()["status"] != "claimed":
             done.append({"task": task["id"], "request": task["request_id"], "skipped": claim.json()["status"]})
             continue
-        outcome = erase_subject(settings, store, task["customer_ref"], task=task["id"], request=task["request_id"])
+        try:
+            outcome = erase_subject(settings, store, task["customer_ref"], task=task["id"], request=task["request_id"])
+        except SiloguardError as exc:  # the journal keeps what was done; the next sync retries
+            refused.append(f"{task['id']}: erasure failed: {exc}")
+            continue
         receipt = Receipt(
             task=task["id"], request=task["request_id"], store=store,
             rows_erased=outcome.rows_erased, rows_remaining=outcome.rows_remaining,
@@ -187,11 +195,11 @@ def sync_store(client: httpx.Client, settings: Settings, store: str) -> list[dic
         try:
             _raise_for(reply)
         except DsrError as exc:
-            refused.append(f"{task['id']}: {exc}")
+            refused.append(f"{task['id']}: receipt refused: {exc}")
             item["refused"] = str(exc)
         done.append(item)
     if refused:
-        error = DsrError(f"{len(refused)} receipt(s) refused (the data is erased; run sync again to retry): " + "; ".join(refused))
+        error = DsrError(f"{len(refused)} task(s) not finished (run sync again; what was erased is in the journal): " + "; ".join(refused))
         error.done = done  # type: ignore[attr-defined]
         raise error
     return done

@@ -16,11 +16,11 @@ from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
 from siloguard.config import Settings
-from siloguard.clients.store import load_catalogue, run_manifest
 from siloguard.errors import ConfigError, DataError, FederationError, PrivacyBudgetError
 from siloguard.federation.registry import save_model
 from siloguard.federation.strategy import RoundReport, SiloFedAvg
 from siloguard.recommender.model import SharedModel
+from siloguard.runs import load_catalogue, run_manifest
 
 __all__ = ["FederationOutcome", "app", "build_server_app", "run_server"]
 
@@ -43,7 +43,7 @@ def _prepare_if_missing(settings: Settings) -> None:
     """
     if (settings.work_dir / "run.json").is_file():
         return
-    from siloguard.federation.runner import prepare_run  # runner imports this module
+    from siloguard.federation.prepare import prepare_run  # the data loading stack only when needed
 
     prepare_run(settings)
 

@@ -66,8 +66,7 @@ def model_rollback(
 ) -> None:
     """Make an earlier version current again (its file checked against its sha256; audited)."""
     from siloguard.federation.registry import rollback
-
-    from siloguard.clients.cli import run_settings
+    from siloguard.runs import run_settings
 
     manifest = rollback(run_settings(out), version)  # the run's audit log lives in its work directory
     typer.echo(f"current model is now {manifest['version']} (sha256 {manifest['sha256'][:16]}...)")

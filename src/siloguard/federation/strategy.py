@@ -34,7 +34,7 @@ from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg
 from flwr.serverapp.strategy.strategy_utils import sample_nodes
 from flwr.supercore import log
 
-from siloguard.clients.store import overall_metrics
+from siloguard.recommender.metrics import overall_metrics
 
 __all__ = ["Aggregator", "RoundReport", "SiloFedAvg", "arrays_sha256", "screen_update"]
 

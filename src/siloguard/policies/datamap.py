@@ -33,8 +33,8 @@ from pathlib import Path
 import yaml
 from pydantic import TypeAdapter, ValidationError
 
+from siloguard._yaml import YamlDoc
 from siloguard.errors import ConfigError
-from siloguard.policies._yaml import YamlDoc
 from siloguard.policies.taxonomy import Taxonomy, ancestors, covers, load_taxonomy
 
 __all__ = [

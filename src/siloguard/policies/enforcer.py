@@ -41,8 +41,8 @@ from casbin.model import fast_policy_filter
 from casbin.persist import Adapter
 from casbin.persist.adapters import FileAdapter
 
+from siloguard._yaml import YamlDoc
 from siloguard.errors import AccessDenied, ConfigError
-from siloguard.policies._yaml import YamlDoc
 from siloguard.policies.taxonomy import Taxonomy, covers, load_taxonomy
 
 __all__ = [

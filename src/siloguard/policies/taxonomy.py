@@ -14,29 +14,14 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from siloguard.policies._yaml import YamlDoc
+from siloguard._dotted import ancestors, covers  # re-exported: part of this module's API
+from siloguard._yaml import YamlDoc
 
 __all__ = ["TAXONOMY_PATH", "Taxonomy", "ancestors", "covers", "load_taxonomy"]
 
 TAXONOMY_PATH = Path(__file__).with_name("taxonomy.yaml")
 
 _KEY = re.compile(r"[a-z][a-z0-9_]*(?:\.[a-z][a-z0-9_]*)*")
-
-
-def covers(general: str, specific: str) -> bool:
-    """True if the key ``general`` is ``specific`` or one of its ancestors.
-
-    Empty keys never cover and are never covered: a missing attribute must not match.
-    """
-    if not general or not specific:
-        return False
-    return specific == general or specific.startswith(general + ".")
-
-
-def ancestors(key: str) -> list[str]:
-    """``key`` and its ancestors, most specific first: a.b.c -> [a.b.c, a.b, a]."""
-    parts = key.split(".")
-    return [".".join(parts[:n]) for n in range(len(parts), 0, -1)]
 
 
 @dataclass(frozen=True)

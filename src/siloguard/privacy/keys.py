@@ -23,7 +23,7 @@ import hmac
 import os
 import re
 import stat
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -46,6 +46,8 @@ __all__ = [
     "Secret",
     "StoreKeys",
     "SubjectVault",
+    "existing_store_keys",
+    "subject_resolver",
 ]
 
 KEY_BYTES = 32
@@ -385,3 +387,51 @@ class SubjectVault:
 
     def __repr__(self) -> str:
         return f"SubjectVault(store={self._keys.store!r})"
+
+
+# --- a store's keys, opened read-only (nothing is ever created) -----------------------------
+
+
+def existing_store_keys(root: Path, store: str) -> StoreKeys:
+    """The store's keys in the key store at ``root``; an error (never new keys) if there are none."""
+    keys = StoreKeys(FileKeyStore(root), store)
+    if keys.keystore.read(f"stores/{store}/master") is None:
+        raise ConfigError(
+            f"store {store!r} has no keys under {Path(root).resolve()}: point SILOGUARD_KEYS__ROOT "
+            "at the store's own key directory (new keys would sign receipts the API refuses)"
+        )
+    return keys
+
+
+def subject_resolver(keys_root: Path) -> tuple[Callable[[str], bool], list[str]] | None:
+    """A resolver for the blinded subject references of every store under ``keys_root``.
+
+    Reads ``<keys_root>/stores/<store>/`` with :meth:`SubjectVault.audit_refs` (one unwrap
+    per subject key); creates nothing: a store without a master key is skipped. Returns
+    ``(resolver, stores used)``, where the resolver says whether a ``b.<hex>`` reference still
+    resolves (the officer's report, :mod:`siloguard.audit.report`, shows the others as erased
+    subjects), or None when the directory does not exist or holds no store with a master key
+    (the report then says subjects were not resolved).
+    """
+    root = Path(keys_root)
+    stores_dir = root / "stores"
+    if not root.is_dir() or not stores_dir.is_dir():
+        return None  # FileKeyStore would create the directory: do not
+    keystore = FileKeyStore(root)
+    refs: set[str] = set()
+    used: list[str] = []
+    for entry in sorted(stores_dir.iterdir()):
+        if not entry.is_dir() or entry.name.startswith("."):
+            continue
+        try:
+            store_keys = StoreKeys(keystore, entry.name)
+        except ConfigError:  # not a valid store id (a stray directory): not a store
+            continue
+        if keystore.read(f"stores/{entry.name}/master") is None:
+            continue  # never call StoreKeys.init(): the report creates no keys
+        refs.update(SubjectVault(store_keys).audit_refs())
+        used.append(entry.name)
+    if not used:
+        return None
+    frozen = frozenset(refs)
+    return frozen.__contains__, used

@@ -35,9 +35,9 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from siloguard._dotted import ancestors
+from siloguard._yaml import YamlDoc
 from siloguard.errors import ConfigError
-from siloguard.policies._yaml import YamlDoc
-from siloguard.policies.taxonomy import ancestors
 from siloguard.privacy.keys import Secret, StoreKeys
 
 __all__ = [

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["ScoreFn", "Scores", "combine", "metric_keys", "ranking_metrics"]
+__all__ = ["ScoreFn", "Scores", "combine", "metric_keys", "overall_metrics", "ranking_metrics"]
 
 ScoreFn = Callable[[np.ndarray], np.ndarray]
 """Takes row indices (int array of length m) and returns an (m, n_items) score array."""
@@ -212,4 +212,16 @@ def combine(per_group: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
     out: dict[str, float] = {"users": total}
     for k in keys:
         out[k] = acc[k] / total if total > 0 else math.nan
+    return out
+
+
+def overall_metrics(per_store: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Weighted by test customers, separately for the full and new-items variants."""
+    per_store = {s: {k: v for k, v in m.items() if k != "num-examples"} for s, m in per_store.items()}
+    full = combine({s: {k: v for k, v in m.items() if not k.startswith("new.")} for s, m in per_store.items()})
+    new = combine(
+        {s: {k[4:]: v for k, v in m.items() if k.startswith("new.")} for s, m in per_store.items()}
+    )
+    out = dict(full)
+    out.update({f"new.{k}": v for k, v in new.items()})
     return out

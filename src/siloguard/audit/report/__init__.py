@@ -9,7 +9,8 @@ Data subjects appear in events only as blinded references ``subject:b.<hex>``. G
 resolver (``subjects``: does this ``b.<hex>`` still resolve, i.e. does the subject's key
 still exist?), the report shows the decisions of erased subjects under ``erased-subject``;
 without one it shows the references as recorded and says they were not resolved.
-:func:`subject_resolver` builds one from a key store directory (never creating keys).
+:func:`siloguard.privacy.keys.subject_resolver` builds one from a key store directory (never
+creating keys): this package reads no keys itself.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from siloguard._files import write_atomic
 from siloguard.audit.heads import SignedTreeHead
 from siloguard.audit.report.facts import ERASED_SUBJECT, NO_DATA, SubjectResolver, collect
-from siloguard.errors import AuditError, ConfigError
+from siloguard.errors import AuditError
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -41,7 +42,6 @@ __all__ = [
     "SubjectResolver",
     "build_report",
     "report_schema",
-    "subject_resolver",
     "validate_facts",
     "write_report",
 ]
@@ -106,40 +106,6 @@ def build_report(
     facts["plots"] = sorted(plots)
     validate_facts(facts)
     return Report(facts, plots, _render_html(facts, plots))
-
-
-def subject_resolver(keys_root: Path) -> tuple[SubjectResolver, list[str]] | None:
-    """A resolver for the blinded subject references of every store under ``keys_root``.
-
-    Reads ``<keys_root>/stores/<store>/`` with ``SubjectVault.audit_refs`` (one unwrap per
-    subject key); creates nothing: a store without a master key is skipped. Returns
-    ``(resolver, stores used)``, or None when the directory does not exist or holds no store
-    with a master key (the report then says subjects were not resolved).
-    """
-    from siloguard.privacy.keys import FileKeyStore, StoreKeys, SubjectVault
-
-    root = Path(keys_root)
-    stores_dir = root / "stores"
-    if not root.is_dir() or not stores_dir.is_dir():
-        return None  # FileKeyStore would create the directory: do not
-    keystore = FileKeyStore(root)
-    refs: set[str] = set()
-    used: list[str] = []
-    for entry in sorted(stores_dir.iterdir()):
-        if not entry.is_dir() or entry.name.startswith("."):
-            continue
-        try:
-            store_keys = StoreKeys(keystore, entry.name)
-        except ConfigError:  # not a valid store id (a stray directory): not a store
-            continue
-        if keystore.read(f"stores/{entry.name}/master") is None:
-            continue  # never call StoreKeys.init(): the report creates no keys
-        refs.update(SubjectVault(store_keys).audit_refs())
-        used.append(entry.name)
-    if not used:
-        return None
-    frozen = frozenset(refs)
-    return frozen.__contains__, used
 
 
 def _now() -> str:

@@ -1,0 +1,158 @@
+"""Prepare a run: validate the input, cut it into the stores' silos, write them out.
+
+``prepare_run`` reads and validates the input completely in memory, and only then writes
+the stores' silos (each an Online Retail file of its own, as a partner store would hold),
+the public product catalogue and ``run.json`` into the work directory, and records the
+consents the stores collected. Both ways of running a federation use it: the simulation
+(:mod:`siloguard.federation.runner`) before it starts, and the ServerApp under ``flwr run``
+(:mod:`siloguard.federation.app`) when nothing has prepared the work directory yet.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from siloguard.config import Settings
+from siloguard.data.loader import RAW_COLUMNS, CleaningReport, load_clean, sample_consent_path, sample_path
+from siloguard.data.silos import assign_stores, partition
+from siloguard.data.split import temporal_split
+from siloguard.recommender.features import Catalogue
+from siloguard.runs import TRAINING_PURPOSE, save_catalogue
+
+__all__ = ["PreparedRun", "prepare_run"]
+
+
+@dataclass(frozen=True)
+class PreparedRun:
+    stores: dict[str, Path]
+    customers: dict[str, int]
+    catalogue: Path
+    items: int
+    split_date: pd.Timestamp
+    end_date: pd.Timestamp
+    cleaning: CleaningReport
+    source: Path
+    consented: dict[str, int]  # customers per store the gate lets train now (consent recorded)
+
+
+def _to_raw(frame: pd.DataFrame) -> pd.DataFrame:
+    raw = frame[list(RAW_COLUMNS.values())].copy()
+    raw["invoice_date"] = raw["invoice_date"].dt.strftime("%Y-%m-%d %H:%M:%S")
+    return raw.rename(columns={v: k for k, v in RAW_COLUMNS.items()})
+
+
+def _without_erased(settings: Settings, silos: list) -> list:
+    """Each store's silo without the customers that store erased (its suppression list).
+
+    Cutting the silos again from the same source must not bring an erased customer back.
+    """
+    from siloguard.clients.gating import store_suppression
+    from siloguard.data.silos import Silo
+
+    out = []
+    for silo in silos:
+        frame, dropped = store_suppression(settings, silo.name).drop_suppressed(silo.frame)
+        if dropped:
+            logging.getLogger(__name__).info("store %s: %d row(s) of erased customers left out", silo.name, dropped)
+        out.append(Silo(silo.name, frame) if dropped else silo)
+    return out
+
+
+def prepare_run(settings: Settings) -> PreparedRun:
+    """Validate the input, cut it into stores and write them under ``work_dir``.
+
+    Every check runs before anything is written: a bad file leaves the work
+    directory untouched.
+    """
+    source = settings.data.path or sample_path()
+    frame, report = load_clean(source)
+    split = temporal_split(frame, settings.data.split_date, settings.data.test_weeks)
+    stores = assign_stores(
+        frame, uk_stores=settings.data.uk_stores, min_customers=settings.data.min_store_customers
+    )
+    silos = partition(frame, stores)
+    catalogue = Catalogue.from_frame(split.train)
+    consent_file = settings.data.consent or (sample_consent_path() if settings.data.path is None else None)
+    consents = None
+    if consent_file is not None:
+        from siloguard.policies.consent_io import read_consent_file
+
+        consents = read_consent_file(consent_file, [s.name for s in silos])
+
+    work = settings.work_dir
+    work.mkdir(parents=True, exist_ok=True)  # (the run's database may live in it)
+    silos = _without_erased(settings, silos)
+    staging = Path(tempfile.mkdtemp(prefix=".prepare-", dir=work))
+    try:
+        (staging / "stores").mkdir()
+        paths: dict[str, Path] = {}
+        for silo in silos:
+            name = f"{silo.name}.csv"
+            _to_raw(silo.frame).to_csv(staging / "stores" / name, index=False)
+            paths[silo.name] = (work / "stores" / name).resolve()
+        save_catalogue(catalogue, staging / "catalogue.json")
+        run = {
+            "source": str(Path(source).name),
+            "stores": {k: str(v) for k, v in paths.items()},
+            "catalogue": str((work / "catalogue.json").resolve()),
+            "split_date": str(split.split_date.date()),
+            "end_date": str(split.end_date.date()),
+        }
+        if settings.data.path is None:
+            # The embedded sample is historical (2010-2011): `siloguard check --run` measures
+            # the age of its rows on the data's own clock, not today's (docs/COMPLIANCE.md).
+            run["compliance_as_of"] = "data"
+        (staging / "run.json").write_text(json.dumps(run, indent=2))
+        for entry in ("stores", "catalogue.json", "run.json"):
+            target = work / entry
+            if target.is_dir():
+                shutil.rmtree(target)
+            os.replace(staging / entry, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    consented = _record_consent(settings, silos, consents)
+    return PreparedRun(
+        stores=paths,
+        customers={s.name: int(s.frame["customer_id"].nunique()) for s in silos},
+        catalogue=work / "catalogue.json",
+        items=catalogue.size,
+        split_date=split.split_date,
+        end_date=split.end_date,
+        cleaning=report,
+        source=Path(source),
+        consented=consented,
+    )
+
+
+def _record_consent(settings: Settings, silos: list, consents: pd.DataFrame | None) -> dict[str, int]:
+    """Create the stores' keys, import the consent records, count who may train now."""
+    from datetime import UTC, datetime
+
+    from siloguard.clients.gating import store_consent, store_keys
+    from siloguard.policies.consent import ConsentRegistry
+    from siloguard.policies.consent_io import import_consent
+
+    keys = {silo.name: store_keys(settings, silo.name) for silo in silos}
+    if consents is not None:
+        registry = ConsentRegistry(settings.database.url)
+        try:
+            import_consent(registry, consents, keys)
+        finally:
+            registry.close()
+    now = datetime.now(UTC)
+    return {
+        silo.name: len(
+            store_consent(settings, silo.name).subjects_with_basis(
+                TRAINING_PURPOSE, {str(c) for c in silo.frame["customer_id"].unique()}, now
+            )
+        )
+        for silo in silos
+    }
