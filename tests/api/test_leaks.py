@@ -88,6 +88,17 @@ def _scan_files(root: Path, needles: dict[str, re.Pattern[str]]) -> list[str]:
     return sorted(set(hits))
 
 
+def _first_signature_bad(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The store's next receipt goes out with a signature that does not verify; later ones are real."""
+    calls = {"n": 0}
+
+    def bad_once(keys: Any, receipt: Receipt) -> bytes:
+        calls["n"] += 1
+        return bytes(64) if calls["n"] == 1 else sign_receipt(keys, receipt)
+
+    monkeypatch.setattr("siloguard.dsr.sync.sign_receipt", bad_once)
+
+
 def _number(value: str) -> re.Pattern[str]:
     return re.compile(rf"(?<![0-9.]){re.escape(value)}(?![0-9])")
 
@@ -267,14 +278,7 @@ def test_finding_05_erasure_key_mixups_fail_before_any_data_is_touched(sqlite_ap
     assert api.env.rows_of("alpha", SUBJECT) == 2
 
     # A receipt refused after the rows were erased: audited; the retry reports the original count.
-    real_sign = sign_receipt
-    calls = {"n": 0}
-
-    def bad_once(keys: Any, receipt: Receipt) -> bytes:
-        calls["n"] += 1
-        return bytes(64) if calls["n"] == 1 else real_sign(keys, receipt)
-
-    monkeypatch.setattr("siloguard.dsr.sync.sign_receipt", bad_once)
+    _first_signature_bad(monkeypatch)
     with pytest.raises(DsrError, match="signature"):
         _sync(api, "alpha")
     assert api.env.rows_of("alpha", SUBJECT) == 0
@@ -504,14 +508,7 @@ def test_review_a_claimed_task_cannot_be_denied_and_a_refused_receipt_does_not_s
     assert refused.status_code == 409 and "alpha" in refused.json()["error"]["message"]
 
     other, _ = api.verified("erasure", OTHER)  # alpha now has two tasks: the first receipt is refused
-    real_sign = sign_receipt
-    calls = {"n": 0}
-
-    def bad_first(keys: Any, receipt: Receipt) -> bytes:
-        calls["n"] += 1
-        return bytes(64) if calls["n"] == 1 else real_sign(keys, receipt)
-
-    monkeypatch.setattr("siloguard.dsr.sync.sign_receipt", bad_first)
+    _first_signature_bad(monkeypatch)
     with pytest.raises(DsrError, match="1 task\(s\) not finished"):
         _sync(api, "alpha")
     assert {t["status"] for r in (request, other) for t in service.tasks(r["id"]) if t["store"] == "alpha"} == {"claimed", "done"}

@@ -992,20 +992,27 @@ class DsrService:
             rows = conn.execute(sa.select(dsr_tasks).where(dsr_tasks.c.request_id == request_id).order_by(dsr_tasks.c.store))
             return [dict(r) for r in rows.mappings()]
 
-    def task_status(self, store: str, task_id: str) -> dict[str, Any]:
-        """A store's task and whether its work may go on (``status`` ``pending``: erase now)."""
-        with self.engine.connect() as conn:
-            row = conn.execute(
-                sa.select(dsr_tasks.c.id, dsr_tasks.c.request_id, dsr_tasks.c.store, dsr_tasks.c.status, dsr_requests.c.status.label("request_status"))
-                .join(dsr_requests, dsr_requests.c.id == dsr_tasks.c.request_id)
-                .where(dsr_tasks.c.id == task_id, dsr_tasks.c.store == store)
-            ).mappings().first()
+    @staticmethod
+    def _task(conn: Connection, store: str, task_id: str) -> dict[str, Any]:
+        """A store's task with its effective status: a pending or claimed task of a request that
+        ended (or names no subject any more) is ``cancelled``."""
+        row = conn.execute(
+            sa.select(dsr_tasks.c.id, dsr_tasks.c.request_id, dsr_tasks.c.store, dsr_tasks.c.status, dsr_tasks.c.customer_ref,
+                      dsr_requests.c.status.label("request_status"))
+            .join(dsr_requests, dsr_requests.c.id == dsr_tasks.c.request_id)
+            .where(dsr_tasks.c.id == task_id, dsr_tasks.c.store == store)
+        ).mappings().first()
         if row is None:
             raise DsrNotFound("no such task for this store; pull the store's tasks again")
         out = dict(row)
-        if out["status"] in ("pending", "claimed") and out["request_status"] in TERMINAL:
-            out["status"] = "cancelled"  # the request ended meanwhile (denied, failed)
+        if out["status"] in ("pending", "claimed") and (out["request_status"] in TERMINAL or out["customer_ref"] is None):
+            out["status"] = "cancelled"
         return out
+
+    def task_status(self, store: str, task_id: str) -> dict[str, Any]:
+        """A store's task and whether its work may go on (``claimed``/``pending``: erase after claiming)."""
+        with self.engine.connect() as conn:
+            return self._task(conn, store, task_id)
 
     def claim_task(self, store: str, task_id: str) -> dict[str, Any]:
         """A store is about to erase: claim its task for ``api.claim_lease_seconds`` if still live.
@@ -1015,18 +1022,8 @@ class DsrService:
         """
         now = self.clock()
         with exclusive(self.engine, _LOCK) as conn:
-            task = conn.execute(
-                sa.select(dsr_tasks.c.id, dsr_tasks.c.request_id, dsr_tasks.c.store, dsr_tasks.c.status, dsr_tasks.c.customer_ref,
-                          dsr_requests.c.status.label("request_status"))
-                .join(dsr_requests, dsr_requests.c.id == dsr_tasks.c.request_id)
-                .where(dsr_tasks.c.id == task_id, dsr_tasks.c.store == store)
-            ).mappings().first()
-            if task is None:
-                raise DsrNotFound("no such task for this store; pull the store's tasks again")
-            out = dict(task)
-            if out["status"] in ("pending", "claimed") and (out["request_status"] in TERMINAL or out["customer_ref"] is None):
-                out["status"] = "cancelled"
-            elif out["status"] in ("pending", "claimed"):
+            out = self._task(conn, store, task_id)
+            if out["status"] in ("pending", "claimed"):
                 # The lease runs from the first claim: claiming again does not extend it, so a
                 # store cannot hold off a denial for longer than api.claim_lease_seconds.
                 conn.execute(
