@@ -149,6 +149,10 @@ def test_finding_01_erasure_leaves_nothing_of_the_subject_in_the_service(tmp_pat
             assert hits == sorted(f"store_suppressions.subject_ref: keyed reference in {s}" for s in STORES), hits
             assert _scan_files(settings.work_dir, needles | keyed) == []
             assert _scan_files(settings.keys.root, needles | keyed) == []
+            if backend == "sqlite":  # nor in the database's own files (free pages, write-ahead log)
+                raw = {"contact": re.compile(re.escape(CONTACT))} | {f"pseudonym in {s}": re.compile(re.escape(p)) for s, p in pseudonyms.items()}
+                files = [p for p in tmp_path.glob("siloguard.db*")]
+                assert files and [f"{p.name}: {n}" for p in files for n, rx in raw.items() if rx.search(p.read_bytes().decode("latin-1"))] == []
 
             # A replay of the old submission finds nothing of it (it files a new, unrelated request).
             replay = api.client.post("/v1/requests", json=access_body, headers={"Idempotency-Key": "access-1"})

@@ -417,6 +417,12 @@ def test_audit_log_fails_when_an_event_was_changed(run_rule, db_settings, tmp_pa
     assert result.outcome.findings[0].startswith("the audit log does not verify")
 
 
+def test_when_the_audit_log_is_empty_then_it_is_a_warning_not_a_pass(run_rule, db_settings) -> None:
+    result = run_rule("audit-log-verifies", settings=db_settings)
+    assert result.status == "warning" and not result.is_error
+    assert "wiped" in result.outcome.findings[0]
+
+
 def test_audit_log_without_a_key_is_a_warning(run_rule, settings, tmp_path: Path) -> None:
     keyed = _log_with_head(settings, tmp_path)
     result = run_rule("audit-log-verifies", settings=keyed.with_overrides(audit={"public_key": tmp_path / "missing.pub"}))

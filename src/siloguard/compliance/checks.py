@@ -438,7 +438,12 @@ def audit_log_verifies(ctx: Context, scope: str) -> Outcome:
     with AuditLog.open(ctx.settings, signer=False) as log:
         size = log.size()
         if size == 0:
-            return Outcome("passed", ["the audit log is empty"], {"events": 0})
+            # A wiped log looks exactly like a new one: never a pass (`audit verify` fails it).
+            return Outcome(
+                "warning",
+                ["the audit log holds no events: nothing shows it was not wiped (a brand-new deployment has none yet)"],
+                {"events": 0},
+            )
         key_path = ctx.settings.audit.public_key
         if not key_path.is_file():
             return Outcome(

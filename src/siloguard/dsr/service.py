@@ -1132,6 +1132,7 @@ class DsrService:
             return False
         self._append(events)
         self._ref_cache.clear()  # it may hold the subject's store references
+        _checkpoint(self.engine)
         return True
 
     def _forget_subject(self, conn: Connection, digest: str, *, events: list[AuditEvent], now: datetime, by: str) -> None:
@@ -1329,6 +1330,19 @@ class _RunStores:
             return self._read()[1]
         except SiloguardError:
             return {}
+
+
+def _checkpoint(engine: Engine) -> None:
+    """SQLite: move the write-ahead log into the database file and empty it, so the erased
+    rows' old page images do not linger in ``-wal`` (the file itself zeroes deleted rows:
+    ``PRAGMA secure_delete``). Best effort: a busy reader delays it to the next checkpoint."""
+    if engine.dialect.name != "sqlite":
+        return
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    except Exception as exc:  # noqa: BLE001  the erasure itself is complete; the next checkpoint does it
+        log.info("wal checkpoint after an erasure deferred (%s)", type(exc).__name__)
 
 
 def _service_secret(settings: Settings) -> bytes:

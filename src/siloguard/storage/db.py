@@ -77,6 +77,9 @@ def _configure_sqlite(engine: Engine) -> None:
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=FULL")
             cursor.execute("PRAGMA foreign_keys=ON")
+            # Deleted rows are overwritten with zeros, not left in free pages of the file:
+            # an erasure must not survive in the database file (docs/API.md, "What is kept").
+            cursor.execute("PRAGMA secure_delete=ON")
             cursor.execute("PRAGMA cache_size=-65536")  # 64 MiB of pages per connection
         finally:
             cursor.close()
