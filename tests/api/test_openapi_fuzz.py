@@ -15,6 +15,7 @@ import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis.generation.modes import GenerationMode
+from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from tests.api.conftest import Api, build_api
 from tests.dsr.helpers import SUBJECT
@@ -62,7 +63,11 @@ def test_no_server_errors_and_every_response_matches_the_schema(fuzzed_api: Api,
         def run(case: schemathesis.Case) -> None:
             nonlocal calls
             calls += 1
-            case.call_and_validate(headers=headers)
+            # A public key's place on the P-256 curve cannot be said in JSON Schema: a generated
+            # `answer_key` is schema-valid and still (rightly) refused with 422. Everything else
+            # of such a request is checked as usual.
+            keyed = isinstance(case.body, dict) and "answer_key" in case.body
+            case.call_and_validate(headers=headers, excluded_checks=[positive_data_acceptance] if keyed else None)
 
         try:
             run()

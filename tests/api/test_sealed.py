@@ -85,3 +85,25 @@ def test_an_answer_key_belongs_to_an_access_request(sqlite_api: Api) -> None:
     request = api.submit("erasure", SUBJECT)
     reply = api.client.post(f"/v1/requests/{request['id']}/verify", json={"code": api.code(request["id"]), "answer_key": public})
     assert reply.status_code == 422 and "access request" in reply.json()["error"]["message"]
+
+
+def test_a_key_given_when_filing_binds_the_answer_so_whoever_holds_the_code_cannot_swap_it(sqlite_api: Api) -> None:
+    from siloguard.dsr.notifier import read_outbox
+    from siloguard.dsr.sealed import fingerprint
+
+    api = sqlite_api
+    _prepare_stores(api.env.settings)
+    mine, my_public = new_key_pair()
+    _, their_public = new_key_pair()
+    request = api.submit("access", SUBJECT, answer_key=my_public)
+    message = read_outbox(api.engine, request["id"])[-1]["body"]
+    assert fingerprint(public_key_from_text(my_public)) in message  # the subject can tell it is their key
+    code = api.code(request["id"])
+    swapped = api.client.post(f"/v1/requests/{request['id']}/verify", json={"code": code, "answer_key": their_public})
+    assert swapped.status_code == 422 and "filed" in swapped.json()["error"]["message"]
+    verified = api.client.post(f"/v1/requests/{request['id']}/verify", json={"code": code})  # the code was not spent
+    assert verified.status_code == 200
+    reply = api.client.get(f"/v1/requests/{request['id']}/access", headers=api.auth(verified.json()["subject_token"]))
+    assert open_answer(mine, reply.json()["sealed"], request["id"])["records"] > 0
+    refused = api.client.post("/v1/requests", json={"kind": "erasure", "customer_ref": SUBJECT, "answer_key": my_public})
+    assert refused.status_code == 422 and "answer_key" in refused.json()["error"]["message"]  # only access requests take one

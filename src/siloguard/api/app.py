@@ -258,7 +258,7 @@ def create_app(settings: Settings, *, service: DsrService | None = None) -> Fast
         scope = who.key.principal if who.key else (who.session.principal if who.session else ANONYMOUS)
         signalled = bool(sec_gpc and sec_gpc.strip() == "1")
         row, created = service.submit(
-            kind=body.kind, customer_ref=body.customer_ref, contact=body.contact,
+            kind=body.kind, customer_ref=body.customer_ref, contact=body.contact, answer_key=getattr(body, "answer_key", None),
             idempotency_key=idempotency_key,
             consent=[{"purpose": c.purpose.value, "action": c.action} for c in getattr(body, "consent", [])],
             gpc=signalled, actor=who.actor, scope=scope,

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from siloguard.policies.taxonomy import load_taxonomy
 
 __all__ = [
-    "ConsentChange", "ConsentRequest", "ConsentState", "DataUse", "RightsRequest", "DecisionBody", "ReceiptBody", "RequestCreate", "RequestList",
+    "AccessRequest", "ConsentChange", "ConsentRequest", "ConsentState", "DataUse", "RightsRequest", "DecisionBody", "ReceiptBody", "RequestCreate", "RequestList",
     "ReceiptKey", "RequestView", "Status", "SubmitResponse", "TaskList", "TaskStatus", "TaskView", "VerifyBody", "VerifyResponse",
 ]
 
@@ -45,10 +45,17 @@ class _RequestFields(_Body):
                                 "to the contact the stores hold for this customer)")
 
 
+class AccessRequest(_RequestFields):
+    kind: Literal["access"] = Field(description="access (Art. 15 / right to know)")
+    answer_key: str | None = Field(
+        None, min_length=80, max_length=100, pattern=r"^[A-Za-z0-9+/_-]+={0,2}$",
+        description="your P-256 public key (base64 of the raw uncompressed point) to seal the answer to, bound to the "
+        "request from the start (safer than giving it at verification: whoever holds the code cannot swap it)")
+
+
 class RightsRequest(_RequestFields):
-    kind: Literal["access", "erasure", "opt_out"] = Field(
-        description="access (Art. 15 / right to know), erasure (Art. 17 / right to delete), "
-        "opt_out (Art. 21 objection / opt-out of sale and sharing)"
+    kind: Literal["erasure", "opt_out"] = Field(
+        description="erasure (Art. 17 / right to delete), opt_out (Art. 21 objection / opt-out of sale and sharing)"
     )
 
 
@@ -57,7 +64,7 @@ class ConsentRequest(_RequestFields):
     consent: list[RequestConsentChange] = Field(min_length=1, max_length=20)
 
 
-RequestCreate = Annotated[RightsRequest | ConsentRequest, Field(discriminator="kind")]
+RequestCreate = Annotated[AccessRequest | RightsRequest | ConsentRequest, Field(discriminator="kind")]
 
 
 class RequestView(BaseModel):

@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from siloguard.dsr.errors import DsrInvalid
 
-__all__ = ["ALGORITHM", "new_key_pair", "open_answer", "public_key_from_text", "seal_answer"]
+__all__ = ["ALGORITHM", "fingerprint", "new_key_pair", "open_answer", "public_key_from_text", "seal_answer"]
 
 ALGORITHM = "ECDH-P256+HKDF-SHA256+A256GCM"
 _LABEL = b"siloguard/access-answer/v1"
@@ -85,6 +85,13 @@ def open_answer(private_key: ec.EllipticCurvePrivateKey, sealed: dict[str, str],
         return json.loads(plain)
     except (KeyError, TypeError, ValueError, binascii.Error, InvalidTag):
         raise DsrInvalid("the sealed answer does not open with this key (another key, another request, or altered)") from None
+
+
+def fingerprint(public: ec.EllipticCurvePublicKey) -> str:
+    """A short fingerprint of a subject key (SHA-256 of the raw point, 16 hex), shown in the code's message."""
+    import hashlib
+
+    return hashlib.sha256(_raw(public)).hexdigest()[:16]
 
 
 def new_key_pair() -> tuple[ec.EllipticCurvePrivateKey, str]:

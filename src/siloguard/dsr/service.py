@@ -384,6 +384,7 @@ class DsrService:
         gpc: bool = False,
         actor: str = SUBJECT_ACTOR,
         scope: str = ANONYMOUS,
+        answer_key: str | None = None,
     ) -> tuple[dict[str, Any], bool]:
         """Create a request (or return the caller's own with the same idempotency key): (row, created).
 
@@ -399,11 +400,19 @@ class DsrService:
         if contact is not None and (len(contact) > 254 or not _EMAIL.fullmatch(contact)):
             raise DsrInvalid("contact must be an e-mail address where the verification code can be sent")
         changes = self._check_consent_changes(kind, consent)
+        fingerprint = None
+        if answer_key is not None:
+            from siloguard.dsr.sealed import fingerprint as key_fingerprint
+            from siloguard.dsr.sealed import public_key_from_text
+
+            if kind != "access":
+                raise DsrInvalid("answer_key goes with an access request (the answer is sealed to it)")
+            fingerprint = key_fingerprint(public_key_from_text(answer_key))
         digest = self.digest(ref)
         idem = None
         if idempotency_key is not None:
             idem = self._idempotency(scope, idempotency_key, {"kind": kind, "customer_ref": ref, "contact": contact,
-                                                             "consent": changes, "gpc": gpc})
+                                                             "consent": changes, "gpc": gpc, "answer_key": answer_key})
             existing = self._by_idempotency(digest, idem)
             if existing is not None and scope == ANONYMOUS and existing["status"] in TERMINAL:
                 # The same anonymous request again after the first ended (e.g. its code
@@ -419,7 +428,8 @@ class DsrService:
             "received_at": now, "due_at": clock.due_at, "ack_due_at": clock.ack_due_at,
             "extension_notice_by": clock.extension_notice_by, "extended": False, "subject_digest": digest,
             "customer_ref": ref, "contact": contact, "idempotency_key": idem,
-            "gpc": gpc, "payload": json.dumps({"consent": changes}), "result": None, "updated_at": now,
+            "gpc": gpc, "payload": json.dumps({"consent": changes} | ({"answer_key": answer_key} if answer_key else {})),
+            "result": None, "updated_at": now,
         }
 
         def write(conn: Connection) -> list[AuditEvent]:
@@ -441,7 +451,9 @@ class DsrService:
                     # To the contact on file for this customer, never to an address the requester
                     # typed: otherwise anyone could verify a request about someone else.
                     conn, request_id=request_id, destination=f"customer-ref:{ref}",
-                    body=f"Your siloguard verification code for request {request_id} is {code}. It expires at {expires.isoformat()}.",
+                    body=f"Your siloguard verification code for request {request_id} is {code}. It expires at {expires.isoformat()}."
+                    + (f" The answer will be sealed to the key with fingerprint {fingerprint}: if that is not your key, "
+                       "do not use the code." if fingerprint else ""),
                     now=now, expires_at=expires,
                 )
                 self._transition(conn, row, "verifying", events=events, actor=SYSTEM, reason="code-sent", now=now)
@@ -537,6 +549,9 @@ class DsrService:
                 raise DsrConflict(f"request is {request['status']}, not waiting for a code")
             if answer_key is not None and request["kind"] != "access":
                 raise DsrInvalid("answer_key goes with an access request (the answer is sealed to it)")
+            bound = json.loads(request["payload"]).get("answer_key")
+            if answer_key is not None and bound is not None and answer_key != bound:
+                raise DsrInvalid("this request's answer is sealed to the key given when it was filed; verify without answer_key")
             attempts = ver["attempts"] + 1
             conn.execute(
                 dsr_verifications.update().where(dsr_verifications.c.request_id == request_id).values(attempts=attempts)
