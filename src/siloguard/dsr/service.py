@@ -33,14 +33,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import functools
 import hashlib
 import hmac
 import json
 import logging
 import os
 import queue
-import re
 import secrets
 import threading
 import uuid
@@ -48,7 +46,6 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from functools import lru_cache
 from typing import Any
 
 import sqlalchemy as sa
@@ -56,13 +53,12 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
 from siloguard.audit import AuditEvent, AuditLog, new_event_id
-from siloguard.audit.vocabulary import CONSENT_CHANGED, DSR_RECEIPT
 from siloguard.config import Settings
 from siloguard.dsr import clocks
 from siloguard.dsr.errors import DsrConflict, DsrInvalid, DsrNotFound, DsrUnauthorized
 from siloguard.dsr.machine import ACTIVE, TERMINAL, allowed
 from siloguard.dsr.notifier import Notifier, OutboxNotifier
-from siloguard.dsr.receipts import Receipt, receipt_summary, verify_receipt
+from siloguard.dsr.receipts import Receipt
 from siloguard.errors import AuditError, SiloguardError
 from siloguard.storage.db import exclusive
 from siloguard.storage.orm import (
@@ -72,49 +68,28 @@ from siloguard.storage.orm import (
     dsr_tasks,
     dsr_transitions,
     dsr_verifications,
-    store_signing_keys,
 )
 
 __all__ = ["ANONYMOUS", "CONSENT_KINDS", "DsrService", "SubjectSession", "consent_purposes", "normalise_ref"]
 
 log = logging.getLogger(__name__)
 
-PURPOSE = "essential.legal_obligation"
-CONSENT_KINDS: tuple[str, ...] = ("grant", "withdraw")
-_LOCK = "dsr"
-_CODE_DIGITS = 8
-_REF = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-# A plain ASCII address (the API schema states the same pattern): no display names,
-# no quoted or internationalised local parts.
-_EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,63}")
-SYSTEM = "dsr-service"
-SUBJECT_ACTOR = "data-subject"
-#: The idempotency scope of a caller without credentials (see :meth:`DsrService.submit`).
-ANONYMOUS = "anonymous"
-#: What an access request's ``result`` becomes once its answer is deleted (retention, erasure).
-_ANSWER_DELETED = json.dumps({"answer_deleted": True})
-
-
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def normalise_ref(customer_ref: object) -> str:
-    """A customer reference as the stores write it: ``17850``, ``17850.0`` -> ``17850``."""
-    text = str(customer_ref).strip()
-    if text.endswith(".0") and text[:-2].isdigit():
-        text = text[:-2]
-    if not _REF.fullmatch(text):
-        raise DsrInvalid("customer_ref must be 1-64 letters, digits, '.', '_' or '-' (the customer number on a receipt)")
-    return text
-
-
-@functools.lru_cache(maxsize=1)
-def consent_purposes() -> tuple[str, ...]:
-    """Every purpose some data map rests on consent: withdrawn at erasure or objection."""
-    from siloguard.policies.datamap import load_datamaps
-
-    return tuple(sorted({p for m in load_datamaps().values() for p, basis in m.lawful_bases.items() if basis == "consent"}))
+from siloguard.dsr.common import (  # noqa: E402  (re-exported: the service's public names)
+    ANONYMOUS,
+    CODE_DIGITS as _CODE_DIGITS,
+    CONSENT_KINDS,
+    EMAIL as _EMAIL,
+    LOCK as _LOCK,
+    PURPOSE,
+    SUBJECT_ACTOR,
+    SYSTEM,
+    aware as _aware,
+    consent_purposes,
+    normalise_ref,
+    now as _now,
+)
+from siloguard.dsr.effects import StoreEffects  # noqa: E402
+from siloguard.dsr.erasure import ErasureTasks  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -134,11 +109,6 @@ def subject_principal(digest: str) -> str:
     return f"subject:d.{digest[:40]}"
 
 
-def _aware(value: datetime | None) -> datetime | None:
-    # SQLite returns naive datetimes for DateTime(timezone=True); they are stored in UTC.
-    if value is None:
-        return None
-    return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
 
 
 def _make_cursor(due: datetime, received: datetime, request_id: str) -> str:
@@ -165,8 +135,14 @@ def _resource(kind: str) -> str:
     return "dsr:" + kind.replace("_", "-")
 
 
-class DsrService:
-    """Data-subject requests in one database. Thread-safe; one per process."""
+class DsrService(ErasureTasks, StoreEffects):
+    """Data-subject requests in one database. Thread-safe; one per process.
+
+    The request lifecycle lives here (intake, verification, decisions, the sweep); the
+    erasure task queue and receipts in :class:`~siloguard.dsr.erasure.ErasureTasks`; what a
+    request changes in the stores today (consent, GPC, access answers) in
+    :class:`~siloguard.dsr.effects.StoreEffects`.
+    """
 
     def __init__(
         self,
@@ -343,16 +319,6 @@ class DsrService:
                 except AuditError:
                     log.info("dsr audit event appended meanwhile")
             return len(events)
-
-    @staticmethod
-    def _receipt_event(receipt: Receipt, *, actor: str, event_id: str, at: datetime) -> AuditEvent:
-        return AuditEvent(
-            actor=actor, action=DSR_RECEIPT, resource="dsr:erasure", purpose=PURPOSE, decision="info",
-            reason="receipt-verified", store=receipt.store, request=receipt.request,
-            counts={"rows_erased": receipt.rows_erased, "rows_remaining": receipt.rows_remaining,
-                    "embeddings_erased": receipt.embeddings_erased, "keys_destroyed": int(receipt.key_destroyed)},
-            event_id=event_id, time=at,  # type: ignore[arg-type]
-        )
 
     @staticmethod
     def _event(row: Any) -> AuditEvent:
@@ -721,56 +687,10 @@ class DsrService:
             closed += self._move(request_id, "unverified", reason="code-expired")
         return closed
 
-    def answer_read(self, request_id: str, *, actor: str) -> None:
-        """Audit a read of an access answer by staff (the DPO): the subject's data was seen."""
-        from siloguard.audit.vocabulary import DSR_ANSWER_READ
-
-        self.audit.append([AuditEvent(actor=actor, action=DSR_ANSWER_READ, resource="dsr:access", purpose=PURPOSE,
-                                      decision="info", reason="answer-read", request=request_id)])
-
-    def refuse_receipt(self, store: str, task_id: str, code: str, *, actor: str) -> None:
-        """Audit a receipt refused before it reached :meth:`post_receipt` (e.g. a signature that is not base64)."""
-        with self.engine.connect() as conn:
-            request_id = conn.execute(
-                sa.select(dsr_tasks.c.request_id).where(dsr_tasks.c.id == task_id, dsr_tasks.c.store == store)
-            ).scalar()
-        self._append([AuditEvent(actor=actor, action=DSR_RECEIPT, resource="dsr:erasure", purpose=PURPOSE, decision="deny",
-                                 reason=f"receipt-refused:{code}", store=store, request=request_id)])
-
-    def take_answer(self, request_id: str) -> dict[str, Any] | None:
-        """The subject's download: the stored answer, deleted in the same transaction (download
-        once; of two concurrent downloads one gets it, the other None)."""
-        with exclusive(self.engine, _LOCK) as conn:
-            row = conn.execute(
-                sa.select(dsr_requests.c.result).where(dsr_requests.c.id == request_id, dsr_requests.c.kind == "access")
-            ).first()
-            if row is None or not row.result:
-                return None
-            answer = json.loads(row.result)
-            if answer.get("answer_deleted") or answer.get("erased"):
-                return None
-            conn.execute(
-                dsr_requests.update().where(dsr_requests.c.id == request_id)
-                .values(result=_ANSWER_DELETED, payload=json.dumps({"consent": []}))
-            )
-        return answer
-
     def purge_sessions(self) -> int:
         """Delete expired subject tokens (with the customer reference they carry); returns how many."""
         with exclusive(self.engine, _LOCK) as conn:
             return int(conn.execute(dsr_sessions.delete().where(dsr_sessions.c.expires_at <= self.clock())).rowcount or 0)
-
-    def purge_answers(self) -> int:
-        """Delete access answers older than ``api.answer_ttl_days``; returns how many."""
-        cutoff = self.clock() - timedelta(days=self.settings.api.answer_ttl_days)
-        with exclusive(self.engine, _LOCK) as conn:
-            return int(conn.execute(
-                dsr_requests.update()
-                .where(dsr_requests.c.kind == "access", dsr_requests.c.status == "completed",
-                       dsr_requests.c.updated_at < cutoff, dsr_requests.c.result.is_not(None),
-                       dsr_requests.c.result != _ANSWER_DELETED)
-                .values(result=_ANSWER_DELETED)
-            ).rowcount or 0)
 
     def resume(self) -> int:
         """Carry every active, verified request forward (start-up and periodic sweep).
@@ -855,396 +775,31 @@ class DsrService:
         self._append(events)
         return True
 
-    def _subject_ref(self, store: str, consent: Any, customer_ref: str) -> str:
-        """The store's registry key for a customer, remembered (a keyed hash: it never changes)."""
-        key = (store, customer_ref)
-        ref = self._ref_cache.get(key)
-        if ref is None:
-            ref = consent.subject(customer_ref)
-            if len(self._ref_cache) >= 65536:
-                self._ref_cache.pop(next(iter(self._ref_cache)))
-            self._ref_cache[key] = ref
-        return ref
-
-    def _consents(self) -> list[tuple[str, Any]]:
-        """Each store's consent view, built once per store (keys are derived once)."""
-        out = []
-        for store in self._stores():
-            consent = self._consent_cache.get(store)
-            if consent is None:
-                consent = self._consent_cache[store] = self._store_consent(store)
-            out.append((store, consent))
-        return out
-
-    def _apply_effects(self, request: dict[str, Any]) -> None:
-        """Record the request's consent events in every store (idempotent).
-
-        Runs only for a verified request, or an unverified CCPA opt-out (which records the
-        opt-out of sale and sharing only: what the law allows without verification).
-        """
-        ref, kind = request["customer_ref"], request["kind"]
-        if ref is None:
-            return
-        if kind != "erasure" and self.erasing(request["subject_digest"]):
-            return  # stores are erasing them: nothing new is recorded about them (docs/API.md)
-        from siloguard.policies.consent import SALE_AND_SHARING
-
-        for _store, consent in self._consents():
-            if kind in ("erasure", "opt_out"):
-                if kind == "erasure" or request["jurisdiction"] == "gdpr":
-                    for purpose in consent_purposes():
-                        consent.record([ref], purpose, "withdraw", source="api")
-            if kind == "opt_out":
-                for purpose in SALE_AND_SHARING:
-                    consent.record([ref], purpose, "opt_out", source="api")
-            if kind == "consent":
-                for change in json.loads(request["payload"])["consent"]:
-                    consent.record([ref], change["purpose"], change["action"], source="api")
-            if request["gpc"] and kind != "erasure":  # sent with the request: applied once the subject is known
-                consent.record_gpc(ref)
-
-    def _effects_summary(self, request: dict[str, Any]) -> dict[str, Any]:
-        stores = self._stores()
-        if request["kind"] == "consent":
-            return {"consent": json.loads(request["payload"])["consent"], "stores": stores}
-        from siloguard.policies.consent import SALE_AND_SHARING
-
-        withdrawn = list(consent_purposes()) if request["jurisdiction"] == "gdpr" else []
-        return {"opted_out": list(SALE_AND_SHARING), "consent_withdrawn": withdrawn, "stores": stores}
-
-    def record_gpc(self, customer_ref: str) -> None:
-        """``Sec-GPC: 1``: an opt-out of sale and sharing in every store."""
-        for _store, consent in self._consents():
-            consent.record_gpc(customer_ref)
-
-    # ---- consent ---------------------------------------------------------------------------
-
-    def consent_state(self, customer_ref: str) -> list[tuple[str, list[tuple[str, bool]]]]:
-        """Per store, whether the subject consents now to each consent-based purpose and to sale/sharing.
-
-        One query for the subject's events in every store (a handful of rows), evaluated with
-        the registry's rules by the gate's in-memory source, instead of one registry query per
-        store and purpose: this is the API's hottest read.
-        """
-        from siloguard.policies.consent import SALE_AND_SHARING
-        from siloguard.policies.gate import InMemoryConsentSource
-        from siloguard.storage.orm import consent_events
-
-        now = self.clock()
-        purposes = (*consent_purposes(), *SALE_AND_SHARING)
-        refs = {store: self._subject_ref(store, consent, customer_ref) for store, consent in self._consents()}
-        t = consent_events
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(t.c.subject, t.c.purpose, t.c.kind, t.c.at).where(t.c.subject.in_(list(refs.values())), t.c.at <= now)
-            ).all()
-        events = InMemoryConsentSource()
-        for subject, purpose, kind, at in rows:
-            (events.grant if kind == "grant" else events.withdraw)(subject, purpose, _aware(at))
-        return [
-            (store, [(p, bool(events.subjects_with_basis(p, [ref], now))) for p in purposes])
-            for store, ref in refs.items()
-        ]
-
-    def change_consent(self, customer_ref: str, purpose: str, action: str) -> None:
-        """Grant or withdraw consent for ``purpose`` in every store, and audit it."""
-        from siloguard.policies.taxonomy import load_taxonomy
-
-        if action not in CONSENT_KINDS:
-            raise DsrInvalid(f"consent action must be one of {', '.join(CONSENT_KINDS)}")
-        if not load_taxonomy().is_use(purpose):
-            raise DsrInvalid("unknown purpose: use a fideslang data use (policies/taxonomy.yaml)")
-        stores = self._consents()
-        for _store, consent in stores:
-            consent.record([customer_ref], purpose, action, source="api")
-        self.audit.append([
-            AuditEvent(actor=SUBJECT_ACTOR, action=CONSENT_CHANGED, resource="consent", purpose=purpose,
-                       decision="info", reason=action, counts={"stores": len(stores)})
-        ])
-
-    # ---- erasure ---------------------------------------------------------------------------
-
-    def _start_erasure(self, request: dict[str, Any]) -> bool:
-        """Exclude the subject everywhere (consent withdrawn), then one task per store."""
-        stores = self._stores()
-        if not stores:
-            return self._move(request["id"], "failed", reason="no-stores", result={"error": "no stores are enrolled"})
-        self._apply_effects(request)
-        now = self.clock()
-        try:
-            events: list[AuditEvent] = []
-            with exclusive(self.engine, _LOCK) as conn:
-                current = self._load(conn, request["id"])
-                if current["status"] != "verified":
-                    return False
-                held = set(conn.execute(sa.select(dsr_tasks.c.store).where(dsr_tasks.c.request_id == request["id"])).scalars())
-                rows = [
-                    {"id": f"task-{uuid.uuid4()}", "request_id": request["id"], "store": store, "status": "pending",
-                     "customer_ref": current["customer_ref"], "created_at": now}
-                    for store in stores if store not in held
-                ]
-                if rows:
-                    conn.execute(dsr_tasks.insert(), rows)
-                self._transition(conn, current, "in_progress", events=events, actor=SYSTEM, reason="tasks-created", now=now)
-        except DsrConflict:
-            return False
-        self._append(events)
-        return True
-
-    def pending_tasks(self, store: str) -> list[dict[str, Any]]:
-        """A store's erasure tasks still waiting for a receipt (claimed ones too: the store's own)."""
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(dsr_tasks.c.id, dsr_tasks.c.request_id, dsr_tasks.c.store, dsr_tasks.c.customer_ref, dsr_tasks.c.created_at)
-                .where(dsr_tasks.c.store == store, dsr_tasks.c.status.in_(["pending", "claimed"]),
-                       dsr_tasks.c.customer_ref.is_not(None))
-                .order_by(dsr_tasks.c.created_at, dsr_tasks.c.id)
-            ).mappings()
-            return [dict(r) for r in rows]
-
-    def tasks(self, request_id: str) -> list[dict[str, Any]]:
-        with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(dsr_tasks).where(dsr_tasks.c.request_id == request_id).order_by(dsr_tasks.c.store))
-            return [dict(r) for r in rows.mappings()]
-
-    @staticmethod
-    def _task(conn: Connection, store: str, task_id: str) -> dict[str, Any]:
-        """A store's task with its effective status: a pending or claimed task of a request that
-        ended (or names no subject any more) is ``cancelled``."""
-        row = conn.execute(
-            sa.select(dsr_tasks.c.id, dsr_tasks.c.request_id, dsr_tasks.c.store, dsr_tasks.c.status, dsr_tasks.c.customer_ref,
-                      dsr_requests.c.status.label("request_status"))
-            .join(dsr_requests, dsr_requests.c.id == dsr_tasks.c.request_id)
-            .where(dsr_tasks.c.id == task_id, dsr_tasks.c.store == store)
-        ).mappings().first()
-        if row is None:
-            raise DsrNotFound("no such task for this store; pull the store's tasks again")
-        out = dict(row)
-        if out["status"] in ("pending", "claimed") and (out["request_status"] in TERMINAL or out["customer_ref"] is None):
-            out["status"] = "cancelled"
-        return out
-
-    def task_status(self, store: str, task_id: str) -> dict[str, Any]:
-        """A store's task and whether its work may go on (``claimed``/``pending``: erase after claiming)."""
-        with self.engine.connect() as conn:
-            return self._task(conn, store, task_id)
-
-    def claim_task(self, store: str, task_id: str) -> dict[str, Any]:
-        """A store is about to erase: claim its task for ``api.claim_lease_seconds`` if still live.
-
-        Returns the task with ``status`` ``claimed`` (erase now), or ``cancelled``/``done``
-        (erase nothing). While the claim holds the request cannot be denied.
-        """
-        now = self.clock()
-        with exclusive(self.engine, _LOCK) as conn:
-            out = self._task(conn, store, task_id)
-            if out["status"] in ("pending", "claimed"):
-                # The lease runs from the first claim: claiming again does not extend it, so a
-                # store cannot hold off a denial for longer than api.claim_lease_seconds.
-                conn.execute(
-                    dsr_tasks.update().where(dsr_tasks.c.id == task_id, dsr_tasks.c.claimed_until.is_(None))
-                    .values(claimed_until=now + timedelta(seconds=self.settings.api.claim_lease_seconds))
-                )
-                conn.execute(dsr_tasks.update().where(dsr_tasks.c.id == task_id).values(status="claimed"))
-                out["status"] = "claimed"
-        return out
-
-    def registered_key(self, store: str) -> bytes:
-        """The store's registered receipt public key (a store checks it before erasing)."""
-        with self.engine.connect() as conn:
-            key = conn.execute(sa.select(store_signing_keys.c.public_key).where(store_signing_keys.c.store == store)).scalar()
-        if key is None:
-            raise DsrNotFound(
-                f"store {store!r} has no registered receipt key; register it with "
-                f"`siloguard keys create --role store_operator --store {store}` on a machine holding the store's keys"
-            )
-        return bytes(key)
-
-    def post_receipt(self, store: str, task_id: str, receipt_text: str, signature: bytes, *, actor: str) -> dict[str, Any]:
-        """Accept a store's signed receipt for its task; completes the request with the last one.
-
-        A refused receipt is audited (``dsr.receipt``, decision ``deny``, with the reason code),
-        so a store that erased data and was refused leaves a trace.
-        """
-        now = self.clock()
-        request_id: str | None = None
-        try:
-            with exclusive(self.engine, _LOCK) as conn:
-                task = conn.execute(sa.select(dsr_tasks).where(dsr_tasks.c.id == task_id, dsr_tasks.c.store == store)).mappings().first()
-                if task is None:
-                    raise _Refusal("unknown-task", DsrNotFound("no such task for this store; pull the store's tasks again"))
-                request_id = task["request_id"]
-                if task["status"] == "done":
-                    raise _Refusal("duplicate-receipt", DsrConflict("this task has a receipt already"))
-                status = conn.execute(sa.select(dsr_requests.c.status).where(dsr_requests.c.id == request_id)).scalar()
-                if task["status"] not in ("pending", "claimed") or status in TERMINAL:
-                    raise _Refusal("request-closed", DsrConflict(
-                        f"the request is {status} and its task {task['status']}: no receipt is accepted for it"
-                    ))
-                key = conn.execute(sa.select(store_signing_keys.c.public_key).where(store_signing_keys.c.store == store)).scalar()
-                if key is None:
-                    raise _Refusal("no-receipt-key", DsrConflict(
-                        f"store {store!r} has no registered receipt key; register it with "
-                        f"`siloguard keys create --role store_operator --store {store}`"
-                    ))
-                try:
-                    receipt = verify_receipt(bytes(key), receipt_text, signature)
-                except DsrInvalid as exc:
-                    raise _Refusal("bad-signature" if "signature" in str(exc) else "malformed", exc) from None
-                if (receipt.task, receipt.request, receipt.store) != (task_id, task["request_id"], store):
-                    raise _Refusal("wrong-task", DsrInvalid("the receipt names another task, request or store"))
-                if receipt.rows_remaining != 0:
-                    raise _Refusal("rows-remaining", DsrInvalid("the receipt reports rows remaining: erase them and post a new receipt"))
-                if not receipt.key_destroyed and receipt.rows_erased > 0:
-                    raise _Refusal("key-surviving", DsrInvalid("the receipt reports erased rows but a surviving data key: destroy the key"))
-                event_id = new_event_id()
-                conn.execute(
-                    dsr_tasks.update().where(dsr_tasks.c.id == task_id).values(
-                        status="done", done_at=now, receipt=receipt_text, signature=signature, customer_ref=None,
-                        receipt_event_id=event_id,
-                    )
-                )
-        except _Refusal as refusal:
-            self._append([AuditEvent(
-                actor=actor, action=DSR_RECEIPT, resource="dsr:erasure", purpose=PURPOSE, decision="deny",
-                reason=f"receipt-refused:{refusal.code}", store=store, request=request_id, time=now,
-            )])
-            raise refusal.error from None
-        self._append([self._receipt_event(receipt, actor=actor, event_id=event_id, at=now)])
-        self._maybe_complete_erasure(request_id)
-        return self.get(request_id)
-
-    def _maybe_complete_erasure(self, request_id: str) -> bool:
-        # Under the work lock: no access answer of this subject is being built in this process
-        # while its copies are destroyed (other processes: see _move's check).
-        with self._work_lock:
-            return self._complete_erasure(request_id)
-
-    def _complete_erasure(self, request_id: str) -> bool:
-        tasks = self.tasks(request_id)
-        if not tasks or any(t["status"] != "done" for t in tasks):
-            return False
-        erased = [receipt_summary(Receipt.parse(t["receipt"])) for t in tasks]
-        result = {
-            "erased": erased,
-            "stores": len(erased),
-            "rows_erased": sum(e["rows_erased"] for e in erased),
-            "dp_bound": self._dp_bound(),
-        }
-        now = self.clock()
-        try:
-            events: list[AuditEvent] = []
-            with exclusive(self.engine, _LOCK) as conn:
-                request = self._load(conn, request_id)
-                if request["status"] in TERMINAL:
-                    return False
-                self._transition(
-                    conn, request, "completed", events=events, actor=SYSTEM, reason="all-receipts-verified", now=now,
-                    result=json.dumps(result, sort_keys=True), customer_ref=None, contact=None,
-                )
-                self._forget_subject(conn, request["subject_digest"], events=events, now=now, by=request_id)
-        except DsrConflict:
-            return False
-        self._append(events)
-        self._ref_cache.clear()  # it may hold the subject's store references
-        _checkpoint(self.engine)
-        return True
-
-    def _forget_subject(self, conn: Connection, digest: str, *, events: list[AuditEvent], now: datetime, by: str) -> None:
-        """An erasure completed: destroy every copy of the subject this service holds.
-
-        The subject's other open requests end (another erasure ``completed``, ``verifying`` ->
-        ``unverified``, the rest ``failed``, reason ``subject-erased``; their pending tasks are
-        cancelled). Every request
-        of the subject loses its answer, consent changes, reference, contact and idempotency
-        key; outbox messages and codes go. The requests themselves stay (ids, kinds, statuses
-        and dates: what the controller must be able to show it did), under a random digest
-        that no key links back to the customer; the subject's tokens move with them, so the
-        subject can still read the outcome. What remains about the person is the stores' keyed
-        suppression record.
-        """
-        open_rows = conn.execute(
-            sa.select(dsr_requests).where(dsr_requests.c.subject_digest == digest, dsr_requests.c.status.in_(sorted(ACTIVE)))
-        ).mappings().all()
-        for row in open_rows:
-            other = dict(row)
-            if other["kind"] == "erasure" and other["status"] in ("in_progress", "extended"):
-                # another erasure of the same subject: done by this one
-                self._transition(conn, other, "completed", events=events, actor=SYSTEM, reason="subject-erased", now=now,
-                                 result=json.dumps({"erased_by": by}))
-                continue
-            to = {"received": "denied", "verifying": "unverified"}.get(other["status"], "failed")
-            self._transition(conn, other, to, events=events, actor=SYSTEM, reason="subject-erased", now=now)
-        tombstone = "e" + secrets.token_hex(31)  # the form of a digest, the value of nothing
-        ids = conn.execute(sa.select(dsr_requests.c.id, dsr_requests.c.kind).where(dsr_requests.c.subject_digest == digest)).all()
-        request_ids = [i for i, _ in ids]
-        if request_ids:
-            conn.execute(dsr_verifications.delete().where(dsr_verifications.c.request_id.in_(request_ids)))
-            conn.execute(dsr_outbox.delete().where(dsr_outbox.c.request_id.in_(request_ids)))
-            conn.execute(dsr_tasks.update().where(dsr_tasks.c.request_id.in_(request_ids)).values(customer_ref=None))
-            others = [i for i, kind in ids if kind != "erasure"]
-            if others:
-                conn.execute(
-                    dsr_requests.update().where(dsr_requests.c.id.in_(others))
-                    .values(result=json.dumps({"erased": True}), payload=json.dumps({"consent": []}))
-                )
-            conn.execute(
-                dsr_requests.update().where(dsr_requests.c.id.in_(request_ids))
-                .values(subject_digest=tombstone, customer_ref=None, contact=None, idempotency_key=None)
-            )
-        conn.execute(dsr_sessions.update().where(dsr_sessions.c.subject_digest == digest).values(subject_digest=tombstone, customer_ref=""))
-
-    def erasing(self, digest: str) -> bool:
-        """Whether an erasure of this subject is under way (verified, not yet ended)."""
-        with self.engine.connect() as conn:
-            return conn.execute(
-                sa.select(dsr_requests.c.id).where(
-                    dsr_requests.c.subject_digest == digest, dsr_requests.c.kind == "erasure",
-                    dsr_requests.c.status.in_(["verified", "in_progress", "extended"]),
-                ).limit(1)
-            ).first() is not None
-
-    def _dp_bound(self) -> dict[str, Any]:
-        """The DP guarantee covering models trained before the erasure, per store."""
-        from siloguard.privacy.budget import BudgetLedger
-
-        try:
-            entries = BudgetLedger(self.engine).entries()
-        except SiloguardError:
-            entries = []
-        per_store = {e.store: {"epsilon": round(e.epsilon, 4), "delta": e.delta, "epsilon_cap": e.epsilon_cap} for e in entries}
-        return {
-            "unit": "customer",
-            "per_store": per_store,
-            "statement": (
-                "Models trained before this erasure may still reflect this customer's data, but only within "
-                "customer-level (epsilon, delta)-differential privacy per store: no output changes in probability "
-                "by more than a factor of e^epsilon (plus delta) whether or not the customer's data was used. "
-                "Later training rounds exclude the customer from the moment of verification."
-                if per_store
-                else "No store has trained with differential privacy on record; models trained before this "
-                "erasure carry no recorded DP bound. Later training rounds exclude the customer."
-            ),
-        }
-
-    # ---- access ----------------------------------------------------------------------------
-
-    def build_access(self, customer_ref: str | None) -> dict[str, Any]:
-        if customer_ref is None:
-            raise DsrConflict("this subject's reference was erased; nothing is held")
-        if self._access_report is not None:
-            return self._access_report(customer_ref, self._stores())
-        from siloguard.dsr.access import access_report
-
-        return access_report(self.settings, customer_ref, self._stores())
 
 
-class _Refusal(Exception):
-    """A refused receipt: its reason code for the audit log, and the error for the caller."""
 
-    def __init__(self, code: str, error: Exception) -> None:
-        super().__init__(code)
-        self.code, self.error = code, error
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
 
 
 class _GroupWriter:
@@ -1345,19 +900,6 @@ class _RunStores:
             return self._read()[1]
         except SiloguardError:
             return {}
-
-
-def _checkpoint(engine: Engine) -> None:
-    """SQLite: move the write-ahead log into the database file and empty it, so the erased
-    rows' old page images do not linger in ``-wal`` (the file itself zeroes deleted rows:
-    ``PRAGMA secure_delete``). Best effort: a busy reader delays it to the next checkpoint."""
-    if engine.dialect.name != "sqlite":
-        return
-    try:
-        with engine.connect() as conn:
-            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
-    except Exception as exc:  # noqa: BLE001  the erasure itself is complete; the next checkpoint does it
-        log.info("wal checkpoint after an erasure deferred (%s)", type(exc).__name__)
 
 
 def _service_secret(settings: Settings) -> bytes:
