@@ -132,7 +132,8 @@ def test_every_route_and_role_only_intended_roles_succeed(world: tuple[Api, dict
 
 def test_the_matrix_covers_every_route_of_the_app(world: tuple[Api, dict[str, dict[str, str]]]) -> None:
     api, _ = world
-    served = {(m, r.path) for r in api.client.app.routes for m in getattr(r, "methods", ()) if r.path.startswith("/v1/")}  # type: ignore[attr-defined]
+    paths = api.client.get("/openapi.json").json()["paths"]
+    served = {(method, path) for path, operations in paths.items() for method in operations if path.startswith("/v1/")}
     assert len(served) == len(INTENDED), sorted(served)
 
 

@@ -1,0 +1,29 @@
+"""A verified subject's consent per purpose in every store."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from siloguard.api.deps import AuthzDep, CallerDep, GpcHeader, PurposeId, ServiceDep, gpc, subject_of
+from siloguard.api.schemas import ConsentChange, ConsentState, PurposeState, StoreConsentState
+
+router = APIRouter()
+
+
+@router.get("/v1/consent", response_model=ConsentState, tags=["consent"])
+def get_consent(service: ServiceDep, authz: AuthzDep, who: CallerDep, sec_gpc: GpcHeader = None) -> ConsentState:
+    """Your consent per purpose in every store."""
+    ref = subject_of(service, authz, who, "consent_read")
+    gpc(service, sec_gpc, ref)
+    return ConsentState(stores=[
+        StoreConsentState(store=store, purposes=[PurposeState(purpose=p, consented=ok) for p, ok in states])
+        for store, states in service.consent_state(ref)
+    ])
+
+@router.put("/v1/consent/{purpose}", response_model=ConsentState, tags=["consent"])
+def change_consent(service: ServiceDep, authz: AuthzDep, purpose: PurposeId, body: ConsentChange, who: CallerDep, sec_gpc: GpcHeader = None) -> ConsentState:
+    """Grant or withdraw consent for a purpose, in every store."""
+    ref = subject_of(service, authz, who, "consent_write")
+    service.change_consent(ref, purpose.value, body.action)
+    gpc(service, sec_gpc, ref)
+    return get_consent(service, authz, who)
