@@ -42,14 +42,15 @@ def _epoch_worker(data: str, store: str, mode: str, seed: int, out: mp.Queue) ->
     from siloguard.federation.runner import prepare_run
     from siloguard.privacy.dp import group_by_customer, store_delta, train_local_dp
     from siloguard.recommender.model import PrivateUsers, SharedModel
+    from siloguard.runs import RunManifest
     from siloguard.recommender.train import train_local
 
     torch.set_num_threads(1)
     work = Path(tempfile.mkdtemp(prefix="siloguard-dpbench-"))
     s = Settings.build(work_dir=work, data={"path": data})
     prepared = prepare_run(s)
-    run = json.loads((work / "run.json").read_text())
-    st = load_store(store, prepared.stores[store], Path(run["catalogue"]), run["split_date"], run["end_date"])
+    run = RunManifest.read(work)
+    st = load_store(store, prepared.stores[store], run.require_catalogue(), str(run.split_date), str(run.end_date))
     m = s.model
     examples = st.examples(m, np.random.default_rng(seed))
     model, users = SharedModel(st.n_items, m.dim, m.hidden, seed=seed), PrivateUsers(st.n_users, m.dim)

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from siloguard.runs import RunManifest
 from siloguard.clients.store import evaluate_store, load_store, overall_metrics
 from siloguard.config import Settings
 from siloguard.federation.runner import prepare_run
@@ -45,9 +45,9 @@ def main() -> int:
                "weight_decay": a.wd},
     )
     prepared = prepare_run(settings)
-    run = json.loads((work / "run.json").read_text())
+    run = RunManifest.read(work)
     stores = {
-        n: load_store(n, prepared.stores[n], Path(run["catalogue"]), run["split_date"], run["end_date"])
+        n: load_store(n, prepared.stores[n], run.require_catalogue(), str(run.split_date), str(run.end_date))
         for n in sorted(prepared.stores)
     }
     small = [n for n in stores if prepared.customers[n] < 300]

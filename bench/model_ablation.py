@@ -11,7 +11,6 @@ every epoch, with personal frequency on the same split for reference.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from siloguard.runs import RunManifest
 from siloguard.clients.store import evaluate_store, load_store
 from siloguard.config import Settings
 from siloguard.federation.runner import prepare_run
@@ -54,9 +54,9 @@ def main() -> int:
                "holdout": a.holdout},
     )
     prepared = prepare_run(settings)
-    run = json.loads((work / "run.json").read_text())
+    run = RunManifest.read(work)
     path = prepared.stores[a.store] if a.store else a.data.resolve()
-    store = load_store(a.store or "central", path, Path(run["catalogue"]), run["split_date"], run["end_date"])
+    store = load_store(a.store or "central", path, run.require_catalogue(), str(run.split_date), str(run.end_date))
     rows = np.flatnonzero(np.diff(store.truth.indptr) > 0)
     counts = store.history.counts
     pf = personal_frequency_scores(counts, popularity_scores(counts))

@@ -24,6 +24,7 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
+from siloguard.runs import RunManifest
 from siloguard.clients.store import StoreData, evaluate_rows, evaluate_store, load_store, overall_metrics
 from siloguard.config import Settings
 from siloguard.data.loader import load_clean
@@ -97,12 +98,12 @@ def main() -> int:
     t = time.perf_counter()
     prepared = prepare_run(settings)
     stores = sorted(prepared.stores)
-    run = json.loads((work / "run.json").read_text())
+    run = RunManifest.read(work)
     # The same file seen as one central silo (what pooling all stores would give).
-    central = load_store("central", args.data.resolve(), Path(run["catalogue"]), run["split_date"], run["end_date"])
+    central = load_store("central", args.data.resolve(), run.require_catalogue(), str(run.split_date), str(run.end_date))
     frame, _ = load_clean(args.data)
     store_of = assign_stores(frame, uk_stores=settings.data.uk_stores, min_customers=settings.data.min_store_customers)
-    train_customers = np.sort(frame.loc[frame["invoice_date"] < pd.Timestamp(run["split_date"]), "customer_id"].unique())
+    train_customers = np.sort(frame.loc[frame["invoice_date"] < pd.Timestamp(str(run.split_date)), "customer_id"].unique())
     store_of_row = store_of.reindex(train_customers).to_numpy()
     timings["prepare"] = time.perf_counter() - t
 
@@ -146,7 +147,7 @@ def main() -> int:
     t = time.perf_counter()
     local: dict[str, dict[str, float]] = {}
     for name in stores:
-        store = load_store(name, prepared.stores[name], Path(run["catalogue"]), run["split_date"], run["end_date"])
+        store = load_store(name, prepared.stores[name], run.require_catalogue(), str(run.split_date), str(run.end_date))
         m, u = _train_model(store, settings, epochs)
         local[name] = evaluate_store(m, u, store)
     results["siloguard local-only"] = local
@@ -161,7 +162,7 @@ def main() -> int:
     overall = {method: overall_metrics(per) for method, per in results.items()}
     small = [s for s in stores if prepared.customers[s] < 300]
 
-    print(f"\nData: {args.data.name}, split {run['split_date']}, {central.n_items} items, "
+    print(f"\nData: {args.data.name}, split {run.split_date}, {central.n_items} items, "
           f"{len(stores)} stores, {settings.federation.rounds} rounds x {settings.model.local_epochs} local epochs\n")
     print("| method | NDCG@10 | HR@10 | Recall@20 | NDCG@10 new items | " + " | ".join(f"NDCG@10 {s}" for s in small) + " |")
     print("|---|---|---|---|---|" + "---|" * len(small))
@@ -181,7 +182,7 @@ def main() -> int:
     args.json.write_text(json.dumps({
         "command": " ".join(sys.argv),
         "data": args.data.name,
-        "split_date": run["split_date"],
+        "split_date": str(run.split_date),
         "settings": settings.to_run_config(),
         "overall": overall,
         "per_store": results,

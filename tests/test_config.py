@@ -52,3 +52,37 @@ def test_the_client_app_builds_store_settings(monkeypatch: pytest.MonkeyPatch, t
 
     monkeypatch.setenv("SILOGUARD_DATABASE__URL", STORE_DB)
     assert store_settings(SimpleNamespace(run_config=_run_config(tmp_path))).database.url == STORE_DB  # type: ignore[arg-type]
+
+
+def test_a_copied_run_reads_its_own_files(tmp_path: Path) -> None:
+    """run.json holds paths relative to the run, so a copied run never reads the original."""
+    import json
+    import shutil
+
+    from siloguard.runs import RunManifest
+
+    original = tmp_path / "original"
+    (original / "stores").mkdir(parents=True)
+    (original / "stores" / "alpha.csv").write_text("x\n")
+    (original / "catalogue.json").write_text('{"stock_codes": []}')
+    manifest = RunManifest(directory=original, stores={"alpha": original / "stores" / "alpha.csv"},
+                           catalogue=original / "catalogue.json", split_date="2011-01-01", end_date="2011-02-01",
+                           jurisdictions={"alpha": "ccpa"})
+    (original / "run.json").write_text(json.dumps(manifest.to_json()))
+    assert str(original) not in (original / "run.json").read_text()
+    copy = tmp_path / "copy"
+    shutil.copytree(original, copy)
+    read = RunManifest.read(copy)
+    assert read.stores == {"alpha": copy / "stores" / "alpha.csv"} and read.catalogue == copy / "catalogue.json"
+    assert read.jurisdictions == {"alpha": "ccpa"} and read.require_catalogue().is_file()
+
+
+def test_a_damaged_run_manifest_is_refused_with_the_fix(tmp_path: Path) -> None:
+    from siloguard.errors import ConfigError
+    from siloguard.runs import RunManifest
+
+    (tmp_path / "run.json").write_text('{"stores": {"alpha": "stores/alpha.csv"}, "jurisdictions": {"alpha": "eu"}}')
+    with pytest.raises(ConfigError, match="prepare the run again"):
+        RunManifest.read(tmp_path)
+    with pytest.raises(ConfigError, match="no prepared run"):
+        RunManifest.read(tmp_path / "nowhere")

@@ -6,7 +6,10 @@ read it. What they share lives here, outside any one of them, so that reading a 
 mean importing a store's internals (``siloguard.clients``):
 
 - :func:`run_settings`: the settings of a run directory (its database and keys inside it);
-- :func:`run_manifest`: the run's ``run.json`` (stores' silos, catalogue, split dates);
+- :class:`RunManifest`: the run's ``run.json`` (stores' silos, catalogue, split dates, the
+  stores' jurisdictions, the compliance clock), its one typed owner: every reader goes
+  through :meth:`RunManifest.read`. Paths in it are relative to the run directory, so a
+  copied run reads its own files (absolute paths of older runs are still read);
 - :func:`save_catalogue` / :func:`load_catalogue`: the public product catalogue;
 - what the federation's training reads of a store's data (purpose, data map, columns), so
   the compliance checks judge the same columns the store's gate hands to training.
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,6 +34,7 @@ __all__ = [
     "TRAINING_COLUMNS",
     "TRAINING_DATASET",
     "TRAINING_PURPOSE",
+    "RunManifest",
     "load_catalogue",
     "run_manifest",
     "run_settings",
@@ -55,16 +60,86 @@ def run_settings(out: Path, base: Settings | None = None) -> Settings:
     return settings
 
 
-def run_manifest(work_dir: Path) -> dict:
-    """The prepared run's ``run.json`` (stores' silos, catalogue, split): what every reader uses."""
-    path = Path(work_dir) / "run.json"
-    try:
-        run = json.loads(path.read_text())
-        if not isinstance(run, dict) or "stores" not in run:
-            raise ValueError("not a run manifest")
-        return run
-    except (OSError, ValueError):
-        raise ConfigError(f"no prepared run at {path}: run 'siloguard train' (or demo) to prepare the stores") from None
+_JURISDICTIONS = ("gdpr", "ccpa")
+
+
+@dataclass(frozen=True)
+class RunManifest:
+    """A prepared run's ``run.json``, read and checked once; paths resolved against the run directory."""
+
+    directory: Path
+    stores: dict[str, Path]  # store -> its silo file
+    catalogue: Path | None = None
+    split_date: str | None = None
+    end_date: str | None = None
+    source: str | None = None
+    jurisdictions: dict[str, str] = field(default_factory=dict)  # store -> gdpr | ccpa, as declared
+    compliance_as_of: str | None = None
+
+    FILE = "run.json"
+
+    @classmethod
+    def read(cls, work_dir: Path) -> RunManifest:
+        """The run in ``work_dir``; ConfigError naming the file and the fix if there is none or it is damaged."""
+        directory = Path(work_dir)
+        path = directory / cls.FILE
+        try:
+            run = json.loads(path.read_text())
+            if not isinstance(run, dict) or "stores" not in run:
+                raise ValueError("not a run manifest")
+        except (OSError, ValueError):
+            raise ConfigError(f"no prepared run at {path}: run 'siloguard train' (or demo) to prepare the stores") from None
+        try:
+            stores = run["stores"]
+            if isinstance(stores, list):  # names only: the silos are in the run's stores/ folder
+                stores = {str(name): f"stores/{name}.csv" for name in stores}
+            declared = run.get("jurisdictions") or {}
+            if not isinstance(declared, dict) or any(v not in _JURISDICTIONS for v in declared.values()):
+                raise ValueError("jurisdictions")
+            return cls(
+                directory=directory,
+                stores={str(name): directory / Path(str(silo)) for name, silo in stores.items()},
+                catalogue=directory / Path(str(run["catalogue"])) if run.get("catalogue") else None,
+                split_date=run.get("split_date"),
+                end_date=run.get("end_date"),
+                source=run.get("source"),
+                jurisdictions={str(k): str(v) for k, v in declared.items()},
+                compliance_as_of=run.get("compliance_as_of") if isinstance(run.get("compliance_as_of"), str) else None,
+            )
+        except (AttributeError, TypeError, ValueError):
+            raise ConfigError(
+                f"{path} is damaged ('stores' maps store names to silo files; 'jurisdictions' maps stores to gdpr or ccpa): "
+                "prepare the run again"
+            ) from None
+
+    def require_catalogue(self) -> Path:
+        """The catalogue file; ConfigError if this run has none (prepared by an older siloguard, or a test stub)."""
+        if self.catalogue is None or self.split_date is None or self.end_date is None:
+            raise ConfigError(f"the run in {self.directory} has no catalogue or split dates: prepare it again")
+        return self.catalogue
+
+    def to_json(self) -> dict[str, object]:
+        """What ``run.json`` holds; paths relative to the run directory (a copied run reads its own files)."""
+        def rel(p: Path) -> str:
+            try:
+                return str(p.relative_to(self.directory))
+            except ValueError:
+                return str(p)
+
+        out: dict[str, object] = {"source": self.source, "stores": {k: rel(v) for k, v in sorted(self.stores.items())}}
+        if self.catalogue is not None:
+            out["catalogue"] = rel(self.catalogue)
+        out.update({"split_date": self.split_date, "end_date": self.end_date})
+        if self.jurisdictions:
+            out["jurisdictions"] = dict(sorted(self.jurisdictions.items()))
+        if self.compliance_as_of is not None:
+            out["compliance_as_of"] = self.compliance_as_of
+        return {k: v for k, v in out.items() if v is not None}
+
+
+def run_manifest(work_dir: Path) -> RunManifest:
+    """:meth:`RunManifest.read` (the name the readers used before it was typed)."""
+    return RunManifest.read(work_dir)
 
 
 def save_catalogue(catalogue: Catalogue, path: Path) -> None:

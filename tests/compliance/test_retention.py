@@ -27,8 +27,9 @@ def prepared(tiny_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Settin
 
 
 def _silo_dates(settings: Settings) -> dict[str, pd.Series]:
-    run = json.loads((settings.work_dir / "run.json").read_text())
-    return {s: pd.to_datetime(pd.read_csv(p)["InvoiceDate"]) for s, p in run["stores"].items()}
+    from siloguard.runs import RunManifest
+
+    return {s: pd.to_datetime(pd.read_csv(p)["InvoiceDate"]) for s, p in RunManifest.read(settings.work_dir).stores.items()}
 
 
 def test_dry_run_counts_and_deletes_nothing(prepared: Settings) -> None:

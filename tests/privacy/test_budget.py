@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from siloguard.runs import RunManifest
 from siloguard.config import Settings
 from siloguard.errors import PrivacyBudgetError
 from siloguard.privacy.budget import BudgetLedger, ledger_table
@@ -78,10 +79,8 @@ def test_when_a_store_is_nearly_spent_then_the_federation_skips_it_and_finishes(
         federation={"rounds": 2},
     )
     prepared = prepare_run(settings)
-    import json
-
-    run = json.loads((settings.work_dir / "run.json").read_text())
-    germany = load_store("germany", prepared.stores["germany"], Path(run["catalogue"]), run["split_date"], run["end_date"])
+    run = RunManifest.read(settings.work_dir)
+    germany = load_store("germany", prepared.stores["germany"], run.require_catalogue(), str(run.split_date), str(run.end_date))
     # Germany has already spent almost all of a cap of 20 in an earlier run.
     q = effective_sample_rate(settings.privacy, germany.n_users)
     per_round = steps_per_round(settings.privacy, settings.model.local_epochs, germany.n_users)

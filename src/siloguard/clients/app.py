@@ -69,7 +69,7 @@ def store_for(context: Context, settings: Settings, *, server_round: int | None 
     other messages reuse its result (keyed by run and round); without, it runs now.
     """
     run = run_manifest(settings.work_dir)
-    stores = run["stores"]
+    stores = run.stores
     if "store" in context.node_config:
         name = str(context.node_config["store"])
     else:
@@ -88,7 +88,7 @@ def store_for(context: Context, settings: Settings, *, server_round: int | None 
             held = _rounds.get(name)
         if held is not None and held[0] == key:
             return held[1]
-    data = gated_store(settings, name, silo, Path(run["catalogue"]), run["split_date"], run["end_date"])
+    data = gated_store(settings, name, silo, run.require_catalogue(), str(run.split_date), str(run.end_date))
     if key is not None:
         with _rounds_lock:
             _rounds[name] = (key, data)

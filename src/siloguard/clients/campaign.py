@@ -73,7 +73,7 @@ def _by_item(settings: Settings, store: str, gated: pd.DataFrame, item: str, mod
     from siloguard.runs import load_catalogue, run_manifest
 
     run = run_manifest(settings.work_dir)
-    catalogue = load_catalogue(Path(run["catalogue"]))
+    catalogue = load_catalogue(run.require_catalogue())
     index = catalogue.index()
     if item not in index:
         raise ConfigError(f"product {item!r} is not in the run's catalogue ({catalogue.size} products); check the stock code")
@@ -81,7 +81,7 @@ def _by_item(settings: Settings, store: str, gated: pd.DataFrame, item: str, mod
         raise ConfigError(f"no model at {model_file}: train one first (siloguard train / demo) or pass --model")
     # Score as of now: every purchase so far is history (no test period).
     end = (gated["invoice_date"].max() + pd.Timedelta(days=1)).normalize()
-    data = build_store(store, gated, Path(run["catalogue"]), str(end.date()), str((end + pd.Timedelta(days=1)).date()))
+    data = build_store(store, gated, run.require_catalogue(), str(end.date()), str((end + pd.Timedelta(days=1)).date()))
     state = torch.load(model_file, weights_only=True)
     dim = state["items.weight"].shape[1]
     hidden = state["repeat.0.weight"].shape[0] if "repeat.0.weight" in state else settings.model.hidden

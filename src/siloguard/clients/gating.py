@@ -63,7 +63,7 @@ def store_keys(settings: Settings, store: str) -> StoreKeys:
 
 def known_stores(settings: Settings) -> list[str]:
     """The stores of the prepared run in ``settings.work_dir`` (sorted)."""
-    return sorted(run_manifest(settings.work_dir)["stores"])
+    return sorted(run_manifest(settings.work_dir).stores)
 
 
 @lru_cache(maxsize=4)

@@ -56,11 +56,12 @@ AsOfOpt = Annotated[
 
 def _run_clock(out: Path) -> str | None:
     """The clock a prepared run asks for (``run.json``: ``"data"`` for the historical sample)."""
+    from siloguard.runs import RunManifest
+
     try:
-        clock = json.loads((out / "run.json").read_text()).get("compliance_as_of")
-    except (OSError, ValueError, AttributeError):
+        return RunManifest.read(out).compliance_as_of
+    except ConfigError:
         return None
-    return clock if isinstance(clock, str) else None
 
 
 def _settings(*, out: Path | None, db: str | None, as_of: str | None) -> Settings:

@@ -20,7 +20,6 @@ Two clocks (see docs/COMPLIANCE.md, "Which clock"):
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -32,7 +31,7 @@ import pandas as pd
 
 from siloguard.compliance.records import Activity, Records, load_records
 from siloguard.config import Settings
-from siloguard.errors import ConfigError, DataError
+from siloguard.errors import DataError
 from siloguard.policies.datamap import DataMap, load_datamaps
 
 if TYPE_CHECKING:
@@ -111,10 +110,9 @@ class Context:
     def _prepared_stores(self, run: Path) -> dict[str, StoreRows]:
         from siloguard.data.loader import load_clean
 
-        try:
-            paths = {name: Path(p) for name, p in json.loads(run.read_text())["stores"].items()}
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            raise ConfigError(f"{run} is not a prepared run: delete the work directory and prepare it again") from None
+        from siloguard.runs import RunManifest
+
+        paths = RunManifest.read(run.parent).stores
         out = {}
         for name, path in sorted(paths.items()):
             frame, _ = load_clean(path)

@@ -883,12 +883,9 @@ class _RunStores:
             mtime = -1.0
         if self._seen is None or self._seen[0] != mtime:
             run = run_manifest(self.settings.work_dir)
-            stores = sorted(run["stores"])
-            declared = run.get("jurisdictions") or {}
-            if not isinstance(declared, dict) or any(v not in ("gdpr", "ccpa") for v in declared.values()):
-                raise SiloguardError(f"{path}: 'jurisdictions' maps stores to gdpr or ccpa")
+            stores = sorted(run.stores)
             default = self.settings.api.default_jurisdiction
-            self._seen = (mtime, stores, {s: str(declared.get(s, default)) for s in stores})
+            self._seen = (mtime, stores, {s: run.jurisdictions.get(s, default) for s in stores})
         return list(self._seen[1]), dict(self._seen[2])
 
     def __call__(self) -> list[str]:

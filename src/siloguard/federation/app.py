@@ -51,13 +51,13 @@ def _prepare_if_missing(settings: Settings) -> None:
 def _n_items(settings: Settings) -> int:
     run = run_manifest(settings.work_dir)
     try:
-        return load_catalogue(Path(run["catalogue"])).size
+        return load_catalogue(run.require_catalogue()).size
     except DataError:
         raise ConfigError(f"the run in {settings.work_dir} has no readable catalogue: prepare it again") from None
 
 
 def _n_stores(settings: Settings) -> int:
-    return len(run_manifest(settings.work_dir)["stores"])
+    return len(run_manifest(settings.work_dir).stores)
 
 
 def round_events(report: RoundReport, purpose: str = "personalize.profiling") -> list:

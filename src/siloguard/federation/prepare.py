@@ -99,18 +99,20 @@ def prepare_run(settings: Settings) -> PreparedRun:
             _to_raw(silo.frame).to_csv(staging / "stores" / name, index=False)
             paths[silo.name] = (work / "stores" / name).resolve()
         save_catalogue(catalogue, staging / "catalogue.json")
-        run = {
-            "source": str(Path(source).name),
-            "stores": {k: str(v) for k, v in paths.items()},
-            "catalogue": str((work / "catalogue.json").resolve()),
-            "split_date": str(split.split_date.date()),
-            "end_date": str(split.end_date.date()),
-        }
-        if settings.data.path is None:
+        from siloguard.runs import RunManifest
+
+        run = RunManifest(
+            directory=work.resolve(),
+            stores=paths,
+            catalogue=(work / "catalogue.json").resolve(),
+            split_date=str(split.split_date.date()),
+            end_date=str(split.end_date.date()),
+            source=str(Path(source).name),
             # The embedded sample is historical (2010-2011): `siloguard check --run` measures
             # the age of its rows on the data's own clock, not today's (docs/COMPLIANCE.md).
-            run["compliance_as_of"] = "data"
-        (staging / "run.json").write_text(json.dumps(run, indent=2))
+            compliance_as_of="data" if settings.data.path is None else None,
+        )
+        (staging / "run.json").write_text(json.dumps(run.to_json(), indent=2))
         for entry in ("stores", "catalogue.json", "run.json"):
             target = work / entry
             if target.is_dir():
