@@ -66,9 +66,9 @@ def test_when_free_text_scanned_then_findings_replaced_and_counted_per_row(maske
     )
     out, found = masker.scan_texts(texts)
     assert out[0] == texts[0] and out[2] is None
-    assert out[1] == out[3] == "call ann on <PHONE_NUMBER> or <EMAIL_ADDRESS>"
+    assert out[1] == out[3] == "call <PERSON> on <PHONE_NUMBER> or <EMAIL_ADDRESS>"  # the shipped NER model finds "ann"
     assert out[4] == "card <CREDIT_CARD>"
-    assert found["EMAIL_ADDRESS"] == 2 and found["PHONE_NUMBER"] == 2 and found["CREDIT_CARD"] == 1
+    assert found["EMAIL_ADDRESS"] == 2 and found["PHONE_NUMBER"] == 2 and found["CREDIT_CARD"] == 1 and found["PERSON"] == 2
 
 
 def test_when_scanning_offline_then_no_network_is_used_and_pipeline_is_cached(store_keys: StoreKeys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -78,12 +78,21 @@ def test_when_scanning_offline_then_no_network_is_used_and_pipeline_is_cached(st
     monkeypatch.setattr(socket.socket, "connect", no_network)
     monkeypatch.setattr(socket, "create_connection", no_network)
     cache = tmp_path / "cache"
-    masker = Masker.for_store(store_keys, cache_dir=cache)
+    # patterns only (no shipped NER model): a blank pipeline is made in the cache, once
+    # (the shipped model offline: tests/privacy/test_freetext.py)
+    path = tmp_path / "masking.yaml"
+    text = MASKING_PATH.read_text()
+    text = re.sub(r"\n  ner_model: shipped\n", "\n", text)
+    text = re.sub(r"\n    NerRecognizer:\n      supported_entities: \[[^\]]*\]\n", "\n", text)
+    path.write_text(text)
+    config = load_masking_config(path)
+    assert config.ner_model is None and "NerRecognizer" not in config.recognizers
+    masker = Masker.for_store(store_keys, config=config, cache_dir=cache)
     out, found = masker.scan_texts(pd.Series(["mail ann@example.co.uk today"]))
     assert out[0] == "mail <EMAIL_ADDRESS> today" and found["EMAIL_ADDRESS"] == 1
     pipelines = list(cache.glob("spacy-blank-en-*"))
     assert len(pipelines) == 1 and (pipelines[0] / "config.cfg").is_file()
-    Masker.for_store(store_keys, cache_dir=cache).scan_texts(pd.Series(["x"]))  # reuses it
+    Masker.for_store(store_keys, config=config, cache_dir=cache).scan_texts(pd.Series(["x"]))  # reuses it
     assert list(cache.glob("spacy-blank-en-*")) == pipelines
 
 
@@ -116,6 +125,8 @@ def test_when_undeclared_column_is_plain_then_no_evidence(masker: Masker) -> Non
         ("user.contact.email: {operator: hash, hash_type: sha256}", "user.contact.email: {operator: hash, salt: abcdefghijklmnopqrstuvwxyz}", "keys come from the store's key store"),
         ('"NO", ', "NO, ", "quoted two-letter region codes"),
         ("EmailRecognizer: {}", "NameRecognizer: {}", "unknown recognizer"),
+        ("  ner_model: shipped\n", "", "needs free_text.ner_model"),
+        ("ner_model: shipped", "ner_model: en_core_web_lg", "expected 'shipped'"),
     ],
 )
 def test_when_masking_config_is_bad_then_load_fails_naming_key(tmp_path: Path, old: str, new: str, problem: str) -> None:

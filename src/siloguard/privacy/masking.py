@@ -7,14 +7,16 @@ Three jobs, configured in ``masking.yaml`` next to this module:
   ``redact`` and ``replace`` give the same output for every input, so the operator runs once
   per column; ``mask`` and ``hash`` run once per distinct value; ``encrypt`` runs per cell
   (a fresh IV each time, so equal values do not give equal ciphertexts).
-* **Free-text columns** (treatment ``scan``) are searched with Presidio pattern recognizers
-  (:class:`presidio_analyzer.BatchAnalyzerEngine`, once per distinct text) and findings are
-  replaced with ``AnonymizerEngine``.
+* **Free-text columns** (treatment ``scan``) are searched with Presidio recognizers
+  (:class:`presidio_analyzer.BatchAnalyzerEngine`, once per distinct text): patterns, and the
+  project's own small NER model for names, places, addresses and organisations
+  (:mod:`siloguard.privacy.freetext`); findings are replaced with ``AnonymizerEngine``.
 * **Undeclared columns**: a sample is scanned the same way and the column name is compared
   with hint words; :meth:`Masker.pii_evidence` says why a column looks like personal data.
 
-Offline: Presidio would download a spaCy model; it is given a blank English pipeline saved
-in a cache directory instead (created once, never downloaded), and tldextract (used by the
+Offline: Presidio would download a spaCy model; it is given the NER pipeline shipped in the
+package (``free_text.ner_model: shipped``), or without one a blank English pipeline saved in a
+cache directory (created once, never downloaded), both as paths on disk, and tldextract (used by the
 email recognizer) is switched to its bundled public-suffix snapshot with no fetching.
 """
 
@@ -68,7 +70,19 @@ _RECOGNIZERS = (
     "MacAddressRecognizer",
     "UkNinoRecognizer",
     "UsSsnRecognizer",
+    # siloguard.privacy.freetext: the shipped NER model (Presidio's SpacyRecognizer over it,
+    # needs free_text.ner_model) and pattern recognizers with their own context words
+    "NerRecognizer",
+    "DateTimeRecognizer",
+    "AgeRecognizer",
+    "SsnContextRecognizer",
 )
+_FREETEXT_FACTORIES = {
+    "NerRecognizer": "ner_recognizer",
+    "DateTimeRecognizer": "date_time_recognizer",
+    "AgeRecognizer": "age_recognizer",
+    "SsnContextRecognizer": "ssn_context_recognizer",
+}
 
 
 @dataclass(frozen=True)
@@ -89,6 +103,8 @@ class MaskingConfig:
     sample_size: int
     min_hits: int
     name_hints: frozenset[str]
+    ner_model: str | None = None
+    not_evidence: frozenset[str] = frozenset()
 
     def operator_for(self, category: str) -> OperatorChoice:
         for key in ancestors(category):
@@ -146,6 +162,11 @@ def load_masking_config(path: Path = MASKING_PATH) -> MaskingConfig:
         recognizers[name] = params
     if not recognizers:
         doc.fail(ft["recognizers"][1], "free_text.recognizers", "list at least one recognizer")
+    ner_model = doc.string(ft["ner_model"][1], "free_text.ner_model") if "ner_model" in ft else None
+    if ner_model is not None and ner_model != "shipped":
+        doc.fail(ft["ner_model"][1], "free_text.ner_model", "expected 'shipped' (the package's model) or no key")
+    if "NerRecognizer" in recognizers and ner_model is None:
+        doc.fail(ft["recognizers"][1], "free_text.recognizers.NerRecognizer", "needs free_text.ner_model")
     entity_ops = {
         k: _operator(doc, v, f"free_text.entity_operators.{k}")
         for k, _, v in doc.mapping(ft["entity_operators"][1], "free_text.entity_operators")
@@ -158,6 +179,9 @@ def load_masking_config(path: Path = MASKING_PATH) -> MaskingConfig:
         if required not in und:
             doc.fail(top["undeclared_columns"], f"undeclared_columns.{required}", "missing")
     hints = frozenset(doc.string(n, "undeclared_columns.name_hints").lower() for n in doc.sequence(und["name_hints"], "undeclared_columns.name_hints"))
+    not_evidence = frozenset(
+        doc.string(n, "undeclared_columns.not_evidence") for n in doc.sequence(und["not_evidence"], "undeclared_columns.not_evidence")
+    ) if "not_evidence" in und else frozenset()
     return MaskingConfig(
         path=Path(path),
         categories=categories,
@@ -169,6 +193,8 @@ def load_masking_config(path: Path = MASKING_PATH) -> MaskingConfig:
         sample_size=doc.integer(und["sample_size"], "undeclared_columns.sample_size", minimum=1),
         min_hits=doc.integer(und["min_hits"], "undeclared_columns.min_hits", minimum=1),
         name_hints=hints,
+        ner_model=ner_model,
+        not_evidence=not_evidence,
     )
 
 
@@ -332,13 +358,26 @@ class Masker:
                 from presidio_analyzer.nlp_engine import NlpEngineProvider
                 from presidio_anonymizer import AnonymizerEngine
 
+                from siloguard.privacy import freetext
+
                 lang = self.config.language
-                model = blank_pipeline(self._cache_dir, lang)
-                nlp = NlpEngineProvider(
-                    nlp_configuration={"nlp_engine_name": "spacy", "models": [{"lang_code": lang, "model_name": str(model)}]}
-                ).create_engine()
+                nlp_configuration: dict[str, Any] = {"nlp_engine_name": "spacy"}
+                if self.config.ner_model:  # a directory on disk: Presidio loads it, never downloads
+                    model = freetext.model_path()
+                    nlp_configuration["ner_model_configuration"] = {
+                        "model_to_presidio_entity_mapping": {label: label for label in freetext.NER_LABELS},
+                        "labels_to_ignore": [],
+                        "low_score_entity_names": [],
+                    }
+                else:
+                    model = blank_pipeline(self._cache_dir, lang)
+                nlp_configuration["models"] = [{"lang_code": lang, "model_name": str(model)}]
+                nlp = NlpEngineProvider(nlp_configuration=nlp_configuration).create_engine()
                 registry = RecognizerRegistry(supported_languages=[lang])
                 for name, params in self.config.recognizers.items():
+                    if name in _FREETEXT_FACTORIES:
+                        registry.add_recognizer(getattr(freetext, _FREETEXT_FACTORIES[name])(supported_language=lang, **params))
+                        continue
                     cls = _possible_phone_recognizer() if name == "PossiblePhoneRecognizer" else getattr(pr, name)
                     registry.add_recognizer(cls(supported_language=lang, **params))
                 analyzer = AnalyzerEngine(
@@ -404,9 +443,10 @@ class Masker:
             hits: Counter[str] = Counter()
             n_hit = 0
             for findings in self._analyze(texts):
-                if findings:
+                kinds = {f.entity_type for f in findings} - self.config.not_evidence
+                if kinds:
                     n_hit += 1
-                    hits.update({f.entity_type for f in findings})
+                    hits.update(kinds)
             if n_hit >= self.config.min_hits:
                 kinds = ", ".join(f"{k} in {v}" for k, v in sorted(hits.items()))
                 evidence.append(f"{kinds} of {len(texts)} sampled values")
