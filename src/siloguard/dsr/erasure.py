@@ -190,10 +190,7 @@ class ErasureTasks:
                     )
                 )
         except _Refusal as refusal:
-            self._append([AuditEvent(
-                actor=actor, action=DSR_RECEIPT, resource="dsr:erasure", purpose=PURPOSE, decision="deny",
-                reason=f"receipt-refused:{refusal.code}", store=store, request=request_id, time=now,
-            )])
+            self._append([_refused_event(store, request_id, refusal.code, actor=actor, at=now)])
             raise refusal.error from None
         self._append([self._receipt_event(receipt, actor=actor, event_id=event_id, at=now)])
         self._maybe_complete_erasure(request_id)
@@ -205,8 +202,7 @@ class ErasureTasks:
             request_id = conn.execute(
                 sa.select(dsr_tasks.c.request_id).where(dsr_tasks.c.id == task_id, dsr_tasks.c.store == store)
             ).scalar()
-        self._append([AuditEvent(actor=actor, action=DSR_RECEIPT, resource="dsr:erasure", purpose=PURPOSE, decision="deny",
-                                 reason=f"receipt-refused:{code}", store=store, request=request_id)])
+        self._append([_refused_event(store, request_id, code, actor=actor, at=self.clock())])
 
     @staticmethod
     def _receipt_event(receipt: Receipt, *, actor: str, event_id: str, at: datetime) -> AuditEvent:
@@ -330,6 +326,12 @@ class ErasureTasks:
                 "erasure carry no recorded DP bound. Later training rounds exclude the customer."
             ),
         }
+
+
+def _refused_event(store: str, request_id: str | None, code: str, *, actor: str, at: datetime) -> AuditEvent:
+    """The audit event of a refused receipt (``dsr.receipt``, decision ``deny``, the reason code)."""
+    return AuditEvent(actor=actor, action=DSR_RECEIPT, resource="dsr:erasure", purpose=PURPOSE, decision="deny",
+                      reason=f"receipt-refused:{code}", store=store, request=request_id, time=at)
 
 
 class _Refusal(Exception):

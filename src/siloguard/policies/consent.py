@@ -251,8 +251,11 @@ class StoreConsent:
 
         self.registry = registry
         self.store = store_keys.store
-        self._keys = store_keys
         self._vault = SubjectVault(store_keys)
+        from siloguard.privacy.suppression import SuppressionList
+
+        # Built once: its keyed references are derived from the store's keys (HKDF) on creation.
+        self._suppression = SuppressionList(registry.engine, store_keys)
 
     def subject(self, customer_id: object) -> str:
         """The registry's key for a customer of this store."""
@@ -287,10 +290,8 @@ class StoreConsent:
         Customers the store erased (its suppression list) are skipped: the registry holds no
         consent for someone the store no longer holds.
         """
-        from siloguard.privacy.suppression import SuppressionList
-
         ids = list(customer_ids)
-        erased = SuppressionList(self.registry.engine, self._keys).suppressed(ids) if ids else set()
+        erased = self._suppression.suppressed(ids)
         self.registry.record_many(
             [(ref, purpose, kind) for cid, ref in zip(ids, self.subjects(ids)) if str(cid) not in erased],
             source=source,
@@ -307,9 +308,7 @@ class StoreConsent:
 
         Nothing is recorded for a customer the store erased (its suppression list).
         """
-        from siloguard.privacy.suppression import SuppressionList
-
-        if SuppressionList(self.registry.engine, self._keys).suppressed([customer_id]):
+        if self._suppression.suppressed([customer_id]):
             return
         self.registry.record_gpc(self.subject(customer_id), at=at)
 
