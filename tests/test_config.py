@@ -45,13 +45,49 @@ def test_when_the_environment_sets_a_federation_setting_then_the_run_config_stil
     assert Settings.from_run_config(_run_config(tmp_path), store=True).federation.rounds == 3
 
 
-def test_the_client_app_builds_store_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from types import SimpleNamespace
+def _site(tmp_path: Path) -> Path:
+    from siloguard.clients.site import StoreSite
+    from tests.conftest import write_tiny_retail
 
+    retail = write_tiny_retail(tmp_path / "retail.csv")
+    return StoreSite.init(tmp_path / "site", "store-31782", retail, country="Germany").directory
+
+
+def _node(site: Path, tmp_path: Path):  # noqa: ANN202 - a Flower Context of a deployed SuperNode
+    from flwr.app import Context, RecordDict
+
+    return Context(run_id=1, node_id=1, node_config={"site": str(site)}, state=RecordDict(), run_config=_run_config(tmp_path))
+
+
+def test_when_a_store_on_its_site_sets_its_database_then_its_client_app_uses_it_not_the_run_configs(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from siloguard.clients.app import build_client_app, node_store, store_settings
+
+    for name in ("SILOGUARD_DATABASE__URL", "SILOGUARD_KEYS__ROOT", "SILOGUARD_WORK_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    site = _site(tmp_path)
+    monkeypatch.setenv("SILOGUARD_DATABASE__URL", STORE_DB)
+    settings = store_settings(_node(site, tmp_path))
+    assert settings.database.url == STORE_DB  # the run config said COORDINATOR_DB
+    assert settings.keys.root == site / "keys" and settings.work_dir == site
+    assert settings.federation.rounds == 3
+    # Also when the ClientApp is built without settings (a deployed node, `flwr run`).
+    assert build_client_app() is not None and node_store(_node(site, tmp_path))[0] == "store-31782"
+
+
+def test_when_a_store_on_its_site_sets_nothing_then_its_site_decides_never_the_run_config(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     from siloguard.clients.app import store_settings
 
-    monkeypatch.setenv("SILOGUARD_DATABASE__URL", STORE_DB)
-    assert store_settings(SimpleNamespace(run_config=_run_config(tmp_path))).database.url == STORE_DB  # type: ignore[arg-type]
+    for name in ("SILOGUARD_DATABASE__URL", "SILOGUARD_KEYS__ROOT", "SILOGUARD_WORK_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    site = _site(tmp_path)
+    settings = store_settings(_node(site, tmp_path))
+    assert settings.database.url == f"sqlite:///{site / 'siloguard.db'}"
+    assert settings.keys.root == site / "keys"
+    assert str(tmp_path / "coordinator") not in settings.model_dump_json()
 
 
 def test_a_copied_run_reads_its_own_files(tmp_path: Path) -> None:

@@ -98,19 +98,29 @@ def _results_table(title: str, per_store: dict[str, dict[str, float]], overall: 
     return table
 
 
-def _run(settings: Settings, *, verbose: bool) -> None:
-    from siloguard.federation.runner import prepare_run, run_federation
+def _run(out: Path, settings: Settings, *, verbose: bool) -> None:
+    from siloguard.federation.runner import run_federation
+    from siloguard.runs import run_settings
+    from siloguard.sites import lay_out, layout
 
     started = time.perf_counter()
-    with console.status("Reading and partitioning the data..."):
-        prepared = prepare_run(settings)
-    c = prepared.cleaning
+    coordinator = run_settings(layout(out).coordinator, settings)
+    with console.status("Laying out the stores' sites and the coordinator's run..."):
+        laid = lay_out(out, settings, coordinator)
+    prepared = laid.prepared
+    c = laid.cleaning
+    if c is not None:
+        console.print(
+            f"[bold]Data[/] {laid.source.name}: {c.rows_out:,} purchases of {c.customers:,} customers, "
+            f"cut into {len(prepared.stores)} store sites under {out / 'stores'} "
+            f"(dropped {c.guest_rows:,} guest, {c.cancellation_rows:,} cancelled, "
+            f"{c.non_positive_quantity_rows + c.non_positive_price_rows:,} non-positive, "
+            f"{c.missing_quantity_rows + c.missing_price_rows:,} without quantity or price)"
+        )
+    else:
+        console.print(f"[bold]Sites[/] {len(prepared.stores)} store sites under {out / 'stores'} (kept as they are)")
     console.print(
-        f"[bold]Data[/] {prepared.source.name}: {c.rows_out:,} purchases of {c.customers:,} customers, "
-        f"{prepared.items:,} products in the training catalogue "
-        f"(dropped {c.guest_rows:,} guest, {c.cancellation_rows:,} cancelled, "
-        f"{c.non_positive_quantity_rows + c.non_positive_price_rows:,} non-positive, "
-        f"{c.missing_quantity_rows + c.missing_price_rows:,} without quantity or price)"
+        f"[bold]Coordinator[/] {coordinator.work_dir}: {prepared.items:,} products in the catalogue the stores published"
     )
     console.print(
         f"[bold]Split[/] train before {prepared.split_date.date()}, test {prepared.split_date.date()} .. "
@@ -153,10 +163,10 @@ def _run(settings: Settings, *, verbose: bool) -> None:
 
     with progress:
         task = progress.add_task("train", total=rounds, status="starting Flower simulation engine")
-        outcome = run_federation(settings, prepared, on_round, verbose=verbose)
+        outcome = run_federation(coordinator, prepared, on_round, verbose=verbose)
     report = last.get("report") or outcome.reports[max(outcome.reports)]
     console.print(_results_table("Final model, full ranking on the test period", report.evaluate, report.overall))
-    _print_privacy(settings, outcome.model_dir)
+    _print_privacy(coordinator, outcome.model_dir)
     console.print(
         f"Model (shared parameters only) and manifest: {outcome.model_dir}  "
         f"[dim]({time.perf_counter() - started:.0f} s)[/]"
@@ -238,11 +248,10 @@ def _settings(
             from siloguard.errors import ConfigError
 
             raise ConfigError(f"--split-date {split_date!r} is not a date: use YYYY-MM-DD, e.g. 2011-10-03") from None
-    from siloguard.runs import run_settings
-
-    # The run's database (privacy ledger, audit log, consent) and the stores' keys live in
-    # its work directory unless the environment names them.
-    settings = run_settings(out).with_overrides(
+    # Federation-wide settings; each site (stores, coordinator) adds its own database and
+    # keys inside its directory unless the environment names them (siloguard.sites).
+    settings = Settings.build().with_overrides(
+        work_dir=out,  # type: ignore[arg-type]
         data={"path": data, "consent": consent, "split_date": split, "test_weeks": test_weeks, "uk_stores": stores},
         federation={"rounds": rounds},
         model={"local_epochs": local_epochs, "dim": dim, "seed": seed},
@@ -262,7 +271,7 @@ def _settings(
 
 @app.command()
 def demo(
-    out: Annotated[Path, typer.Option("--out", help="Work directory for the stores' silos and the model.")] = Path("runs/demo"),
+    out: Annotated[Path, typer.Option("--out", help="Run directory: stores/<store>/ sites, coordinator/ (catalogue, model), privacy/.")] = Path("runs/demo"),
     rounds: RoundsOpt = None,
     dp: DpOpt = None,
     verbose: VerboseOpt = False,
@@ -272,7 +281,7 @@ def demo(
         out=out, data=None, split_date=None, test_weeks=None, stores=None, rounds=rounds,
         local_epochs=None, dim=None, seed=None, dp=dp,
     )
-    _run(settings, verbose=verbose)
+    _run(out, settings, verbose=verbose)
 
 
 @app.command()
@@ -292,7 +301,7 @@ def train(
     dp: DpOpt = None,
     epsilon_cap: CapOpt = None,
     noise_multiplier: NoiseOpt = None,
-    out: Annotated[Path, typer.Option("--out", help="Work directory: stores' silos, catalogue, model + manifest.")] = Path("runs/train"),
+    out: Annotated[Path, typer.Option("--out", help="Run directory: stores/<store>/ sites, coordinator/ (catalogue, model + manifest), privacy/.")] = Path("runs/train"),
     verbose: VerboseOpt = False,
 ) -> None:
     """Federated training on your own Online Retail file; saves the global model with a manifest."""
@@ -303,7 +312,7 @@ def train(
         rounds=rounds, local_epochs=local_epochs, dim=dim, seed=seed, dp=dp,
         epsilon_cap=epsilon_cap, noise_multiplier=noise_multiplier,
     )
-    _run(settings, verbose=verbose)
+    _run(out, settings, verbose=verbose)
 
 
 def main() -> None:

@@ -274,7 +274,7 @@ class Settings(BaseSettings):
         return out
 
     @classmethod
-    def from_run_config(cls, run_config: dict[str, Any], *, store: bool = False) -> Settings:
+    def from_run_config(cls, run_config: dict[str, Any], *, store: bool = False, site: bool = False) -> Settings:
         """Inverse of :meth:`to_run_config`; unknown keys are an error, not ignored.
 
         With ``store=True`` (a store's ClientApp) the store's own environment wins over the run
@@ -282,14 +282,16 @@ class Settings(BaseSettings):
         database, keys, audit keys, data files, work directory): the coordinator's run config
         is only a fallback for a store that sets none (the one-machine ``flwr run .``), never
         an override. Otherwise every store would write its consent, ledger and audit events
-        into the coordinator's database.
+        into the coordinator's database. With ``site=True`` (a store running on its own site,
+        :mod:`siloguard.clients.site`) the run config's store-local keys are ignored altogether:
+        the store's environment, then its site, decide them.
         """
         sections: dict[str, dict[str, Any]] = {name: {} for name in _SECTIONS}
         top: dict[str, Any] = {}
         for key, value in run_config.items():
             if value == "":
                 continue
-            if store and _set_by_store(key):
+            if store and (_set_by_store(key) or (site and _store_local(key))):
                 continue
             if key == "work-dir":
                 top["work_dir"] = value
@@ -308,10 +310,14 @@ class Settings(BaseSettings):
 STORE_LOCAL: tuple[str, ...] = ("work-dir", "database", "keys", "audit", "deploy", "data.path", "data.consent")
 
 
+def _store_local(key: str) -> bool:
+    return key in STORE_LOCAL or key.partition(".")[0] in STORE_LOCAL
+
+
 def _set_by_store(key: str) -> bool:
     """Whether the store's environment sets this store-local run-config key itself."""
     section, _, field = key.partition(".")
-    if key not in STORE_LOCAL and section not in STORE_LOCAL:
+    if not _store_local(key):
         return False
     if key == "work-dir":
         names = ["SILOGUARD_WORK_DIR"]

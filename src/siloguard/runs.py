@@ -22,7 +22,7 @@ import os
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from siloguard.config import Settings
 from siloguard.errors import ConfigError, DataError
@@ -34,11 +34,15 @@ __all__ = [
     "TRAINING_COLUMNS",
     "TRAINING_DATASET",
     "TRAINING_PURPOSE",
+    "Publication",
     "RunManifest",
     "load_catalogue",
     "run_manifest",
     "run_settings",
     "save_catalogue",
+    "site_info",
+    "site_of",
+    "site_settings",
 ]
 
 #: What the federation client does with a store's transactions, as a fideslang data use.
@@ -51,7 +55,16 @@ TRAINING_COLUMNS = ("customer_id", "invoice", "stock_code", "invoice_date")
 
 
 def run_settings(out: Path, base: Settings | None = None) -> Settings:
-    """Settings for a run directory: its database and the stores' keys live inside it by default."""
+    """Settings for a run directory: its database and keys live inside it by default.
+
+    ``out`` may be a run of sites as ``siloguard demo``/``train`` lay it out
+    (:mod:`siloguard.sites`): the coordinator's site ``out/coordinator`` is meant.
+    """
+    out = Path(out)
+    if (out / SITE_FILE).is_file():  # a store's site: its own database and keys
+        return site_info(out, base)["settings"]
+    if (out / "coordinator").is_dir() and not (out / RunManifest.FILE).is_file():
+        out = out / "coordinator"
     settings = (base or Settings.build()).with_overrides(work_dir=out)  # type: ignore[arg-type]
     if "SILOGUARD_DATABASE__URL" not in os.environ:
         settings = settings.with_overrides(database={"url": f"sqlite:///{(out / 'siloguard.db').resolve()}"})
@@ -62,21 +75,84 @@ def run_settings(out: Path, base: Settings | None = None) -> Settings:
 
 _JURISDICTIONS = ("gdpr", "ccpa")
 
+#: A store site's description (:mod:`siloguard.clients.site`).
+SITE_FILE = "site.json"
+
+
+def site_settings(directory: Path, base: Settings | None = None, *, database: str | None = None) -> Settings:
+    """The settings of a store process on the site in ``directory``.
+
+    Store-local values come from the environment when it sets them, else from the site
+    (``database`` from ``site.json``, then the site's own SQLite file, keys directory and audit
+    keys). ``base`` carries the federation-wide settings (model, privacy, federation).
+    """
+    directory = Path(directory).resolve()
+    settings = (base or Settings.build()).with_overrides(work_dir=directory)  # type: ignore[arg-type]
+    env = os.environ
+    if "SILOGUARD_DATABASE__URL" not in env:
+        settings = settings.with_overrides(database={"url": database or f"sqlite:///{directory / 'siloguard.db'}"})
+    if "SILOGUARD_KEYS__ROOT" not in env:
+        settings = settings.with_overrides(keys={"root": directory / "keys"})
+    audit: dict[str, Path] = {}
+    if "SILOGUARD_AUDIT__SIGNING_KEY" not in env:
+        audit["signing_key"] = directory / "keys" / "audit-signing.key"
+    if "SILOGUARD_AUDIT__PUBLIC_KEY" not in env:
+        audit["public_key"] = directory / "keys" / "audit-signing.pub"
+    return settings.with_overrides(audit=audit) if audit else settings
+
+
+def site_of(directory: Path, base: Settings | None = None) -> tuple[str, Settings]:
+    """The store a site belongs to and its settings (what a store's tool needs to find its own state)."""
+    info = site_info(directory, base)
+    return info["store"], info["settings"]
+
+
+def site_info(directory: Path, base: Settings | None = None) -> dict[str, Any]:
+    """A site's ``store``, ``settings``, ``data`` (its transaction file), declared ``country`` and ``jurisdiction``."""
+    try:
+        manifest = json.loads((Path(directory) / SITE_FILE).read_text())
+        data = Path(str(manifest["data"]))
+        return {
+            "store": str(manifest["store"]),
+            "settings": site_settings(directory, base, database=manifest.get("database")),
+            "data": data if data.is_absolute() else Path(directory).resolve() / data,
+            "country": manifest.get("country") or None,
+            "jurisdiction": str(manifest.get("jurisdiction", "gdpr")),
+            "compliance_as_of": manifest.get("compliance_as_of") if isinstance(manifest.get("compliance_as_of"), str) else None,
+        }
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ConfigError(
+            f"no store site at {directory} (its {SITE_FILE} is missing or damaged): "
+            "create one with 'siloguard store init STORE --site DIR --data FILE'"
+        ) from None
+
 
 @dataclass(frozen=True)
 class RunManifest:
     """A prepared run's ``run.json``, read and checked once; paths resolved against the run directory."""
 
     directory: Path
-    stores: dict[str, Path]  # store -> its silo file
+    stores: dict[str, Path]  # store -> its silo file (a run prepared in one directory); empty for a run of sites
     catalogue: Path | None = None
     split_date: str | None = None
     end_date: str | None = None
     source: str | None = None
     jurisdictions: dict[str, str] = field(default_factory=dict)  # store -> gdpr | ccpa, as declared
     compliance_as_of: str | None = None
+    members: tuple[str, ...] = ()  # a run of store sites: the stores taking part (their data stays in their sites)
+    sites: dict[str, Path] = field(default_factory=dict)  # one machine only: store -> its site directory
 
     FILE = "run.json"
+
+    @property
+    def names(self) -> list[str]:
+        """The run's stores, sorted (whichever layout)."""
+        return sorted(self.members or self.stores)
+
+    @property
+    def of_sites(self) -> bool:
+        """Whether each store of this run is a site of its own (``siloguard store init``)."""
+        return bool(self.members)
 
     @classmethod
     def read(cls, work_dir: Path) -> RunManifest:
@@ -91,6 +167,22 @@ class RunManifest:
             raise ConfigError(f"no prepared run at {path}: run 'siloguard train' (or demo) to prepare the stores") from None
         try:
             stores = run["stores"]
+            if run.get("layout") == "sites":  # names only: each store's data stays in its own site
+                members = tuple(sorted(str(n) for n in stores))
+                sites = run.get("sites") or {}
+                if not isinstance(sites, dict) or set(sites) - set(members):
+                    raise ValueError("sites")
+                declared = run.get("jurisdictions") or {}
+                if not isinstance(declared, dict) or any(v not in _JURISDICTIONS for v in declared.values()):
+                    raise ValueError("jurisdictions")
+                return cls(
+                    directory=directory, stores={}, members=members,
+                    sites={str(k): directory / Path(str(v)) for k, v in sites.items()},
+                    catalogue=directory / Path(str(run["catalogue"])) if run.get("catalogue") else None,
+                    split_date=run.get("split_date"), end_date=run.get("end_date"), source=run.get("source"),
+                    jurisdictions={str(k): str(v) for k, v in declared.items()},
+                    compliance_as_of=run.get("compliance_as_of") if isinstance(run.get("compliance_as_of"), str) else None,
+                )
             if isinstance(stores, list):  # names only: the silos are in the run's stores/ folder
                 stores = {str(name): f"stores/{name}.csv" for name in stores}
             declared = run.get("jurisdictions") or {}
@@ -126,7 +218,13 @@ class RunManifest:
             except ValueError:
                 return str(p)
 
-        out: dict[str, object] = {"source": self.source, "stores": {k: rel(v) for k, v in sorted(self.stores.items())}}
+        out: dict[str, object] = {"source": self.source}
+        if self.members:
+            out.update({"layout": "sites", "stores": list(self.members)})
+            if self.sites:
+                out["sites"] = {k: os.path.relpath(v, self.directory) for k, v in sorted(self.sites.items())}
+        else:
+            out["stores"] = {k: rel(v) for k, v in sorted(self.stores.items())}
         if self.catalogue is not None:
             out["catalogue"] = rel(self.catalogue)
         out.update({"split_date": self.split_date, "end_date": self.end_date})
@@ -135,6 +233,60 @@ class RunManifest:
         if self.compliance_as_of is not None:
             out["compliance_as_of"] = self.compliance_as_of
         return {k: v for k, v in out.items() if v is not None}
+
+
+@dataclass(frozen=True)
+class Publication:
+    """What a store tells the coordinator: products, dates and counts; never a customer."""
+
+    store: str
+    jurisdiction: str
+    country: str | None
+    first_day: str  # first and last invoice day (YYYY-MM-DD)
+    last_day: str
+    products: dict[str, str]  # stock code -> first day it was sold in this store
+    descriptions: dict[str, str]  # stock code -> description (the product's, as on the shelf)
+    counts: dict[str, int] = field(default_factory=dict)  # rows, customers, consented (training, now)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "store": self.store, "jurisdiction": self.jurisdiction, "country": self.country,
+            "first_day": self.first_day, "last_day": self.last_day, "counts": dict(self.counts),
+            "products": dict(sorted(self.products.items())), "descriptions": dict(sorted(self.descriptions.items())),
+        }
+
+    @classmethod
+    def read(cls, path: Path) -> Publication:
+        try:
+            data = json.loads(Path(path).read_text())
+            return cls(
+                store=_store_name(data["store"]),
+                jurisdiction=str(data["jurisdiction"]),
+                country=data.get("country"),
+                first_day=_day(data["first_day"]),
+                last_day=_day(data["last_day"]),
+                products={str(k): _day(v) for k, v in data["products"].items()},
+                descriptions={str(k): str(v) for k, v in (data.get("descriptions") or {}).items()},
+                counts={str(k): int(v) for k, v in (data.get("counts") or {}).items()},
+            )
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            raise ConfigError(
+                f"{path} is not a store publication (written by 'siloguard store init' / 'store publish'): ask the store for it again"
+            ) from None
+
+
+def _day(value: object) -> str:
+    from datetime import date
+
+    return date.fromisoformat(str(value)[:10]).isoformat()
+
+
+def _store_name(value: object) -> str:
+    import re
+
+    if not isinstance(value, str) or not re.fullmatch(r"[a-z][a-z0-9-]{0,62}", value):
+        raise ValueError("store")
+    return value
 
 
 def run_manifest(work_dir: Path) -> RunManifest:

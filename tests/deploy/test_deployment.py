@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
+import re
+import secrets
 import socket
 import ssl
 import threading
@@ -22,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from typer.testing import CliRunner
 
 from siloguard.cli import app
@@ -38,14 +42,16 @@ from siloguard.deploy.processes import (
     wait_for_port,
 )
 from siloguard.federation.registry import current_version, load_manifest, sha256_file
-from siloguard.federation.runner import prepare_run
 from tests.conftest import tiny_customers, write_consent, write_tiny_retail
 
 pytestmark = pytest.mark.timeout(240)
 
 REPO = Path(__file__).resolve().parents[2]
 STORES = ("france", "germany", "united-kingdom")
+COUNTRIES = {"france": "France", "germany": "Germany", "united-kingdom": "United Kingdom"}
 VICTIM = "germany"
+PG_STORE = "germany"  # on its own PostgreSQL schema when SILOGUARD_TEST_DATABASE_URL is set
+PG_ENV = "SILOGUARD_TEST_DATABASE_URL"
 
 
 def _free_port() -> int:
@@ -56,9 +62,11 @@ def _free_port() -> int:
 
 @dataclass
 class Deployment:
-    settings: Settings
-    env: dict[str, str]  # SILOGUARD_* every process of the deployment shares
+    settings: Settings  # the coordinator's
+    env: dict[str, str]  # SILOGUARD_* of the coordinator's processes (SuperLink, federate)
     link: Started
+    sites: dict[str, Path] = field(default_factory=dict)  # each store's own site
+    store_env: dict[str, str] = field(default_factory=dict)  # SILOGUARD_* of the stores' processes
     nodes: dict[str, Started] = field(default_factory=dict)
     enroll_output: dict[str, str] = field(default_factory=dict)
     federate_exit: int | None = None
@@ -80,37 +88,76 @@ def _audit_events(settings: Settings) -> list:
         log.close()
 
 
+def _store_files(retail: Path, out: Path) -> dict[str, Path]:
+    """Each store's own export (the tiny file cut by country: each organisation holds its part)."""
+    import pandas as pd
+
+    frame = pd.read_csv(retail, dtype=str, keep_default_na=False)
+    out.mkdir()
+    files = {}
+    for store, country in COUNTRIES.items():
+        path = out / f"{store}.csv"
+        frame[frame["Country"] == country].to_csv(path, index=False)
+        files[store] = path
+    return files
+
+
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory):
     tmp = tmp_path_factory.mktemp("deploy")
     retail = write_tiny_retail(tmp / "tiny.csv")
     consent = write_consent(tmp / "consent.csv", tiny_customers(retail))
-    # Every process of the deployment (and `siloguard federate`) reads the same settings from
-    # its SILOGUARD_* environment; the run config carries only the keys pyproject declares.
+    files = _store_files(retail, tmp / "exports")
+    # Federation-wide settings every process shares (the run config carries only the keys
+    # pyproject declares). Nothing store-local: each store's database and keys are its site's.
     shared = {
-        "data": {"path": retail, "consent": consent, "uk_stores": 1, "min_store_customers": 5, "test_weeks": 3},
+        "data": {"uk_stores": 1, "min_store_customers": 5, "test_weeks": 3},
         "model": {"dim": 8, "hidden": 4, "cutoffs": 2, "batch_size": 16, "local_epochs": 1},
-        "database": {"url": f"sqlite:///{tmp / 'siloguard.db'}"},
-        "keys": {"root": tmp / "store-keys"},
         "privacy": {"enabled": True, "sample_rate": 0.5, "epsilon_cap": 50.0},
     }
-    env = {f"SILOGUARD_{section.upper()}__{key.upper()}": str(value)
-           for section, values in shared.items() for key, value in values.items()}
+    store_env = {f"SILOGUARD_{section.upper()}__{key.upper()}": str(value)
+                 for section, values in shared.items() for key, value in values.items()}
+    coordinator = tmp / "coordinator"
+    env = {**store_env, "SILOGUARD_DATABASE__URL": f"sqlite:///{coordinator / 'siloguard.db'}",
+           "SILOGUARD_KEYS__ROOT": str(coordinator / "keys")}
     settings = Settings.build(
-        work_dir=tmp / "work",
+        work_dir=coordinator,
         federation={"rounds": 2, "min_stores": 2},
         deploy={"root": tmp / "deploy", "port": _free_port(), "connect_timeout": 60.0},
+        database={"url": env["SILOGUARD_DATABASE__URL"]},
+        keys={"root": coordinator / "keys"},
         **shared,
     )
     runner = CliRunner()
     result = runner.invoke(app, ["pki", "init", "--root", str(settings.deploy.root), "--host", "127.0.0.1"])
     assert result.exit_code == 0, result.output
-    prepared = prepare_run(settings)
-    assert sorted(prepared.stores) == list(STORES)
+    coordinator.mkdir()
+    result = runner.invoke(app, ["db", "upgrade"], env=env)  # the coordinator's own database
+    assert result.exit_code == 0, result.output
+    pg_base = os.environ.get(PG_ENV)
+    schema = None
+    sites = {}
+    for store, path in files.items():
+        # Each store creates its own site; germany keeps its database on its own PostgreSQL
+        # schema when a server is configured (CI), the others in SQLite files in their sites.
+        extra: list[str] = []
+        if store == PG_STORE and pg_base:
+            schema = "sgdeploy_" + secrets.token_hex(4)
+            admin = sa.create_engine(pg_base)
+            with admin.begin() as conn:
+                conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
+            admin.dispose()
+            url = sa.engine.make_url(pg_base).update_query_dict({"options": f"-csearch_path={schema}"})
+            extra = ["--database", url.render_as_string(hide_password=False)]
+        sites[store] = tmp / "sites" / store
+        result = runner.invoke(app, ["store", "init", store, "--site", str(sites[store]), "--data", str(path),
+                                     "--country", COUNTRIES[store], "--consent", str(consent), *extra],
+                               env={k: None for k in ("SILOGUARD_DATABASE__URL", "SILOGUARD_KEYS__ROOT")})
+        assert result.exit_code == 0, result.output
 
     link = start("superlink", superlink_command(settings), tmp / "logs" / "superlink.log",
                  flower_env(settings, env), cwd=tmp)
-    dep = Deployment(settings, env, link)
+    dep = Deployment(settings, env, link, sites=sites, store_env=store_env)
     try:
         wait_for_port("127.0.0.1", settings.deploy.port, time.monotonic() + 60, link)
         for store in STORES:
@@ -118,9 +165,9 @@ def deployment(tmp_path_factory: pytest.TempPathFactory):
             assert result.exit_code == 0, result.output
             dep.enroll_output[store] = result.output
         for store in STORES:
-            command = supernode_command(settings, store, prepared.stores[store], runtime_port=_free_port())
+            command = supernode_command(settings, store, None, runtime_port=_free_port(), site=sites[store])
             dep.nodes[store] = start(f"supernode {store}", command, tmp / "logs" / f"{store}.log",
-                                     flower_env(settings, env), cwd=tmp)
+                                     _store_process_env(settings, store_env), cwd=tmp)
         for node in dep.nodes.values():
             wait_for_log(node, r"SuperNode ID: \d+", time.monotonic() + 60)
         yield dep
@@ -128,6 +175,19 @@ def deployment(tmp_path_factory: pytest.TempPathFactory):
         for node in dep.nodes.values():
             stop(node)
         stop(link)
+        if schema is not None:
+            admin = sa.create_engine(pg_base)
+            with admin.begin() as conn:
+                conn.exec_driver_sql(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+            admin.dispose()
+
+
+def _store_process_env(settings: Settings, store_env: dict[str, str]) -> dict[str, str]:
+    """A store's process environment: nothing of the coordinator's database or keys."""
+    env = flower_env(settings, store_env)
+    for name in ("SILOGUARD_DATABASE__URL", "SILOGUARD_KEYS__ROOT", "SILOGUARD_WORK_DIR"):
+        env.pop(name, None)
+    return env
 
 
 @pytest.fixture(scope="module")
@@ -141,6 +201,7 @@ def federated(deployment: Deployment) -> Deployment:
         result = CliRunner().invoke(
             app,
             ["federate", "--out", str(dep.settings.work_dir), "--rounds", "2", "--min-stores", "2",
+             *[a for store in STORES for a in ("--publication", str(dep.sites[store] / "publication.json"))],
              "--app", str(REPO), *dep.cli_args, "--verbose"],
             env=dep.env,
         )
@@ -283,3 +344,61 @@ def test_when_the_serverapp_fails_then_federate_reads_the_run_status_and_exits_n
     assert result.exit_code == 4, result.output
     assert "ended finished:failed" in result.output
     assert current_version(bad) is None
+
+
+def _rows(url: str, sql: str) -> list:
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return list(conn.execute(sa.text(sql)).all())
+    finally:
+        engine.dispose()
+
+
+def test_each_store_keeps_its_own_rows_in_its_own_database_and_the_coordinator_holds_none(federated: Deployment):
+    from siloguard.clients.site import StoreSite
+
+    assert federated.federate_exit == 0, federated.federate_output
+    customers: set[str] = set()
+    urls = set()
+    for store in STORES:
+        site = StoreSite.open(federated.sites[store])
+        url = site.settings.database.url
+        urls.add(url)
+        if store == PG_STORE and os.environ.get(PG_ENV):
+            assert url.startswith("postgresql") and "search_path" in url
+        else:
+            assert url == f"sqlite:///{federated.sites[store].resolve() / 'siloguard.db'}"
+        assert {r[0] for r in _rows(url, "select store from privacy_ledger")} == {store}
+        assert _rows(url, "select count(*) from consent_events")[0][0] == 12  # its own 12 customers
+        actors = {json.loads(r[0])["actor"] for r in _rows(url, "select body from audit_events")}
+        assert actors <= {f"client:{store}", f"store:{store}"}, actors
+        customers |= {str(c) for c in site.transactions()["customer_id"].unique()}
+    assert len(urls) == 3
+    coordinator = federated.settings
+    assert _rows(coordinator.database.url, "select count(*) from consent_events")[0][0] == 0
+    assert _rows(coordinator.database.url, "select count(*) from privacy_ledger")[0][0] == 0
+    assert _rows(coordinator.database.url, "select count(*) from store_suppressions")[0][0] == 0
+    files = [p for p in coordinator.work_dir.rglob("*") if p.is_file()]
+    assert not (coordinator.work_dir / "keys" / "stores").exists()
+    # A customer id as a whole word (not a run of digits inside a hash, a timestamp or a number).
+    ids = re.compile(rb"(?<![0-9A-Za-z])(?:" + b"|".join(c.encode() for c in sorted(customers)) + rb")(?![0-9A-Za-z])")
+    for path in files:
+        found = ids.search(path.read_bytes())
+        assert found is None, f"customer id {found.group().decode()} in {path}"
+
+
+def test_every_store_log_verifies_against_the_heads_the_coordinator_witnessed(federated: Deployment):
+    from siloguard.clients.site import StoreSite
+
+    events = _audit_events(federated.settings)
+    witnessed = {(e.store, e.round) for e in events if e.action == "audit.head_witnessed"}
+    assert {(s, 1) for s in STORES} <= witnessed  # round 2: every store but the one stopped
+    for store in STORES:
+        site = StoreSite.open(federated.sites[store])
+        result = CliRunner().invoke(app, [
+            "audit", "verify", "--db", site.settings.database.url, "--public-key", str(site.settings.audit.public_key),
+            "--witnessed", str(federated.settings.work_dir), "--store", store,
+        ], env={k: None for k in ("SILOGUARD_DATABASE__URL", "SILOGUARD_KEYS__ROOT")})
+        assert result.exit_code == 0, result.output
+        assert "the coordinator witnessed" in result.output

@@ -19,7 +19,7 @@ import typer
 
 from siloguard._files import write_atomic
 from siloguard.config import Settings
-from siloguard.errors import AuditError, AuditIntegrityError
+from siloguard.errors import AuditError, AuditIntegrityError, ConfigError
 from siloguard.storage.cli import DbOpt, command_group, one_line_errors
 
 __all__ = ["audit_app"]
@@ -113,18 +113,31 @@ def verify(
     allow_empty: Annotated[
         bool, typer.Option("--allow-empty", help="Pass a log with no events (a brand-new deployment); otherwise it fails.")
     ] = False,
+    witnessed: Annotated[
+        Optional[str],
+        typer.Option("--witnessed", help="A store's log: also check it against every head of --store the coordinator "
+                     "witnessed (the coordinator's database URL, or its directory holding siloguard.db)."),
+    ] = None,
+    store: Annotated[Optional[str], typer.Option("--store", help="The store whose log this is (with --witnessed).")] = None,
 ) -> None:
     """Recompute the log from its events, check every signed head, and (--against) a saved head.
 
-    An empty log fails unless --allow-empty: a wiped log is empty too.
+    An empty log fails unless --allow-empty: a wiped log is empty too. For a store's log
+    (``--db`` its database, ``--public-key`` its keys/audit-signing.pub), ``--witnessed``
+    checks it against the heads the coordinator recorded: a store cannot rewrite its history.
     """
     from siloguard.audit.heads import SignedTreeHead
 
     settings = _settings(db=db, public_key=public_key)
     key = _public_key(settings)
     saved = SignedTreeHead.read(against) if against is not None else None
+    heads = _witnessed_heads(witnessed, store) if witnessed is not None else None
     with _open(settings) as log:
         report = log.verify(key, against=saved)  # an empty log passes here: the library allows it
+        if heads is not None:
+            from siloguard.audit.witness import verify_witnessed
+
+            lines = verify_witnessed(log, key, heads)
     if report.tree_size == 0:
         if not allow_empty:
             raise AuditIntegrityError(
@@ -142,6 +155,27 @@ def verify(
         typer.echo(f"consistent with the saved tree head #{saved.seq} (size {saved.tree_size})")
     if report.uncovered:
         typer.echo(f"note: the newest {report.uncovered} event(s) are not under a signed head yet (run `siloguard audit head`)")
+    if heads is not None:
+        typer.echo(f"consistent with all {len(lines)} head(s) of store {store} the coordinator witnessed")
+
+
+def _witnessed_heads(witnessed: str, store: str | None) -> list:
+    from siloguard.audit.log import AuditLog
+    from siloguard.audit.witness import witnessed_heads
+
+    if not store:
+        raise ConfigError("--witnessed needs --store: the store whose log --db is")
+    url = witnessed if "://" in witnessed else f"sqlite:///{(Path(witnessed) / 'siloguard.db').resolve()}"
+    if "://" not in witnessed and not (Path(witnessed) / "siloguard.db").is_file():
+        raise ConfigError(f"--witnessed {witnessed}: no siloguard.db there; pass the coordinator's directory or database URL")
+    log = AuditLog.open(_settings(db=url), signer=False)
+    try:
+        heads = witnessed_heads((stored.event for stored in log.iter_events()), store).get(store, [])
+    finally:
+        log.close()
+    if not heads:
+        raise AuditIntegrityError(f"the coordinator witnessed no head of store {store!r}: nothing to check against")
+    return heads
 
 
 @audit_app.command()

@@ -61,7 +61,7 @@ from typing import Any, Literal, NewType
 
 from siloguard.errors import AuditError
 
-__all__ = ["DECISIONS", "SCHEMA_VERSION", "AuditEvent", "Decision", "EventId", "new_event_id"]
+__all__ = ["DECISIONS", "SCHEMA_VERSION", "AuditEvent", "Decision", "EventId", "new_event_id", "store_id_ok"]
 
 SCHEMA_VERSION = 1
 EventId = NewType("EventId", str)
@@ -160,6 +160,15 @@ def _store_id(value: object) -> str | None:
     if _DIGIT_RUN.search(_STORE_NUMBER.sub("", value)):
         return None
     return value
+
+
+def store_id_ok(value: str) -> bool:
+    """Whether the audit log accepts ``value`` as a store id (``siloguard store init`` checks names with it)."""
+    try:
+        _check_store(value)
+    except AuditError:
+        return False
+    return True
 
 
 def _check_store(value: object) -> str:

@@ -43,6 +43,13 @@ any, decision allow/deny      ``actor``, ``purpose``, ``reason``: gate decisions
 ``model.registered``          ``resource`` ``model:v<n>``; counts ``sha256_part1..5``
 ``model.rollback``            ``resource`` ``model:v<n>`` (now current); ``reason`` from
 ``node.enrolled``             ``store``: its SuperNode key registered with the SuperLink
+``audit.head_witnessed``      ``store``, ``round``: the store's signed tree head, as counts
+                              (``seq``, ``tree_size``, ``timestamp_ms``, ``root1..5``,
+                              ``key1..5``, ``sig1..10``; :mod:`siloguard.audit.witness`)
+``audit.head_refused``        the same, decision ``deny``; ``reason`` bad-signature,
+                              key-mismatch, key-changed or log-went-back
+``compliance.preflight``      by the coordinator with ``store``: the store's own pre-flight
+                              as it reported it (counts ``rules``, ``failed``, ``warnings``)
 ============================  ==========================================================
 """
 
@@ -62,6 +69,8 @@ __all__ = [
     "DSR_RECEIPT",
     "DSR_RECEIVED",
     "FEDERATION_ROUND",
+    "HEAD_REFUSED",
+    "HEAD_WITNESSED",
     "LEGAL_CLOCKS",
     "MODEL_REGISTERED",
     "MODEL_ROLLBACK",
@@ -91,6 +100,8 @@ CHECK_RESULT = "check.result"
 COMPLIANCE_CHECK = "compliance.check"
 COMPLIANCE_PREFLIGHT = "compliance.preflight"
 RETENTION_ENFORCE = "retention.enforce"
+HEAD_WITNESSED = "audit.head_witnessed"
+HEAD_REFUSED = "audit.head_refused"
 
 COUNT_SUBJECTS = "subjects"
 COUNT_CONSENTED = "consented"

@@ -22,6 +22,7 @@ import threading
 import time
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -35,6 +36,7 @@ from siloguard.clients.store import StoreData, build_store, evaluate_store, run_
 from siloguard.config import Settings
 from siloguard.data.loader import load_clean
 from siloguard.errors import ConfigError
+from siloguard.recommender.features import Catalogue
 from siloguard.recommender.model import PrivateUsers, SharedModel
 from siloguard.recommender.train import train_local
 
@@ -44,6 +46,7 @@ __all__ = [
     "handle_evaluate",
     "handle_query",
     "handle_train",
+    "node_store",
     "store_for",
 ]
 
@@ -62,37 +65,139 @@ _rounds: dict[str, tuple[tuple[int, int, str, str], StoreData]] = {}
 _rounds_lock = threading.Lock()
 
 
-def store_for(context: Context, settings: Settings, *, server_round: int | None = None) -> StoreData:
+def node_store(context: Context, settings: Settings | None = None) -> tuple[str, Settings]:
+    """Which store this node is, and that store's settings.
+
+    - A deployed SuperNode names its own site (``siloguard store start --site DIR``: node
+      config ``site``): everything store-local comes from that site and the store's
+      environment, nothing from the coordinator.
+    - On one machine (the simulation engine, ``flwr run .``) ``partition-id`` indexes the run's
+      stores, and a run of sites says where each store's site is (``run.json`` ``sites``).
+    - A run prepared in one directory by an older siloguard: the run's settings, as before.
+    """
+    from siloguard.clients.site import StoreSite
+
+    run_config = dict(context.run_config)
+    node = context.node_config
+    if "site" in node:
+        base = settings if settings is not None else Settings.from_run_config(run_config, store=True, site=True)
+        site = StoreSite.open(Path(str(node["site"])), base)
+        if "store" in node and str(node["store"]) != site.name:
+            raise ConfigError(f"node config names store {node['store']!r} but its site {site.directory} is {site.name!r}'s")
+        return site.name, site.settings
+    resolved = settings if settings is not None else Settings.from_run_config(run_config, store=True)
+    run = run_manifest(resolved.work_dir)
+    names = run.names
+    if "store" in node:
+        name = str(node["store"])
+    else:
+        pid = int(node.get("partition-id", -1))
+        if not 0 <= pid < len(names):
+            raise ConfigError(f"partition-id {pid} does not name a store: the run has {len(names)} stores")
+        name = names[pid]
+    if name not in names:
+        raise ConfigError(f"store {name!r} is not part of this run: known stores are {', '.join(names)}")
+    if run.of_sites:
+        if name not in run.sites:
+            raise ConfigError(f"store {name!r} has no site on this machine: start its node with 'siloguard store start --site DIR'")
+        return name, StoreSite.open(run.sites[name], resolved).settings
+    return name, resolved
+
+
+def _message_config(msg: Message | None) -> dict[str, Any]:
+    if msg is None:
+        return {}
+    try:
+        return dict(msg.content["config"])
+    except (KeyError, AttributeError, TypeError):
+        return {}
+
+
+def store_for(
+    context: Context, settings: Settings, *, server_round: int | None = None, msg: Message | None = None,
+    name: str | None = None,
+) -> StoreData:
     """The store this node serves, with the data its gate lets through.
 
-    With ``server_round``, the gate runs on the round's first message only and the round's
-    other messages reuse its result (keyed by run and round); without, it runs now.
+    The catalogue and split dates come with the coordinator's message (``catalogue``,
+    ``split-date``, ``end-date``); a run prepared in one directory also has them in its
+    ``run.json``. With ``server_round``, the gate runs on the round's first message only and
+    the round's other messages reuse its result (keyed by run and round); without, it runs now.
     """
-    run = run_manifest(settings.work_dir)
-    stores = run.stores
-    if "store" in context.node_config:
-        name = str(context.node_config["store"])
+    from siloguard.clients.site import StoreSite
+
+    config = _message_config(msg)
+    catalogue: Catalogue | Path
+    if "catalogue" in config and "split-date" in config and "end-date" in config:
+        catalogue = Catalogue(tuple(str(c) for c in config["catalogue"]))
+        split_date, end_date = str(config["split-date"]), str(config["end-date"])
     else:
-        pid = int(context.node_config.get("partition-id", -1))
-        if not 0 <= pid < len(stores):
-            raise ConfigError(f"partition-id {pid} does not name a store: the run has {len(stores)} stores")
-        name = sorted(stores)[pid]
-    if name not in stores:
-        raise ConfigError(f"store {name!r} is not part of this run: known stores are {', '.join(sorted(stores))}")
-    # A deployed SuperNode names its own silo (``siloguard store start --data``); the run's
-    # catalogue and split dates still come from the coordinator's run.json (docs/DEPLOY.md).
-    silo = Path(str(context.node_config["data"])) if "data" in context.node_config else Path(stores[name])
+        run = run_manifest(settings.work_dir)
+        catalogue, split_date, end_date = run.require_catalogue(), str(run.split_date), str(run.end_date)
+    if StoreSite.is_site(settings.work_dir):
+        site = StoreSite.open(settings.work_dir, settings)
+        name, silo = site.name, site.silo()
+        store_preflight(site, int(context.run_id))
+    else:
+        if name is None:
+            name = node_store(context, settings)[0]
+        # A deployed SuperNode of an older run names its own silo (node config ``data``).
+        silo = Path(str(context.node_config["data"])) if "data" in context.node_config else run_manifest(settings.work_dir).stores[name]
     key = (int(context.run_id), server_round, str(silo), settings.database.url) if server_round is not None else None
     if key is not None:
         with _rounds_lock:
             held = _rounds.get(name)
         if held is not None and held[0] == key:
             return held[1]
-    data = gated_store(settings, name, silo, run.require_catalogue(), str(run.split_date), str(run.end_date))
+    data = gated_store(settings, name, silo, catalogue, split_date, end_date)
     if key is not None:
         with _rounds_lock:
             _rounds[name] = (key, data)
     return data
+
+
+# (run id, site directory) -> the store's pre-flight counts: once per run and store.
+_preflights: dict[tuple[int, str], dict[str, int]] = {}
+_preflights_lock = threading.Lock()
+
+
+def store_preflight(site: Any, run_id: int) -> dict[str, int]:
+    """The store's own GDPR/CCPA pre-flight, before its first message of a run is answered.
+
+    The training rules run over the store's rows, database and keys on its site (its declared
+    country, not the rows' country column), audited in the store's own log. An error-severity
+    failure raises :class:`~siloguard.errors.ComplianceError`: the store does not train, and the
+    coordinator sees a failed reply. The counts go back in every reply (``compliance``).
+    """
+    key = (run_id, str(site.directory))
+    with _preflights_lock:
+        if key in _preflights:
+            return _preflights[key]
+        from siloguard.audit import AuditLog
+        from siloguard.compliance.context import StoreRows
+        from siloguard.compliance.engine import failed_errors, store_preflight as run_rules
+
+        rows = {site.name: StoreRows(site.name, _read_silo_now(site.silo()), site.silo(), site.country)}
+        audit = AuditLog.open(site.settings)
+        try:
+            results = run_rules(site.settings, rows, audit, store=site.name)
+        finally:
+            audit.close()
+        counts = {"rules": len(results), "failed": len(failed_errors(results)),
+                  "warnings": sum(1 for r in results if r.status == "warning")}
+        _preflights[key] = counts
+        return counts
+
+
+def _compliance_metrics(context: Context, settings: Settings) -> dict[str, int]:
+    """The store's pre-flight counts for this run (a store on its own site), for its reply."""
+    counts = _preflights.get((int(context.run_id), str(settings.work_dir.resolve())))
+    return {f"compliance-{k}": v for k, v in counts.items()} if counts else {}
+
+
+def _read_silo_now(path: Path) -> pd.DataFrame:
+    stat = os.stat(path)
+    return _read_silo(str(path), stat.st_mtime_ns, stat.st_size)
 
 
 @lru_cache(maxsize=8)
@@ -108,7 +213,7 @@ _built_lock = threading.Lock()
 
 
 def gated_store(
-    settings: Settings, name: str, silo: Path, catalogue: Path, split_date: str, end_date: str
+    settings: Settings, name: str, silo: Path, catalogue: Catalogue | Path, split_date: str, end_date: str
 ) -> StoreData:
     """Read the silo, pass it through the store's gate, build training data from the result."""
     try:
@@ -169,7 +274,7 @@ def budget_status(store: StoreData, settings: Settings) -> dict[str, float]:
 
 def handle_query(msg: Message, context: Context, settings: Settings) -> Message:
     """The coordinator asks for the store's remaining budget before sampling it."""
-    store = store_for(context, settings, server_round=_round_of(msg))
+    store = store_for(context, settings, server_round=_round_of(msg), msg=msg)
     status = budget_status(store, settings) if settings.privacy.enabled else {}
     content = RecordDict(
         {"budget": MetricRecord({k: float(v) for k, v in status.items()}), "store": ConfigRecord({"name": store.name})}
@@ -178,7 +283,7 @@ def handle_query(msg: Message, context: Context, settings: Settings) -> Message:
 
 
 def handle_train(msg: Message, context: Context, settings: Settings) -> Message:
-    store = store_for(context, settings, server_round=_round_of(msg))
+    store = store_for(context, settings, server_round=_round_of(msg), msg=msg)
     model = _shared_model(msg, store, settings)
     users = _private_users(store, settings)
     server_round = int(msg.content["config"].get("server-round", 0))
@@ -214,12 +319,33 @@ def handle_train(msg: Message, context: Context, settings: Settings) -> Message:
                     "train-loss": loss if n_examples else 0.0,
                     "train-seconds": time.perf_counter() - started,
                     **privacy_metrics,
+                    **_compliance_metrics(context, settings),
                 }
             ),
             "store": ConfigRecord({"name": store.name}),
+            **_audit_head(settings),
         }
     )
     return Message(content=content, reply_to=msg)
+
+
+def _audit_head(settings: Settings) -> dict[str, ConfigRecord]:
+    """A store on its site signs a head of its own audit log for the reply; the coordinator witnesses it."""
+    from siloguard.clients.site import StoreSite
+
+    if not StoreSite.is_site(settings.work_dir):
+        return {}
+    from siloguard.audit import AuditLog
+    from siloguard.audit.witness import public_key_text
+
+    StoreSite.open(settings.work_dir, settings).audit_signing_key  # made on first use  # noqa: B018
+    log = AuditLog.open(settings)
+    try:
+        head = log.sign_head()
+        public = public_key_text(log.signer.public_key)  # type: ignore[union-attr]
+    finally:
+        log.close()
+    return {"audit-head": ConfigRecord({**head.to_json(), "public-key": public})}
 
 
 def _train_dp(
@@ -266,7 +392,7 @@ def _train_dp(
 
 
 def handle_evaluate(msg: Message, context: Context, settings: Settings) -> Message:
-    store = store_for(context, settings, server_round=_round_of(msg))
+    store = store_for(context, settings, server_round=_round_of(msg), msg=msg)
     model = _shared_model(msg, store, settings)
     users = _private_users(store, settings) if private_path(settings, store.name).is_file() else None
     metrics = evaluate_store(model, users, store)
@@ -277,17 +403,17 @@ def handle_evaluate(msg: Message, context: Context, settings: Settings) -> Messa
 
 
 def store_settings(context: Context) -> Settings:
-    """A store's settings in its ClientApp: its own environment first, the run config as fallback
-    for what the store does not set (:meth:`Settings.from_run_config` with ``store=True``)."""
-    return Settings.from_run_config(dict(context.run_config), store=True)
+    """A store's settings in its ClientApp (:func:`node_store`): its site and its own environment
+    first, the run config as fallback only for a store of an older one-directory run."""
+    return node_store(context)[1]
 
 
 def build_client_app(settings: Settings | None = None) -> ClientApp:
-    """A ClientApp bound to ``settings``; with None, each store's :func:`store_settings`."""
+    """A ClientApp; ``settings`` are the run's (in-process simulation), each store's own otherwise."""
     client = ClientApp()
 
     def resolve(context: Context) -> Settings:
-        return settings if settings is not None else store_settings(context)
+        return node_store(context, settings)[1]
 
     @client.train()
     def train(msg: Message, context: Context) -> Message:

@@ -1,10 +1,12 @@
 """``siloguard store ...`` and ``siloguard consent ...``: what a store's operator runs.
 
 The ``store`` group is shared: enrolment and the node are registered by
-``siloguard.deploy.cli``, data-subject request sync by ``siloguard.dsr.cli``; segments and
-campaign lists live here. Every command works on a prepared run directory (``--out``, as
-``siloguard train`` / ``demo`` made it): its database and the stores' keys are found there
-unless ``SILOGUARD_DATABASE__URL`` / ``SILOGUARD_KEYS__ROOT`` say otherwise.
+``siloguard.deploy.cli``; the site (``store init``, ``store publish``), erasure sync,
+segments and campaign lists live here. Every command works on the store's site (``--site
+DIR``, made by ``siloguard store init``): its file, database and keys are found there unless
+``SILOGUARD_DATABASE__URL`` / ``SILOGUARD_KEYS__ROOT`` say otherwise. On one machine,
+``--out RUN`` with the store's name finds the site ``RUN/stores/<store>`` that ``siloguard
+demo`` / ``train`` laid out (and a run prepared in one directory by an older siloguard).
 """
 
 from __future__ import annotations
@@ -12,13 +14,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Optional
 
+
 import typer
 
 from siloguard.config import Settings
 from siloguard.runs import run_settings  # re-exported: part of this module's API
 from siloguard.storage.cli import command_group, one_line_errors
 
-__all__ = ["OutOpt", "consent_app", "run_settings", "store_app"]
+__all__ = ["OutOpt", "SiteOpt", "consent_app", "run_settings", "store_app", "store_settings"]
 
 store_app = command_group(
     "store",
@@ -28,7 +31,37 @@ consent_app = command_group(
     "consent", "The consent registry: import the consents stores collected, see who may be used for what."
 )
 
-OutOpt = Annotated[Path, typer.Option("--out", help="The run's work directory (as given to siloguard train/demo).")]
+OutOpt = Annotated[Path, typer.Option("--out", help="A run laid out on one machine (as given to siloguard train/demo): its stores/<store> sites.")]
+SiteOpt = Annotated[Optional[Path], typer.Option("--site", help="The store's site directory (siloguard store init).")]
+
+
+def _sites(out: Path) -> dict[str, Path]:
+    from siloguard.clients.site import StoreSite
+
+    base = Path(out) / "stores"
+    return {d.name: d for d in sorted(base.iterdir()) if StoreSite.is_site(d)} if base.is_dir() else {}
+
+
+def store_settings(store: str | None, site: Path | None, out: Path) -> tuple[str, Settings]:
+    """The store's name and settings: its ``--site``, or its site under a one-machine run ``--out``."""
+    from siloguard.clients.site import StoreSite
+    from siloguard.errors import ConfigError
+
+    if site is not None:
+        opened = StoreSite.open(site)
+        if store is not None and store != opened.name:
+            raise ConfigError(f"--site {site} is store {opened.name!r}'s site, not {store!r}'s")
+        return opened.name, opened.settings
+    sites = _sites(out)
+    if sites:
+        if store is None or store not in sites:
+            raise ConfigError(f"name the store: {out} holds the sites of {', '.join(sites)} (or pass --site DIR)")
+        return store, StoreSite.open(sites[store]).settings
+    if store is None:
+        raise ConfigError("pass --site DIR (the store's site from 'siloguard store init')")
+    settings = run_settings(out)
+    _check_store(settings, store)
+    return store, settings
 
 
 # ---- consent ---------------------------------------------------------------------------
@@ -38,30 +71,49 @@ OutOpt = Annotated[Path, typer.Option("--out", help="The run's work directory (a
 @one_line_errors
 def consent_import(
     file: Annotated[Path, typer.Argument(help="CSV: customer_id,store,purpose,event,source,notice_version,at")],
+    site: SiteOpt = None,
     out: OutOpt = Path("runs/demo"),
 ) -> None:
-    """Record consent events from a file in the stores' registry (the whole file is checked first)."""
-    from siloguard.clients.gating import known_stores, store_keys
+    """Record consent events from a file in the store's registry (the whole file is checked first).
+
+    With --site, the events of that store (and those with an empty store column) go into its
+    site; with --out RUN, each store's events go into its own site under the run.
+    """
     from siloguard.policies.consent import ConsentRegistry
     from siloguard.policies.consent_io import import_consent, read_consent_file
 
-    settings = run_settings(out)
-    stores = known_stores(settings)
-    frame = read_consent_file(file, stores)
-    registry = ConsentRegistry(settings.database.url)
-    try:
-        result = import_consent(registry, frame, {s: store_keys(settings, s) for s in stores})
-    finally:
-        registry.close()
-    typer.echo(f"recorded {sum(result.events.values()):,} consent events in {len(result.events)} store(s)")
-    if result.suppressed:
-        typer.echo(f"skipped {result.suppressed:,} event(s) of customers the stores erased (their suppression lists)")
+    if site is not None:
+        targets = [store_settings(None, site, out)]
+    elif _sites(out):
+        targets = [store_settings(name, None, out) for name in _sites(out)]
+    else:
+        from siloguard.clients.gating import known_stores
+
+        settings = run_settings(out)
+        targets = [(s, settings) for s in known_stores(settings)]
+    frame = read_consent_file(file, [name for name, _ in targets])
+    from siloguard.clients.gating import store_keys
+
+    total: dict[str, int] = {}
+    suppressed = 0
+    for name, settings in targets:
+        registry = ConsentRegistry(settings.database.url)
+        try:
+            result = import_consent(registry, frame, {name: store_keys(settings, name)})
+        finally:
+            registry.close()
+        total.update(result.events)
+        suppressed += result.suppressed
+    typer.echo(f"recorded {sum(total.values()):,} consent events in {len(total)} store(s)")
+    if suppressed:
+        typer.echo(f"skipped {suppressed:,} event(s) of customers the stores erased (their suppression lists)")
 
 
 @consent_app.command("status")
 @one_line_errors
 def consent_status(
     purpose: Annotated[str, typer.Option("--purpose", help="A fideslang data use.")] = "personalize.profiling",
+    site: SiteOpt = None,
     out: OutOpt = Path("runs/demo"),
 ) -> None:
     """Customers per store with a live consent for a purpose now (counts only)."""
@@ -77,12 +129,18 @@ def consent_status(
 
     if not load_taxonomy().is_use(purpose):
         raise ConfigError(f"unknown purpose {purpose!r}: use a fideslang data use (policies/taxonomy.yaml)")
-    settings = run_settings(out)
+    if site is not None:
+        targets = [store_settings(None, site, out)]
+    elif _sites(out):
+        targets = [store_settings(name, None, out) for name in _sites(out)]
+    else:
+        settings = run_settings(out)
+        targets = [(s, settings) for s in known_stores(settings)]
     now = datetime.now(UTC)
     table = Table(title=f"Live consent for {purpose}", title_justify="left")
     for column in ("store", "customers", "consenting", "share"):
         table.add_column(column, justify="left" if column == "store" else "right")
-    for store in known_stores(settings):
+    for store, settings in targets:
         frame, _ = load_clean(silo_path(settings, store))
         ids = {str(c) for c in frame["customer_id"].unique()}
         n = len(store_consent(settings, store).subjects_with_basis(purpose, ids, now))
@@ -90,9 +148,49 @@ def consent_status(
     Console().print(table)
 
 
+# ---- the site ---------------------------------------------------------------------------
+
+
+@store_app.command("init")
+@one_line_errors
+def store_init(
+    store: Annotated[str, typer.Argument(help="The store's name: lowercase letters, digits and '-', e.g. germany, store-31782.")],
+    site: Annotated[Path, typer.Option("--site", help="Directory of the new site (created; mode 0700).")],
+    data: Annotated[Path, typer.Option("--data", help="The store's transaction file (Online Retail CSV or CSV.gz).")],
+    country: Annotated[Optional[str], typer.Option("--country", help="The country the store operates in (English name, e.g. Germany); without it, judged from the rows' Country column.")] = None,
+    jurisdiction: Annotated[str, typer.Option("--jurisdiction", help="The law the store operates under: gdpr or ccpa.")] = "gdpr",
+    contact: Annotated[Optional[str], typer.Option("--contact", help="Where the store's customers reach its privacy desk (e.g. privacy@store.example).")] = None,
+    consent: Annotated[Optional[Path], typer.Option("--consent", help="Consent records CSV the store collected (imported into the site).")] = None,
+    database: Annotated[Optional[str], typer.Option("--database", help="The store's own database URL. \\[default: DIR/siloguard.db]")] = None,
+    in_place: Annotated[bool, typer.Option("--in-place", help="Use --data where it is instead of copying it into the site (erasures then rewrite it there).")] = False,
+) -> None:
+    """Create the store's site: its data, database, keys, consent and the publication for the coordinator."""
+    from siloguard.clients.site import StoreSite
+
+    opened = StoreSite.init(site, store, data, country=country, jurisdiction=jurisdiction, contact=contact,
+                            database=database, consent=consent, in_place=in_place)
+    pub = opened.publication()
+    typer.echo(
+        f"store {opened.name}: site {opened.directory} ({pub.counts.get('rows', 0):,} purchases of "
+        f"{pub.counts.get('customers', 0):,} customers, {pub.counts.get('consented', 0):,} with a live training consent; "
+        f"{len(pub.products):,} products, {pub.first_day} .. {pub.last_day})"
+    )
+    typer.echo(f"send {opened.directory / 'publication.json'} to the coordinator (products, dates and counts; no customer data)")
+
+
+@store_app.command("publish")
+@one_line_errors
+def store_publish(site: Annotated[Path, typer.Option("--site", help="The store's site directory.")]) -> None:
+    """Write the store's publication again (after new data): products, dates and counts for the coordinator."""
+    from siloguard.clients.site import StoreSite
+
+    path = StoreSite.open(site).publish()
+    typer.echo(f"wrote {path}; send it to the coordinator")
+
+
 # ---- segments and campaigns ------------------------------------------------------------
 
-StoreArg = Annotated[str, typer.Argument(help="The store (see run.json, e.g. uk-1, germany).")]
+StoreArg = Annotated[Optional[str], typer.Argument(help="The store (with --out RUN; implied by --site).")]
 StaffOpt = Annotated[str, typer.Option("--staff", help="Your staff name, recorded as staff:<name> in the audit log.")]
 
 
@@ -108,7 +206,8 @@ def _check_store(settings: Settings, store: str) -> None:
 @store_app.command("segments")
 @one_line_errors
 def segments(
-    store: StoreArg,
+    store: StoreArg = None,
+    site: SiteOpt = None,
     out: OutOpt = Path("runs/demo"),
     csv: Annotated[Optional[Path], typer.Option("--csv", help="Also write every customer's scores and segment (pseudonymous ids).")] = None,
     staff: StaffOpt = "operator",
@@ -121,8 +220,7 @@ def segments(
     from siloguard.clients.campaign import store_segments
     from siloguard.recommender.segments import segment_counts
 
-    settings = run_settings(out)
-    _check_store(settings, store)
+    store, settings = store_settings(store, site, out)
     table_data = store_segments(settings, store, staff=staff)
     counts = segment_counts(table_data)
     table = Table(title=f"RFM segments of {store} ({len(table_data):,} customers)", title_justify="left")
@@ -141,13 +239,14 @@ def segments(
 @store_app.command("campaign")
 @one_line_errors
 def campaign(
-    store: StoreArg,
     csv: Annotated[Path, typer.Option("--csv", help="Where to write the target list (CSV, mode 0600).")],
     segment: Annotated[Optional[str], typer.Option("--segment", help="Target a segment: champions, loyal, new, promising, needs_attention, at_risk, hibernating.")] = None,
     item: Annotated[Optional[str], typer.Option("--item", help="Target a product (stock code), ranked by the federated model.")] = None,
     top: Annotated[int, typer.Option("--top", help="How many customers.")] = 100,
     profiles: Annotated[Optional[Path], typer.Option("--profiles", help="The store's customer profiles CSV: adds the contact columns the policy lets you export.")] = None,
     model: Annotated[Optional[Path], typer.Option("--model", help="model.pt to rank with [default: the run's model].")] = None,
+    store: StoreArg = None,
+    site: SiteOpt = None,
     out: OutOpt = Path("runs/demo"),
     staff: StaffOpt = "operator",
 ) -> None:
@@ -155,8 +254,7 @@ def campaign(
     from siloguard._files import write_atomic
     from siloguard.clients.campaign import campaign_list
 
-    settings = run_settings(out)
-    _check_store(settings, store)
+    store, settings = store_settings(store, site, out)
     result = campaign_list(
         settings, store, segment=segment, item=item, top=top, model_file=model, profiles=profiles, staff=staff
     )

@@ -62,8 +62,12 @@ def store_keys(settings: Settings, store: str) -> StoreKeys:
 
 
 def known_stores(settings: Settings) -> list[str]:
-    """The stores of the prepared run in ``settings.work_dir`` (sorted)."""
-    return sorted(run_manifest(settings.work_dir).stores)
+    """The store of the site in ``settings.work_dir``, or the stores of an older one-directory run (sorted)."""
+    from siloguard.clients.site import StoreSite
+
+    if StoreSite.is_site(settings.work_dir):
+        return [StoreSite.open(settings.work_dir, settings).name]
+    return run_manifest(settings.work_dir).names
 
 
 @lru_cache(maxsize=4)
@@ -155,7 +159,15 @@ def gated_training_frame(settings: Settings, store: str, frame: pd.DataFrame, *,
 
 
 def silo_path(settings: Settings, store: str) -> Path:
-    """Where the prepared run keeps a store's silo (simulation layout)."""
+    """The store's transaction file: its site's (``settings.work_dir`` is a store site), or, in a
+    run prepared in one directory by an older siloguard, ``stores/<store>.csv``."""
+    from siloguard.clients.site import StoreSite
+
+    if StoreSite.is_site(settings.work_dir):
+        site = StoreSite.open(settings.work_dir, settings)
+        if site.name != store:
+            raise ConfigError(f"the site {settings.work_dir} is store {site.name!r}'s, not {store!r}'s")
+        return site.silo()
     path = settings.work_dir / "stores" / f"{store}.csv"
     if not path.is_file():
         raise ConfigError(f"store {store!r} has no silo at {path}: prepare the run first")

@@ -19,6 +19,7 @@ from siloguard.config import ModelSettings
 from siloguard.data.loader import load_clean
 from siloguard.errors import DataError
 from siloguard.recommender.features import (
+    Catalogue,
     Examples,
     History,
     build_examples,
@@ -90,13 +91,13 @@ def load_store(name: str, path: Path, catalogue_path: Path, split_date: str, end
     return build_store(name, frame, catalogue_path, split_date, end_date)
 
 
-def build_store(name: str, frame: pd.DataFrame, catalogue_path: Path, split_date: str, end_date: str) -> StoreData:
+def build_store(name: str, frame: pd.DataFrame, catalogue_path: Path | Catalogue, split_date: str, end_date: str) -> StoreData:
     """Training events and test truth from cleaned transactions (``customer_id`` any id type).
 
     User rows are the distinct customer ids with a purchase before the split, sorted; in the
     federation client these are the gate's pseudonyms (:attr:`StoreData.subjects`).
     """
-    catalogue = load_catalogue(catalogue_path)
+    catalogue = catalogue_path if isinstance(catalogue_path, Catalogue) else load_catalogue(catalogue_path)
     split = pd.Timestamp(split_date)
     end = pd.Timestamp(end_date)
     train = frame[frame["invoice_date"] < split]

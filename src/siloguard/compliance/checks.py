@@ -345,7 +345,10 @@ def cross_border_transfers(ctx: Context, scope: str) -> Outcome:
     needing = 0
     for store, rows in ctx.stores.items():
         outside: set[str] = set()
-        for name in sorted(rows.frame["country"].dropna().unique()):
+        # A store's declared country is a fact of where it operates; only a store that declares
+        # none is judged by the country column of its rows (which may hold store codes).
+        countries = [rows.country] if rows.country else sorted(rows.frame["country"].dropna().unique())
+        for name in countries:
             codes = adequacy.codes(str(name))
             if codes is None:
                 outside.add("an unlisted country name")

@@ -56,8 +56,12 @@ AsOfOpt = Annotated[
 
 def _run_clock(out: Path) -> str | None:
     """The clock a prepared run asks for (``run.json``: ``"data"`` for the historical sample)."""
-    from siloguard.runs import RunManifest
+    from siloguard.runs import SITE_FILE, RunManifest, site_info
 
+    if (Path(out) / SITE_FILE).is_file():  # a store's site
+        return site_info(out).get("compliance_as_of")
+    if (Path(out) / "coordinator").is_dir() and not (Path(out) / RunManifest.FILE).is_file():
+        out = Path(out) / "coordinator"  # a run laid out on one machine: the coordinator's
     try:
         return RunManifest.read(out).compliance_as_of
     except ConfigError:

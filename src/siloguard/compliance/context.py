@@ -54,6 +54,7 @@ class StoreRows:
     name: str
     frame: pd.DataFrame
     path: Path | None  # the silo file, or None when cut in memory from the configured data
+    country: str | None = None  # the country the store declares (its site); None: judged from the rows
 
     @property
     def customer_ids(self) -> list[str]:
@@ -73,8 +74,11 @@ class Context:
         datamaps: dict[str, DataMap] | None = None,
         records: Records | None = None,
         engine: Engine | None = None,
+        stores: dict[str, StoreRows] | None = None,
     ) -> None:
         self.settings = settings
+        if stores is not None:  # a store's own checks on its site (siloguard.clients.site)
+            self.__dict__["stores"] = stores
         self.now = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
         compliance = settings.compliance
         self.datamaps = datamaps if datamaps is not None else (
@@ -102,16 +106,30 @@ class Context:
     # ---- stores --------------------------------------------------------------------
     @cached_property
     def stores(self) -> dict[str, StoreRows]:
+        from siloguard.runs import SITE_FILE
+
+        if (self.settings.work_dir / SITE_FILE).is_file():  # a store's own check, on its site
+            return self._site_stores()
         run = self.settings.work_dir / "run.json"
         if run.is_file():
             return self._prepared_stores(run)
         return self._stores_in_memory()
+
+    def _site_stores(self) -> dict[str, StoreRows]:
+        from siloguard.data.loader import load_clean
+        from siloguard.runs import site_info
+
+        info = site_info(self.settings.work_dir)
+        frame, _ = load_clean(info["data"])
+        return {info["store"]: StoreRows(info["store"], frame, info["data"], info["country"])}
 
     def _prepared_stores(self, run: Path) -> dict[str, StoreRows]:
         from siloguard.data.loader import load_clean
 
         from siloguard.runs import RunManifest
 
+        # A run of store sites names no silo: the coordinator reads no store's rows, and each
+        # store judges its own on its site (the ClientApp's pre-flight, ``siloguard check --site``).
         paths = RunManifest.read(run.parent).stores
         out = {}
         for name, path in sorted(paths.items()):

@@ -102,7 +102,8 @@ def failed_errors(results: Iterable[Result]) -> list[Result]:
     return [r for r in results if r.is_error]
 
 
-def audit_events(results: Sequence[Result], *, actor: str, action: str, purpose: str = CHECK_PURPOSE) -> list[AuditEvent]:
+def audit_events(results: Sequence[Result], *, actor: str, action: str, purpose: str = CHECK_PURPOSE,
+                 store: str | None = None) -> list[AuditEvent]:
     """One ``check.result`` per rule, ``consent.coverage`` per store and purpose, one summary."""
     events = []
     for res in results:
@@ -110,7 +111,7 @@ def audit_events(results: Sequence[Result], *, actor: str, action: str, purpose:
             AuditEvent(
                 actor=actor, action=CHECK_RESULT, resource=f"check:{res.rule.id}", purpose=purpose,
                 decision=_DECISION[res.status] if res.status in _DECISION else "info",  # type: ignore[arg-type]
-                reason=res.status.replace("_", "-"), counts=dict(res.outcome.counts),
+                reason=res.status.replace("_", "-"), counts=dict(res.outcome.counts), store=store,
             )
         )
         for cov in res.outcome.coverage:
@@ -124,7 +125,7 @@ def audit_events(results: Sequence[Result], *, actor: str, action: str, purpose:
     events.append(
         AuditEvent(
             actor=actor, action=action, resource="rules:gdpr-ccpa", purpose=purpose,
-            decision="deny" if errors else "allow",
+            decision="deny" if errors else "allow", store=store,
             reason=f"failed:{errors[0].rule.id}" if errors else "passed",
             counts={
                 "rules": len(results), "failed": len(errors),
@@ -144,6 +145,25 @@ def refusal_message(errors: Sequence[Result]) -> str:
         f"training refused by compliance rule {first.rule.id} ({'; '.join(first.rule.source)}): {finding}. "
         f"Fix: {first.rule.fix}{more}"
     )
+
+
+def store_preflight(settings: Settings, stores: dict, audit: AuditLog, *, store: str) -> list[Result]:
+    """A store's own pre-flight on its site: the training rules over its rows, database and keys.
+
+    Audited in the store's own log (actor ``store:<store>``); raises :class:`ComplianceError`
+    on an error-severity failure, so the store does not train.
+    """
+    ctx = Context(settings, stores=stores)
+    try:
+        results = evaluate(ctx, select_rules(load_rules(settings.compliance.rules), scope="training"), scope="training")
+    finally:
+        ctx.close()
+    audit.append(audit_events(results, actor=f"store:{store}", action=COMPLIANCE_PREFLIGHT, purpose=TRAINING_PURPOSE,
+                              store=store))
+    errors = failed_errors(results)
+    if errors:
+        raise ComplianceError(refusal_message(errors), tuple(r.rule.id for r in errors))
+    return results
 
 
 def preflight(settings: Settings, audit: AuditLog) -> list[Result]:

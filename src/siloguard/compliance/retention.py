@@ -41,13 +41,16 @@ class RetentionResult:
 def _gate(ctx: Context, store: str):  # noqa: ANN202 - heavy imports (Presidio) only when deleting
     from siloguard.audit import AuditLog
     from siloguard.audit.adapters import DecisionRecorderAdapter
-    from siloguard.clients.gating import store_consent, store_keys
+    from siloguard.policies.consent import StoreConsent
     from siloguard.policies.enforcer import PolicyEnforcer
     from siloguard.policies.gate import Gate, Principal
+    from siloguard.privacy.keys import FileKeyStore, StoreKeys
     from siloguard.privacy.masking import Masker
     from siloguard.privacy.pseudonyms import Pseudonymiser
 
-    keys = store_keys(ctx.settings, store)
+    # Retention is the store's own job (run on its site: `siloguard retention enforce --run SITE`).
+    keys = StoreKeys(FileKeyStore(ctx.settings.keys.root), store)
+    keys.init()
     principal = Principal(id=f"job:retention", role="store_operator")
     enforcer = PolicyEnforcer()
     enforcer.assign_role(principal.id, principal.role, store)
@@ -55,7 +58,7 @@ def _gate(ctx: Context, store: str):  # noqa: ANN202 - heavy imports (Presidio) 
     gate = Gate(
         store=store,
         enforcer=enforcer,
-        consent=store_consent(ctx.settings, store),
+        consent=StoreConsent(ctx.consent, keys),
         recorder=DecisionRecorderAdapter(log),
         pseudonymiser=Pseudonymiser(keys),
         masker=Masker.for_store(keys),

@@ -105,7 +105,8 @@ def store_enroll(
 @one_line_errors
 def store_start(
     store: Annotated[str, typer.Argument(help="The store's name, as enrolled.")],
-    data: Annotated[Path, typer.Option("--data", help="The store's own Online Retail file (its silo).")],
+    site: Annotated[Optional[Path], typer.Option("--site", help="The store's site (siloguard store init): its file, database and keys.")] = None,
+    data: Annotated[Optional[Path], typer.Option("--data", help="Instead of --site: a bare silo file of a run prepared in one directory (older layout).")] = None,
     root: RootOpt = None,
     host: HostOpt = None,
     port: PortOpt = None,
@@ -115,11 +116,20 @@ def store_start(
     from siloguard.deploy.processes import flower_env, start, stop, supernode_command, wait_for_log
     from siloguard.errors import DataError
 
-    if not data.is_file():
+    from siloguard.errors import ConfigError
+    from siloguard.runs import site_of
+
+    if (site is None) == (data is None):
+        raise ConfigError("pass --site DIR (the store's site from 'siloguard store init'), or --data FILE for an older run")
+    if site is not None:
+        name, _ = site_of(site)  # refuses a directory that is no site
+        if name != store:
+            raise ConfigError(f"--site {site} is store {name!r}'s site, not {store!r}'s")
+    elif not data.is_file():  # type: ignore[union-attr]
         raise DataError(f"--data {data}: no such file; pass the store's Online Retail CSV")
     settings = _settings(root, host, port)
     log = settings.deploy.root / "logs" / f"supernode-{store}.log"
-    node = start(f"supernode {store}", supernode_command(settings, store, data, runtime_port=runtime_port), log,
+    node = start(f"supernode {store}", supernode_command(settings, store, data, runtime_port=runtime_port, site=site), log,
                  flower_env(settings))
     try:
         match = wait_for_log(node, r"SuperNode ID: (\d+)", time.monotonic() + settings.deploy.connect_timeout)
@@ -136,6 +146,7 @@ def federate(
     out: Annotated[Path, typer.Option("--out", help="Work directory of the run (shared with the stores: run.json, catalogue, models).")] = Path("runs/deploy"),
     data: Annotated[Optional[Path], typer.Option("--data", help="Online Retail file the run is prepared from (catalogue, split). \\[default: embedded sample]")] = None,
     consent: Annotated[Optional[Path], typer.Option("--consent", help="Consent records CSV imported when the run is prepared.")] = None,
+    publication: Annotated[Optional[list[Path]], typer.Option("--publication", help="A store's publication.json (repeat, one per store): the run is prepared from these, the coordinator reads no store data.")] = None,
     rounds: Annotated[Optional[int], typer.Option("--rounds", help="Federated rounds. \\[default: 7]")] = None,
     min_stores: Annotated[Optional[int], typer.Option("--min-stores", help="Fewest stores a round goes on with. \\[default: 2]")] = None,
     app_dir: Annotated[Path, typer.Option("--app", help="The siloguard Flower app (directory with pyproject.toml).")] = Path("."),
@@ -158,7 +169,14 @@ def federate(
         data={"path": data.resolve() if data else None, "consent": consent.resolve() if consent else None},
         federation={"rounds": rounds, "min_stores": min_stores},
     )
-    if not (settings.work_dir / "run.json").is_file():
+    if publication and not (settings.work_dir / "run.json").is_file():
+        from siloguard.federation.prepare import prepare_federation
+        from siloguard.runs import Publication
+
+        prepared_sites = prepare_federation(settings, [Publication.read(p) for p in publication])
+        typer.echo(f"prepared the run in {settings.work_dir} from {len(publication)} publication(s): "
+                   f"stores {', '.join(prepared_sites.stores)}, {prepared_sites.items:,} products")
+    elif not (settings.work_dir / "run.json").is_file():
         prepared = prepare_run(settings)
         typer.echo(f"prepared the run in {settings.work_dir}: stores {', '.join(sorted(prepared.stores))}")
     before = current_version(settings.work_dir)

@@ -107,8 +107,12 @@ def supernode_command(
     runtime_port: int,
     key: Path | None = None,
     max_retries: int | None = None,
+    site: Path | None = None,
 ) -> list[str]:
     """flower-supernode for ``store``: TLS to the SuperLink (the deployment CA), its node key.
+
+    ``site`` is the store's site (``siloguard store init``): the node's ClientApp finds its file,
+    database and keys there (node config ``site``); ``data`` is an older run's bare silo file.
 
     ``key`` defaults to the store's enrolled key; ``runtime_port`` is the SuperNode's own
     loopback API for its ClientApp processes (one per node on a machine).
@@ -118,10 +122,12 @@ def supernode_command(
     if not key.is_file():
         raise ConfigError(f"store {store!r} has no node key at {key}: run 'siloguard store enroll {store}' first")
     node_config = f'store="{store}"'
-    if data is not None:
-        if '"' in str(data.resolve()) or "\\" in str(data.resolve()):
-            raise ConfigError(f"--data {data}: the path may not contain quotes or backslashes (Flower's node config is TOML)")
-        node_config += f' data="{data.resolve()}"'
+    for name, path in (("data", data), ("site", site)):
+        if path is None:
+            continue
+        if '"' in str(path.resolve()) or "\\" in str(path.resolve()):
+            raise ConfigError(f"--{name} {path}: the path may not contain quotes or backslashes (Flower's node config is TOML)")
+        node_config += f' {name}="{path.resolve()}"'
     command = [
         _bin("flower-supernode"),
         "--superlink", f"{settings.deploy.host}:{settings.deploy.port}",

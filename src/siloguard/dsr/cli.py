@@ -32,9 +32,10 @@ def _echo(item: dict) -> None:
 @store_app.command("sync")
 @one_line_errors
 def sync(
-    store: Annotated[str, typer.Option("--store", help="This store's id.")],
+    store: Annotated[Optional[str], typer.Option("--store", help="This store's id (implied by --site).")] = None,
     api: Annotated[str, typer.Option("--api", help="The privacy API's base URL.")] = "http://127.0.0.1:8000",
-    work_dir: Annotated[Optional[str], typer.Option("--work-dir", help="The run directory holding stores/<store>.csv. \\[default: settings work_dir]")] = None,
+    site: Annotated[Optional[Path], typer.Option("--site", help="The store's site directory (siloguard store init).")] = None,
+    work_dir: Annotated[Optional[str], typer.Option("--work-dir", help="A run prepared in one directory by an older siloguard (its stores/<store>.csv). \\[default: settings work_dir]")] = None,
 ) -> None:
     """Do this store's pending erasures: erase rows, embedding and data key; post signed receipts.
 
@@ -47,12 +48,22 @@ def sync(
     from siloguard.dsr.sync import sync_store
     from siloguard.errors import ConfigError
 
+    from siloguard.runs import site_of
+
     key = os.environ.get(KEY_ENV)
     if not key:
-        raise ConfigError(f"set {KEY_ENV} to this store's API key (from `siloguard keys create --role store_operator --store {store}`)")
-    settings = Settings.build()
-    if work_dir is not None:
-        settings = settings.with_overrides(work_dir=work_dir)  # type: ignore[arg-type]
+        raise ConfigError(f"set {KEY_ENV} to this store's API key (from `siloguard keys create --role store_operator --store {store or 'STORE'}`)")
+    if site is not None:
+        name, settings = site_of(site)
+        if store is not None and store != name:
+            raise ConfigError(f"--site {site} is store {name!r}'s site, not {store!r}'s")
+        store = name
+    else:
+        if store is None:
+            raise ConfigError("pass --site DIR (the store's site), or --store with a run prepared in one directory")
+        settings = Settings.build()
+        if work_dir is not None:
+            settings = settings.with_overrides(work_dir=work_dir)  # type: ignore[arg-type]
     try:
         with httpx.Client(base_url=api, headers={"Authorization": f"Bearer {key}"}, timeout=60) as client:
             posted = sync_store(client, settings, store)
@@ -66,6 +77,7 @@ def sync(
         _echo(item)
     done = sum("skipped" not in item for item in posted)
     typer.echo(f"store {store}: {done} erasure task(s) done" + (f", {len(posted) - done} cancelled" if done < len(posted) else ""))
+
 
 
 # ---- siloguard answer keygen|open: a data subject's side of a sealed access answer -------------

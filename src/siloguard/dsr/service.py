@@ -883,7 +883,7 @@ class _RunStores:
             mtime = -1.0
         if self._seen is None or self._seen[0] != mtime:
             run = run_manifest(self.settings.work_dir)
-            stores = sorted(run.stores)
+            stores = run.names
             default = self.settings.api.default_jurisdiction
             self._seen = (mtime, stores, {s: run.jurisdictions.get(s, default) for s in stores})
         return list(self._seen[1]), dict(self._seen[2])

@@ -56,8 +56,15 @@ def _n_items(settings: Settings) -> int:
         raise ConfigError(f"the run in {settings.work_dir} has no readable catalogue: prepare it again") from None
 
 
+def _shared_config(settings: Settings) -> dict[str, object]:
+    """What every store needs of the run: the catalogue's product codes (in item order) and the split."""
+    run = run_manifest(settings.work_dir)
+    codes = list(load_catalogue(run.require_catalogue()).codes)
+    return {"catalogue": codes, "split-date": str(run.split_date), "end-date": str(run.end_date)}
+
+
 def _n_stores(settings: Settings) -> int:
-    return len(run_manifest(settings.work_dir).stores)
+    return len(run_manifest(settings.work_dir).names)
 
 
 def round_events(report: RoundReport, purpose: str = "personalize.profiling") -> list:
@@ -71,6 +78,7 @@ def round_events(report: RoundReport, purpose: str = "personalize.profiling") ->
     """
     from siloguard.audit import AuditEvent
     from siloguard.audit.vocabulary import (
+        COMPLIANCE_PREFLIGHT,
         COUNT_EPSILON_E6,
         FEDERATION_ROUND,
         PRIVACY_SPEND,
@@ -117,6 +125,14 @@ def round_events(report: RoundReport, purpose: str = "personalize.profiling") ->
         )
     for store in sorted(report.train):
         metrics = report.train[store]
+        if "compliance-rules" in metrics:  # the store's own pre-flight on its site, as it reported it
+            events.append(
+                AuditEvent(
+                    actor="coordinator", action=COMPLIANCE_PREFLIGHT, resource="rules:gdpr-ccpa", purpose=purpose,
+                    decision="info", reason="store-reported", round=report.server_round, store=store,
+                    counts={k: int(metrics.get(f"compliance-{k}", 0)) for k in ("rules", "failed", "warnings")},
+                )
+            )
         if "epsilon" not in metrics:
             continue
         before = report.budgets.get(store, {}).get("epsilon", 0.0)
@@ -136,6 +152,38 @@ def round_events(report: RoundReport, purpose: str = "personalize.profiling") ->
                 store=store,
             )
         )
+    return events
+
+
+def _witnessed(audit) -> dict[str, list]:  # noqa: ANN001 - AuditLog
+    """The stores' heads this coordinator witnessed before (its own log), per store."""
+    from siloguard.audit.witness import witnessed_heads
+
+    return witnessed_heads(stored.event for stored in audit.iter_events())
+
+
+def witness_events(report: RoundReport, witnessed: dict[str, list]) -> list:
+    """Witness each store's signed audit head from its reply (checked, pinned, never going back)."""
+    from siloguard.audit.witness import witness
+    from siloguard.errors import AuditError
+
+    events = []
+    for store, record in sorted(report.heads.items()):
+        head = {k: v for k, v in record.items() if k != "public-key"}
+        try:
+            seen, event = witness(store, head, str(record.get("public-key", "")), witnessed.get(store, []),
+                                  server_round=report.server_round)
+        except AuditError:  # malformed: recorded as refused, without numbers
+            from siloguard.audit import AuditEvent
+            from siloguard.audit.vocabulary import HEAD_REFUSED
+
+            events.append(AuditEvent(actor="coordinator", action=HEAD_REFUSED, resource="audit:store-log",
+                                     purpose="personalize.profiling", decision="deny", reason="malformed",
+                                     store=store, round=report.server_round))
+            continue
+        if seen.accepted:
+            witnessed.setdefault(store, []).append(seen.head)
+        events.append(event)
     return events
 
 
@@ -177,9 +225,11 @@ def run_server(
 ) -> FederationOutcome:
     outcome = outcome if outcome is not None else FederationOutcome()
     audit = _open_audit(settings)
+    witnessed = _witnessed(audit)
 
     def audited(report: RoundReport) -> None:
-        audit.append(round_events(report))  # fail closed: a round that cannot be audited stops the run
+        # fail closed: a round that cannot be audited stops the run
+        audit.append(round_events(report) + witness_events(report, witnessed))
         if on_round is not None:
             on_round(report)
 
@@ -219,12 +269,16 @@ def run_server(
                 clipping_norm=settings.privacy.central_clipping_norm,
                 num_sampled_clients=_n_stores(settings),
             )
+        # The public catalogue and the split travel with every message: a store reads nothing
+        # of the coordinator's (its ClientApp may run on another company's machine).
+        shared = _shared_config(settings)
         result = runner.start(  # type: ignore[attr-defined]
             grid=grid,
             initial_arrays=ArrayRecord(model.state_dict()),
             num_rounds=fed.rounds,
             timeout=fed.round_timeout,
-            train_config=ConfigRecord({"dim": settings.model.dim}),
+            train_config=ConfigRecord({"dim": settings.model.dim, **shared}),
+            evaluate_config=ConfigRecord(dict(shared)),
         )
         outcome.reports = strategy.reports
         final = strategy.reports.get(fed.rounds)

@@ -27,7 +27,7 @@ from siloguard.data.split import temporal_split
 from siloguard.recommender.features import Catalogue
 from siloguard.runs import TRAINING_PURPOSE, save_catalogue
 
-__all__ = ["PreparedRun", "prepare_run"]
+__all__ = ["PreparedFederation", "PreparedRun", "prepare_federation", "prepare_run"]
 
 
 @dataclass(frozen=True)
@@ -158,3 +158,93 @@ def _record_consent(settings: Settings, silos: list, consents: pd.DataFrame | No
         )
         for silo in silos
     }
+
+
+@dataclass(frozen=True)
+class PreparedFederation:
+    """A run of store sites, as the coordinator prepared it from the stores' publications."""
+
+    directory: Path  # the coordinator's work directory
+    stores: tuple[str, ...]
+    catalogue: Path
+    items: int
+    split_date: pd.Timestamp
+    end_date: pd.Timestamp
+    publications: dict[str, object]  # store -> Publication (products, dates, counts)
+
+    @property
+    def consented(self) -> dict[str, int]:
+        """Customers per store with a live training consent when the store published (its count)."""
+        return {k: int(p.counts.get("consented", 0)) for k, p in self.publications.items()}  # type: ignore[attr-defined]
+
+    @property
+    def customers(self) -> dict[str, int]:
+        return {k: int(p.counts.get("customers", 0)) for k, p in self.publications.items()}  # type: ignore[attr-defined]
+
+
+def prepare_federation(
+    settings: Settings,
+    publications: list,
+    *,
+    sites: dict[str, Path] | None = None,
+    source: str | None = None,
+    compliance_as_of: str | None = None,
+) -> PreparedFederation:
+    """The coordinator's part of a run: catalogue, split dates and ``run.json`` from what stores publish.
+
+    ``publications`` are the stores' :class:`~siloguard.clients.site.Publication` (product codes
+    and descriptions, first sale day per product, first and last invoice day, counts, declared
+    country and law): the coordinator never opens a store's file, database or key. The
+    catalogue is every product some store sold before the split, in code order, exactly the
+    products a single file cut into these stores would give. ``sites`` (one machine only) tells
+    the in-process simulation where each store's site is.
+    """
+    from siloguard.errors import ConfigError, DataError
+    from siloguard.runs import RunManifest
+
+    if not publications:
+        raise ConfigError("no store publications: each store runs 'siloguard store init' and sends its publication.json")
+    by_store = {}
+    for pub in publications:
+        if pub.store in by_store:
+            raise ConfigError(f"two publications of store {pub.store!r}: keep the newest one")
+        by_store[pub.store] = pub
+    first = min(pd.Timestamp(p.first_day) for p in publications)
+    last = max(pd.Timestamp(p.last_day) for p in publications)
+    end = last + pd.Timedelta(days=1)
+    data = settings.data
+    split = pd.Timestamp(data.split_date) if data.split_date is not None else last - pd.Timedelta(weeks=data.test_weeks)
+    if split <= first or split > last:
+        raise DataError(
+            f"split date {split:%Y-%m-%d} is outside the stores' data ({first:%Y-%m-%d} to {last:%Y-%m-%d}): "
+            "pass a split date inside it, or fewer test weeks"
+        )
+    codes = sorted({code for p in publications for code, day in p.products.items() if pd.Timestamp(day) < split})
+    if not codes:
+        raise DataError(f"no store sold any product before the split date {split:%Y-%m-%d}: pass a later split date")
+    work = settings.work_dir
+    work.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".prepare-", dir=work))
+    try:
+        save_catalogue(Catalogue(tuple(codes)), staging / "catalogue.json")
+        run = RunManifest(
+            directory=work.resolve(),
+            stores={},
+            members=tuple(sorted(by_store)),
+            sites={k: Path(v).resolve() for k, v in (sites or {}).items()},
+            catalogue=(work / "catalogue.json").resolve(),
+            split_date=str(split.date()),
+            end_date=str(end.date()),
+            source=source,
+            jurisdictions={k: p.jurisdiction for k, p in sorted(by_store.items())},
+            compliance_as_of=compliance_as_of,
+        )
+        (staging / "run.json").write_text(json.dumps(run.to_json(), indent=2))
+        for entry in ("catalogue.json", "run.json"):
+            os.replace(staging / entry, work / entry)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return PreparedFederation(
+        directory=work, stores=tuple(sorted(by_store)), catalogue=work / "catalogue.json", items=len(codes),
+        split_date=split, end_date=end, publications=dict(sorted(by_store.items())),
+    )

@@ -61,6 +61,7 @@ class RoundReport:
     update_norms: dict[str, float] = field(default_factory=dict)  # L2 norm of each store's update
     dropped: list[str] = field(default_factory=list)  # sent a message, nothing came back from the node
     model_sha256: str | None = None  # the global model after this round
+    heads: dict[str, dict[str, object]] = field(default_factory=dict)  # store -> its signed audit head (train reply)
 
     @property
     def overall(self) -> dict[str, float]:
@@ -168,7 +169,7 @@ class SiloFedAvg(FedAvg):
         _, all_nodes = sample_nodes(grid, self.min_available_nodes, self.min_available_nodes)
         queries = [
             Message(
-                content=RecordDict({"config": ConfigRecord({"server-round": server_round})}),
+                content=RecordDict({"config": ConfigRecord({**dict(config), "server-round": server_round})}),
                 dst_node_id=node,
                 message_type=MessageType.QUERY,
             )
@@ -233,6 +234,8 @@ class SiloFedAvg(FedAvg):
                 continue
             heard.add(msg.metadata.src_node_id)
             getattr(report, into)[self._name(msg)] = dict(msg.content["metrics"])
+            if "audit-head" in msg.content:
+                report.heads[self._name(msg)] = dict(msg.content["audit-head"])
             valid.append(msg)
         self._note_dropped(report, self._sent.get((server_round, into), set()) - heard)
         return valid
