@@ -20,6 +20,9 @@
    share of rows and of distinct descriptions altered (and on the half of the descriptions
    the model's training never saw).
 5. **Speed**: texts/s through analysis + anonymization, distinct texts, one process.
+6. **Held-out date shapes** (``--new-date-texts`` texts, seed + 1): the date-bearing sentence
+   shapes filled with date shapes the date patterns are not written for (NEW_DATE_FORMATS);
+   DATE_TIME recall on those alone, per shape.
 
 Prints a markdown table and writes ``bench/results/freetext.json``.
 """

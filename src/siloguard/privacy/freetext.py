@@ -39,7 +39,7 @@ __all__ = [
 ]
 
 MODEL_DIR = Path(__file__).with_name("freetext_model")
-VOCABULARY_FILE = "common_words.txt"  # in MODEL_DIR: product words, never a name (siloguard.data.freetext)
+VOCABULARY_FILE = "common_words.txt"  # in MODEL_DIR: product and common English words, never a name (siloguard.data.freetext)
 NER_LABELS = ("PERSON", "LOCATION", "STREET_ADDRESS", "ORGANIZATION")
 
 
