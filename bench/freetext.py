@@ -20,6 +20,9 @@
    share of rows and of distinct descriptions altered (and on the half of the descriptions
    the model's training never saw).
 5. **Speed**: texts/s through analysis + anonymization, distinct texts, one process.
+6. **Held-out date shapes** (``--new-date-texts`` texts, seed + 1): the date-bearing sentence
+   shapes filled with date shapes the date patterns are not written for (NEW_DATE_FORMATS);
+   DATE_TIME recall on those alone, per shape.
 
 Prints a markdown table and writes ``bench/results/freetext.json``.
 """
@@ -87,6 +90,17 @@ NOTES_FREE = (
     "Courier said the gate code did not work.",
     "Order split into two shipments because of stock.",
 )
+# Date shapes of the labelled set. The last three were, when the set was made, shapes the date
+# patterns had not been written for; the patterns were later generalised to families of shapes
+# (any of - / . between numeric parts, apostrophe years, ordinals on either side of the month)
+# that cover them, so they no longer measure unseen shapes.
+DATE_FORMATS = ("%d %B %Y", "%B %d, %Y", "%d/%m/%Y", "%m/%d/%y", "%Y-%m-%d", "%d.%m.%Y", "%a %d %b", "%d %b %Y", "%d %B",
+                "%B '%y", "%Y.%m.%d", "the {ord} of %B")
+# Date shapes held out from the patterns (chosen before the generalisation above was written and
+# not looked at while writing it): day/month without a year, compact ISO, a weekday with an
+# ordinal and no month, day-month-year run together. Scored on their own set of texts
+# (--new-date-texts), so the main set stays as it was and this stays a measure of unseen shapes.
+NEW_DATE_FORMATS = ("%d/%m", "%Y%m%d", "%A the {ord}", "%d%b%y")
 # shapes: list of parts; a part is text or (kind, ) slot
 SHAPES = (
     "Left voicemail for {PERSON} re: overdue payment.",
@@ -118,10 +132,12 @@ SHAPES = (
 
 
 class EvalGenerator:
-    def __init__(self, seed: int) -> None:
+    def __init__(self, seed: int, date_formats: tuple[str, ...] = DATE_FORMATS) -> None:
         from faker import Faker
 
         self.rng = random.Random(seed)
+        self.date_formats = date_formats
+        self.date_formats_used: list[str] = []
         self.fakers = []
         for i, loc in enumerate(EVAL_LOCALES):
             f = Faker(loc)
@@ -151,9 +167,8 @@ class EvalGenerator:
             return (r.choice(FIRMS) if r.random() < 0.4 else fk.company()), "ORGANIZATION", None
         if name == "DATE":
             d = date(2020, 1, 1) + timedelta(days=r.randint(0, 2000))
-            # the last three are shapes the date patterns were not written for
-            fmt = r.choice(("%d %B %Y", "%B %d, %Y", "%d/%m/%Y", "%m/%d/%y", "%Y-%m-%d", "%d.%m.%Y", "%a %d %b", "%d %b %Y", "%d %B",
-                            "%B '%y", "%Y.%m.%d", "the {ord} of %B"))
+            fmt = r.choice(self.date_formats)
+            self.date_formats_used.append(fmt)
             day = d.day
             suffix = "th" if 10 <= day % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(day % 10, "th")
             v = d.strftime(fmt).replace("{ord}", f"{day}{suffix}")
@@ -174,15 +189,15 @@ class EvalGenerator:
             return fk.email(), None, None  # found by the email recognizer; not scored here
         raise ValueError(name)
 
-    def text(self) -> tuple[str, list[tuple[int, int, str]]]:
+    def text(self, shapes: tuple[str, ...] = SHAPES, pii_free_share: float = 1 / 3) -> tuple[str, list[tuple[int, int, str]]]:
         r = self.rng
-        if r.random() < 1 / 3:
+        if pii_free_share and r.random() < pii_free_share:
             t = r.choice(NOTES_FREE)
             if r.random() < 0.3:
                 t = f"{t} Item: {r.choice(self.products).strip().lower()}."
             return t, []
         fk = r.choice(self.fakers)
-        shape = r.choice(SHAPES)
+        shape = r.choice(shapes)
         out, spans, pos = [], [], 0
         for part in __import__("re").split(r"(\{[A-Z_]+\})", shape):
             if part.startswith("{") and part.endswith("}"):
@@ -277,6 +292,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--texts", type=int, default=1500)
     ap.add_argument("--seed", type=int, default=20261201)
+    ap.add_argument("--new-date-texts", type=int, default=400, help="texts with the held-out date shapes (NEW_DATE_FORMATS), seed + 1")
     ap.add_argument("--out", type=Path, default=Path(__file__).with_name("results") / "freetext.json")
     args = ap.parse_args()
 
@@ -285,6 +301,11 @@ def main() -> int:
     texts = [t for t, _ in data]
     gold = [s for _, s in data]
     pii_free = [i for i, s in enumerate(gold) if not s]
+
+    # the held-out date shapes: texts of the date-bearing shapes, another seed, scored for dates
+    date_gen = EvalGenerator(args.seed + 1, date_formats=NEW_DATE_FORMATS)
+    date_data = [date_gen.text(shapes=tuple(s for s in SHAPES if "{DATE}" in s), pii_free_share=0) for _ in range(args.new_date_texts)]
+    date_formats = date_gen.date_formats_used
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -309,6 +330,21 @@ def main() -> int:
                 "pii_free_texts": len(pii_free),
                 "pii_free_flagged": round(flagged / max(len(pii_free), 1), 4),
                 "texts_per_s": round(len(texts) / secs, 1),
+            }
+        new_dates = {}
+        for sname, fn in scanners.items():
+            spans, _ = run_scanner(sname, fn, [t for t, _ in date_data])
+            per_format: dict[str, Counter] = defaultdict(Counter)
+            gold_dates = [(g, p) for (_, gs), p in zip(date_data, spans) for g in gs if g[2] == "DATE_TIME"]
+            for fmt, ((s, e, _), p_spans) in zip(date_formats, gold_dates):
+                per_format[fmt]["labelled"] += 1
+                per_format[fmt]["found"] += any(ps < e and s < pe and pt == "DATE_TIME" for ps, pe, pt in p_spans)
+            dates = score([g for _, g in date_data], spans).get("DATE_TIME", {})
+            new_dates[sname] = {
+                "labelled": dates.get("labelled", 0),
+                "recall": dates.get("recall", 0.0),
+                "masked": dates.get("masked", 0.0),
+                "per_format_recall": {f: round(c["found"] / c["labelled"], 3) for f, c in sorted(per_format.items())},
             }
         # end-to-end scan_texts speed (analysis + anonymization, distinct texts)
         t = time.perf_counter()
@@ -352,6 +388,7 @@ def main() -> int:
         "plain_presidio_recognizers": names,
         "scanners": results,
         "online_retail": retail,
+        "new_date_shapes": {"formats": list(NEW_DATE_FORMATS), "texts": len(date_data), "seed": args.seed + 1, "scanners": new_dates},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp_out = args.out.with_suffix(".json.tmp")
@@ -376,6 +413,9 @@ def main() -> int:
         f"Online Retail: {retail['rows_altered']}/{retail['rows']} rows altered ({retail['rows_altered_share']:.2%}), "
         f"{retail['distinct_altered']}/{retail['distinct']} distinct, held-out {retail['held_out_altered']}/{retail['held_out_distinct']}"
     )
+    for s, r in new_dates.items():
+        fmts = ", ".join(f"{f!r} {v:.2f}" for f, v in r["per_format_recall"].items())
+        print(f"{s}: held-out date shapes ({r['labelled']} dates): recall {r['recall']:.3f}, masked {r['masked']:.3f} ({fmts})")
     for e in retail["examples"]:
         print("  ", e)
     print(f"wrote {args.out}")

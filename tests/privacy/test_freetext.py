@@ -92,6 +92,16 @@ def test_when_undeclared_column_holds_dates_or_towns_only_then_no_evidence(offli
         ("arrived 03/11/2024 at 14:30", "DATE_TIME", "03/11/2024 at 14:30"),
         ("due 2025-01-09", "DATE_TIME", "2025-01-09"),
         ("see you on Tuesday", "DATE_TIME", "Tuesday"),
+        # families, not single shapes: any of - / . between numeric parts, apostrophe years,
+        # ordinals on either side of the month
+        ("posted 2023/11/04 by hand", "DATE_TIME", "2023/11/04"),
+        ("posted 2023.11.04 by hand", "DATE_TIME", "2023.11.04"),
+        ("posted 04-11-2023 by hand", "DATE_TIME", "04-11-2023"),
+        ("joined Nov '23, left in March", "DATE_TIME", "Nov '23"),
+        ("joined NOVEMBER 2023", "DATE_TIME", "NOVEMBER 2023"),
+        ("booked for March the 3rd", "DATE_TIME", "March the 3rd"),
+        ("booked for the 3rd of March, 2023", "DATE_TIME", "3rd of March, 2023"),
+        ("expires 14-Feb-23", "DATE_TIME", "14-Feb-23"),
         ("she is 34 years old", "AGE", "34"),
         ("patient aged 81", "AGE", "81"),
         ("SSN: 123456789 on file", "US_SSN", "123456789"),
@@ -103,7 +113,19 @@ def test_when_pattern_matches_then_span_is_the_value(text: str, entity: str, spa
     assert span in found
 
 
-@pytest.mark.parametrize("text", ["PACK OF 72 RETROSPOT CAKE CASES", "SET 3 RETROSPOT TEA/COFFEE/SUGAR", "10 COLOUR SPACEBOY PEN", "3 years warranty", "MAY FAIR"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "PACK OF 72 RETROSPOT CAKE CASES",
+        "SET 3 RETROSPOT TEA/COFFEE/SUGAR",
+        "10 COLOUR SPACEBOY PEN",
+        "3 years warranty",
+        "MAY FAIR",
+        "SET/6 RED SPOTTY PAPER CUPS",
+        "2011.5 kg",
+        "mixed 12/25 units",
+    ],
+)
 def test_when_no_date_or_age_then_patterns_find_nothing(text: str) -> None:
     for rec in (freetext.date_time_recognizer(), freetext.age_recognizer(), freetext.ssn_context_recognizer()):
         assert rec.analyze(text, []) == []

@@ -39,7 +39,7 @@ __all__ = [
 ]
 
 MODEL_DIR = Path(__file__).with_name("freetext_model")
-VOCABULARY_FILE = "common_words.txt"  # in MODEL_DIR: product words, never a name (siloguard.data.freetext)
+VOCABULARY_FILE = "common_words.txt"  # in MODEL_DIR: product and common English words, never a name (siloguard.data.freetext)
 NER_LABELS = ("PERSON", "LOCATION", "STREET_ADDRESS", "ORGANIZATION")
 
 
@@ -64,18 +64,30 @@ _MONTH = (
 _DAY = r"(?:mon|tues?|wed(?:nes)?|thu(?:rs?)?|fri|sat(?:ur)?|sun)(?:day)?\.?"
 _ORD = r"(?:[12][0-9]|3[01]|0?[1-9])(?:st|nd|rd|th)?"
 _YEAR = r"(?:1[89]|20)\d{2}"
+_YY = r"['\u2019]\d{2}"  # apostrophe year: '24
+_YEARS = rf"(?:{_YEAR}|{_YY})"
+_DD = r"(?:[12]\d|3[01]|0?[1-9])"
+_MM = r"(?:0?[1-9]|1[0-2])"
 _TIME = r"(?:(?:[01]?\d|2[0-3])[:.][0-5]\d(?::[0-5]\d)?(?:\s?[ap]\.?m\.?)?|(?:1[0-2]|0?[1-9])\s?[ap]\.?m\.?)"
 _AT_TIME = rf"(?:,?\s(?:at\s)?{_TIME})?"
 
 #: (regex, score); the span is the named group ``v`` when there is one, else the whole match.
+#: Families rather than single shapes: numeric dates with any of - / . between the parts
+#: (day-month-year, month-day-year, year-month-day; one separator throughout), month names
+#: with a four-digit or an apostrophe year ('24), ordinals before or after the month
+#: ("15th of June", "June the 15th"), each with an optional weekday and time.
 DATE_PATTERNS: tuple[tuple[str, float], ...] = (
-    (rf"\b(?:{_DAY},?\s)?{_ORD}(?:\sof)?[\s-]{_MONTH}(?:,?[\s-]{_YEAR})?\b{_AT_TIME}", 0.9),
-    (rf"\b(?:{_DAY},?\s)?{_MONTH}\s{_ORD}(?:,?\s{_YEAR})?\b{_AT_TIME}", 0.9),
-    (rf"\b{_MONTH}\s{_YEAR}\b", 0.9),
-    (r"\b\d{4}-(?:0?[1-9]|1[0-2])-(?:0?[1-9]|[12]\d|3[01])(?:[T ](?:[01]\d|2[0-3]):[0-5]\d(?::[0-5]\d)?)?\b", 0.9),
-    (rf"\b(?:[12]\d|3[01]|0?[1-9])[/.-](?:0?[1-9]|1[0-2])[/.-](?:{_YEAR}|\d{{2}})\b{_AT_TIME}", 0.9),
-    (rf"\b(?:0?[1-9]|1[0-2])[/.-](?:[12]\d|3[01]|0?[1-9])[/.-](?:{_YEAR}|\d{{2}})\b{_AT_TIME}", 0.9),
-    (r"\b\d{4}/(?:0?[1-9]|1[0-2])/(?:0?[1-9]|[12]\d|3[01])\b", 0.9),
+    # 15 June 2024, the 15th of June, 15-Jun-24, Sat 15 Jun '24
+    (rf"\b(?:{_DAY},?\s)?{_ORD}(?:\sof)?[\s-]{_MONTH}(?:,?[\s-](?:{_YEARS}|\d{{2}}\b))?\b{_AT_TIME}", 0.9),
+    # June 15, June the 15th, 2024, Jun 15 '24
+    (rf"\b(?:{_DAY},?\s)?{_MONTH}\s(?:the\s)?{_ORD}(?:,?\s{_YEARS})?\b{_AT_TIME}", 0.9),
+    # June 2024, June '24, Jun-2024, June, 2024
+    (rf"\b{_MONTH}(?:,?\s|-)?(?:{_YEAR}|{_YY})\b", 0.9),
+    # 2024-06-15, 2024/06/15, 2024.06.15, with a time
+    (rf"\b{_YEAR}(?P<s>[-/.]){_MM}(?P=s){_DD}(?:[T ](?:[01]\d|2[0-3]):[0-5]\d(?::[0-5]\d)?)?\b", 0.9),
+    # 15/06/2024, 15.06.24, 06-15-2024 (day or month first)
+    (rf"\b{_DD}(?P<s>[-/.]){_MM}(?P=s)(?:{_YEAR}|\d{{2}})\b{_AT_TIME}", 0.9),
+    (rf"\b{_MM}(?P<s>[-/.]){_DD}(?P=s)(?:{_YEAR}|\d{{2}})\b{_AT_TIME}", 0.9),
     (rf"(?<![\d.:]){_TIME}(?![\d:])", 0.6),
     (rf"\b(?:(?:on|next|last|this|every)\s)(?P<v>{_DAY})\b", 0.6),
 )
