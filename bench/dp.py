@@ -146,8 +146,10 @@ def main() -> int:
     from opacus.accountants.utils import get_noise_multiplier
 
     from siloguard.config import Settings
-    from siloguard.federation.runner import prepare_run, run_federation
+    from siloguard.federation.runner import run_federation
     from siloguard.privacy.dp import steps_per_round
+    from siloguard.runs import run_settings
+    from siloguard.sites import lay_out
 
     from _consent import everyone_consents  # bench/_consent.py
 
@@ -168,11 +170,12 @@ def main() -> int:
             sigma = get_noise_multiplier(target_epsilon=target, target_delta=1e-5, sample_rate=q, steps=steps,
                                          accountant=base.privacy.accountant, epsilon_tolerance=0.01)
             overrides.update({"noise_multiplier": float(sigma), "epsilon_cap": target * 1.001})
-        settings = base.with_overrides(work_dir=work, privacy=overrides, keys={"root": work / "keys"},
-                                       database={"url": f"sqlite:///{work / 'siloguard.db'}"})
-        prepared = prepare_run(settings)
+        settings = base.with_overrides(work_dir=work, privacy=overrides)
+        # Each store on a site of its own, the coordinator on its own (as `siloguard train` lays them out).
+        coordinator = run_settings(work / "coordinator", settings)
+        prepared = lay_out(work, settings, coordinator).prepared
         started = time.perf_counter()
-        outcome = run_federation(settings, prepared)
+        outcome = run_federation(coordinator, prepared)
         final = outcome.reports[max(outcome.reports)]
         overall = final.overall
         spent = {}

@@ -29,7 +29,9 @@ from siloguard.clients.store import StoreData, evaluate_rows, evaluate_store, lo
 from siloguard.config import Settings
 from siloguard.data.loader import load_clean
 from siloguard.data.silos import assign_stores
-from siloguard.federation.runner import prepare_run, run_federation
+from siloguard.federation.runner import run_federation
+from siloguard.runs import run_settings
+from siloguard.sites import lay_out
 
 from _consent import everyone_consents  # bench/_consent.py (python puts bench/ on the path)
 from siloguard.recommender.baselines import (
@@ -86,9 +88,7 @@ def main() -> int:
     settings = Settings.build(
         work_dir=work,
         data={"path": args.data, "consent": everyone_consents(args.data, work)},
-        keys={"root": work / "keys"},
         privacy={"enabled": False},
-        database={"url": f"sqlite:///{work / 'siloguard.db'}"},
     )
     if args.rounds:
         settings = settings.with_overrides(federation={"rounds": args.rounds})
@@ -96,9 +96,13 @@ def main() -> int:
     timings: dict[str, float] = {}
 
     t = time.perf_counter()
-    prepared = prepare_run(settings)
+    # Each store on a site of its own, the coordinator on its own (as `siloguard train` lays them out).
+    coordinator = run_settings(work / "coordinator", settings)
+    laid = lay_out(work, settings, coordinator)
+    prepared = laid.prepared
     stores = sorted(prepared.stores)
-    run = RunManifest.read(work)
+    silos = {name: work / "stores" / name / "data" / "transactions.csv" for name in stores}
+    run = RunManifest.read(work / "coordinator")
     # The same file seen as one central silo (what pooling all stores would give).
     central = load_store("central", args.data.resolve(), run.require_catalogue(), str(run.split_date), str(run.end_date))
     frame, _ = load_clean(args.data)
@@ -147,20 +151,20 @@ def main() -> int:
     t = time.perf_counter()
     local: dict[str, dict[str, float]] = {}
     for name in stores:
-        store = load_store(name, prepared.stores[name], run.require_catalogue(), str(run.split_date), str(run.end_date))
+        store = load_store(name, silos[name], run.require_catalogue(), str(run.split_date), str(run.end_date))
         m, u = _train_model(store, settings, epochs)
         local[name] = evaluate_store(m, u, store)
     results["siloguard local-only"] = local
     timings["local-only"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    outcome = run_federation(settings, prepared)
+    outcome = run_federation(coordinator, prepared)
     final = outcome.reports[max(outcome.reports)]
     results["siloguard federated"] = {k: {kk: vv for kk, vv in v.items() if kk != "num-examples"} for k, v in final.evaluate.items()}
     timings["federated"] = time.perf_counter() - t
 
     overall = {method: overall_metrics(per) for method, per in results.items()}
-    small = [s for s in stores if prepared.customers[s] < 300]
+    small = [s for s in stores if laid.customers[s] < 300]
 
     print(f"\nData: {args.data.name}, split {run.split_date}, {central.n_items} items, "
           f"{len(stores)} stores, {settings.federation.rounds} rounds x {settings.model.local_epochs} local epochs\n")

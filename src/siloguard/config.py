@@ -168,6 +168,9 @@ class ApiSettings(_Section):
     host: str = Field("127.0.0.1", description="address to listen on")
     port: int = Field(8000, ge=1, le=65535)
     max_body_bytes: int = Field(16384, ge=256, description="larger request bodies are refused (413)")
+    max_answer_bytes: int = Field(
+        4_194_304, ge=4096, description="largest body a store may post with its part of an access answer (413 above)"
+    )
     rate_per_key: str = Field("600/minute", description="requests per API key or subject token (limits syntax)")
     rate_per_ip: str = Field("300/minute", description="requests per client address (limits syntax)")
     trusted_proxies: tuple[str, ...] = Field(

@@ -61,12 +61,37 @@ class Api:
         rows = [r for r in service.list(subject_digest=service.digest(ref)) if r["kind"] == kind and r["status"] == "completed"]
         return max(rows, key=lambda r: r["received_at"])["id"]
 
-    def verified(self, kind: str, ref: str, **extra: Any) -> tuple[dict[str, Any], str]:
-        """Submit and verify: (request after verification, subject token header value)."""
+    def verified(self, kind: str, ref: str, *, sync: bool = True, **extra: Any) -> tuple[dict[str, Any], str]:
+        """Submit and verify: (request, subject token header value).
+
+        With ``sync`` (not for erasure, whose tests drive the stores themselves) every store then
+        does its tasks (:meth:`sync`), and the request is read again.
+        """
         request = self.submit(kind, ref, **extra)
         reply = self.client.post(f"/v1/requests/{request['id']}/verify", json={"code": self.code(request["id"])})
         assert reply.status_code == 200, reply.text
-        return reply.json()["request"], reply.json()["subject_token"]
+        row, token = reply.json()["request"], reply.json()["subject_token"]
+        if sync and kind != "erasure":
+            self.sync()
+            row = self.client.get(f"/v1/requests/{row['id']}", headers=self.auth(token)).json()
+        return row, token
+
+    def sync(self, *stores: str) -> list[dict[str, Any]]:
+        """Each store pulls its tasks and does them (``siloguard store sync``), here through the test client."""
+        from siloguard.dsr.sync import sync_store
+
+        done: list[dict[str, Any]] = []
+        for store in stores or STORES:
+            saved = self.client.headers.get("Authorization")
+            self.client.headers["Authorization"] = f"Bearer {self.keys[f'store_{store}']}"
+            try:
+                done += sync_store(self.client, self.env.settings, store)
+            finally:
+                if saved is None:
+                    del self.client.headers["Authorization"]
+                else:
+                    self.client.headers["Authorization"] = saved
+        return done
 
 
 def build_api(tmp_path: Path, url: str, *, service_factory: Any = None, **api_settings: object) -> Iterator[Api]:

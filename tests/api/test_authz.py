@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable, Iterator
+import json
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -36,14 +37,15 @@ INTENDED: dict[str, set[str]] = {
     "claim": {"store_alpha"},
     "receipt_key": {"store_alpha"},
     "receipt": {"store_alpha"},
+    "done": {"store_alpha"},
     "consent_get": {"subject", "other_subject"},  # each their own consent
     "consent_put": {"subject", "other_subject"},
 }
 
 
 def _stub_access(env: Any, engine: Any) -> DsrService:
-    # The access answer's content is tested in tests/dsr/test_access.py; here only who may read it.
-    return DsrService(env.settings, engine, AuditLog.open(env.settings), access_report=lambda ref, stores: {"records": 0, "stores": []})
+    # The access answer's content is tested in tests/api/test_access.py; here only who may read it.
+    return DsrService(env.settings, engine, AuditLog.open(env.settings))
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +111,11 @@ def _call(api: Api, route: str, headers: dict[str, str]) -> int:
         request = _erasure(api)
         task_id, body = _receipt_body(api, request["id"])
         return c.post(f"/v1/stores/alpha/tasks/{task_id}/receipt", json=body, headers=headers).status_code
+    if route == "done":  # a store's answer to its access task (a fresh request each time)
+        request, _ = api.verified("access", SUBJECT, sync=False)
+        task = next(t for t in api.app_service().tasks(request["id"]) if t["store"] == "alpha")
+        part = {"part": {"stores": [{"store": "alpha", "records": 0, "data": []}], "records": 0}}
+        return c.post(f"/v1/stores/alpha/tasks/{task['id']}/done", json={"answer": json.dumps(part)}, headers=headers).status_code
     if route == "consent_get":
         return c.get("/v1/consent", headers=headers).status_code
     if route == "consent_put":

@@ -80,3 +80,39 @@ def test_store_sync_needs_the_store_key_in_the_environment(env, monkeypatch: pyt
     store_keys(env.settings, "alpha")
     unreachable = runner.invoke(app, ["store", "sync", "--store", "alpha", "--api", "http://127.0.0.1:9"])
     assert unreachable.exit_code == 2 and "cannot reach the API" in unreachable.output
+
+
+def test_a_store_gives_its_receipt_key_and_the_service_registers_it_without_the_stores_keys(  # type: ignore[no-untyped-def]
+    env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import base64
+
+    from siloguard.clients.site import StoreSite
+    from siloguard.dsr.receipts import public_key_bytes
+    from tests.conftest import write_tiny_retail
+
+    service_env = {k: v for k, v in __import__("os").environ.items() if k.startswith("SILOGUARD_")}
+    with monkeypatch.context() as store_machine:  # the store's own environment: its site decides
+        for name in service_env:
+            store_machine.delenv(name)
+        site = StoreSite.init(tmp_path / "site", "store-31782", write_tiny_retail(tmp_path / "t.csv"), country="Germany")
+        printed = runner.invoke(app, ["store", "receipt-key", "--site", str(site.directory)])
+        assert printed.exit_code == 0, printed.output
+        key = printed.stdout.strip()
+        assert base64.b64decode(key) == public_key_bytes(site.keys())
+    # The service's keys root holds no key of this store: it registers what the store gave.
+    assert not (env.settings.keys.root / "stores" / "store-31782").exists()
+    bad = runner.invoke(app, ["keys", "create", "--role", "store_operator", "--store", "store-31782", "--receipt-key", "bm90LWEta2V5"])
+    assert bad.exit_code != 0 and "store receipt-key" in bad.output
+    missing = runner.invoke(app, ["keys", "create", "--role", "store_operator", "--store", "store-31782"])
+    assert missing.exit_code != 0 and "--receipt-key" in missing.output
+    made = runner.invoke(app, ["keys", "create", "--role", "store_operator", "--store", "store-31782", "--receipt-key", key])
+    assert made.exit_code == 0, made.output
+    engine = create_engine(env.url)
+    try:
+        with engine.connect() as conn:
+            held = conn.execute(store_signing_keys.select().where(store_signing_keys.c.store == "store-31782")).mappings().one()
+    finally:
+        engine.dispose()
+    assert bytes(held["public_key"]) == public_key_bytes(site.keys())
+    assert not (env.settings.keys.root / "stores" / "store-31782").exists()

@@ -58,15 +58,15 @@ def test_erasure_reaches_every_store_and_completes_only_with_every_signed_receip
             token = reply.json()["subject_token"]
             assert reply.json()["request"]["status"] == "in_progress"
 
-            # From verification on, training excludes the subject in every store (rows still there).
+            # The service holds no store key: nothing changes in a store until it syncs.
             for store in STORES:
                 assert api.env.rows_of(store, SUBJECT) > 0
-                assert _training_customers(settings, store) == {"13047", "12583"}
 
-            # Two stores sync: not complete yet.
+            # Two stores sync: from then on their training excludes the subject; not complete yet.
             for store in STORES[:2]:
                 api.client.headers.update(api.as_key(f"store_{store}"))
                 assert len(sync_store(api.client, settings, store)) == 1
+                assert _training_customers(settings, store) == {"13047", "12583"}
             api.client.headers.clear()
             assert api.client.get(f"/v1/requests/{request['id']}", headers=api.auth(token)).json()["status"] == "in_progress"
 

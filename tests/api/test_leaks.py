@@ -122,9 +122,11 @@ def test_finding_01_erasure_leaves_nothing_of_the_subject_in_the_service(tmp_pat
             access_id = first.json()["request"]["id"]
             verified = api.client.post(f"/v1/requests/{access_id}/verify", json={"code": api.code(access_id)})
             token = api.auth(verified.json()["subject_token"])
+            api.sync()
             answer = api.client.get(f"/v1/requests/{access_id}/access", headers=token)
             assert answer.status_code == 200 and pseudonyms["alpha"] in answer.text  # the answer names them
             assert api.client.put(f"/v1/consent/{TARGETED}", json={"action": "grant"}, headers=token).status_code == 200
+            api.sync()
 
             erasure = api.submit("erasure", SUBJECT, contact=CONTACT, headers={"Idempotency-Key": "erase-1"})
             api.client.post(f"/v1/requests/{erasure['id']}/verify", json={"code": api.code(erasure["id"])})
@@ -169,6 +171,7 @@ def test_finding_02_an_idempotency_key_replayed_without_credentials_returns_noth
     waiting = api.client.post("/v1/requests", json=victim, headers=key)
     assert waiting.status_code == 200 and waiting.json()["request"]["id"] == filed["id"]
     api.client.post(f"/v1/requests/{filed['id']}/verify", json={"code": api.code(filed["id"])})
+    api.sync()
     assert api.app_service().get(filed["id"])["status"] == "completed"
     marker = Pseudonymiser(store_keys(api.env.settings, "alpha")).pseudonym(SUBJECT)
 
@@ -307,8 +310,7 @@ def clocked(tmp_path: Path) -> Any:
     clock = SimpleNamespace(now=datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc))
 
     def factory(env: Any, engine: Any) -> DsrService:
-        return DsrService(env.settings, engine, AuditLog.open(env.settings), clock=lambda: clock.now,
-                          access_report=lambda ref, stores: {"records": 0, "stores": []})
+        return DsrService(env.settings, engine, AuditLog.open(env.settings), clock=lambda: clock.now)
 
     with fresh_database("sqlite", tmp_path) as url:
         for api in build_api(tmp_path, url, service_factory=factory):
@@ -364,7 +366,9 @@ def test_finding_09_an_unverified_caller_cannot_opt_out_a_gdpr_stores_customer(a
 
     declare_jurisdictions(api.env, dict.fromkeys(STORES, "ccpa"))
     ccpa = api.submit("opt_out", OTHER)
-    assert ccpa["jurisdiction"] == "ccpa" and ccpa["status"] == "completed"
+    assert ccpa["jurisdiction"] == "ccpa" and ccpa["status"] == "in_progress"  # verified, a task per store
+    api.sync()
+    assert api.app_service().get(ccpa["id"])["status"] == "completed"
     transitions = api.app_service().transitions(ccpa["id"])
     assert [t["reason"] for t in transitions if t["to_status"] == "verified"] == ["unverified-ccpa-opt-out"]
     assert any(e.action == "dsr.verified" and e.reason == "unverified-ccpa-opt-out" and e.request == ccpa["id"] for e in _events(api))
@@ -384,8 +388,8 @@ def test_finding_12_the_server_log_does_not_say_where_a_subject_shops(sqlite_api
     api = sqlite_api
     _prepare_stores(api.env.settings)
     caplog.set_level(logging.INFO)
-    api.verified("access", SUBJECT)
-    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    api.verified("access", SUBJECT)  # (the stores' own sync runs here too: its HTTP client logs are the store's)
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO and not r.name.startswith(("httpx", "httpcore"))]
     assert not [line for line in lines if "rows" in line or any(store in line for store in STORES)], lines
 
 
@@ -406,35 +410,24 @@ def _receipt(api: Api, store: str, request_id: str) -> None:
                          actor=f"key:{store}")
 
 
-def test_review_an_access_answer_built_while_the_erasure_completes_is_not_kept(tmp_path: Path) -> None:
-    from siloguard.dsr.access import access_report
-
-    armed: dict[str, Any] = {}
-
-    def factory(env: Any, engine: Any) -> DsrService:
-        def report(ref: str, stores: list[str]) -> dict[str, Any]:
-            answer = access_report(env.settings, ref, stores)
-            if armed:  # the last store's receipt lands while the answer is being built
-                _receipt(armed["api"], "gamma", armed["erasure"])
-            return answer
-
-        return DsrService(env.settings, engine, AuditLog.open(env.settings), access_report=report)
-
-    with fresh_database("sqlite", tmp_path) as url:
-        for api in build_api(tmp_path, url, service_factory=factory):
-            _prepare_stores(api.env.settings)
-            marker = Pseudonymiser(store_keys(api.env.settings, "gamma")).pseudonym(SUBJECT)
-            erasure, _ = api.verified("erasure", SUBJECT)
-            for store in ("alpha", "beta"):
-                _sync(api, store)
-            armed.update(api=api, erasure=erasure["id"])
-            access, token = api.verified("access", SUBJECT)
-            service = api.app_service()
-            assert service.get(erasure["id"])["status"] == "completed"
-            row = service.get(access["id"])
-            assert row["status"] == "failed" and marker not in (row["result"] or "")
-            assert api.client.get(f"/v1/requests/{access['id']}/access", headers=api.auth(token)).status_code in (409, 410)
-            assert _scan_database(api.engine, {"pseudonym": re.compile(re.escape(marker))}) == []
+def test_review_an_access_answer_built_while_the_erasure_completes_is_not_kept(sqlite_api: Api) -> None:
+    # The last store does its erasure and then, in the same sync, its part of an access answer
+    # filed meanwhile: the erasure completes first, so the part is refused and never kept.
+    api = sqlite_api
+    _prepare_stores(api.env.settings)
+    marker = Pseudonymiser(store_keys(api.env.settings, "gamma")).pseudonym(SUBJECT)
+    erasure, _ = api.verified("erasure", SUBJECT)
+    for store in ("alpha", "beta"):
+        _sync(api, store)
+    access, token = api.verified("access", SUBJECT, sync=False)
+    with pytest.raises(DsrError, match="no longer wanted"):
+        _sync(api, "gamma")
+    service = api.app_service()
+    assert service.get(erasure["id"])["status"] == "completed"
+    row = service.get(access["id"])
+    assert row["status"] == "failed" and marker not in (row["result"] or "")
+    assert api.client.get(f"/v1/requests/{access['id']}/access", headers=api.auth(token)).status_code in (401, 409, 410)
+    assert _scan_database(api.engine, {"pseudonym": re.compile(re.escape(marker))}) == []
 
 
 def test_review_consent_and_gpc_are_not_recorded_while_stores_erase_the_subject(sqlite_api: Api) -> None:
@@ -477,7 +470,7 @@ def test_review_an_access_gate_after_the_erasure_does_not_recreate_the_subjects_
     import pandas as pd
 
     from siloguard.data.loader import load_clean
-    from siloguard.dsr.access import _gate
+    from siloguard.clients.access import _gate
     from siloguard.policies.gate import Principal
     from tests.dsr.helpers import HEADER
 
@@ -620,8 +613,9 @@ def test_review2_codes_sessions_and_effects_do_not_outlive_their_use(clocked: An
             return int(conn.execute(sa.select(sa.func.count()).select_from(consent_events)).scalar_one())
 
     before = subject_events()
-    consent, token = api.verified("consent", SUBJECT, consent=[{"purpose": TARGETED, "action": "grant"}],
+    consent, token = api.verified("consent", SUBJECT, sync=False, consent=[{"purpose": TARGETED, "action": "grant"}],
                                   headers={"Sec-GPC": "1"})
+    assert service.tasks(consent["id"]) == [] and service.get(consent["id"])["status"] == "completed"  # nothing filed
     assert subject_events() == before
     clock.now += timedelta(seconds=api.env.settings.api.session_ttl_seconds + 1)
     service.resume()

@@ -37,8 +37,7 @@ def clocked(tmp_path: Path) -> Iterator[tuple[Api, Clock]]:
     clock = Clock()
 
     def factory(env: Any, engine: Any) -> DsrService:
-        return DsrService(env.settings, engine, AuditLog.open(env.settings), clock=clock,
-                          access_report=lambda ref, stores: {"records": 0, "stores": []})
+        return DsrService(env.settings, engine, AuditLog.open(env.settings), clock=clock)
 
     with fresh_database("sqlite", tmp_path) as url:
         for api in build_api(tmp_path, url, service_factory=factory):
@@ -120,9 +119,13 @@ def test_ccpa_opt_out_needs_no_verification_and_is_applied_in_every_store(api: A
         store_consent(api.env.settings, store).record([SUBJECT], "third_party_sharing", "grant", source="web")
     assert _consents(api, SUBJECT, "third_party_sharing") == set(STORES)
     request = api.submit("opt_out", SUBJECT)
-    assert request["status"] == "completed" and request["jurisdiction"] == "ccpa"
+    assert request["status"] == "in_progress" and request["jurisdiction"] == "ccpa"  # a task per store
+    assert _consents(api, SUBJECT, "third_party_sharing") == set(STORES)  # until the stores sync
+    done = api.sync()
+    assert sorted(d["kind"] for d in done) == ["effects"] * len(STORES)
     assert _consents(api, SUBJECT, "third_party_sharing") == set()
-    assert request["due_at"] > request["received_at"]
+    request = api.app_service().get(request["id"])
+    assert request["status"] == "completed" and request["due_at"] > request["received_at"]
 
 
 def test_gpc_header_on_a_subject_request_records_an_opt_out_of_sale_and_sharing_once_verified(api: Api) -> None:
@@ -132,6 +135,7 @@ def test_gpc_header_on_a_subject_request_records_an_opt_out_of_sale_and_sharing_
     assert _consents(api, SUBJECT, SALE_AND_SHARING[1]) == set(STORES)  # anyone can name a customer
     reply = api.client.post(f"/v1/requests/{request['id']}/verify", json={"code": api.code(request["id"])})
     assert reply.status_code == 200
+    api.sync()
     assert _consents(api, SUBJECT, SALE_AND_SHARING[1]) == set()
     assert _consents(api, OTHER, SALE_AND_SHARING[1]) == set(STORES)
 
@@ -141,10 +145,20 @@ def test_consent_endpoints_grant_withdraw_and_list_per_store(api: Api) -> None:
     headers = api.auth(token)
     reply = api.client.put(f"/v1/consent/{TARGETED}", json={"action": "grant"}, headers=headers)
     assert reply.status_code == 200
-    state = {s["store"]: {p["purpose"]: p["consented"] for p in s["purposes"]} for s in reply.json()["stores"]}
-    assert set(state) == set(STORES) and all(s[TARGETED] for s in state.values())
+
+    def state(reply: Any) -> dict[str, dict[str, tuple[bool | None, bool]]]:
+        return {s["store"]: {p["purpose"]: (p["consented"], p["applied"]) for p in s["purposes"]} for s in reply.json()["stores"]}
+
+    asked = state(reply)
+    assert set(asked) == set(STORES) and all(s[TARGETED] == (True, False) for s in asked.values())  # asked, not yet applied
+    assert all(s["personalize.profiling"] == (None, True) for s in asked.values())  # never asked here
+    assert _consents(api, SUBJECT, TARGETED) == set()  # the stores record it when they sync
+    api.sync()
+    assert all(s[TARGETED] == (True, True) for s in state(api.client.get("/v1/consent", headers=headers)).values())
     assert _consents(api, SUBJECT, TARGETED) == set(STORES) and _consents(api, OTHER, TARGETED) == set()
     api.client.put(f"/v1/consent/{TARGETED}", json={"action": "withdraw"}, headers=headers)
+    assert all(s[TARGETED] == (False, False) for s in state(api.client.get("/v1/consent", headers=headers)).values())
+    api.sync()
     assert _consents(api, SUBJECT, TARGETED) == set()
     assert api.client.put("/v1/consent/not.a.purpose", json={"action": "grant"}, headers=headers).status_code == 422
 
@@ -242,11 +256,13 @@ def test_work_that_cannot_start_yet_is_picked_up_by_the_sweep(sqlite_api: Api) -
     run = api.env.settings.work_dir / "run.json"
     saved = run.read_text()
     run.unlink()  # no prepared run: the stores are unknown for now
-    request, _ = api.verified("consent", SUBJECT, consent=[{"purpose": TARGETED, "action": "grant"}])
+    request, _ = api.verified("consent", SUBJECT, sync=False, consent=[{"purpose": TARGETED, "action": "grant"}])
     assert request["status"] == "verified"
     service = api.app_service()
     assert service.resume() == 0 and service.get(request["id"])["status"] == "verified"
     run.write_text(saved)
     service.resume()
+    assert service.get(request["id"])["status"] == "in_progress"  # the stores' tasks are filed
+    api.sync()
     assert service.get(request["id"])["status"] == "completed"
     assert _consents(api, SUBJECT, TARGETED) == set(STORES)

@@ -12,12 +12,12 @@ from typer.testing import CliRunner
 from siloguard.cli import app as cli_app
 from siloguard.clients.gating import store_keys
 from siloguard.dsr.errors import DsrInvalid
-from siloguard.dsr.sealed import new_key_pair, open_answer, public_key_from_text, seal_answer
+from siloguard.dsr.sealed import new_key_pair, open_answer, open_parts, public_key_from_text, seal_answer
 from siloguard.privacy.pseudonyms import Pseudonymiser
 from tests.api.conftest import Api
 from tests.api.test_erasure_e2e import _prepare_stores
 from tests.api.test_leaks import _scan_database
-from tests.dsr.helpers import SUBJECT
+from tests.dsr.helpers import STORES, SUBJECT
 
 
 def test_a_sealed_answer_opens_only_with_the_subjects_key_and_for_its_request() -> None:
@@ -55,7 +55,21 @@ def test_when_the_subject_gives_a_key_then_the_service_holds_ciphertext_only_and
     verified = api.client.post(f"/v1/requests/{request['id']}/verify", json={"code": api.code(request["id"]), "answer_key": public})
     assert verified.status_code == 200
     token = api.auth(verified.json()["subject_token"])
+    tasks = api.app_service().tasks(request["id"])
+    assert {t["kind"] for t in tasks} == {"access"} and all(json.loads(t["payload"])["answer_key"] == public for t in tasks)
+    assert api.client.get(f"/v1/requests/{request['id']}/access", headers=token).status_code == 409  # stores not done yet
+    done = api.sync()  # each store seals its part to the subject's key before it leaves the store
+    assert all(d["sealed"] for d in done)
     assert _scan_database(api.engine, {"pseudonym": re.compile(re.escape(marker))}) == []  # ciphertext only
+    # A store cannot hand in its part in clear when the subject gave a key.
+    other = api.submit("access", SUBJECT)
+    api.client.post(f"/v1/requests/{other['id']}/verify", json={"code": api.code(other["id"]), "answer_key": public})
+    task = next(t for t in api.app_service().tasks(other["id"]) if t["store"] == "alpha")
+    clear = {"part": {"stores": [{"store": "alpha", "records": 1, "data": [{"customer_id": marker}]}], "records": 1}}
+    refused = api.client.post(f"/v1/stores/alpha/tasks/{task['id']}/done", json={"answer": json.dumps(clear)},
+                              headers=api.as_key("store_alpha"))
+    assert refused.status_code == 422 and "sealed" in refused.json()["error"]["message"]
+    assert _scan_database(api.engine, {"pseudonym": re.compile(re.escape(marker))}) == []
 
     reply = api.client.get(f"/v1/requests/{request['id']}/access", headers=token)
     assert reply.status_code == 200 and "sealed" in reply.json() and marker not in reply.text
@@ -103,7 +117,13 @@ def test_a_key_given_when_filing_binds_the_answer_so_whoever_holds_the_code_cann
     assert swapped.status_code == 422 and "filed" in swapped.json()["error"]["message"]
     verified = api.client.post(f"/v1/requests/{request['id']}/verify", json={"code": code})  # the code was not spent
     assert verified.status_code == 200
+    api.sync()
     reply = api.client.get(f"/v1/requests/{request['id']}/access", headers=api.auth(verified.json()["subject_token"]))
-    assert open_answer(mine, reply.json()["sealed"], request["id"])["records"] > 0
+    parts = reply.json()["sealed"]
+    assert [p["store"] for p in parts] == sorted(STORES)
+    assert open_parts(mine, parts, request["id"])["records"] > 0
+    # A part is bound to its request and its store: passed off as another store's, it does not open.
+    with pytest.raises(DsrInvalid):
+        open_parts(mine, [{"store": parts[1]["store"], "sealed": parts[0]["sealed"]}], request["id"])
     refused = api.client.post("/v1/requests", json={"kind": "erasure", "customer_ref": SUBJECT, "answer_key": my_public})
     assert refused.status_code == 422 and "answer_key" in refused.json()["error"]["message"]  # only access requests take one

@@ -71,10 +71,26 @@ def _report_for(log: AuditLog, keys: Keys, events: list[AuditEvent], *, clock_da
     return build_report(log, keys.public_key)
 
 
+def _witnessed_events(keys: Keys) -> list[AuditEvent]:
+    """A store's two signed heads as the coordinator witnessed them, and one it refused."""
+    from siloguard.audit.witness import public_key_text, witness
+
+    heads = [keys.signer.sign(seq=n, tree_size=10 * (n + 1), root_hash=bytes([n]) * 32, timestamp_ms=int(_at(n).timestamp() * 1000))
+             for n in range(2)]
+    first, e1 = witness("store-31782", heads[0].to_json(), public_key_text(keys.public_key), [], server_round=1)
+    _, e2 = witness("store-31782", heads[1].to_json(), public_key_text(keys.public_key), [first.head], server_round=2)
+    _, e3 = witness("store-31782", heads[0].to_json(), public_key_text(keys.public_key), [first.head, heads[1]], server_round=3)
+    return [e1, e2, e3]
+
+
 def test_report_facts_follow_from_the_events(audit_log: AuditLog, keys: Keys) -> None:
-    facts = _report_for(audit_log, keys, _compliance_events(), clock_days=46).facts
+    facts = _report_for(audit_log, keys, _compliance_events() + _witnessed_events(keys), clock_days=46).facts
     jsonschema.validate(facts, report_schema())
-    assert facts["events_by_type"]["total"] == facts["tree_head"]["tree_size"] == 12 + 3 + 6 + 7 + 2
+    assert facts["witnessed_heads"]["rows"] == [{
+        "store": "store-31782", "seq": 1, "tree_size": 20, "round": 2, "signed": "2026-02-01T10:00:00Z",
+        "recorded": facts["witnessed_heads"]["rows"][0]["recorded"], "witnessed": 2, "refused": 1, "last_refusal": "log-went-back",
+    }]
+    assert facts["events_by_type"]["total"] == facts["tree_head"]["tree_size"] == 12 + 3 + 6 + 7 + 2 + 3
     by_action = {a["action"]: a["total"] for a in facts["events_by_type"]["actions"]}
     assert by_action["gate.train"] == 12 and by_action[v.PRIVACY_SPEND] == 6
     gate = facts["gate_decisions"]
@@ -102,12 +118,12 @@ def test_report_facts_follow_from_the_events(audit_log: AuditLog, keys: Keys) ->
 
 def test_sections_without_events_say_no_data_yet(audit_log: AuditLog, keys: Keys, tmp_path: Path) -> None:
     report = _report_for(audit_log, keys, [gate_event(i) for i in range(5)], clock_days=1)
-    for section in ("consent_coverage", "privacy_budget", "data_subject_requests", "checks"):
+    for section in ("consent_coverage", "privacy_budget", "data_subject_requests", "checks", "witnessed_heads"):
         assert report.facts[section]["status"] == "no data yet"
     assert report.facts["plots"] == ["events_by_type", "gate_decisions"]
     html_path, json_path = write_report(report, tmp_path / "out")
     html = html_path.read_text()
-    assert html.count("No data yet") == 4
+    assert html.count("No data yet") == 5
     assert report.facts["tree_head"]["root_hash_hex"] in html
     validate_facts(__import__("json").loads(json_path.read_text()))
 

@@ -135,7 +135,7 @@ def test_erasure_keeps_the_log_verifiable_unlinkable_and_the_report_shows_an_era
     assert 'id="subjects-unresolved"' in plain.html and "no store keys were available" in plain.html
     html_path, json_path = write_report(plain, tmp_path / "out")
     assert json.loads(json_path.read_text())["subjects"] == subjects
-    assert html_path.read_text().count("No data yet") == 4  # consent, budget, requests, checks
+    assert html_path.read_text().count("No data yet") == 5  # consent, budget, requests, checks, witnessed heads
 
 
 def test_subjects_of_stores_without_keys_are_not_taken_for_erased(audit_log: AuditLog, keys: Keys, tmp_path: Path) -> None:

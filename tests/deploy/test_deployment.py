@@ -402,3 +402,95 @@ def test_every_store_log_verifies_against_the_heads_the_coordinator_witnessed(fe
         ], env={k: None for k in ("SILOGUARD_DATABASE__URL", "SILOGUARD_KEYS__ROOT")})
         assert result.exit_code == 0, result.output
         assert "the coordinator witnessed" in result.output
+
+
+def test_access_and_erasure_reach_the_stores_as_tasks_and_the_privacy_service_holds_no_store_data(
+    federated: Deployment, tmp_path: Path
+) -> None:
+    """The privacy service on its own site: stores register their receipt keys, answer a sealed
+    access request and an erasure from their own sites; the service's directory and database
+    hold no store key, silo row, customer id or consent event, and the answer only as ciphertext."""
+    import shutil
+
+    from fastapi.testclient import TestClient
+
+    from siloguard.api.app import create_app
+    from siloguard.clients.site import StoreSite
+    from siloguard.dsr.notifier import read_outbox
+    from siloguard.dsr.sealed import new_key_pair, open_parts
+    from siloguard.dsr.sync import sync_store
+    from siloguard.privacy.pseudonyms import Pseudonymiser
+    from siloguard.storage import create_engine, upgrade_database
+
+    privacy = tmp_path / "privacy"
+    privacy.mkdir()
+    shutil.copyfile(federated.settings.work_dir / "run.json", privacy / "run.json")  # store names and laws: public
+    penv = {"SILOGUARD_DATABASE__URL": f"sqlite:///{privacy / 'siloguard.db'}", "SILOGUARD_KEYS__ROOT": str(privacy / "keys")}
+    settings = Settings.build(work_dir=privacy, database={"url": penv["SILOGUARD_DATABASE__URL"]}, keys={"root": privacy / "keys"},
+                              audit={"signing_key": privacy / "audit.key", "public_key": privacy / "audit.pub"},
+                              api={"rate_per_key": "100000/minute", "rate_per_ip": "100000/minute"})
+    engine = create_engine(settings.database.url)
+    upgrade_database(engine)
+    runner = CliRunner()
+    sites = {s: StoreSite.open(federated.sites[s]) for s in STORES}
+    store_keys = {}
+    for store, site in sites.items():
+        printed = runner.invoke(app, ["store", "receipt-key", "--site", str(site.directory)],
+                                env={k: None for k in ("SILOGUARD_DATABASE__URL", "SILOGUARD_KEYS__ROOT")})
+        assert printed.exit_code == 0, printed.output
+        made = runner.invoke(app, ["keys", "create", "--role", "store_operator", "--store", store,
+                                   "--receipt-key", printed.stdout.strip()], env=penv)
+        assert made.exit_code == 0, made.output
+        store_keys[store] = made.stdout.strip().splitlines()[0]
+    subject = str(sites["germany"].transactions()["customer_id"].iloc[0])
+    pseudonym = Pseudonymiser(sites["germany"].keys()).pseudonym(subject)
+    private, public = new_key_pair()
+
+    def sync_all(client: TestClient) -> None:
+        for store, site in sites.items():
+            client.headers["Authorization"] = f"Bearer {store_keys[store]}"
+            try:
+                sync_store(client, site.settings, store)
+            finally:
+                del client.headers["Authorization"]
+
+    def code(request_id: str) -> str:
+        return re.search(r"is ([0-9]{8})\.", read_outbox(engine, request_id)[-1]["body"]).group(1)  # type: ignore[union-attr]
+
+    app_ = create_app(settings)
+    try:
+        with TestClient(app_) as client:
+            filed = client.post("/v1/requests", json={"kind": "access", "customer_ref": subject, "answer_key": public}).json()["request"]
+            token = client.post(f"/v1/requests/{filed['id']}/verify", json={"code": code(filed["id"])}).json()["subject_token"]
+            sync_all(client)
+            with engine.connect() as conn:
+                held = b"".join(str(r).encode() for r in conn.execute(sa.text("select * from dsr_requests")).all())
+            assert pseudonym.encode() not in held and b"sealed" in held  # ciphertext only
+            reply = client.get(f"/v1/requests/{filed['id']}/access", headers={"Authorization": f"Bearer {token}"})
+            assert reply.status_code == 200
+            opened = open_parts(private, reply.json()["sealed"], filed["id"])
+            per_store = {s["store"]: s for s in opened["stores"]}
+            assert per_store["germany"]["records"] > 0 and per_store["france"]["records"] == 0
+            assert {row["customer_id"] for row in per_store["germany"]["data"]} == {pseudonym}
+
+            erasure = client.post("/v1/requests", json={"kind": "erasure", "customer_ref": subject}).json()["request"]
+            client.post(f"/v1/requests/{erasure['id']}/verify", json={"code": code(erasure["id"])})
+            sync_all(client)
+            assert client.get(f"/v1/requests/{erasure['id']}", headers={"Authorization": f"Bearer {token}"}).json()["status"] == "completed"
+    finally:
+        app_.state.service.audit.close()
+    # The store erased the subject on its own site.
+    assert subject not in {str(c) for c in sites["germany"].transactions()["customer_id"]}
+    # The privacy service's directory and database: no store key, no silo row, no customer id, no consent event.
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("select count(*) from consent_events")).scalar_one() == 0
+        assert conn.execute(sa.text("select count(*) from store_suppressions")).scalar_one() == 0
+    engine.dispose()
+    assert not (privacy / "keys" / "stores").exists()
+    customers = {str(c) for site in sites.values() for c in site.transactions()["customer_id"].unique()} | {subject}
+    ids = re.compile(rb"(?<![0-9A-Za-z])(?:" + b"|".join(c.encode() for c in sorted(customers)) + rb")(?![0-9A-Za-z])")
+    for path in (p for p in privacy.rglob("*") if p.is_file()):
+        data = path.read_bytes()
+        found = ids.search(data)
+        assert found is None, f"customer id {found.group().decode()} in {path}"
+        assert pseudonym.encode() not in data, f"the subject's pseudonym in {path}"

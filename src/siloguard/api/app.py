@@ -121,6 +121,7 @@ def create_app(settings: Settings, *, service: DsrService | None = None) -> Fast
     app.add_middleware(
         Protect,
         max_body_bytes=settings.api.max_body_bytes,
+        max_answer_bytes=settings.api.max_answer_bytes,
         rate_per_key=settings.api.rate_per_key,
         rate_per_ip=settings.api.rate_per_ip,
         max_headers=settings.api.max_headers,

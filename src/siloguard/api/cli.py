@@ -8,6 +8,7 @@ erasure receipts against.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -58,12 +59,17 @@ def create(
     rotate_receipt_key: Annotated[bool, typer.Option(
         "--rotate-receipt-key", help="store_operator: replace the store's registered receipt key (its keys changed)."
     )] = False,
+    receipt_key: Annotated[Optional[str], typer.Option(
+        "--receipt-key", help="store_operator: the store's public receipt key, as `siloguard store receipt-key --site DIR` prints it on the store's machine."
+    )] = None,
     db: DbOpt = None,
 ) -> None:
     """Create a key and print it once; only its hash is kept.
 
-    A store_operator key also registers the store's receipt key, derived from the store's
-    existing keys under keys.root (SILOGUARD_KEYS__ROOT); no keys are ever created here.
+    A store_operator key also registers the store's receipt key: the public key the store
+    gives (``--receipt-key``, printed by ``siloguard store receipt-key`` on the store's machine).
+    Without it, on one machine only, it is derived from the store's keys under keys.root if
+    they are there; no keys are ever created here.
     """
     from siloguard.api.keys import create_key
     from siloguard.errors import ConfigError
@@ -75,16 +81,44 @@ def create(
         require_current_schema(engine)
         if rotate_receipt_key and role != "store_operator":
             raise ConfigError("--rotate-receipt-key goes with --role store_operator --store STORE")
+        if receipt_key is not None and role != "store_operator":
+            raise ConfigError("--receipt-key goes with --role store_operator --store STORE")
         if role == "store_operator" and store is not None:
-            from siloguard.dsr.receipts import public_key_bytes, register_store_key
-            from siloguard.privacy.keys import existing_store_keys
+            from siloguard.dsr.receipts import register_store_key
 
-            register_store_key(engine, store, public_key_bytes(existing_store_keys(settings.keys.root, store)), replace=rotate_receipt_key)
+            register_store_key(engine, store, _receipt_key(receipt_key, settings, store), replace=rotate_receipt_key)
         key, text = create_key(engine, role, store=store, label=label)
     finally:
         engine.dispose()
     typer.echo(text)
     typer.echo(f"key {key.id}: role {key.role}, store {key.store or '*'}. Shown once: store it now.", err=True)
+
+
+def _receipt_key(text: str | None, settings: Settings, store: str) -> bytes:
+    import base64
+    import binascii
+
+    from siloguard.errors import ConfigError
+
+    if text is not None:
+        try:
+            raw = base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            raw = b""
+        if len(raw) != 32:
+            raise ConfigError("--receipt-key is not a store's receipt key: pass what `siloguard store receipt-key --site DIR` prints")
+        return raw
+    # One machine only (an older layout): the store's keys happen to be under this keys.root.
+    from siloguard.dsr.receipts import public_key_bytes
+    from siloguard.privacy.keys import existing_store_keys
+
+    try:
+        return public_key_bytes(existing_store_keys(settings.keys.root, store))
+    except ConfigError:
+        raise ConfigError(
+            f"no keys of store {store!r} under {Path(settings.keys.root).resolve()} (nothing was created): pass --receipt-key, "
+            f"from `siloguard store receipt-key --site DIR` on the store's machine"
+        ) from None
 
 
 @keys_app.command("list")

@@ -67,13 +67,22 @@ class Protect:
         self, app: Any, *, max_body_bytes: int, rate_per_key: str, rate_per_ip: str,
         max_headers: int = ApiSettings.model_fields["max_headers"].default,
         max_header_bytes: int = ApiSettings.model_fields["max_header_bytes"].default,
+        max_answer_bytes: int = ApiSettings.model_fields["max_answer_bytes"].default,
     ) -> None:
         self.app = app
         self.max_body = max_body_bytes
+        self.max_answer = max_answer_bytes
         self.max_headers, self.max_header_bytes = max_headers, max_header_bytes
         self.limiter = SlidingWindowCounterRateLimiter(MemoryStorage())
         self.per_key = parse(rate_per_key)
         self.per_ip = parse(rate_per_ip)
+
+    def _limit(self, scope: Scope) -> int:
+        """A store's answer to an access task may be large (``api.max_answer_bytes``); every other body is small."""
+        path = str(scope.get("path", ""))
+        if scope.get("method") == "POST" and path.startswith("/v1/stores/") and path.endswith("/done"):
+            return self.max_answer
+        return self.max_body
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -99,16 +108,17 @@ class Protect:
             return
 
         seen = 0
+        limit = self._limit(scope)
 
         async def receive_limited() -> dict:
             nonlocal seen
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_body and not state["refused"]:
+                if seen > limit and not state["refused"]:
                     # A streamed body (no Content-Length) over the limit: answer 413 now and
                     # stop the app (which would otherwise report a body parsing error).
-                    start, body = _error(413, "too_large", f"the request body is larger than {self.max_body} bytes")
+                    start, body = _error(413, "too_large", f"the request body is larger than {limit} bytes")
                     if state["status"] == 0:
                         await send_logged(start)
                         await send(body)
@@ -129,11 +139,11 @@ class Protect:
         length = headers.get(b"content-length")
         if length is not None:
             try:
-                too_big = int(length) > self.max_body
+                too_big = int(length) > self._limit(scope)
             except ValueError:
                 return _error(400, "bad_request", "Content-Length is not a number")
             if too_big:
-                return _error(413, "too_large", f"the request body is larger than {self.max_body} bytes")
+                return _error(413, "too_large", f"the request body is larger than {self._limit(scope)} bytes")
         client = scope.get("client")
         ip = client[0] if client else "unknown"
         if not self.limiter.hit(self.per_ip, "ip", ip):

@@ -136,6 +136,17 @@ class TaskView(BaseModel):
     store: str
     customer_ref: str | None
     created_at: datetime
+    kind: Literal["erasure", "effects", "access"] = Field(
+        "erasure", description="erasure: erase, then post a signed receipt; effects: record the consent events in "
+        "payload, then POST .../done; access: answer from the store's site (sealed to payload.answer_key when given), "
+        "then POST .../done with the answer")
+    payload: dict[str, Any] = Field(default_factory=dict, description="what the store is to do (events, gpc, answer_key)")
+
+
+class TaskDone(_Body):
+    answer: str | None = Field(
+        None, description="an access task's answer: JSON {\"sealed\": {...}} when payload.answer_key is set, "
+        "else {\"part\": {...}} with this store's records only")
 
 
 class TaskList(BaseModel):
@@ -153,7 +164,10 @@ class ConsentChange(_Body):
 
 class PurposeState(BaseModel):
     purpose: str
-    consented: bool
+    consented: bool | None = Field(
+        description="what you last asked through this service: true (granted), false (withdrawn, opted out) or "
+        "null (never asked here: the store's own records decide)")
+    applied: bool = Field(description="whether the store has recorded it yet (stores do it at their next sync)")
 
 
 class StoreConsentState(BaseModel):

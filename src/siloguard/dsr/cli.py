@@ -19,6 +19,12 @@ KEY_ENV = "SILOGUARD_STORE_KEY"
 
 
 def _echo(item: dict) -> None:
+    if item.get("kind") == "effects":
+        typer.echo(f"{item['task']}: recorded {item['events']} consent event(s)")
+        return
+    if item.get("kind") == "access":
+        typer.echo(f"{item['task']}: answered with {item['records']} record(s)" + (", sealed to the subject's key" if item["sealed"] else ""))
+        return
     if "skipped" in item:
         typer.echo(f"{item['task']}: not erased: the task is {item['skipped']} (the request was denied or closed)")
         return
@@ -76,8 +82,24 @@ def sync(
     for item in posted:
         _echo(item)
     done = sum("skipped" not in item for item in posted)
-    typer.echo(f"store {store}: {done} erasure task(s) done" + (f", {len(posted) - done} cancelled" if done < len(posted) else ""))
+    typer.echo(f"store {store}: {done} task(s) done" + (f", {len(posted) - done} cancelled" if done < len(posted) else ""))
 
+
+
+@store_app.command("receipt-key")
+@one_line_errors
+def receipt_key(site: Annotated[Path, typer.Option("--site", help="The store's site directory.")]) -> None:
+    """Print the store's public receipt key (base64), for the privacy service to register
+    (`siloguard keys create --role store_operator --store STORE --receipt-key ...`)."""
+    import base64
+
+    from siloguard.dsr.receipts import public_key_bytes
+    from siloguard.privacy.keys import existing_store_keys
+    from siloguard.runs import site_of
+
+    store, settings = site_of(site)
+    typer.echo(base64.b64encode(public_key_bytes(existing_store_keys(settings.keys.root, store))).decode())
+    typer.echo(f"store {store}'s receipt key: give it to the privacy service's operator (it is public)", err=True)
 
 
 # ---- siloguard answer keygen|open: a data subject's side of a sealed access answer -------------
@@ -119,7 +141,7 @@ def answer_open(
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    from siloguard.dsr.sealed import open_answer
+    from siloguard.dsr.sealed import open_parts
     from siloguard.errors import ConfigError
 
     try:
@@ -130,4 +152,8 @@ def answer_open(
         raise ConfigError(f"cannot read the answer or the key ({type(exc).__name__}): pass the saved JSON and your PEM key") from None
     if not isinstance(private, ec.EllipticCurvePrivateKey) or not isinstance(reply, dict) or "sealed" not in reply:
         raise ConfigError("expected the JSON of a sealed access answer ({'request', 'sealed'}) and a P-256 private key")
-    typer.echo(json.dumps(open_answer(private, reply["sealed"], str(reply.get("request", ""))), indent=2, sort_keys=True))
+    try:
+        opened = open_parts(private, reply["sealed"], str(reply.get("request", "")))
+    except ValueError:
+        raise ConfigError("the sealed answer is malformed: pass the JSON exactly as the API returned it") from None
+    typer.echo(json.dumps(opened, indent=2, sort_keys=True))

@@ -1,14 +1,24 @@
-"""What a request changes in the stores today, and the access answer (:class:`StoreEffects`, a
-part of :class:`~siloguard.dsr.service.DsrService`).
+"""What a request asks of the stores, as tasks each store does on its own site
+(:class:`StoreEffects`, a part of :class:`~siloguard.dsr.service.DsrService`).
 
-Consent grants and withdrawals, GPC opt-outs and the access answer are worked out here with
-each store's consent view and gate. In the target design they become tasks each store runs
-on its own site (like erasure); this class is the seam where that happens.
+The service holds no store key and no consent registry: once a request is verified it files
+one task per store (``dsr_tasks``), and each store pulls its tasks (``siloguard store sync``),
+does them with its own keys and answers:
+
+- ``effects``: consent events to record in the store's registry (grants, withdrawals, opt-outs
+  of sale and sharing, a GPC signal); the store says ``done``;
+- ``access``: the store builds its part of the answer through its own gate and, when the
+  subject gave a key, seals it to that key before it leaves the store; the service keeps the
+  parts (ciphertext when sealed) until the subject downloads the answer.
+
+A request completes when every store has done its task. Erasure is the same queue with
+signed receipts (:mod:`siloguard.dsr.erasure`).
 """
 
 from __future__ import annotations
 
 import json
+import uuid
 from datetime import timedelta
 from typing import Any
 
@@ -17,140 +27,274 @@ from sqlalchemy.engine import Engine
 
 from siloguard.audit import AuditEvent
 from siloguard.audit.vocabulary import CONSENT_CHANGED
-from siloguard.dsr.common import ANSWER_DELETED, CONSENT_KINDS, LOCK, PURPOSE, SUBJECT_ACTOR, aware, consent_purposes
-from siloguard.dsr.errors import DsrConflict, DsrInvalid
+from siloguard.dsr.common import ANSWER_DELETED, CONSENT_KINDS, LOCK, SUBJECT_ACTOR, SYSTEM, consent_purposes
+from siloguard.dsr.errors import DsrConflict, DsrInvalid, DsrNotFound
+from siloguard.dsr.machine import TERMINAL
 from siloguard.storage.db import exclusive
-from siloguard.storage.orm import dsr_requests
+from siloguard.storage.orm import dsr_requests, dsr_tasks
 
-__all__ = ["StoreEffects"]
+__all__ = ["MAX_ANSWER_CHARS", "StoreEffects"]
+
+#: The largest answer a store may post for one access task (characters of JSON).
+MAX_ANSWER_CHARS = 4_000_000
 
 
 class StoreEffects:
-    """Consent, GPC and access answers across the stores; mixed into DsrService."""
+    """Consent, GPC and access as store tasks; mixed into DsrService."""
 
     engine: Engine
-    _ref_cache: dict[tuple[str, str], str]
-    _consent_cache: dict[str, Any]
 
-    def _subject_ref(self, store: str, consent: Any, customer_ref: str) -> str:
-        """The store's registry key for a customer, remembered (a keyed hash: it never changes)."""
-        key = (store, customer_ref)
-        ref = self._ref_cache.get(key)
-        if ref is None:
-            ref = consent.subject(customer_ref)
-            if len(self._ref_cache) >= 65536:
-                self._ref_cache.pop(next(iter(self._ref_cache)))
-            self._ref_cache[key] = ref
-        return ref
-
-    def _consents(self) -> list[tuple[str, Any]]:
-        """Each store's consent view, built once per store (keys are derived once)."""
-        out = []
-        for store in self._stores():
-            consent = self._consent_cache.get(store)
-            if consent is None:
-                consent = self._consent_cache[store] = self._store_consent(store)
-            out.append((store, consent))
-        return out
-
-    def _apply_effects(self, request: dict[str, Any]) -> None:
-        """Record the request's consent events in every store (idempotent).
-
-        Runs only for a verified request, or an unverified CCPA opt-out (which records the
-        opt-out of sale and sharing only: what the law allows without verification).
-        """
-        ref, kind = request["customer_ref"], request["kind"]
-        if ref is None:
-            return
-        if kind != "erasure" and self.erasing(request["subject_digest"]):
-            return  # stores are erasing them: nothing new is recorded about them (docs/API.md)
+    # ---- what a request asks of each store -------------------------------------------------
+    def _effect_events(self, request: dict[str, Any]) -> list[dict[str, str]]:
+        """The consent events a verified request asks each store to record (none for erasure or access)."""
         from siloguard.policies.consent import SALE_AND_SHARING
 
-        for _store, consent in self._consents():
-            if kind in ("erasure", "opt_out"):
-                if kind == "erasure" or request["jurisdiction"] == "gdpr":
-                    for purpose in consent_purposes():
-                        consent.record([ref], purpose, "withdraw", source="api")
-            if kind == "opt_out":
-                for purpose in SALE_AND_SHARING:
-                    consent.record([ref], purpose, "opt_out", source="api")
-            if kind == "consent":
-                for change in json.loads(request["payload"])["consent"]:
-                    consent.record([ref], change["purpose"], change["action"], source="api")
-            if request["gpc"] and kind != "erasure":  # sent with the request: applied once the subject is known
-                consent.record_gpc(ref)
+        kind = request["kind"]
+        events: list[dict[str, str]] = []
+        if kind == "opt_out":
+            if request["jurisdiction"] == "gdpr":  # an objection: every consent-based purpose too
+                events += [{"purpose": p, "event": "withdraw", "source": "api"} for p in consent_purposes()]
+            events += [{"purpose": p, "event": "opt_out", "source": "api"} for p in SALE_AND_SHARING]
+        elif kind == "consent":
+            events += [{"purpose": c["purpose"], "event": c["action"], "source": "api"}
+                       for c in json.loads(request["payload"]).get("consent", [])]
+        return events
+
+    def _task_payload(self, request: dict[str, Any]) -> dict[str, Any]:
+        if request["kind"] == "access":  # (a GPC signal sent with it is recorded as the store answers)
+            key = json.loads(request["payload"]).get("answer_key")
+            return ({"answer_key": key} if key else {}) | ({"gpc": True} if request["gpc"] else {})
+        return {"events": self._effect_events(request), "gpc": bool(request["gpc"])}
+
+    def _start_store_work(self, request: dict[str, Any]) -> bool:
+        """A verified access, consent or opt-out request: one task per store, then ``in_progress``."""
+        if request["kind"] != "erasure" and request["kind"] != "access" and self.erasing(request["subject_digest"]):
+            # stores are erasing the subject: nothing new is recorded about them (docs/API.md)
+            self._move(request["id"], "in_progress", reason="processing")  # type: ignore[attr-defined]
+            return self._move(request["id"], "completed", reason="subject-being-erased",  # type: ignore[attr-defined]
+                              result={"applied": {"skipped": "the stores are erasing you"}})
+        stores = self._stores()  # type: ignore[attr-defined]
+        if not stores:
+            return self._move(request["id"], "failed", reason="no-stores",  # type: ignore[attr-defined]
+                              result={"error": "no stores are enrolled"})
+        kind = "access" if request["kind"] == "access" else "effects"
+        payload = json.dumps(self._task_payload(request), sort_keys=True)
+        now = self.clock()  # type: ignore[attr-defined]
+        events: list[AuditEvent] = []
+        try:
+            with exclusive(self.engine, LOCK) as conn:
+                current = self._load(conn, request["id"])  # type: ignore[attr-defined]
+                if current["status"] != "verified":
+                    return False
+                held = set(conn.execute(sa.select(dsr_tasks.c.store).where(dsr_tasks.c.request_id == request["id"])).scalars())
+                rows = [
+                    {"id": f"task-{uuid.uuid4()}", "request_id": request["id"], "store": store, "status": "pending",
+                     "customer_ref": current["customer_ref"], "created_at": now, "kind": kind, "payload": payload}
+                    for store in stores if store not in held
+                ]
+                if rows:
+                    conn.execute(dsr_tasks.insert(), rows)
+                self._transition(conn, current, "in_progress", events=events, actor=SYSTEM,  # type: ignore[attr-defined]
+                                 reason="tasks-created", now=now)
+        except DsrConflict:
+            return False
+        self._append(events)  # type: ignore[attr-defined]
+        return True
+
+    # ---- a store's answer --------------------------------------------------------------------
+    def task_done(self, store: str, task_id: str, answer: str | None, *, actor: str) -> dict[str, Any]:
+        """A store did its ``effects`` or ``access`` task (``answer``: its part of an access answer).
+
+        An access part is checked before it is kept: sealed (``{"sealed": {...}}``) when the
+        subject gave a key, else ``{"part": {...}}`` naming this store only.
+        """
+        now = self.clock()  # type: ignore[attr-defined]
+        with exclusive(self.engine, LOCK) as conn:
+            task = conn.execute(
+                sa.select(dsr_tasks).where(dsr_tasks.c.id == task_id, dsr_tasks.c.store == store)
+            ).mappings().first()
+            if task is None:
+                raise DsrNotFound("no such task for this store; pull the store's tasks again")
+            if task["kind"] == "erasure":
+                raise DsrConflict("an erasure task is finished with a signed receipt (POST .../receipt)")
+            if task["status"] == "done":
+                raise DsrConflict("this task is done already")
+            status = conn.execute(sa.select(dsr_requests.c.status).where(dsr_requests.c.id == task["request_id"])).scalar()
+            if task["status"] not in ("pending", "claimed") or status in TERMINAL:
+                raise DsrConflict(f"the request is {status}: its task is no longer wanted")
+            kept = self._checked_answer(task, answer) if task["kind"] == "access" else None
+            conn.execute(
+                dsr_tasks.update().where(dsr_tasks.c.id == task_id)
+                .values(status="done", done_at=now, customer_ref=None, answer=kept)
+            )
+        self._maybe_complete(task["request_id"])
+        return self.get(task["request_id"])  # type: ignore[attr-defined]
+
+    @staticmethod
+    def _checked_answer(task: Any, answer: str | None) -> str:
+        if answer is None or len(answer) > MAX_ANSWER_CHARS:
+            raise DsrInvalid(f"an access task needs its answer (JSON, at most {MAX_ANSWER_CHARS:,} characters)")
+        try:
+            data = json.loads(answer)
+        except ValueError:
+            raise DsrInvalid("the answer is not JSON") from None
+        sealed_wanted = bool(json.loads(task["payload"] or "{}").get("answer_key"))
+        if sealed_wanted:
+            if not isinstance(data, dict) or set(data) != {"sealed"} or not isinstance(data["sealed"], dict):
+                raise DsrInvalid("this answer must leave the store sealed to the subject's key: {\"sealed\": {...}}")
+        else:
+            part = data.get("part") if isinstance(data, dict) else None
+            stores = part.get("stores") if isinstance(part, dict) else None
+            if not isinstance(stores, list) or [s.get("store") if isinstance(s, dict) else None for s in stores] != [task["store"]]:
+                raise DsrInvalid("the answer must be {\"part\": {...}} with this store's records only")
+        return json.dumps(data, sort_keys=True)
+
+    def _maybe_complete(self, request_id: str) -> bool:
+        """Every store did its task: complete the request (the access answer assembled from the parts)."""
+        tasks = self.tasks(request_id)  # type: ignore[attr-defined]
+        if not tasks or any(t["status"] != "done" for t in tasks):
+            return False
+        request = self.get(request_id)  # type: ignore[attr-defined]
+        if request["kind"] == "access":
+            result = self._assemble(request_id, tasks)
+        else:
+            result = {"applied": self._effects_summary(request)}
+        done = self._move(request_id, "completed", reason="done", result=result)  # type: ignore[attr-defined]
+        with exclusive(self.engine, LOCK) as conn:  # the parts live on in the result only
+            conn.execute(dsr_tasks.update().where(dsr_tasks.c.request_id == request_id).values(answer=None))
+        return done
+
+    @staticmethod
+    def _assemble(request_id: str, tasks: list[dict[str, Any]]) -> dict[str, Any]:
+        parts = [(t["store"], json.loads(t["answer"])) for t in sorted(tasks, key=lambda t: t["store"])]
+        if all("sealed" in p for _, p in parts):
+            return {"sealed": [{"store": store, "sealed": p["sealed"]} for store, p in parts]}
+        first = parts[0][1]["part"]
+        return {
+            "stores": [p["part"]["stores"][0] for _, p in parts],
+            "purposes": first.get("purposes", []),
+            "retention": first.get("retention"),
+            "recipients": first.get("recipients", []),
+            "source": first.get("source"),
+            "records": sum(int(p["part"].get("records", 0)) for _, p in parts),
+        }
 
     def _effects_summary(self, request: dict[str, Any]) -> dict[str, Any]:
-        stores = self._stores()
+        stores = sorted(t["store"] for t in self.tasks(request["id"]))  # type: ignore[attr-defined]
         if request["kind"] == "consent":
-            return {"consent": json.loads(request["payload"])["consent"], "stores": stores}
+            return {"consent": json.loads(request["payload"]).get("consent", []), "gpc": bool(request["gpc"]), "stores": stores}
         from siloguard.policies.consent import SALE_AND_SHARING
 
         withdrawn = list(consent_purposes()) if request["jurisdiction"] == "gdpr" else []
         return {"opted_out": list(SALE_AND_SHARING), "consent_withdrawn": withdrawn, "stores": stores}
 
+    # ---- a verified subject's consent, through requests ---------------------------------------
+    def _file_verified(self, customer_ref: str, changes: list[dict[str, str]], *, gpc: bool) -> str:
+        """A consent change a verified subject makes in their session: a request filed verified."""
+        from siloguard.audit import new_event_id
+        from siloguard.dsr import clocks
+        from siloguard.storage.orm import dsr_transitions
+
+        jur = self.jurisdiction()  # type: ignore[attr-defined]
+        now = self.clock()  # type: ignore[attr-defined]
+        clock = clocks.clock_for(jur, "consent", now)
+        request_id = f"dsr-{uuid.uuid4()}"
+        row: dict[str, Any] = {
+            "id": request_id, "kind": "consent", "jurisdiction": jur, "status": "received",
+            "received_at": now, "due_at": clock.due_at, "ack_due_at": clock.ack_due_at,
+            "extension_notice_by": clock.extension_notice_by, "extended": False,
+            "subject_digest": self.digest(customer_ref), "customer_ref": customer_ref,  # type: ignore[attr-defined]
+            "contact": None, "idempotency_key": None, "gpc": gpc, "payload": json.dumps({"consent": changes}),
+            "result": None, "updated_at": now,
+        }
+
+        def write(conn: Any) -> list[AuditEvent]:
+            events: list[AuditEvent] = []
+            conn.execute(dsr_requests.insert(), row)
+            received = {"request_id": request_id, "from_status": None, "to_status": "received", "at": now,
+                        "actor": SUBJECT_ACTOR, "reason": jur, "event_id": new_event_id()}
+            conn.execute(dsr_transitions.insert(), received)
+            events.append(self._event({**received, "kind": "consent", "jurisdiction": jur}))  # type: ignore[attr-defined]
+            self._transition(conn, row, "verified", events=events, actor=SUBJECT_ACTOR,  # type: ignore[attr-defined]
+                             reason="subject-session", now=now)
+            return events
+
+        self._writer.run(write)  # type: ignore[attr-defined]
+        self._try_advance(request_id)  # type: ignore[attr-defined]
+        return request_id
+
     def record_gpc(self, customer_ref: str) -> None:
-        """``Sec-GPC: 1``: an opt-out of sale and sharing in every store."""
-        for _store, consent in self._consents():
-            consent.record_gpc(customer_ref)
-
-    def consent_state(self, customer_ref: str) -> list[tuple[str, list[tuple[str, bool]]]]:
-        """Per store, whether the subject consents now to each consent-based purpose and to sale/sharing.
-
-        One query for the subject's events in every store (a handful of rows), evaluated with
-        the registry's rules by the gate's in-memory source, instead of one registry query per
-        store and purpose: this is the API's hottest read.
-        """
-        from siloguard.policies.consent import SALE_AND_SHARING
-        from siloguard.policies.gate import InMemoryConsentSource
-        from siloguard.storage.orm import consent_events
-
-        now = self.clock()
-        purposes = (*consent_purposes(), *SALE_AND_SHARING)
-        refs = {store: self._subject_ref(store, consent, customer_ref) for store, consent in self._consents()}
-        t = consent_events
+        """``Sec-GPC: 1`` from a verified subject: an opt-out of sale and sharing in every store
+        (filed once: a signal already on its way or applied is not filed again)."""
+        digest = self.digest(customer_ref)  # type: ignore[attr-defined]
         with self.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(t.c.subject, t.c.purpose, t.c.kind, t.c.at).where(t.c.subject.in_(list(refs.values())), t.c.at <= now)
-            ).all()
-        events = InMemoryConsentSource()
-        for subject, purpose, kind, at in rows:
-            (events.grant if kind == "grant" else events.withdraw)(subject, purpose, aware(at))
-        return [
-            (store, [(p, bool(events.subjects_with_basis(p, [ref], now))) for p in purposes])
-            for store, ref in refs.items()
-        ]
+            filed = conn.execute(
+                sa.select(dsr_requests.c.id).where(
+                    dsr_requests.c.subject_digest == digest, dsr_requests.c.gpc.is_(True),
+                    dsr_requests.c.status.in_(["verified", "in_progress", "extended", "completed"]),
+                ).limit(1)
+            ).first()
+        if filed is None:
+            self._file_verified(customer_ref, [], gpc=True)
 
-    def change_consent(self, customer_ref: str, purpose: str, action: str) -> None:
-        """Grant or withdraw consent for ``purpose`` in every store, and audit it."""
+    def change_consent(self, customer_ref: str, purpose: str, action: str) -> str:
+        """Grant or withdraw consent for ``purpose`` in every store (a task each); audited. Returns the request id."""
         from siloguard.policies.taxonomy import load_taxonomy
 
         if action not in CONSENT_KINDS:
             raise DsrInvalid(f"consent action must be one of {', '.join(CONSENT_KINDS)}")
         if not load_taxonomy().is_use(purpose):
             raise DsrInvalid("unknown purpose: use a fideslang data use (policies/taxonomy.yaml)")
-        stores = self._consents()
-        for _store, consent in stores:
-            consent.record([customer_ref], purpose, action, source="api")
-        self.audit.append([
+        request_id = self._file_verified(customer_ref, [{"purpose": purpose, "action": action}], gpc=False)
+        self.audit.append([  # type: ignore[attr-defined]
             AuditEvent(actor=SUBJECT_ACTOR, action=CONSENT_CHANGED, resource="consent", purpose=purpose,
-                       decision="info", reason=action, counts={"stores": len(stores)})
+                       decision="info", reason=action, counts={"stores": len(self._stores())},  # type: ignore[attr-defined]
+                       request=request_id)
         ])
+        return request_id
 
-    def build_access(self, customer_ref: str | None) -> dict[str, Any]:
-        if customer_ref is None:
-            raise DsrConflict("this subject's reference was erased; nothing is held")
-        if self._access_report is not None:
-            return self._access_report(customer_ref, self._stores())
-        from siloguard.dsr.access import access_report
+    def consent_state(self, customer_ref: str) -> list[tuple[str, list[tuple[str, bool | None, bool]]]]:
+        """Per store and purpose: what the subject last asked through this service, and whether the store did it.
 
-        return access_report(self.settings, customer_ref, self._stores())
+        ``(purpose, consented, applied)``: ``consented`` True (granted), False (withdrawn or
+        opted out) or None (never asked here: the store's own records decide, e.g. consent
+        given at the till); ``applied`` whether that store has recorded it yet (its task is
+        done). The service keeps no consent registry: the stores do.
+        """
+        from siloguard.policies.consent import SALE_AND_SHARING
 
+        purposes = (*consent_purposes(), *SALE_AND_SHARING)
+        digest = self.digest(customer_ref)  # type: ignore[attr-defined]
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(dsr_requests.c.id, dsr_requests.c.kind, dsr_requests.c.jurisdiction, dsr_requests.c.payload,
+                          dsr_requests.c.gpc, dsr_requests.c.received_at, dsr_tasks.c.store, dsr_tasks.c.status)
+                .join(dsr_tasks, dsr_tasks.c.request_id == dsr_requests.c.id)
+                .where(dsr_requests.c.subject_digest == digest, dsr_tasks.c.kind.in_(["effects", "access"]),
+                       dsr_tasks.c.status.in_(["pending", "claimed", "done"]))
+                .order_by(dsr_requests.c.received_at, dsr_requests.c.id)
+            ).mappings().all()
+        state: dict[str, dict[str, tuple[bool, bool]]] = {}
+        for row in rows:
+            asked = self._effect_events(dict(row))
+            if row["gpc"]:
+                asked += [{"purpose": p, "event": "opt_out"} for p in SALE_AND_SHARING]
+            for event in asked:
+                state.setdefault(row["store"], {})[event["purpose"]] = (event["event"] == "grant", row["status"] == "done")
+        stores = sorted(set(self._stores()) | set(state))  # type: ignore[attr-defined]
+        out = []
+        for store in stores:
+            mine = state.get(store, {})
+            out.append((store, [(p, mine[p][0], mine[p][1]) if p in mine else (p, None, True) for p in purposes]))
+        return out
+
+    # ---- the access answer ----------------------------------------------------------------------
     def answer_read(self, request_id: str, *, actor: str) -> None:
         """Audit a read of an access answer by staff (the DPO): the subject's data was seen."""
         from siloguard.audit.vocabulary import DSR_ANSWER_READ
+        from siloguard.dsr.common import PURPOSE
 
-        self.audit.append([AuditEvent(actor=actor, action=DSR_ANSWER_READ, resource="dsr:access", purpose=PURPOSE,
+        self.audit.append([AuditEvent(actor=actor, action=DSR_ANSWER_READ, resource="dsr:access", purpose=PURPOSE,  # type: ignore[attr-defined]
                                       decision="info", reason="answer-read", request=request_id)])
 
     def take_answer(self, request_id: str) -> dict[str, Any] | None:
@@ -173,7 +317,7 @@ class StoreEffects:
 
     def purge_answers(self) -> int:
         """Delete access answers older than ``api.answer_ttl_days``; returns how many."""
-        cutoff = self.clock() - timedelta(days=self.settings.api.answer_ttl_days)
+        cutoff = self.clock() - timedelta(days=self.settings.api.answer_ttl_days)  # type: ignore[attr-defined]
         with exclusive(self.engine, LOCK) as conn:
             return int(conn.execute(
                 dsr_requests.update()

@@ -47,14 +47,12 @@ class ErasureTasks:
 
     engine: Engine
     _work_lock: Any
-    _ref_cache: dict[tuple[str, str], str]
 
     def _start_erasure(self, request: dict[str, Any]) -> bool:
-        """Exclude the subject everywhere (consent withdrawn), then one task per store."""
+        """One erasure task per store (each store forgets the subject's consent as it erases)."""
         stores = self._stores()
         if not stores:
             return self._move(request["id"], "failed", reason="no-stores", result={"error": "no stores are enrolled"})
-        self._apply_effects(request)
         now = self.clock()
         try:
             events: list[AuditEvent] = []
@@ -65,7 +63,7 @@ class ErasureTasks:
                 held = set(conn.execute(sa.select(dsr_tasks.c.store).where(dsr_tasks.c.request_id == request["id"])).scalars())
                 rows = [
                     {"id": f"task-{uuid.uuid4()}", "request_id": request["id"], "store": store, "status": "pending",
-                     "customer_ref": current["customer_ref"], "created_at": now}
+                     "customer_ref": current["customer_ref"], "created_at": now, "kind": "erasure"}
                     for store in stores if store not in held
                 ]
                 if rows:
@@ -77,15 +75,16 @@ class ErasureTasks:
         return True
 
     def pending_tasks(self, store: str) -> list[dict[str, Any]]:
-        """A store's erasure tasks still waiting for a receipt (claimed ones too: the store's own)."""
+        """A store's tasks still to do (erasure, effects, access; claimed ones too: the store's own)."""
         with self.engine.connect() as conn:
             rows = conn.execute(
-                sa.select(dsr_tasks.c.id, dsr_tasks.c.request_id, dsr_tasks.c.store, dsr_tasks.c.customer_ref, dsr_tasks.c.created_at)
+                sa.select(dsr_tasks.c.id, dsr_tasks.c.request_id, dsr_tasks.c.store, dsr_tasks.c.customer_ref,
+                          dsr_tasks.c.created_at, dsr_tasks.c.kind, dsr_tasks.c.payload)
                 .where(dsr_tasks.c.store == store, dsr_tasks.c.status.in_(["pending", "claimed"]),
                        dsr_tasks.c.customer_ref.is_not(None))
                 .order_by(dsr_tasks.c.created_at, dsr_tasks.c.id)
             ).mappings()
-            return [dict(r) for r in rows]
+            return [dict(r) | {"payload": json.loads(r["payload"]) if r["payload"] else {}} for r in rows]
 
     def tasks(self, request_id: str) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
@@ -159,6 +158,8 @@ class ErasureTasks:
                 if task is None:
                     raise _Refusal("unknown-task", DsrNotFound("no such task for this store; pull the store's tasks again"))
                 request_id = task["request_id"]
+                if task["kind"] != "erasure":
+                    raise _Refusal("not-an-erasure", DsrConflict("only an erasure task takes a receipt; this one is finished with POST .../done"))
                 if task["status"] == "done":
                     raise _Refusal("duplicate-receipt", DsrConflict("this task has a receipt already"))
                 status = conn.execute(sa.select(dsr_requests.c.status).where(dsr_requests.c.id == request_id)).scalar()
@@ -246,7 +247,6 @@ class ErasureTasks:
         except DsrConflict:
             return False
         self._append(events)
-        self._ref_cache.clear()  # it may hold the subject's store references
         checkpoint(self.engine)
         return True
 
@@ -281,7 +281,7 @@ class ErasureTasks:
         if request_ids:
             conn.execute(dsr_verifications.delete().where(dsr_verifications.c.request_id.in_(request_ids)))
             conn.execute(dsr_outbox.delete().where(dsr_outbox.c.request_id.in_(request_ids)))
-            conn.execute(dsr_tasks.update().where(dsr_tasks.c.request_id.in_(request_ids)).values(customer_ref=None))
+            conn.execute(dsr_tasks.update().where(dsr_tasks.c.request_id.in_(request_ids)).values(customer_ref=None, answer=None))
             others = [i for i, kind in ids if kind != "erasure"]
             if others:
                 conn.execute(

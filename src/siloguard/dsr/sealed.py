@@ -87,6 +87,30 @@ def open_answer(private_key: ec.EllipticCurvePrivateKey, sealed: dict[str, str],
         raise DsrInvalid("the sealed answer does not open with this key (another key, another request, or altered)") from None
 
 
+def part_id(request_id: str, store: str) -> str:
+    """What a store's sealed part of an answer is bound to (the associated data): its request and
+    its store, so no part can be passed off as another store's or another request's."""
+    return f"{request_id}/{store}"
+
+
+def open_parts(private_key: ec.EllipticCurvePrivateKey, sealed: object, request_id: str) -> dict[str, Any]:
+    """Open an access answer sealed store by store (``[{"store", "sealed"}, ...]``) into one answer."""
+    if isinstance(sealed, dict):  # one sealed answer for the whole request (older service)
+        return open_answer(private_key, sealed, request_id)
+    if not isinstance(sealed, list) or not all(isinstance(p, dict) and {"store", "sealed"} <= set(p) for p in sealed):
+        raise ValueError("not a sealed answer")
+    parts = [open_answer(private_key, p["sealed"], part_id(request_id, str(p["store"]))) for p in sealed]
+    if not parts:
+        return {"stores": [], "records": 0}
+    first = parts[0]
+    return {
+        "stores": [s for part in parts for s in part.get("stores", [])],
+        "purposes": first.get("purposes", []), "retention": first.get("retention"),
+        "recipients": first.get("recipients", []), "source": first.get("source"),
+        "records": sum(int(part.get("records", 0)) for part in parts),
+    }
+
+
 def fingerprint(public: ec.EllipticCurvePublicKey) -> str:
     """A short fingerprint of a subject key (SHA-256 of the raw point, 16 hex), shown in the code's message."""
     import hashlib

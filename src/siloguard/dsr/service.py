@@ -139,9 +139,9 @@ class DsrService(ErasureTasks, StoreEffects):
     """Data-subject requests in one database. Thread-safe; one per process.
 
     The request lifecycle lives here (intake, verification, decisions, the sweep); the
-    erasure task queue and receipts in :class:`~siloguard.dsr.erasure.ErasureTasks`; what a
-    request changes in the stores today (consent, GPC, access answers) in
-    :class:`~siloguard.dsr.effects.StoreEffects`.
+    erasure task queue and receipts in :class:`~siloguard.dsr.erasure.ErasureTasks`; consent,
+    GPC and access as tasks the stores do on their sites in
+    :class:`~siloguard.dsr.effects.StoreEffects`. The service holds no store key.
     """
 
     def __init__(
@@ -153,12 +153,8 @@ class DsrService(ErasureTasks, StoreEffects):
         notifier: Notifier | None = None,
         clock: Callable[[], datetime] = _now,
         stores: Callable[[], list[str]] | None = None,
-        store_consent: Callable[[str], Any] | None = None,
-        access_report: Callable[[str, list[str]], dict[str, Any]] | None = None,
         jurisdictions: Callable[[], dict[str, str]] | None = None,
     ) -> None:
-        from siloguard.clients import gating
-
         self.settings = settings
         self.engine = engine
         self.audit = audit
@@ -167,11 +163,7 @@ class DsrService(ErasureTasks, StoreEffects):
         run_stores = _RunStores(settings)
         self._stores = stores or run_stores
         self._jurisdictions = jurisdictions or run_stores.jurisdictions
-        self._consent_cache: dict[str, Any] = {}
         self._writer = _GroupWriter(self)
-        self._ref_cache: dict[tuple[str, str], str] = {}
-        self._store_consent = store_consent or (lambda store: gating.store_consent(settings, store))
-        self._access_report = access_report
         self._digest_key = _service_secret(settings)
         self._audit_lock = threading.Lock()
         # One request moves forward at a time in this process: the sweep thread and a
@@ -265,7 +257,7 @@ class DsrService(ErasureTasks, StoreEffects):
         conn.execute(
             dsr_tasks.update()
             .where(dsr_tasks.c.request_id == request_id, dsr_tasks.c.status.in_(["pending", "claimed"]))
-            .values(status="cancelled", customer_ref=None)
+            .values(status="cancelled", customer_ref=None, answer=None)
         )
         cleared = {"customer_ref": None, "contact": None}
         conn.execute(dsr_requests.update().where(dsr_requests.c.id == request_id).values(**cleared))
@@ -731,31 +723,13 @@ class DsrService(ErasureTasks, StoreEffects):
         kind, status = request["kind"], request["status"]
         if status in TERMINAL or status in ("received", "verifying"):
             return False
-        ref = request["customer_ref"]
         if status == "verified":
             if kind == "erasure":
                 return self._start_erasure(request)
-            self._apply_effects(request)
-            self._move(request_id, "in_progress", reason="processing")
+            return self._start_store_work(request)
         if kind == "erasure":
             return self._maybe_complete_erasure(request_id)
-        result: dict[str, Any]
-        if kind == "access":
-            try:
-                result = self.build_access(ref)
-                key = json.loads(request["payload"]).get("answer_key")
-                if key is not None:  # sealed at once: the plaintext is never stored
-                    from siloguard.dsr.sealed import public_key_from_text, seal_answer
-
-                    result = {"sealed": seal_answer(public_key_from_text(key), result, request_id)}
-            except SiloguardError as exc:
-                log.warning("access request %s failed: %s", request_id, type(exc).__name__)
-                self._move(request_id, "failed", reason="access-report-failed", result={"error": str(exc)})
-                return True
-        else:
-            result = {"applied": self._effects_summary(request)}
-        self._move(request_id, "completed", reason="done", result=result)
-        return True
+        return self._maybe_complete(request_id)
 
     def _move(self, request_id: str, to: str, *, reason: str, result: dict[str, Any] | None = None, actor: str = SYSTEM, **values: Any) -> bool:
         now = self.clock()

@@ -1,4 +1,7 @@
-"""A store's side of erasure: pull its tasks, erase, confirm, post a signed receipt.
+"""A store's side of data-subject requests: pull its tasks and do them on its own site.
+
+Consent effects and access tasks are done with the store's own keys and posted as ``done``
+(:func:`_do_task`); erasure is described here in full:
 
 Before it touches any data, :func:`sync_store` checks that the receipt key the API holds for
 the store is the one this store signs with (its keys under ``settings.keys.root``, never
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -165,6 +169,12 @@ def sync_store(client: httpx.Client, settings: Settings, store: str) -> list[dic
     for task in response.json()["tasks"]:
         if not task.get("customer_ref"):
             continue  # nothing names a subject (the service closed it meanwhile)
+        if task.get("kind", "erasure") != "erasure":
+            try:
+                done.append(_do_task(client, settings, store, task))
+            except (SiloguardError, DsrError) as exc:  # the next sync does it again
+                refused.append(f"{task['id']}: {task.get('kind')} not done: {exc}")
+            continue
         claim = client.post(f"/v1/stores/{store}/tasks/{task['id']}/claim")
         try:
             _raise_for(claim)
@@ -203,6 +213,50 @@ def sync_store(client: httpx.Client, settings: Settings, store: str) -> list[dic
         error.done = done  # type: ignore[attr-defined]
         raise error
     return done
+
+
+def _do_task(client: httpx.Client, settings: Settings, store: str, task: dict[str, Any]) -> dict[str, Any]:
+    """An ``effects`` or ``access`` task, done on the store's own site with its own keys.
+
+    effects: the consent events are recorded in the store's registry (an erased customer's are
+    not: its suppression list); access: the store's part of the answer is built through its
+    gate and, when the subject gave a key, sealed to it here, before it leaves the store.
+    """
+    ref = normalise_ref(task["customer_ref"])
+    payload = task.get("payload") or {}
+    answer = None
+    if task["kind"] == "effects":
+        from siloguard.clients.gating import store_consent
+
+        consent = store_consent(settings, store)
+        for event in payload.get("events", []):
+            consent.record([ref], event["purpose"], event["event"], source=event.get("source", "api"))
+        if payload.get("gpc"):
+            consent.record_gpc(ref)
+        item: dict[str, Any] = {"task": task["id"], "request": task["request_id"], "kind": "effects",
+                                "events": len(payload.get("events", [])) + int(bool(payload.get("gpc")))}
+    elif task["kind"] == "access":
+        from siloguard.clients.access import access_report
+
+        if payload.get("gpc"):  # Sec-GPC sent with the request: an opt-out of sale and sharing
+            from siloguard.clients.gating import store_consent
+
+            store_consent(settings, store).record_gpc(ref)
+        part = access_report(settings, ref, [store])
+        key = payload.get("answer_key")
+        if key:
+            from siloguard.dsr.sealed import part_id, public_key_from_text, seal_answer
+
+            answer = json.dumps({"sealed": seal_answer(public_key_from_text(key), part, part_id(task["request_id"], store))})
+        else:
+            answer = json.dumps({"part": part}, default=str)
+        item = {"task": task["id"], "request": task["request_id"], "kind": "access", "records": part["records"],
+                "sealed": bool(key)}
+    else:
+        raise DsrError(f"a task of an unknown kind {task['kind']!r}: update siloguard on this store")
+    reply = client.post(f"/v1/stores/{store}/tasks/{task['id']}/done", json={"answer": answer})
+    _raise_for(reply)
+    return item
 
 
 def _raise_for(response: httpx.Response) -> None:

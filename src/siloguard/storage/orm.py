@@ -273,6 +273,10 @@ dsr_tasks = Table(
     Column("signature", LargeBinary(64), nullable=True),
     Column("receipt_event_id", String(36), nullable=True),  # its dsr.receipt event in audit_events
     Column("claimed_until", DateTime(timezone=True), nullable=True),  # a store is erasing (0006_erasure)
+    # 0007_store_tasks: erasure | effects (consent events to record) | access (the store's answer)
+    Column("kind", String(16), nullable=False, server_default="erasure"),
+    Column("payload", Text, nullable=True),  # what the store is to do (JSON)
+    Column("answer", Text, nullable=True),  # an access task's answer (ciphertext when sealed)
     UniqueConstraint("request_id", "store"),
     Index("ix_dsr_tasks_store_status", "store", "status"),
 )

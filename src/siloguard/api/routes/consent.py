@@ -1,4 +1,5 @@
-"""A verified subject's consent per purpose in every store."""
+"""A verified subject's consent per purpose in every store: what they asked here, and whether each
+store has recorded it (stores keep the registry; the service files tasks)."""
 
 from __future__ import annotations
 
@@ -16,13 +17,13 @@ def get_consent(service: ServiceDep, authz: AuthzDep, who: CallerDep, sec_gpc: G
     ref = subject_of(service, authz, who, "consent_read")
     gpc(service, sec_gpc, ref)
     return ConsentState(stores=[
-        StoreConsentState(store=store, purposes=[PurposeState(purpose=p, consented=ok) for p, ok in states])
+        StoreConsentState(store=store, purposes=[PurposeState(purpose=p, consented=ok, applied=done) for p, ok, done in states])
         for store, states in service.consent_state(ref)
     ])
 
 @router.put("/v1/consent/{purpose}", response_model=ConsentState, tags=["consent"])
 def change_consent(service: ServiceDep, authz: AuthzDep, purpose: PurposeId, body: ConsentChange, who: CallerDep, sec_gpc: GpcHeader = None) -> ConsentState:
-    """Grant or withdraw consent for a purpose, in every store."""
+    """Grant or withdraw consent for a purpose, in every store (each records it at its next sync)."""
     ref = subject_of(service, authz, who, "consent_write")
     service.change_consent(ref, purpose.value, body.action)
     gpc(service, sec_gpc, ref)

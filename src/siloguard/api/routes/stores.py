@@ -1,4 +1,5 @@
-"""A store's side of the queue: its erasure tasks, claims, receipt key and signed receipts."""
+"""A store's side of the queue: its tasks (erasure, consent effects, access), claims, receipt key,
+signed erasure receipts and the answers of its other tasks."""
 
 from __future__ import annotations
 
@@ -9,14 +10,14 @@ from fastapi import APIRouter
 
 from siloguard.api.deps import AuthzDep, CallerDep, ServiceDep, StoreId, TaskId, view
 from siloguard.api.errors import ApiError
-from siloguard.api.schemas import ReceiptBody, ReceiptKey, RequestView, TaskList, TaskStatus, TaskView
+from siloguard.api.schemas import ReceiptBody, ReceiptKey, RequestView, TaskDone, TaskList, TaskStatus, TaskView
 
 router = APIRouter()
 
 
 @router.get("/v1/stores/{store}/tasks", response_model=TaskList, tags=["stores"])
 def store_tasks(service: ServiceDep, authz: AuthzDep, store: StoreId, who: CallerDep) -> TaskList:
-    """The store's pending erasure tasks (its store key only)."""
+    """The store's pending tasks: erasures, consent effects and access answers (its store key only)."""
     authz.authorize(who, "fulfil", store=store)
     return TaskList(tasks=[TaskView(**t) for t in service.pending_tasks(store)])
 
@@ -51,4 +52,12 @@ def post_receipt(service: ServiceDep, authz: AuthzDep, store: StoreId, task_id: 
         service.refuse_receipt(store, task_id, "malformed", actor=who.actor)
         raise ApiError(422, "invalid", "signature must be base64") from None
     row = service.post_receipt(store, task_id, body.receipt, signature, actor=who.actor)
+    return view(row, service.clock())
+
+@router.post("/v1/stores/{store}/tasks/{task_id}/done", response_model=RequestView, tags=["stores"])
+def task_done(service: ServiceDep, authz: AuthzDep, store: StoreId, task_id: TaskId, body: TaskDone, who: CallerDep) -> RequestView:
+    """The store did its consent-effects or access task (an access task carries the store's answer,
+    sealed to the subject's key when they gave one); the request completes with the last store's."""
+    authz.authorize(who, "fulfil", store=store)
+    row = service.task_done(store, task_id, body.answer, actor=who.actor)
     return view(row, service.clock())

@@ -120,13 +120,14 @@ class _Collector:
         self.spend: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
         self.dsr: dict[str, dict[str, Any]] = {}
         self.checks: dict[str, dict[str, Any]] = {}
+        self.heads: dict[str, dict[str, Any]] = {}  # store -> its latest witnessed head, and counts
 
     def add(self, e: dict[str, Any]) -> None:
         self.total += 1
         action, related, counts = e["action"], e["related"], e["counts"]
         self.by_day_action[(_day(e), action)] += 1
         actor = self.subjects.actor(e)
-        if e["decision"] in ("allow", "deny") and action != v.CHECK_RESULT:
+        if e["decision"] in ("allow", "deny") and action not in (v.CHECK_RESULT, v.HEAD_REFUSED):
             self.decisions[(actor, e["purpose"])][e["decision"]] += 1
             if e["decision"] == "deny":
                 self.denials[(e["reason"] or "unspecified", e["purpose"])] += 1
@@ -141,6 +142,19 @@ class _Collector:
             )
         elif action == v.DSR_COMPLETED and related["request"]:
             self.dsr.setdefault(related["request"], {})["completed"] = _parse_time(e["time"])
+        elif action in (v.HEAD_WITNESSED, v.HEAD_REFUSED) and related["store"]:
+            seen = self.heads.setdefault(related["store"], {
+                "store": related["store"], "seq": None, "tree_size": None, "round": None, "signed": None, "recorded": None,
+                "witnessed": 0, "refused": 0, "last_refusal": None,
+            })
+            if action == v.HEAD_WITNESSED and "tree_size" in counts:
+                seen["witnessed"] += 1
+                seen.update({"seq": counts["seq"], "tree_size": counts["tree_size"], "round": related["round"],
+                             "signed": _iso(datetime.fromtimestamp(counts["timestamp_ms"] / 1000, timezone.utc)),
+                             "recorded": e["time"]})
+            else:
+                seen["refused"] += 1
+                seen["last_refusal"] = e["reason"]
         elif action == v.CHECK_RESULT:
             rule = e["resource"].split(":", 1)[1] if e["resource"].startswith("check:") else e["resource"]
             self.checks[rule] = {
@@ -216,6 +230,11 @@ class _Collector:
             })
         return {"status": OK if rows else NO_DATA, "as_of": _iso(self.as_of), "rows": rows}
 
+    def witnessed_heads(self) -> dict[str, Any]:
+        """Each store's latest signed head of its own log, as the coordinator witnessed it."""
+        rows = [self.heads[k] for k in sorted(self.heads)]
+        return {"status": OK if rows else NO_DATA, "rows": rows}
+
     def check_results(self) -> dict[str, Any]:
         rows = [self.checks[k] for k in sorted(self.checks)]
         return {"status": OK if rows else NO_DATA, "rows": rows}
@@ -251,5 +270,6 @@ def collect(
         "privacy_budget": c.privacy_budget(),
         "data_subject_requests": c.data_subject_requests(),
         "checks": c.check_results(),
+        "witnessed_heads": c.witnessed_heads(),
     }
 

@@ -1,6 +1,7 @@
-"""The answer to an access request (GDPR Art. 15(1), CCPA right to know), store by store.
+"""A store's part of the answer to an access request (GDPR Art. 15(1), CCPA right to know).
 
-Each store's rows about the subject pass that store's gate as the subject themself
+Built on the store's own site when it does an access task (``siloguard store sync``): the
+store's rows about the subject pass its gate as the subject themself
 (role ``data_subject``, purpose ``essential.legal_obligation``, action ``export``): the gate
 checks every row is theirs, applies the data map's treatment (the customer id is shown as
 the store's pseudonym, free text is scanned) and records the flow in the audit log. The
