@@ -167,6 +167,9 @@ def _run(out: Path, settings: Settings, *, verbose: bool) -> None:
     report = last.get("report") or outcome.reports[max(outcome.reports)]
     console.print(_results_table("Final model, full ranking on the test period", report.evaluate, report.overall))
     _print_privacy(coordinator, outcome.model_dir)
+    from siloguard.sites import distribute_model
+
+    distribute_model(out, Path(outcome.model_dir))  # what the coordinator sends its stores
     console.print(
         f"Model (shared parameters only) and manifest: {outcome.model_dir}  "
         f"[dim]({time.perf_counter() - started:.0f} s)[/]"

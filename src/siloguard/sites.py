@@ -23,7 +23,7 @@ from pathlib import Path
 
 from siloguard.config import Settings
 
-__all__ = ["Layout", "LaidOut", "lay_out", "layout"]
+__all__ = ["Layout", "LaidOut", "distribute_model", "lay_out", "layout"]
 
 log = logging.getLogger(__name__)
 
@@ -124,3 +124,23 @@ def lay_out(root: Path, settings: Settings, coordinator: Settings) -> LaidOut:
         consented={p.store: p.counts.get("consented", 0) for p in publications},
     )
 
+
+
+def distribute_model(root: Path, version_dir: Path) -> list[Path]:
+    """Give every store site the new global model (``model.pt``, its manifest and catalogue).
+
+    What a real coordinator sends its stores after a run; a store then scores its own customers
+    with it (``siloguard store campaign --item``) from its site alone. Returns the copies.
+    """
+    from siloguard._files import write_atomic
+
+    out = []
+    for site in layout(root).stores().values():
+        target = site / "model"
+        target.mkdir(mode=0o700, exist_ok=True)
+        for entry in ("model.pt", "manifest.json", "catalogue.json"):
+            source = Path(version_dir) / entry
+            if source.is_file():
+                write_atomic(target / entry, source.read_bytes(), mode=0o600 if entry == "model.pt" else 0o644)
+                out.append(target / entry)
+    return out

@@ -155,6 +155,18 @@ def test_a_federation_of_sites_trains_the_partner_and_the_coordinator_holds_noth
         ])
         assert result.exit_code == 0, result.output
         assert "consistent with all 2 head(s)" in result.output
+    # The model the coordinator sends back carries its catalogue: a store ranks its own
+    # customers for a product from its site alone (it has no run.json of the coordinator's).
+    from siloguard.clients.campaign import campaign_list
+    from siloguard.clients.gating import store_consent
+
+    partner = sites[PARTNER]
+    customers_of_partner = [str(c) for c in partner.transactions()["customer_id"].unique()]
+    store_consent(partner.settings, PARTNER).record(customers_of_partner, "marketing.advertising.first_party.targeted",
+                                                    "grant", source="store")
+    item = str(partner.transactions()["stock_code"].value_counts().index[0])
+    ranked = campaign_list(partner.settings, PARTNER, item=item, top=5, model_file=coordinator_dir / "model" / "model.pt")
+    assert len(ranked.frame) == 5
     # No store key, silo row or customer id in the coordinator's directory.
     files = [p for p in coordinator_dir.rglob("*") if p.is_file()]
     assert not any("keys" in p.parts for p in files)

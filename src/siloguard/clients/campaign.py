@@ -72,16 +72,20 @@ def _by_item(settings: Settings, store: str, gated: pd.DataFrame, item: str, mod
     from siloguard.recommender.model import SharedModel, score_users
     from siloguard.runs import load_catalogue, run_manifest
 
-    run = run_manifest(settings.work_dir)
-    catalogue = load_catalogue(run.require_catalogue())
+    if not model_file.is_file():
+        raise ConfigError(f"no model at {model_file}: pass --model (a model.pt the coordinator gave you, with its catalogue.json)")
+    # The catalogue that came with the model (a store's site has no run of the coordinator's);
+    # a run prepared in one directory also has it in its run.json.
+    catalogue_path = model_file.parent / "catalogue.json"
+    if not catalogue_path.is_file():
+        catalogue_path = run_manifest(settings.work_dir).require_catalogue()
+    catalogue = load_catalogue(catalogue_path)
     index = catalogue.index()
     if item not in index:
-        raise ConfigError(f"product {item!r} is not in the run's catalogue ({catalogue.size} products); check the stock code")
-    if not model_file.is_file():
-        raise ConfigError(f"no model at {model_file}: train one first (siloguard train / demo) or pass --model")
+        raise ConfigError(f"product {item!r} is not in the model's catalogue ({catalogue.size} products); check the stock code")
     # Score as of now: every purchase so far is history (no test period).
     end = (gated["invoice_date"].max() + pd.Timedelta(days=1)).normalize()
-    data = build_store(store, gated, run.require_catalogue(), str(end.date()), str((end + pd.Timedelta(days=1)).date()))
+    data = build_store(store, gated, catalogue, str(end.date()), str((end + pd.Timedelta(days=1)).date()))
     state = torch.load(model_file, weights_only=True)
     dim = state["items.weight"].shape[1]
     hidden = state["repeat.0.weight"].shape[0] if "repeat.0.weight" in state else settings.model.hidden

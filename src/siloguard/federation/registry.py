@@ -38,6 +38,7 @@ from siloguard._files import write_atomic
 from siloguard.config import Settings
 from siloguard.errors import ConfigError, DataError
 from siloguard.recommender.model import SharedModel
+from siloguard.runs import run_manifest
 
 if TYPE_CHECKING:
     from siloguard.federation.strategy import RoundReport
@@ -56,6 +57,7 @@ __all__ = [
 ]
 
 MODEL_FILE = "model.pt"
+CATALOGUE_FILE = "catalogue.json"
 MANIFEST_FILE = "manifest.json"
 _VERSION = re.compile(r"v([1-9][0-9]{0,8})")
 
@@ -230,6 +232,11 @@ def save_model(model: SharedModel, settings: Settings, reports: dict[int, RoundR
         buffer = io.BytesIO()
         torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, buffer)
         write_atomic(staging / MODEL_FILE, buffer.getvalue(), mode=0o600)
+        # The public catalogue goes with the model: a store that receives the version scores
+        # items by it without any file of the coordinator's.
+        catalogue = run_manifest(work).catalogue if (work / "run.json").is_file() else None
+        if catalogue is not None and catalogue.is_file():
+            shutil.copyfile(catalogue, staging / CATALOGUE_FILE)
         privacy = privacy_summary(settings, reports)
         manifest: dict[str, Any] = {
             "format": "siloguard.model/2",
