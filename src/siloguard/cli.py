@@ -274,7 +274,7 @@ def _settings(
 
 @app.command()
 def demo(
-    out: Annotated[Path, typer.Option("--out", help="Run directory: stores/<store>/ sites, coordinator/ (catalogue, model), privacy/.")] = Path("runs/demo"),
+    out: Annotated[Path, typer.Option("--out", help="Run directory: stores/<store>/ sites, coordinator/ (catalogue, model); privacy/ once `serve --run` uses it.")] = Path("runs/demo"),
     rounds: RoundsOpt = None,
     dp: DpOpt = None,
     verbose: VerboseOpt = False,
@@ -304,7 +304,7 @@ def train(
     dp: DpOpt = None,
     epsilon_cap: CapOpt = None,
     noise_multiplier: NoiseOpt = None,
-    out: Annotated[Path, typer.Option("--out", help="Run directory: stores/<store>/ sites, coordinator/ (catalogue, model + manifest), privacy/.")] = Path("runs/train"),
+    out: Annotated[Path, typer.Option("--out", help="Run directory: stores/<store>/ sites, coordinator/ (catalogue, model + manifest); privacy/ once `serve --run` uses it.")] = Path("runs/train"),
     verbose: VerboseOpt = False,
 ) -> None:
     """Federated training on your own Online Retail file; saves the global model with a manifest."""

@@ -37,6 +37,7 @@ __all__ = [
     "Publication",
     "RunManifest",
     "load_catalogue",
+    "privacy_settings",
     "run_manifest",
     "run_settings",
     "save_catalogue",
@@ -74,6 +75,32 @@ def run_settings(out: Path, base: Settings | None = None) -> Settings:
 
 
 _JURISDICTIONS = ("gdpr", "ccpa")
+
+
+def privacy_settings(run: Path, base: Settings | None = None) -> Settings:
+    """The privacy service's settings for a run laid out on one machine (``siloguard.sites``).
+
+    Its own database and keys in ``RUN/privacy/`` (unless the environment names them); the
+    stores and their declared laws from the coordinator's ``RUN/coordinator/run.json`` (public:
+    store names and laws). ``run`` may also be the coordinator's directory itself.
+    """
+    run = Path(run)
+    coordinator = run / "coordinator" if (run / "coordinator" / RunManifest.FILE).is_file() else run
+    if not (coordinator / RunManifest.FILE).is_file():
+        raise ConfigError(f"--run {run}: no run there (no run.json); pass the run siloguard demo/train made, e.g. runs/demo")
+    own = (run / "privacy") if coordinator != run else (run.parent / "privacy")
+    own.mkdir(mode=0o700, parents=True, exist_ok=True)
+    settings = (base or Settings.build()).with_overrides(work_dir=coordinator.resolve())  # type: ignore[arg-type]
+    if "SILOGUARD_DATABASE__URL" not in os.environ:
+        settings = settings.with_overrides(database={"url": f"sqlite:///{(own / 'siloguard.db').resolve()}"})
+    if "SILOGUARD_KEYS__ROOT" not in os.environ:
+        settings = settings.with_overrides(keys={"root": (own / "keys").resolve()})
+    audit = {}
+    if "SILOGUARD_AUDIT__SIGNING_KEY" not in os.environ:
+        audit["signing_key"] = (own / "keys" / "audit-signing.key").resolve()
+    if "SILOGUARD_AUDIT__PUBLIC_KEY" not in os.environ:
+        audit["public_key"] = (own / "keys" / "audit-signing.pub").resolve()
+    return settings.with_overrides(audit=audit) if audit else settings
 
 #: A store site's description (:mod:`siloguard.clients.site`).
 SITE_FILE = "site.json"

@@ -100,6 +100,12 @@ def test_a_store_gives_its_receipt_key_and_the_service_registers_it_without_the_
         assert printed.exit_code == 0, printed.output
         key = printed.stdout.strip()
         assert base64.b64decode(key) == public_key_bytes(site.keys())
+    # A store the run does not know, or a name no store can have, is refused.
+    for wrong in ("store-99999", "fr_ance"):
+        refused = runner.invoke(app, ["keys", "create", "--role", "store_operator", "--store", wrong, "--receipt-key", key])
+        assert refused.exit_code == 2 and "--store" in refused.output
+    run = env.settings.work_dir / "run.json"
+    run.write_text(run.read_text().replace('"gamma"', '"gamma", "store-31782"'))  # the coordinator's run lists it
     # The service's keys root holds no key of this store: it registers what the store gave.
     assert not (env.settings.keys.root / "stores" / "store-31782").exists()
     bad = runner.invoke(app, ["keys", "create", "--role", "store_operator", "--store", "store-31782", "--receipt-key", "bm90LWEta2V5"])
@@ -116,3 +122,23 @@ def test_a_store_gives_its_receipt_key_and_the_service_registers_it_without_the_
         engine.dispose()
     assert bytes(held["public_key"]) == public_key_bytes(site.keys())
     assert not (env.settings.keys.root / "stores" / "store-31782").exists()
+
+
+def test_the_privacy_service_of_a_one_machine_run_keeps_its_own_site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from siloguard.runs import privacy_settings
+
+    for name in ("SILOGUARD_DATABASE__URL", "SILOGUARD_KEYS__ROOT", "SILOGUARD_WORK_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    run = tmp_path / "run"
+    (run / "coordinator").mkdir(parents=True)
+    (run / "coordinator" / "run.json").write_text(json.dumps({"layout": "sites", "stores": ["germany"]}))
+    settings = privacy_settings(run)
+    assert settings.database.url == f"sqlite:///{(run / 'privacy' / 'siloguard.db').resolve()}"
+    assert settings.keys.root == (run / "privacy" / "keys").resolve() and settings.work_dir == (run / "coordinator").resolve()
+    made = runner.invoke(app, ["keys", "create", "--run", str(run), "--role", "dpo"])
+    assert made.exit_code == 0, made.output
+    assert (run / "privacy" / "siloguard.db").is_file() and not (run / "coordinator" / "siloguard.db").exists()
+    nothing = runner.invoke(app, ["keys", "create", "--run", str(tmp_path / "nothere"), "--role", "dpo"])
+    assert nothing.exit_code == 2 and "no run there" in nothing.output

@@ -77,11 +77,26 @@ def test_when_a_store_name_is_unusable_then_init_says_how_to_name_it_and_writes_
     assert not (tmp_path / "site").exists()
 
 
-def test_when_a_country_is_unknown_then_init_refuses_it(tmp_path: Path) -> None:
+def test_when_a_country_is_unknown_then_init_refuses_it_and_accepts_iso_codes_and_any_case(tmp_path: Path) -> None:
     retail = write_tiny_retail(tmp_path / "tiny.csv")
-    with pytest.raises(ConfigError, match="adequacy list"):
+    with pytest.raises(ConfigError, match="unknown country"):
         StoreSite.init(tmp_path / "site", "germany", retail, country="ST31782")
     assert not (tmp_path / "site").exists()
+    assert StoreSite.init(tmp_path / "a", "germany", retail, country="DE").country == "DE"
+    assert StoreSite.init(tmp_path / "b", "germany", retail, country="germany").country == "germany"
+
+
+def test_when_the_site_is_a_file_or_a_used_directory_then_init_refuses_and_leaves_it_alone(tmp_path: Path) -> None:
+    retail = write_tiny_retail(tmp_path / "tiny.csv")
+    with pytest.raises(ConfigError, match="not an empty directory"):
+        StoreSite.init(retail, "germany", retail, country="Germany")
+    used = tmp_path / "work"
+    used.mkdir()
+    (used / "notes.txt").write_text("mine")
+    mode = used.stat().st_mode
+    with pytest.raises(ConfigError, match="not an empty directory"):
+        StoreSite.init(used, "germany", retail, country="Germany")
+    assert used.stat().st_mode == mode and sorted(p.name for p in used.iterdir()) == ["notes.txt"]
 
 
 def test_a_partner_with_store_codes_in_its_country_column_is_refused_by_its_own_preflight_unless_it_declares_a_country(
@@ -92,7 +107,15 @@ def test_a_partner_with_store_codes_in_its_country_column_is_refused_by_its_own_
     for name in ("SILOGUARD_DATABASE__URL", "SILOGUARD_KEYS__ROOT"):
         monkeypatch.delenv(name, raising=False)
     path = _files(tmp_path)[PARTNER]
-    undeclared = StoreSite.init(tmp_path / "undeclared", PARTNER, path, country=None)
+    with pytest.raises(ConfigError, match="--country"):  # refused at once, before anything is written
+        StoreSite.init(tmp_path / "refused", PARTNER, path, country=None)
+    assert not (tmp_path / "refused").exists()
+    # A site whose declaration was removed afterwards: its own pre-flight refuses to train.
+    undeclared = StoreSite.init(tmp_path / "undeclared", PARTNER, path, country="Germany")
+    manifest = json.loads((undeclared.directory / "site.json").read_text())
+    del manifest["country"]
+    (undeclared.directory / "site.json").write_text(json.dumps(manifest))
+    undeclared = StoreSite.open(undeclared.directory)
     with pytest.raises(ComplianceError, match="cross-border"):
         store_preflight(undeclared, run_id=101)
     declared = StoreSite.init(tmp_path / "declared", PARTNER, path, country="Germany")

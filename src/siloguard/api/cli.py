@@ -21,8 +21,18 @@ __all__ = ["keys_app", "serve"]
 keys_app = command_group("keys", "API keys for staff and services: create (shown once), list, revoke.")
 
 
-def _settings(db: str | None, **api: object) -> Settings:
-    return Settings.build().with_overrides(database={"url": db}, api={k: v for k, v in api.items() if v is not None})
+def _settings(db: str | None, run: Path | None = None, **api: object) -> Settings:
+    base = Settings.build()
+    if run is not None:
+        from siloguard.runs import privacy_settings
+
+        base = privacy_settings(run, base)
+    return base.with_overrides(database={"url": db}, api={k: v for k, v in api.items() if v is not None})
+
+
+RunOpt = Annotated[Optional[Path], typer.Option(
+    "--run", help="A run laid out on one machine (e.g. runs/demo): the service's own database and keys in RUN/privacy/, "
+    "the stores from RUN/coordinator/run.json. \\[default: the environment's settings]")]
 
 
 @one_line_errors
@@ -30,8 +40,9 @@ def serve(
     host: Annotated[Optional[str], typer.Option("--host", help="Address to listen on. \\[default: api.host]")] = None,
     port: Annotated[Optional[int], typer.Option("--port", help="Port. \\[default: api.port]")] = None,
     db: DbOpt = None,
+    run: RunOpt = None,
 ) -> None:
-    """Run the privacy API (uvicorn); refuses a database that is not migrated."""
+    """Run the privacy API (uvicorn); refuses a database that is not migrated (with --run, migrates its own)."""
     import logging
 
     import uvicorn
@@ -39,7 +50,12 @@ def serve(
     from siloguard.api.app import create_app
     from siloguard.api.server import uvicorn_options
 
-    settings = _settings(db, host=host, port=port)
+    settings = _settings(db, run, host=host, port=port)
+    if run is not None:
+        _migrate(settings)
+    if not (settings.work_dir / "run.json").is_file():
+        typer.echo(f"warning: no run at {settings.work_dir} (no run.json): requests wait until the stores are known; "
+                   "pass --run RUN or set SILOGUARD_WORK_DIR to the coordinator's directory", err=True)
     options = uvicorn_options(settings)  # proxy headers, JSON protocol errors, header limits
     app = create_app(settings)  # checks the schema first: a clear error, not a half-started server
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -63,6 +79,7 @@ def create(
         "--receipt-key", help="store_operator: the store's public receipt key, as `siloguard store receipt-key --site DIR` prints it on the store's machine."
     )] = None,
     db: DbOpt = None,
+    run: RunOpt = None,
 ) -> None:
     """Create a key and print it once; only its hash is kept.
 
@@ -75,7 +92,11 @@ def create(
     from siloguard.errors import ConfigError
     from siloguard.storage.db import create_engine, require_current_schema
 
-    settings = _settings(db)
+    settings = _settings(db, run)
+    if run is not None:
+        _migrate(settings)
+    if store is not None:
+        _check_store(settings, store)
     engine = create_engine(settings.database.url)
     try:
         require_current_schema(engine)
@@ -92,6 +113,32 @@ def create(
         engine.dispose()
     typer.echo(text)
     typer.echo(f"key {key.id}: role {key.role}, store {key.store or '*'}. Shown once: store it now.", err=True)
+
+
+def _migrate(settings: Settings) -> None:
+    """The service's own database of a one-machine run: created or migrated on first use."""
+    from siloguard.storage.db import create_engine, upgrade_database
+
+    engine = create_engine(settings.database.url)
+    try:
+        upgrade_database(engine)
+    finally:
+        engine.dispose()
+
+
+def _check_store(settings: Settings, store: str) -> None:
+    """A store id as stores name themselves (`siloguard store init`), and one of the run's when the run is known."""
+    import re
+
+    from siloguard.errors import ConfigError
+    from siloguard.runs import RunManifest
+
+    if not re.fullmatch(r"[a-z][a-z0-9-]{0,62}", store):
+        raise ConfigError(f"--store {store!r}: a store's name is lowercase letters, digits and '-', starting with a letter")
+    if (settings.work_dir / RunManifest.FILE).is_file():
+        names = RunManifest.read(settings.work_dir).names
+        if store not in names:
+            raise ConfigError(f"--store {store!r} is not a store of the run in {settings.work_dir} ({', '.join(names)})")
 
 
 def _receipt_key(text: str | None, settings: Settings, store: str) -> bytes:
@@ -123,12 +170,12 @@ def _receipt_key(text: str | None, settings: Settings, store: str) -> bytes:
 
 @keys_app.command("list")
 @one_line_errors
-def list_(db: DbOpt = None) -> None:
+def list_(db: DbOpt = None, run: RunOpt = None) -> None:
     """List keys (ids, roles, stores, state); never the secrets."""
     from siloguard.api.keys import list_keys
     from siloguard.storage.db import create_engine
 
-    engine = create_engine(_settings(db).database.url)
+    engine = create_engine(_settings(db, run).database.url)
     try:
         for key in list_keys(engine):
             state = f"revoked {key.revoked_at:%Y-%m-%d}" if key.revoked_at else "active"
@@ -139,13 +186,14 @@ def list_(db: DbOpt = None) -> None:
 
 @keys_app.command("revoke")
 @one_line_errors
-def revoke(key_id: Annotated[str, typer.Argument(help="The key id (from `siloguard keys list`).")], db: DbOpt = None) -> None:
+def revoke(key_id: Annotated[str, typer.Argument(help="The key id (from `siloguard keys list`).")], db: DbOpt = None,
+           run: RunOpt = None) -> None:
     """Revoke a key at once."""
     from siloguard.api.keys import revoke_key
     from siloguard.errors import ConfigError
     from siloguard.storage.db import create_engine
 
-    engine = create_engine(_settings(db).database.url)
+    engine = create_engine(_settings(db, run).database.url)
     try:
         if not revoke_key(engine, key_id):
             raise ConfigError(f"no active key {key_id!r}: see `siloguard keys list`")

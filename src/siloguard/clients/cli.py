@@ -47,6 +47,12 @@ def store_settings(store: str | None, site: Path | None, out: Path) -> tuple[str
     from siloguard.clients.site import StoreSite
     from siloguard.errors import ConfigError
 
+    if site is not None or _sites(out):
+        import os
+
+        for name in ("SILOGUARD_DATABASE__URL", "SILOGUARD_KEYS__ROOT"):
+            if name in os.environ:
+                typer.echo(f"note: {name} is set: it overrides the store site's own (unset it to use the site's)", err=True)
     if site is not None:
         opened = StoreSite.open(site)
         if store is not None and store != opened.name:
@@ -59,6 +65,8 @@ def store_settings(store: str | None, site: Path | None, out: Path) -> tuple[str
         return store, StoreSite.open(sites[store]).settings
     if store is None:
         raise ConfigError("pass --site DIR (the store's site from 'siloguard store init')")
+    if not Path(out).is_dir():
+        raise ConfigError(f"no run at {out}: pass --site DIR (the store's site), or --out with the run siloguard demo/train made")
     settings = run_settings(out)
     _check_store(settings, store)
     return store, settings
@@ -163,12 +171,23 @@ def store_init(
     consent: Annotated[Optional[Path], typer.Option("--consent", help="Consent records CSV the store collected (imported into the site).")] = None,
     database: Annotated[Optional[str], typer.Option("--database", help="The store's own database URL. \\[default: DIR/siloguard.db]")] = None,
     in_place: Annotated[bool, typer.Option("--in-place", help="Use --data where it is instead of copying it into the site (erasures then rewrite it there).")] = False,
+    as_of: Annotated[Optional[str], typer.Option("--as-of", help="'data': a historical extract; its rows are aged on its own clock by `siloguard check` (docs/COMPLIANCE.md).")] = None,
 ) -> None:
     """Create the store's site: its data, database, keys, consent and the publication for the coordinator."""
     from siloguard.clients.site import StoreSite
+    from siloguard.errors import ConfigError
 
+    if as_of not in (None, "data"):
+        raise ConfigError("--as-of takes 'data' (age rows on the data's own clock); leave it out to age them against today")
     opened = StoreSite.init(site, store, data, country=country, jurisdiction=jurisdiction, contact=contact,
-                            database=database, consent=consent, in_place=in_place)
+                            database=database, consent=consent, in_place=in_place, compliance_as_of=as_of)
+    c = opened.cleaning
+    if c is not None:
+        typer.echo(
+            f"{data.name}: kept {c.rows_out:,} purchases; dropped {c.guest_rows:,} guest, {c.cancellation_rows:,} cancelled, "
+            f"{c.non_positive_quantity_rows + c.non_positive_price_rows:,} non-positive, "
+            f"{c.missing_quantity_rows + c.missing_price_rows:,} without quantity or price"
+        )
     pub = opened.publication()
     typer.echo(
         f"store {opened.name}: site {opened.directory} ({pub.counts.get('rows', 0):,} purchases of "

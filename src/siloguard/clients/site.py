@@ -65,6 +65,7 @@ class StoreSite:
         self.directory = Path(directory).resolve()
         self.manifest = manifest
         self.settings = settings
+        self.cleaning: Any = None  # the CleaningReport of the file, when the site was just made
 
     # ---- opening ------------------------------------------------------------------------
     @classmethod
@@ -117,20 +118,30 @@ class StoreSite:
         _check_name(store)
         if jurisdiction not in _JURISDICTIONS:
             raise ConfigError(f"jurisdiction {jurisdiction!r}: use gdpr or ccpa (the law where the store operates)")
-        if country is not None:
-            from siloguard.compliance.records import load_records
+        from siloguard.compliance.records import load_records
 
-            if load_records().adequacy.codes(country) is None:
-                raise ConfigError(
-                    f"country {country!r} is not in the adequacy list (policies/records/adequacy.yaml): "
-                    "give the country's English name, e.g. Germany, United Kingdom"
-                )
+        adequacy = load_records().adequacy
+        if country is not None and adequacy.declared(country) is None:
+            raise ConfigError(
+                f"unknown country {country!r}: give its English name as in the retail data (e.g. Germany, "
+                "United Kingdom, USA) or its ISO code (DE, GB, US); the names known are in "
+                "siloguard/policies/records/adequacy.yaml"
+            )
         if cls.is_site(directory):
             raise ConfigError(f"{directory} is already the site of a store: use it, or choose another --site")
+        if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
+            raise ConfigError(f"--site {directory} exists and is not an empty directory: choose a new directory for the site")
         data = Path(data)
         if not data.is_file():
             raise DataError(f"--data {data}: no such file; pass the store's transaction file (Online Retail CSV)")
-        frame, _report = load_clean(data)  # refuses a file that cannot be trained on, before anything is written
+        frame, report = load_clean(data)  # refuses a file that cannot be trained on, before anything is written
+        if country is None:
+            unknown = [v for v in frame["country"].dropna().astype(str).unique() if adequacy.codes(v) is None]
+            if unknown:
+                raise ConfigError(
+                    f"the Country column of {data.name} holds {len(unknown)} value(s) that are not country names "
+                    "(store codes?): declare where the store operates with --country (e.g. --country Germany)"
+                )
         if consent is not None:
             from siloguard.policies.consent_io import read_consent_file
 
@@ -179,6 +190,7 @@ class StoreSite:
         site.audit_signing_key  # its own log's tree heads, witnessed by the coordinator  # noqa: B018
         write_atomic(directory / SITE_FILE, json.dumps(manifest, indent=2).encode(), mode=0o600)
         site.publish(frame)
+        site.cleaning = report
         return site
 
     # ---- what the site holds ------------------------------------------------------------

@@ -225,7 +225,18 @@ def dpia_approved(ctx: Context, scope: str) -> Outcome:
 # ---- the stores' data, consent and transfers ---------------------------------------------------
 
 
+_NO_STORE_ROWS = ("no store rows at this site: each store judges its own rows on its own site "
+                  "(siloguard check --run STORE_SITE; in training, each store's pre-flight)")
+
+
+def _no_store_rows(ctx: Context) -> Outcome | None:
+    """The coordinator of a run of sites holds no store rows: the store rules are the stores' to run."""
+    return Outcome("not_applicable", [_NO_STORE_ROWS]) if not ctx.stores else None
+
+
 def consent_records(ctx: Context, scope: str) -> Outcome:
+    if (missing := _no_store_rows(ctx)) is not None:
+        return missing
     failures: list[str] = []
     warnings: list[str] = []
     coverage: list[Coverage] = []
@@ -271,6 +282,8 @@ def consent_records(ctx: Context, scope: str) -> Outcome:
 
 
 def opt_out_honoured(ctx: Context, scope: str) -> Outcome:
+    if (missing := _no_store_rows(ctx)) is not None:
+        return missing
     import sqlalchemy as sa
 
     from siloguard.policies.consent import SALE_AND_SHARING
@@ -314,6 +327,8 @@ def opt_out_honoured(ctx: Context, scope: str) -> Outcome:
 
 
 def storage_limitation(ctx: Context, scope: str) -> Outcome:
+    if (missing := _no_store_rows(ctx)) is not None:
+        return missing
     datamap = ctx.datamaps.get(STORE_DATASET)
     if datamap is None:
         return Outcome("failed", [f"the stores' rows ({STORE_DATASET}) have no data map, so no retention"])
@@ -338,6 +353,8 @@ def storage_limitation(ctx: Context, scope: str) -> Outcome:
 
 
 def cross_border_transfers(ctx: Context, scope: str) -> Outcome:
+    if (missing := _no_store_rows(ctx)) is not None:
+        return missing
     adequacy = ctx.records.adequacy
     coordinator = ctx.records.coordinator_country
     coordinator_free = adequacy.is_free(coordinator)
@@ -349,7 +366,7 @@ def cross_border_transfers(ctx: Context, scope: str) -> Outcome:
         # none is judged by the country column of its rows (which may hold store codes).
         countries = [rows.country] if rows.country else sorted(rows.frame["country"].dropna().unique())
         for name in countries:
-            codes = adequacy.codes(str(name))
+            codes = adequacy.declared(str(name)) if rows.country else adequacy.codes(str(name))
             if codes is None:
                 outside.add("an unlisted country name")
             elif not codes:

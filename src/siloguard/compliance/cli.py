@@ -73,6 +73,9 @@ def _settings(*, out: Path | None, db: str | None, as_of: str | None) -> Setting
     if out is not None:
         from siloguard.runs import run_settings
 
+        if not Path(out).is_dir():
+            raise ConfigError(f"--run {out}: no such directory; pass a run (as siloguard demo/train made it) or a store's site")
+
         # The run's database and the stores' keys live in its work directory by default.
         base = run_settings(out, base)
         if as_of is None and "SILOGUARD_COMPLIANCE__AS_OF" not in os.environ:

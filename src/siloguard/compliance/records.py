@@ -100,6 +100,22 @@ class Adequacy:
         """ISO codes a retail ``Country`` value stands for; None if the name is not listed."""
         return self.country_names.get(country_name)
 
+    def declared(self, country: str) -> tuple[str, ...] | None:
+        """ISO codes of a country a store declares: a listed name (any case) or an ISO code; None if unknown."""
+        text = country.strip()
+        exact = self.country_names.get(text)
+        if exact is not None:
+            return exact
+        lowered = {name.lower(): codes for name, codes in self.country_names.items()}
+        if text.lower() in lowered:
+            return lowered[text.lower()]
+        code = text.upper()
+        known = {c for codes in self.country_names.values() for c in codes} | set(self.eea) | set(self.adequate)
+        return (code,) if code in known and len(code) == 2 else None
+
+    def known_names(self) -> list[str]:
+        return sorted(self.country_names)
+
 
 @dataclass(frozen=True)
 class Sensitivity:

@@ -74,6 +74,11 @@ def enforce_retention(ctx: Context, *, dry_run: bool = False) -> list[RetentionR
     if datamap is None:
         raise ConfigError(f"no data map for {STORE_DATASET!r}: its retention is unknown, nothing can be enforced")
     stores = ctx.stores
+    if not stores:
+        raise ConfigError(
+            f"no store rows in {ctx.settings.work_dir}: retention is enforced by each store on its own site; "
+            "pass a store's site (e.g. --run runs/demo/stores/germany)"
+        )
     if any(rows.path is None for rows in stores.values()):
         raise ConfigError(
             f"no prepared run in {ctx.settings.work_dir}: retention is enforced on the stores' silo files; "

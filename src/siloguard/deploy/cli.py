@@ -143,7 +143,7 @@ def store_start(
 
 @one_line_errors
 def federate(
-    out: Annotated[Path, typer.Option("--out", help="Work directory of the run (shared with the stores: run.json, catalogue, models).")] = Path("runs/deploy"),
+    out: Annotated[Path, typer.Option("--out", help="The coordinator's work directory: run.json, catalogue, models, its database (stores need none of it on disk).")] = Path("runs/deploy"),
     data: Annotated[Optional[Path], typer.Option("--data", help="Online Retail file the run is prepared from (catalogue, split). \\[default: embedded sample]")] = None,
     consent: Annotated[Optional[Path], typer.Option("--consent", help="Consent records CSV imported when the run is prepared.")] = None,
     publication: Annotated[Optional[list[Path]], typer.Option("--publication", help="A store's publication.json (repeat, one per store): the run is prepared from these, the coordinator reads no store data.")] = None,
@@ -169,6 +169,19 @@ def federate(
         data={"path": data.resolve() if data else None, "consent": consent.resolve() if consent else None},
         federation={"rounds": rounds, "min_stores": min_stores},
     )
+    from siloguard.errors import ConfigError
+
+    if not (app_dir / "pyproject.toml").is_file():  # before anything is prepared or written
+        raise ConfigError(f"{app_dir} is not a Flower app (no pyproject.toml): pass --app with the siloguard project directory")
+    if publication and (settings.work_dir / "run.json").is_file():
+        from siloguard.runs import Publication, RunManifest
+
+        given = sorted(Publication.read(p).store for p in publication)
+        if given != RunManifest.read(settings.work_dir).names:
+            raise ConfigError(
+                f"{settings.work_dir} already holds a run of stores {', '.join(RunManifest.read(settings.work_dir).names)}, "
+                f"not the {', '.join(given)} of these publications: use a new --out for a new federation"
+            )
     if publication and not (settings.work_dir / "run.json").is_file():
         from siloguard.federation.prepare import prepare_federation
         from siloguard.runs import Publication

@@ -43,7 +43,9 @@ def sync(
     site: Annotated[Optional[Path], typer.Option("--site", help="The store's site directory (siloguard store init).")] = None,
     work_dir: Annotated[Optional[str], typer.Option("--work-dir", help="A run prepared in one directory by an older siloguard (its stores/<store>.csv). \\[default: settings work_dir]")] = None,
 ) -> None:
-    """Do this store's pending erasures: erase rows, embedding and data key; post signed receipts.
+    """Do this store's pending tasks on its own site: consent changes and opt-outs (recorded in its
+    registry), its part of access answers (sealed to the subject's key when given), erasures
+    (rows, embedding, consent and data key; a signed receipt each).
 
     The store key is read from the SILOGUARD_STORE_KEY environment variable (not an option,
     so it stays out of shell history and process lists).
@@ -60,6 +62,7 @@ def sync(
     if not key:
         raise ConfigError(f"set {KEY_ENV} to this store's API key (from `siloguard keys create --role store_operator --store {store or 'STORE'}`)")
     if site is not None:
+        _env_note()
         name, settings = site_of(site)
         if store is not None and store != name:
             raise ConfigError(f"--site {site} is store {name!r}'s site, not {store!r}'s")
@@ -84,6 +87,12 @@ def sync(
     done = sum("skipped" not in item for item in posted)
     typer.echo(f"store {store}: {done} task(s) done" + (f", {len(posted) - done} cancelled" if done < len(posted) else ""))
 
+
+
+def _env_note() -> None:
+    for name in ("SILOGUARD_DATABASE__URL", "SILOGUARD_KEYS__ROOT"):
+        if name in os.environ:
+            typer.echo(f"note: {name} is set: it overrides the site's own (unset it to use the site's)", err=True)
 
 
 @store_app.command("receipt-key")
