@@ -114,7 +114,7 @@ def _call(api: Api, route: str, headers: dict[str, str]) -> int:
     if route == "done":  # a store's answer to its access task (a fresh request each time)
         request, _ = api.verified("access", SUBJECT, sync=False)
         task = next(t for t in api.app_service().tasks(request["id"]) if t["store"] == "alpha")
-        part = {"part": {"stores": [{"store": "alpha", "records": 0, "data": []}], "records": 0}}
+        part = {"part": {"stores": [{"store": "alpha", "dataset": "transactions", "records": 0, "categories": [], "data": []}]}}
         return c.post(f"/v1/stores/alpha/tasks/{task['id']}/done", json={"answer": json.dumps(part)}, headers=headers).status_code
     if route == "consent_get":
         return c.get("/v1/consent", headers=headers).status_code

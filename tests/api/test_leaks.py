@@ -637,3 +637,113 @@ def test_review2_a_malformed_receipt_and_a_dpos_read_of_an_answer_are_audited(sq
     access, _ = api.verified("access", OTHER)
     assert api.client.get(f"/v1/requests/{access['id']}/access", headers=api.as_key("dpo")).status_code == 200
     assert any(e.action == "dsr.answer_read" and e.request == access["id"] and e.actor.startswith("key:") for e in _events(api))
+
+
+# ---- found by a review of the store tasks (each failed on the first version of the tasks) --------
+
+
+def _done(api: Api, store: str, task_id: str, answer: Any) -> Any:
+    body = {"answer": answer if isinstance(answer, str) else __import__("json").dumps(answer)}
+    return api.client.post(f"/v1/stores/{store}/tasks/{task_id}/done", json=body, headers=api.as_key(f"store_{store}"))
+
+
+def _task(api: Api, request_id: str, store: str) -> str:
+    return next(t["id"] for t in api.app_service().tasks(request_id) if t["store"] == store)
+
+
+def test_review3_a_malformed_access_part_is_refused_and_cannot_wedge_the_request_or_the_sweep(sqlite_api: Api) -> None:
+    api = sqlite_api
+    _prepare_stores(api.env.settings)
+    request, token = api.verified("access", SUBJECT, sync=False)
+    alpha = _task(api, request["id"], "alpha")
+    entry = {"store": "alpha", "dataset": "transactions", "categories": [], "data": []}
+    for bad in ({"part": {"stores": [entry | {"records": "lots"}]}}, {"part": {"stores": [entry | {"records": 1e999}]}},
+                {"part": {"stores": [entry | {"records": 3}]}},  # claims records it does not hold
+                {"part": {"stores": [entry | {"store": "beta", "records": 0}]}}, "[" * 100_000):
+        reply = _done(api, "alpha", alpha, bad)
+        assert reply.status_code == 422, reply.text
+    api.sync()  # every store answers properly: the request completes
+    assert api.app_service().get(request["id"])["status"] == "completed"
+    assert api.app_service().resume() >= 0  # the sweep runs through
+    refused = [e for e in _events(api) if e.action == "dsr.task_done" and e.decision == "deny"]
+    assert len(refused) == 5 and {e.store for e in refused} == {"alpha"}
+
+
+def test_review3_a_store_cannot_set_what_every_answer_says_about_purposes_retention_and_recipients(sqlite_api: Api) -> None:
+    api = sqlite_api
+    _prepare_stores(api.env.settings)
+    request, token = api.verified("access", SUBJECT, sync=False)
+    forged = {"part": {"stores": [{"store": "alpha", "dataset": "transactions", "records": 0, "categories": [], "data": []}],
+                       "retention": "forever", "recipients": ["anyone"], "purposes": []}}
+    assert _done(api, "alpha", _task(api, request["id"], "alpha"), forged).status_code == 200
+    api.sync("beta", "gamma")
+    answer = api.client.get(f"/v1/requests/{request['id']}/access", headers=api.auth(token)).json()["answer"]
+    assert answer["retention"] == "P6Y" and "anyone" not in answer["recipients"] and answer["purposes"]
+
+
+def test_review3_a_sealed_part_must_look_sealed_and_a_part_naming_another_store_does_not_open(sqlite_api: Api) -> None:
+    from siloguard.dsr.errors import DsrInvalid
+    from siloguard.dsr.sealed import new_key_pair, open_parts, part_id, public_key_from_text, seal_answer
+
+    api = sqlite_api
+    _prepare_stores(api.env.settings)
+    private, public = new_key_pair()
+    request = api.submit("access", SUBJECT, answer_key=public)
+    api.client.post(f"/v1/requests/{request['id']}/verify", json={"code": api.code(request["id"])})
+    assert _done(api, "alpha", _task(api, request["id"], "alpha"), {"sealed": {"junk": 1}}).status_code == 422
+    # A store seals a part that claims another store's records: the subject's open says so.
+    planted = seal_answer(public_key_from_text(public), {"stores": [{"store": "gamma", "records": 99}], "records": 99},
+                          part_id(request["id"], "alpha"))
+    with pytest.raises(DsrInvalid, match="alpha"):
+        open_parts(private, [{"store": "alpha", "sealed": planted}], request["id"])
+
+
+def test_review3_unauthenticated_callers_get_the_small_body_limit_on_the_answer_route(sqlite_api: Api) -> None:
+    api = sqlite_api
+    big = {"answer": "x" * 1_000_000}
+    path = "/v1/stores/alpha/tasks/task-00000000-0000-4000-8000-000000000000/done"
+    assert api.client.post(path, json=big).status_code == 413
+    assert api.client.post(path, json=big, headers={"Authorization": "Bearer sgs_notakey"}).status_code == 413
+    assert api.client.post(path, json=big, headers=api.as_key("store_alpha")).status_code == 404  # read, then: no such task
+
+
+def test_review3_a_request_that_ends_keeps_no_part_and_an_access_request_can_be_denied_after_a_part(sqlite_api: Api) -> None:
+    api = sqlite_api
+    _prepare_stores(api.env.settings)
+    request, _ = api.verified("access", SUBJECT, sync=False)
+    api.sync("alpha")
+    held = [t for t in api.app_service().tasks(request["id"]) if t["answer"]]
+    assert len(held) == 1
+    denied = api.client.post(f"/v1/requests/{request['id']}/deny", json={"reason": "manifestly-unfounded"}, headers=api.as_key("dpo"))
+    assert denied.status_code == 200, denied.text
+    assert [t for t in api.app_service().tasks(request["id"]) if t["answer"]] == []
+
+
+def test_review3_gpc_after_a_later_grant_opts_out_again_and_consent_changes_are_bounded(sqlite_api: Api) -> None:
+    from siloguard.dsr.effects import MAX_WAITING_CHANGES
+
+    api = sqlite_api
+    _prepare_stores(api.env.settings)
+    _, token = api.verified("access", SUBJECT)
+    gpc = {**api.auth(token), "Sec-GPC": "1"}
+    sharing = "third_party_sharing"
+
+    def state() -> set[tuple[bool | None, bool]]:
+        stores = api.client.get("/v1/consent", headers=api.auth(token)).json()["stores"]
+        return {(p["consented"], p["applied"]) for s in stores for p in s["purposes"] if p["purpose"] == sharing}
+
+    api.client.get("/v1/consent", headers=gpc)
+    api.sync()
+    assert state() == {(False, True)}
+    api.client.put(f"/v1/consent/{sharing}", json={"action": "grant"}, headers=api.auth(token))
+    api.sync()
+    assert state() == {(True, True)}
+    api.client.get("/v1/consent", headers=gpc)  # the signal counts again after the grant
+    api.sync()
+    assert state() == {(False, True)}
+    before = len(api.app_service().list(subject_digest=api.app_service().digest(SUBJECT)))
+    api.client.get("/v1/consent", headers=gpc)  # already opted out: nothing new is filed
+    assert len(api.app_service().list(subject_digest=api.app_service().digest(SUBJECT))) == before
+    codes = [api.client.put(f"/v1/consent/{sharing}", json={"action": "grant"}, headers=api.auth(token)).status_code
+             for _ in range(MAX_WAITING_CHANGES + 2)]
+    assert codes.count(200) == MAX_WAITING_CHANGES and codes[-1] == 409

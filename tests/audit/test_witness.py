@@ -76,3 +76,21 @@ def test_when_a_head_is_not_trustworthy_then_it_is_refused_and_recorded_as_refus
     assert not result.accepted
     assert (event.action, event.decision) == ("audit.head_refused", "deny")
     assert witnessed_heads([event]) == {}
+
+
+def test_when_a_store_sends_a_malformed_or_forked_head_then_it_is_refused_and_the_run_goes_on(audit_log: AuditLog, keys) -> None:
+    from siloguard.federation.app import witness_events
+    from siloguard.federation.strategy import RoundReport
+
+    key = public_key_text(keys.public_key)
+    head = _head(audit_log, 0, 3)
+    report = RoundReport(1)
+    report.heads["germany"] = {**head.to_json(), "key_id": "zz", "public-key": key}
+    report.heads["france"] = {"format": "nonsense", "public-key": key}
+    events = witness_events(report, {})  # no exception: a store cannot stop the coordinator's run
+    assert sorted((e.store, e.action, e.reason) for e in events) == [
+        ("france", "audit.head_refused", "malformed"), ("germany", "audit.head_refused", "malformed")]
+    # The same size with another root: a fork, refused at once.
+    other = keys.signer.sign(seq=head.seq + 1, tree_size=head.tree_size, root_hash=bytes(32), timestamp_ms=head.timestamp_ms + 1)
+    result, event = witness("germany", other.to_json(), key, [head])
+    assert (result.reason, event.decision) == ("log-forked", "deny")

@@ -198,3 +198,19 @@ def test_a_federation_of_sites_trains_the_partner_and_the_coordinator_holds_noth
         if path.suffix in (".json", ".csv", ".txt"):
             text = path.read_text(errors="replace")
             assert not any(c in text for c in customers), path
+
+
+def test_a_product_line_that_names_one_customer_is_not_published(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("SILOGUARD_DATABASE__URL", "SILOGUARD_KEYS__ROOT"):
+        monkeypatch.delenv(name, raising=False)
+    retail = write_tiny_retail(tmp_path / "tiny.csv")
+    frame = pd.read_csv(retail, dtype=str, keep_default_na=False)
+    note = frame.iloc[[0]].copy()
+    note["StockCode"], note["Description"] = "M", "Manual: refund to John Smith, 12 High Street, Leeds"
+    pd.concat([frame, note]).to_csv(retail, index=False)
+    site = StoreSite.init(tmp_path / "site", "germany", retail, country="Germany")
+    text = (site.directory / "publication.json").read_text()
+    assert "John Smith" not in text and "High Street" not in text
+    pub = Publication.read(site.directory / "publication.json")
+    assert "M" in pub.products and "M" not in pub.descriptions  # the code is public, the note is not
+    assert pub.descriptions  # products many customers bought keep their descriptions

@@ -81,7 +81,11 @@ class Protect:
         """A store's answer to an access task may be large (``api.max_answer_bytes``); every other body is small."""
         path = str(scope.get("path", ""))
         if scope.get("method") == "POST" and path.startswith("/v1/stores/") and path.endswith("/done"):
-            return self.max_answer
+            # Only for a caller presenting an API key (a store's): nobody else gets the service
+            # to read megabytes before it is refused (the route then checks the key's role).
+            auth = dict(scope.get("headers") or []).get(b"authorization", b"")
+            if auth.startswith(b"Bearer sgk_"):
+                return self.max_answer
         return self.max_body
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:

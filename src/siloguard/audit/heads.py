@@ -24,6 +24,7 @@ import binascii
 import hashlib
 import json
 import os
+import re
 import stat
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -50,6 +51,7 @@ __all__ = [
 ]
 
 _CONTEXT = b"siloguard-audit-tree-head-v1\x00"
+_KEY_ID = re.compile(r"[0-9a-f]{64}")
 _U64 = 2**64
 
 
@@ -130,6 +132,8 @@ class SignedTreeHead:
             raise AuditError(
                 "not a siloguard tree head: expected the JSON `siloguard audit head` writes"
             ) from None
+        if len(head.root_hash) != HASH_SIZE or len(head.signature) != 64 or not _KEY_ID.fullmatch(head.key_id):
+            raise AuditError("not a siloguard tree head: root hash, key id or signature of the wrong form")
         if "root_hash_hex" in data and data["root_hash_hex"] != head.root_hash.hex():
             raise AuditError("tree head file is inconsistent: root_hash and root_hash_hex differ")
         head.message()  # range checks

@@ -68,6 +68,7 @@ __all__ = [
     "DSR_COMPLETED",
     "DSR_RECEIPT",
     "DSR_RECEIVED",
+    "DSR_TASK_DONE",
     "FEDERATION_ROUND",
     "HEAD_REFUSED",
     "HEAD_WITNESSED",
@@ -93,6 +94,7 @@ NODE_ENROLLED = "node.enrolled"
 PRIVACY_SPEND = "privacy.spend"
 DSR_RECEIVED = "dsr.received"
 DSR_RECEIPT = "dsr.receipt"
+DSR_TASK_DONE = "dsr.task_done"
 DSR_ANSWER_READ = "dsr.answer_read"
 CONSENT_CHANGED = "consent.changed"
 DSR_COMPLETED = "dsr.completed"

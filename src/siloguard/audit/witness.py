@@ -124,8 +124,10 @@ def witness(store: str, head_json: Mapping[str, object], public_key: str, earlie
         last = earlier[-1]
         if head.key_id != earlier[0].key_id:
             reason = "key-changed"
-        elif head.seq < last.seq or head.tree_size < last.tree_size:
+        elif head.seq < last.seq or head.tree_size < last.tree_size or head.timestamp_ms < last.timestamp_ms:
             reason = "log-went-back"
+        elif head.tree_size == last.tree_size and head.root_hash != last.root_hash:
+            reason = "log-forked"  # the same size, another history
     accepted = reason == "witnessed"
     event = AuditEvent(
         actor="coordinator", action=HEAD_WITNESSED if accepted else HEAD_REFUSED, resource="audit:store-log",

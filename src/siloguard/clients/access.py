@@ -20,18 +20,15 @@ import pandas as pd
 
 from siloguard.config import Settings
 from siloguard.errors import DataError
+# Where data of a store goes and where it came from (re-exported; see docs/API.md).
+from siloguard.policies.datamap import ACCESS_RECIPIENTS as RECIPIENTS
+from siloguard.policies.datamap import ACCESS_SOURCE as SOURCE
 from siloguard.policies.gate import Gate, Principal
 
 __all__ = ["RECIPIENTS", "SOURCE", "access_report"]
 
 DATASET = "transactions"
 PURPOSE = "essential.legal_obligation"
-#: Where data of a store goes (siloguard's own flows; see docs/API.md).
-RECIPIENTS = (
-    "no third party receives records",
-    "the federation server receives differentially private model updates computed in the store, never records",
-)
-SOURCE = "collected by the store from the data subject at purchase (invoices of identified customers)"
 
 
 @lru_cache(maxsize=16)

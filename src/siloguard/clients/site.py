@@ -43,6 +43,8 @@ from siloguard.runs import SITE_FILE, Publication, site_settings
 __all__ = ["Publication", "SITE_FILE", "StoreSite", "site_settings"]
 
 PUBLICATION_FILE = "publication.json"
+#: A product's description is published only if this many distinct customers bought it.
+PUBLISH_MIN_CUSTOMERS = 3
 _NAME = re.compile(r"[a-z][a-z0-9-]{0,62}")
 _JURISDICTIONS = ("gdpr", "ccpa")
 
@@ -270,9 +272,16 @@ class StoreSite:
         days = frame["invoice_date"].dt.normalize()
         codes = frame["stock_code"].astype(str)
         first_sold = days.groupby(codes).min()
-        descriptions = frame.assign(code=codes).groupby("code")["description"].agg(
-            lambda s: s.dropna().astype(str).mode().iloc[0] if s.notna().any() else ""
-        ) if "description" in frame.columns else pd.Series(dtype=str)
+        descriptions = pd.Series(dtype=str)
+        if "description" in frame.columns:
+            # A description is free text (the data map scans it): a product line may carry a
+            # note about one customer ("refund to J Smith, 12 High St"). Only descriptions of
+            # products that at least PUBLISH_MIN_CUSTOMERS customers bought are published.
+            tagged = frame.assign(code=codes)
+            buyers = tagged.groupby("code")["customer_id"].nunique()
+            common = buyers[buyers >= PUBLISH_MIN_CUSTOMERS].index
+            shelf = tagged[tagged["code"].isin(common) & tagged["description"].notna()]
+            descriptions = shelf.groupby("code")["description"].agg(lambda s: s.astype(str).mode().iloc[0])
         counts = {"rows": len(frame), "customers": int(frame["customer_id"].nunique())}
         try:
             counts["consented"] = self.consented_now(frame)

@@ -37,6 +37,34 @@ __all__ = ["MAX_ANSWER_CHARS", "StoreEffects"]
 
 #: The largest answer a store may post for one access task (characters of JSON).
 MAX_ANSWER_CHARS = 4_000_000
+#: Consent changes of one subject that may wait for the stores at once (each is a task per store).
+MAX_WAITING_CHANGES = 20
+
+
+_ENTRY_KEYS = ("store", "dataset", "records", "categories", "data")
+
+
+def _sealed_shape(sealed: object) -> bool:
+    if not isinstance(sealed, dict) or set(sealed) != {"alg", "epk", "nonce", "ciphertext"}:
+        return False
+    return all(isinstance(v, str) and 0 < len(v) <= MAX_ANSWER_CHARS for v in sealed.values())
+
+
+def _part_shape(part: object, store: str) -> bool:
+    """One entry, for this store: records a count, categories and data lists of objects."""
+    if not isinstance(part, dict) or not isinstance(part.get("stores"), list) or len(part["stores"]) != 1:
+        return False
+    entry = part["stores"][0]
+    if not isinstance(entry, dict) or not set(_ENTRY_KEYS) <= set(entry) or entry["store"] != store:
+        return False
+    records = entry["records"]
+    return (
+        isinstance(records, int) and not isinstance(records, bool) and 0 <= records < 10**9
+        and isinstance(entry["dataset"], str)
+        and isinstance(entry["categories"], list) and all(isinstance(c, dict) for c in entry["categories"])
+        and isinstance(entry["data"], list) and all(isinstance(r, dict) for r in entry["data"])
+        and len(entry["data"]) == records
+    )
 
 
 class StoreEffects:
@@ -109,45 +137,67 @@ class StoreEffects:
         subject gave a key, else ``{"part": {...}}`` naming this store only.
         """
         now = self.clock()  # type: ignore[attr-defined]
-        with exclusive(self.engine, LOCK) as conn:
-            task = conn.execute(
-                sa.select(dsr_tasks).where(dsr_tasks.c.id == task_id, dsr_tasks.c.store == store)
-            ).mappings().first()
-            if task is None:
-                raise DsrNotFound("no such task for this store; pull the store's tasks again")
-            if task["kind"] == "erasure":
-                raise DsrConflict("an erasure task is finished with a signed receipt (POST .../receipt)")
-            if task["status"] == "done":
-                raise DsrConflict("this task is done already")
-            status = conn.execute(sa.select(dsr_requests.c.status).where(dsr_requests.c.id == task["request_id"])).scalar()
-            if task["status"] not in ("pending", "claimed") or status in TERMINAL:
-                raise DsrConflict(f"the request is {status}: its task is no longer wanted")
-            kept = self._checked_answer(task, answer) if task["kind"] == "access" else None
-            conn.execute(
-                dsr_tasks.update().where(dsr_tasks.c.id == task_id)
-                .values(status="done", done_at=now, customer_ref=None, answer=kept)
-            )
+        request_id: str | None = None
+        try:
+            with exclusive(self.engine, LOCK) as conn:
+                task = conn.execute(
+                    sa.select(dsr_tasks).where(dsr_tasks.c.id == task_id, dsr_tasks.c.store == store)
+                ).mappings().first()
+                if task is None:
+                    raise DsrNotFound("no such task for this store; pull the store's tasks again")
+                request_id = task["request_id"]
+                if task["kind"] == "erasure":
+                    raise DsrConflict("an erasure task is finished with a signed receipt (POST .../receipt)")
+                if task["status"] == "done":
+                    raise DsrConflict("this task is done already")
+                status = conn.execute(sa.select(dsr_requests.c.status).where(dsr_requests.c.id == request_id)).scalar()
+                if task["status"] not in ("pending", "claimed") or status in TERMINAL:
+                    raise DsrConflict(f"the request is {status}: its task is no longer wanted")
+                kept = self._checked_answer(task, answer) if task["kind"] == "access" else None
+                conn.execute(
+                    dsr_tasks.update().where(dsr_tasks.c.id == task_id)
+                    .values(status="done", done_at=now, customer_ref=None, answer=kept)
+                )
+        except (DsrConflict, DsrInvalid) as exc:  # a refused answer leaves a trace, like a refused receipt
+            self._append([self._done_event(store, request_id, task_kind=None, actor=actor, decision="deny",  # type: ignore[attr-defined]
+                                           reason="refused:" + ("invalid" if isinstance(exc, DsrInvalid) else "conflict"))])
+            raise
+        self._append([self._done_event(store, request_id, task_kind=task["kind"], actor=actor, decision="info",  # type: ignore[attr-defined]
+                                       reason="done")])
         self._maybe_complete(task["request_id"])
         return self.get(task["request_id"])  # type: ignore[attr-defined]
 
     @staticmethod
+    def _done_event(store: str, request_id: str | None, *, task_kind: str | None, actor: str, decision: str,
+                    reason: str) -> AuditEvent:
+        from siloguard.audit.vocabulary import DSR_TASK_DONE
+        from siloguard.dsr.common import PURPOSE
+
+        return AuditEvent(actor=actor, action=DSR_TASK_DONE, resource=f"dsr:{task_kind or 'task'}", purpose=PURPOSE,
+                          decision=decision, reason=reason, store=store, request=request_id)  # type: ignore[arg-type]
+
+    @staticmethod
     def _checked_answer(task: Any, answer: str | None) -> str:
+        """A store's part, checked in full before it is kept (a bad part must not wedge the request)."""
         if answer is None or len(answer) > MAX_ANSWER_CHARS:
             raise DsrInvalid(f"an access task needs its answer (JSON, at most {MAX_ANSWER_CHARS:,} characters)")
         try:
             data = json.loads(answer)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise DsrInvalid("the answer is not JSON") from None
         sealed_wanted = bool(json.loads(task["payload"] or "{}").get("answer_key"))
         if sealed_wanted:
-            if not isinstance(data, dict) or set(data) != {"sealed"} or not isinstance(data["sealed"], dict):
-                raise DsrInvalid("this answer must leave the store sealed to the subject's key: {\"sealed\": {...}}")
-        else:
-            part = data.get("part") if isinstance(data, dict) else None
-            stores = part.get("stores") if isinstance(part, dict) else None
-            if not isinstance(stores, list) or [s.get("store") if isinstance(s, dict) else None for s in stores] != [task["store"]]:
-                raise DsrInvalid("the answer must be {\"part\": {...}} with this store's records only")
-        return json.dumps(data, sort_keys=True)
+            sealed = data.get("sealed") if isinstance(data, dict) and set(data) == {"sealed"} else None
+            if not _sealed_shape(sealed):
+                raise DsrInvalid("this answer must leave the store sealed to the subject's key: "
+                                 "{\"sealed\": {\"alg\", \"epk\", \"nonce\", \"ciphertext\"}}")
+            return json.dumps({"sealed": sealed}, sort_keys=True)
+        part = data.get("part") if isinstance(data, dict) and set(data) == {"part"} else None
+        if not _part_shape(part, task["store"]):
+            raise DsrInvalid("the answer must be {\"part\": {\"stores\": [one entry for this store: store, dataset, "
+                             "records, categories, data]}} with this store's records only")
+        entry = part["stores"][0]
+        return json.dumps({"part": {"stores": [{k: entry[k] for k in _ENTRY_KEYS}]}}, sort_keys=True)
 
     def _maybe_complete(self, request_id: str) -> bool:
         """Every store did its task: complete the request (the access answer assembled from the parts)."""
@@ -166,17 +216,22 @@ class StoreEffects:
 
     @staticmethod
     def _assemble(request_id: str, tasks: list[dict[str, Any]]) -> dict[str, Any]:
+        """The answer from the stores' parts; what is the same for every store (purposes, lawful
+        bases, retention, recipients, source) comes from the service's own data map, not a store."""
         parts = [(t["store"], json.loads(t["answer"])) for t in sorted(tasks, key=lambda t: t["store"])]
         if all("sealed" in p for _, p in parts):
             return {"sealed": [{"store": store, "sealed": p["sealed"]} for store, p in parts]}
-        first = parts[0][1]["part"]
+        from siloguard.policies.datamap import ACCESS_RECIPIENTS, ACCESS_SOURCE, load_datamaps
+
+        datamap = load_datamaps()["transactions"]
+        entries = [p["part"]["stores"][0] for _, p in parts if "part" in p]
         return {
-            "stores": [p["part"]["stores"][0] for _, p in parts],
-            "purposes": first.get("purposes", []),
-            "retention": first.get("retention"),
-            "recipients": first.get("recipients", []),
-            "source": first.get("source"),
-            "records": sum(int(p["part"].get("records", 0)) for _, p in parts),
+            "stores": entries,
+            "purposes": [{"purpose": k, "lawful_basis": b} for k, b in sorted(datamap.lawful_bases.items())],
+            "retention": datamap.retention,
+            "recipients": list(ACCESS_RECIPIENTS),
+            "source": ACCESS_SOURCE,
+            "records": sum(int(e["records"]) for e in entries),
         }
 
     def _effects_summary(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -195,6 +250,16 @@ class StoreEffects:
         from siloguard.dsr import clocks
         from siloguard.storage.orm import dsr_transitions
 
+        digest = self.digest(customer_ref)  # type: ignore[attr-defined]
+        with self.engine.connect() as conn:
+            waiting = conn.execute(
+                sa.select(sa.func.count()).select_from(dsr_requests).where(
+                    dsr_requests.c.subject_digest == digest, dsr_requests.c.kind == "consent",
+                    dsr_requests.c.status.in_(["verified", "in_progress", "extended"]))
+            ).scalar_one()
+        if waiting >= MAX_WAITING_CHANGES:
+            raise DsrConflict(f"{waiting} of your consent changes are still on their way to the stores (they apply "
+                              "them when they next sync): try again once those are done")
         jur = self.jurisdiction()  # type: ignore[attr-defined]
         now = self.clock()  # type: ignore[attr-defined]
         clock = clocks.clock_for(jur, "consent", now)
@@ -203,7 +268,7 @@ class StoreEffects:
             "id": request_id, "kind": "consent", "jurisdiction": jur, "status": "received",
             "received_at": now, "due_at": clock.due_at, "ack_due_at": clock.ack_due_at,
             "extension_notice_by": clock.extension_notice_by, "extended": False,
-            "subject_digest": self.digest(customer_ref), "customer_ref": customer_ref,  # type: ignore[attr-defined]
+            "subject_digest": digest, "customer_ref": customer_ref,
             "contact": None, "idempotency_key": None, "gpc": gpc, "payload": json.dumps({"consent": changes}),
             "result": None, "updated_at": now,
         }
@@ -226,16 +291,29 @@ class StoreEffects:
     def record_gpc(self, customer_ref: str) -> None:
         """``Sec-GPC: 1`` from a verified subject: an opt-out of sale and sharing in every store
         (filed once: a signal already on its way or applied is not filed again)."""
-        digest = self.digest(customer_ref)  # type: ignore[attr-defined]
-        with self.engine.connect() as conn:
-            filed = conn.execute(
-                sa.select(dsr_requests.c.id).where(
-                    dsr_requests.c.subject_digest == digest, dsr_requests.c.gpc.is_(True),
-                    dsr_requests.c.status.in_(["verified", "in_progress", "extended", "completed"]),
-                ).limit(1)
-            ).first()
-        if filed is None:
+        if not self._opted_out_last(self.digest(customer_ref)):  # type: ignore[attr-defined]
             self._file_verified(customer_ref, [], gpc=True)
+
+    def _opted_out_last(self, digest: str) -> bool:
+        """Whether the subject's latest word here on every sale/sharing purpose is an opt-out
+        (a GPC signal needs no new request then; after a later grant it does)."""
+        from siloguard.policies.consent import SALE_AND_SHARING
+
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(dsr_requests.c.kind, dsr_requests.c.jurisdiction, dsr_requests.c.payload, dsr_requests.c.gpc,
+                          dsr_requests.c.id)
+                .where(dsr_requests.c.subject_digest == digest,
+                       dsr_requests.c.status.in_(["verified", "in_progress", "extended", "completed"]))
+                .order_by(dsr_requests.c.received_at, dsr_requests.c.id)
+            ).mappings().all()
+        latest: dict[str, str] = {}
+        for row in rows:
+            for event in self._effect_events(dict(row)):
+                latest[event["purpose"]] = event["event"]
+            if row["gpc"] and row["kind"] != "erasure":
+                latest.update(dict.fromkeys(SALE_AND_SHARING, "opt_out"))
+        return all(latest.get(p) == "opt_out" for p in SALE_AND_SHARING)
 
     def change_consent(self, customer_ref: str, purpose: str, action: str) -> str:
         """Grant or withdraw consent for ``purpose`` in every store (a task each); audited. Returns the request id."""

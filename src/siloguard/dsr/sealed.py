@@ -99,7 +99,13 @@ def open_parts(private_key: ec.EllipticCurvePrivateKey, sealed: object, request_
         return open_answer(private_key, sealed, request_id)
     if not isinstance(sealed, list) or not all(isinstance(p, dict) and {"store", "sealed"} <= set(p) for p in sealed):
         raise ValueError("not a sealed answer")
-    parts = [open_answer(private_key, p["sealed"], part_id(request_id, str(p["store"]))) for p in sealed]
+    parts = []
+    for p in sealed:
+        part = open_answer(private_key, p["sealed"], part_id(request_id, str(p["store"])))
+        named = {s.get("store") for s in part.get("stores", []) if isinstance(s, dict)}
+        if named - {p["store"]}:
+            raise DsrInvalid(f"the part sealed by store {p['store']!r} names records of another store: it is not trusted")
+        parts.append(part)
     if not parts:
         return {"stores": [], "records": 0}
     first = parts[0]

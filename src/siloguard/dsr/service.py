@@ -257,8 +257,10 @@ class DsrService(ErasureTasks, StoreEffects):
         conn.execute(
             dsr_tasks.update()
             .where(dsr_tasks.c.request_id == request_id, dsr_tasks.c.status.in_(["pending", "claimed"]))
-            .values(status="cancelled", customer_ref=None, answer=None)
+            .values(status="cancelled", customer_ref=None)
         )
+        # The stores' parts of an answer live on in the request's result only (or not at all).
+        conn.execute(dsr_tasks.update().where(dsr_tasks.c.request_id == request_id).values(answer=None))
         cleared = {"customer_ref": None, "contact": None}
         conn.execute(dsr_requests.update().where(dsr_requests.c.id == request_id).values(**cleared))
         return cleared
@@ -636,7 +638,8 @@ class DsrService(ErasureTasks, StoreEffects):
         with exclusive(self.engine, _LOCK) as conn:
             request = self._load(conn, request_id)
             done = conn.execute(
-                sa.select(dsr_tasks.c.store).where(dsr_tasks.c.request_id == request_id, dsr_tasks.c.status == "done")
+                sa.select(dsr_tasks.c.store).where(dsr_tasks.c.request_id == request_id, dsr_tasks.c.status == "done",
+                                                   dsr_tasks.c.kind == "erasure")
             ).scalars().first()
             if done is not None:
                 raise DsrConflict(
@@ -704,6 +707,8 @@ class DsrService(ErasureTasks, StoreEffects):
                 moved += self.advance(request_id)
             except SiloguardError as exc:
                 log.warning("request %s could not proceed yet: %s", request_id, exc)
+            except Exception as exc:  # noqa: BLE001  one bad request must not stop the sweep for the others
+                log.error("request %s could not proceed: %s", request_id, type(exc).__name__)
         return moved
 
     def _try_advance(self, request_id: str) -> None:

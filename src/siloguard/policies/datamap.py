@@ -37,7 +37,17 @@ from siloguard._yaml import YamlDoc
 from siloguard.errors import ConfigError
 from siloguard.policies.taxonomy import Taxonomy, ancestors, covers, load_taxonomy
 
+#: Where the data of a store goes, and where it came from: what an access answer states
+#: (GDPR Art. 15(1)(c), (g)); the same for every store, so no store's part can change it.
+ACCESS_RECIPIENTS: tuple[str, ...] = (
+    "no third party receives records",
+    "the federation server receives differentially private model updates computed in the store, never records",
+)
+ACCESS_SOURCE = "collected by the store from the data subject at purchase (invoices of identified customers)"
+
 __all__ = [
+    "ACCESS_RECIPIENTS",
+    "ACCESS_SOURCE",
     "DATAMAPS_DIR",
     "ColumnSpec",
     "DataMap",
