@@ -42,6 +42,18 @@ def _sites(out: Path) -> dict[str, Path]:
     return {d.name: d for d in sorted(base.iterdir()) if StoreSite.is_site(d)} if base.is_dir() else {}
 
 
+def _targets(site: Path | None, out: Path) -> list[tuple[str, Settings]]:
+    """(store, settings) of every store a command works on: the --site, or each site of a run."""
+    if site is not None:
+        return [store_settings(None, site, out)]
+    if _sites(out):
+        return [store_settings(name, None, out) for name in _sites(out)]
+    from siloguard.clients.gating import known_stores
+
+    settings = run_settings(out)
+    return [(s, settings) for s in known_stores(settings)]
+
+
 def store_settings(store: str | None, site: Path | None, out: Path) -> tuple[str, Settings]:
     """The store's name and settings: its ``--site``, or its site under a one-machine run ``--out``."""
     from siloguard.clients.site import StoreSite
@@ -90,15 +102,7 @@ def consent_import(
     from siloguard.policies.consent import ConsentRegistry
     from siloguard.policies.consent_io import import_consent, read_consent_file
 
-    if site is not None:
-        targets = [store_settings(None, site, out)]
-    elif _sites(out):
-        targets = [store_settings(name, None, out) for name in _sites(out)]
-    else:
-        from siloguard.clients.gating import known_stores
-
-        settings = run_settings(out)
-        targets = [(s, settings) for s in known_stores(settings)]
+    targets = _targets(site, out)
     frame = read_consent_file(file, [name for name, _ in targets])
     from siloguard.clients.gating import store_keys
 
@@ -130,20 +134,14 @@ def consent_status(
     from rich.console import Console
     from rich.table import Table
 
-    from siloguard.clients.gating import known_stores, silo_path, store_consent
+    from siloguard.clients.gating import silo_path, store_consent
     from siloguard.data.loader import load_clean
     from siloguard.errors import ConfigError
     from siloguard.policies.taxonomy import load_taxonomy
 
     if not load_taxonomy().is_use(purpose):
         raise ConfigError(f"unknown purpose {purpose!r}: use a fideslang data use (policies/taxonomy.yaml)")
-    if site is not None:
-        targets = [store_settings(None, site, out)]
-    elif _sites(out):
-        targets = [store_settings(name, None, out) for name in _sites(out)]
-    else:
-        settings = run_settings(out)
-        targets = [(s, settings) for s in known_stores(settings)]
+    targets = _targets(site, out)
     now = datetime.now(UTC)
     table = Table(title=f"Live consent for {purpose}", title_justify="left")
     for column in ("store", "customers", "consenting", "share"):

@@ -246,9 +246,7 @@ class StoreEffects:
     # ---- a verified subject's consent, through requests ---------------------------------------
     def _file_verified(self, customer_ref: str, changes: list[dict[str, str]], *, gpc: bool) -> str:
         """A consent change a verified subject makes in their session: a request filed verified."""
-        from siloguard.audit import new_event_id
         from siloguard.dsr import clocks
-        from siloguard.storage.orm import dsr_transitions
 
         digest = self.digest(customer_ref)  # type: ignore[attr-defined]
         with self.engine.connect() as conn:
@@ -262,24 +260,13 @@ class StoreEffects:
                               "them when they next sync): try again once those are done")
         jur = self.jurisdiction()  # type: ignore[attr-defined]
         now = self.clock()  # type: ignore[attr-defined]
-        clock = clocks.clock_for(jur, "consent", now)
-        request_id = f"dsr-{uuid.uuid4()}"
-        row: dict[str, Any] = {
-            "id": request_id, "kind": "consent", "jurisdiction": jur, "status": "received",
-            "received_at": now, "due_at": clock.due_at, "ack_due_at": clock.ack_due_at,
-            "extension_notice_by": clock.extension_notice_by, "extended": False,
-            "subject_digest": digest, "customer_ref": customer_ref,
-            "contact": None, "idempotency_key": None, "gpc": gpc, "payload": json.dumps({"consent": changes}),
-            "result": None, "updated_at": now,
-        }
+        row = self._new_row("consent", jur, clocks.clock_for(jur, "consent", now), now, digest=digest,  # type: ignore[attr-defined]
+                            customer_ref=customer_ref, contact=None, idempotency_key=None, gpc=gpc,
+                            payload={"consent": changes})
+        request_id = row["id"]
 
         def write(conn: Any) -> list[AuditEvent]:
-            events: list[AuditEvent] = []
-            conn.execute(dsr_requests.insert(), row)
-            received = {"request_id": request_id, "from_status": None, "to_status": "received", "at": now,
-                        "actor": SUBJECT_ACTOR, "reason": jur, "event_id": new_event_id()}
-            conn.execute(dsr_transitions.insert(), received)
-            events.append(self._event({**received, "kind": "consent", "jurisdiction": jur}))  # type: ignore[attr-defined]
+            events: list[AuditEvent] = self._insert_received(conn, row, actor=SUBJECT_ACTOR)  # type: ignore[attr-defined]
             self._transition(conn, row, "verified", events=events, actor=SUBJECT_ACTOR,  # type: ignore[attr-defined]
                              reason="subject-session", now=now)
             return events

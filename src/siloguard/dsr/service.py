@@ -382,23 +382,12 @@ class DsrService(ErasureTasks, StoreEffects):
                 existing = None
             if existing is not None:
                 return self._check_same(existing, kind, jur), False
-        request_id = f"dsr-{uuid.uuid4()}"
-        row: dict[str, Any] = {
-            "id": request_id, "kind": kind, "jurisdiction": jur, "status": "received",
-            "received_at": now, "due_at": clock.due_at, "ack_due_at": clock.ack_due_at,
-            "extension_notice_by": clock.extension_notice_by, "extended": False, "subject_digest": digest,
-            "customer_ref": ref, "contact": contact, "idempotency_key": idem,
-            "gpc": gpc, "payload": json.dumps({"consent": changes} | ({"answer_key": answer_key} if answer_key else {})),
-            "result": None, "updated_at": now,
-        }
+        row = self._new_row(kind, jur, clock, now, digest=digest, customer_ref=ref, contact=contact, idempotency_key=idem,
+                            gpc=gpc, payload={"consent": changes} | ({"answer_key": answer_key} if answer_key else {}))
+        request_id = row["id"]
 
         def write(conn: Connection) -> list[AuditEvent]:
-            events: list[AuditEvent] = []
-            conn.execute(dsr_requests.insert(), row)
-            received = {"request_id": request_id, "from_status": None, "to_status": "received", "at": now,
-                        "actor": actor, "reason": jur, "event_id": new_event_id()}
-            conn.execute(dsr_transitions.insert(), received)
-            events.append(self._event({**received, "kind": kind, "jurisdiction": jur}))
+            events = self._insert_received(conn, row, actor=actor)
             if clock.needs_verification:
                 code = f"{secrets.randbelow(10**_CODE_DIGITS):0{_CODE_DIGITS}d}"
                 expires = now + self.code_ttl
@@ -434,6 +423,26 @@ class DsrService(ErasureTasks, StoreEffects):
             self._try_advance(request_id)
             row = self.get(request_id)
         return row, True
+
+    @staticmethod
+    def _new_row(kind: str, jurisdiction: str, clock: Any, now: datetime, *, digest: str, customer_ref: str,
+                 contact: str | None, idempotency_key: str | None, gpc: bool, payload: dict[str, Any]) -> dict[str, Any]:
+        """A new request as it is stored (status ``received``), with its legal clock."""
+        return {
+            "id": f"dsr-{uuid.uuid4()}", "kind": kind, "jurisdiction": jurisdiction, "status": "received",
+            "received_at": now, "due_at": clock.due_at, "ack_due_at": clock.ack_due_at,
+            "extension_notice_by": clock.extension_notice_by, "extended": False, "subject_digest": digest,
+            "customer_ref": customer_ref, "contact": contact, "idempotency_key": idempotency_key,
+            "gpc": gpc, "payload": json.dumps(payload), "result": None, "updated_at": now,
+        }
+
+    def _insert_received(self, conn: Connection, row: dict[str, Any], *, actor: str) -> list[AuditEvent]:
+        """Store a new request and its first transition; returns the audit events to append."""
+        conn.execute(dsr_requests.insert(), row)
+        received = {"request_id": row["id"], "from_status": None, "to_status": "received", "at": row["received_at"],
+                    "actor": actor, "reason": row["jurisdiction"], "event_id": new_event_id()}
+        conn.execute(dsr_transitions.insert(), received)
+        return [self._event({**received, "kind": row["kind"], "jurisdiction": row["jurisdiction"]})]
 
     @staticmethod
     def original_clock(row: dict[str, Any]) -> dict[str, Any]:
