@@ -96,3 +96,20 @@ def test_when_privacy_settings_are_invalid_then_train_stops_before_reading_data(
     assert result.returncode == 2, result.stderr
     assert expected in result.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_version_exit_codes_and_model_commands_on_a_run_root(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from siloguard import __version__
+    from siloguard.cli import app
+
+    runner = CliRunner()
+    version = runner.invoke(app, ["--version"])
+    assert version.exit_code == 0 and version.output.strip() == f"siloguard {__version__}"
+    assert "Exit codes:" in runner.invoke(app, ["--help"]).output
+    missing = runner.invoke(app, ["model", "list", "--out", str(tmp_path / "nothere")])
+    assert missing.exit_code == 2 and "no such run" in missing.output
+    (tmp_path / "run" / "coordinator").mkdir(parents=True)
+    empty = runner.invoke(app, ["model", "show", "--out", str(tmp_path / "run")])
+    assert empty.exit_code == 2 and "coordinator" in empty.output  # the run root resolves to its coordinator

@@ -23,13 +23,35 @@ from rich.table import Table
 from siloguard.config import Settings
 from siloguard.errors import SiloguardError
 
+EXIT_CODES = """Exit codes: 0 done; 1 a check failed (siloguard check); 2 invalid settings or options; 3 unusable
+data; 4 a federated run failed; 5 refused by the access policy or the gate; 6 audit log refused an
+input; 7 audit verification failed; 8 database unreachable or not migrated; 9 privacy budget; 10 a
+compliance rule refused a run."""
+
 app = typer.Typer(
     name="siloguard",
     help="Privacy-first federated learning and compliance for retail precision marketing.",
+    epilog=EXIT_CODES,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from siloguard import __version__
+
+        typer.echo(f"siloguard {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True,
+                                                    help="Print the version and exit.")] = None,
+) -> None:
+    """Privacy-first federated learning and compliance for retail precision marketing."""
 
 def _mount_subcommands() -> None:
     from siloguard.audit.cli import audit_app

@@ -138,3 +138,14 @@ def test_when_a_run_of_the_historical_sample_is_checked_then_its_rows_age_on_the
     assert settings.keys.root == (out / "keys").resolve()
     assert settings.database.url == f"sqlite:///{(out / 'siloguard.db').resolve()}"
     assert _settings(out=out, db=None, as_of="now").compliance.as_of is None
+
+
+def test_check_ends_with_a_summary_line_and_refuses_a_run_that_is_not_there(env: Path) -> None:
+    passed = runner.invoke(app, ["check", "--as-of", "data"])
+    assert passed.exit_code == 0, passed.output
+    last = passed.output.strip().splitlines()[-1]
+    assert last.startswith("OK: 13 rules on ") and "0 failed" in last
+    failed = runner.invoke(app, ["check", "--as-of", "now"])
+    assert failed.exit_code == 1 and failed.output.strip().splitlines()[-1].startswith("FAILED: ")
+    missing = runner.invoke(app, ["check", "--run", str(env / "nothere")])
+    assert missing.exit_code == 2 and "no such directory" in missing.output

@@ -153,8 +153,20 @@ def check(
                                "rules": [r.to_json() for r in results]}, indent=2))
     else:
         _print_table(results)
+        typer.echo(summary_line(results, settings.work_dir))
     if failed_errors(results):
         raise typer.Exit(1)
+
+
+def summary_line(results: list[Any], where: Path) -> str:
+    """One line after the table: how many rules ended how, and what was checked."""
+    from collections import Counter
+
+    counts = Counter(r.status for r in results)
+    parts = [f"{counts.get(k, 0)} {label}" for k, label in (("passed", "passed"), ("failed", "failed"),
+                                                              ("warning", "warnings"), ("not_applicable", "not applicable"))]
+    verdict = "FAILED" if any(r.is_error for r in results) else "OK"
+    return f"{verdict}: {len(results)} rules on {where}: " + ", ".join(parts)
 
 
 @check_app.command("ropa")

@@ -18,7 +18,19 @@ __all__ = ["model_app"]
 
 model_app = command_group("model", "The model registry: versions, manifests, rollback.")
 
-OutOpt = Annotated[Path, typer.Option("--out", help="The run's work directory (holds models/ and model).")]
+OutOpt = Annotated[Path, typer.Option("--out", help="The run (as siloguard demo/train made it) or the coordinator's directory (holds models/ and model).")]
+
+
+def _coordinator(out: Path) -> Path:
+    """The coordinator's directory of a run: ``out`` itself, or ``out/coordinator`` for a run laid out by demo/train."""
+    from siloguard.errors import ConfigError
+
+    out = Path(out)
+    if (out / "coordinator").is_dir() and not (out / "models").is_dir():
+        return out / "coordinator"
+    if not out.is_dir():
+        raise ConfigError(f"--out {out}: no such run; pass the run siloguard demo/train made (e.g. runs/demo)")
+    return out
 
 
 @model_app.command("list")
@@ -30,6 +42,7 @@ def model_list(out: OutOpt = Path("runs/train")) -> None:
 
     from siloguard.federation.registry import current_version, list_versions
 
+    out = _coordinator(out)
     current = current_version(out)
     table = Table(title=f"Models in {out}", title_justify="left")
     for col in ("", "version", "parent", "created", "rounds", "stores", "NDCG@10", "sha256"):
@@ -52,6 +65,7 @@ def model_show(
     from siloguard.errors import ConfigError
     from siloguard.federation.registry import current_version, load_manifest
 
+    out = _coordinator(out)
     version = version or current_version(out) or ""
     if not version:
         raise ConfigError(f"no model in {out} yet: run 'siloguard train' or 'siloguard federate' first")
