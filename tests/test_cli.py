@@ -113,3 +113,30 @@ def test_version_exit_codes_and_model_commands_on_a_run_root(tmp_path: Path) -> 
     (tmp_path / "run" / "coordinator").mkdir(parents=True)
     empty = runner.invoke(app, ["model", "show", "--out", str(tmp_path / "run")])
     assert empty.exit_code == 2 and "coordinator" in empty.output  # the run root resolves to its coordinator
+
+
+def test_train_without_consent_is_refused_before_the_simulation_engine_starts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from siloguard.cli import app
+
+    for name in ("SILOGUARD_DATABASE__URL", "SILOGUARD_KEYS__ROOT", "SILOGUARD_WORK_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    retail = write_tiny_retail(tmp_path / "tiny.csv")
+    result = CliRunner().invoke(app, ["train", "--data", str(retail), "--out", str(tmp_path / "run"), "--stores", "1"])
+    from siloguard.errors import ConfigError
+
+    assert isinstance(result.exception, ConfigError) and result.exception.exit_code == 2  # main() exits with it
+    assert "has a live consent" in str(result.exception) and "--consent FILE" in str(result.exception)
+    assert "Federated training" not in result.output  # nothing started
+
+
+def test_a_campaign_names_exactly_one_target(tmp_path: Path) -> None:
+    from siloguard.clients.campaign import campaign_list
+    from siloguard.config import Settings
+    from siloguard.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="exactly one target"):
+        campaign_list(Settings.build(work_dir=tmp_path), "france")
+    with pytest.raises(ConfigError, match="not both"):
+        campaign_list(Settings.build(work_dir=tmp_path), "france", segment="champions", item="SKU001")

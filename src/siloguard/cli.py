@@ -156,6 +156,15 @@ def _run(out: Path, settings: Settings, *, verbose: bool) -> None:
         f"[bold]Consent[/] {consented:,} of {customers:,} customers may be used for personalize.profiling now; "
         "the gate checks again before every round"
     )
+    without = sorted(name for name, n in prepared.consented.items() if n == 0)
+    if without:  # refused before the simulation engine starts (run_federation checks it too)
+        from siloguard.errors import ConfigError
+
+        raise ConfigError(
+            f"no customer of store(s) {', '.join(without)} has a live consent for personalize.profiling, so the "
+            "gate lets nothing train: import the consents your stores collected (siloguard train --consent FILE, "
+            "or siloguard consent import FILE --site SITE)"
+        )
     rounds = settings.federation.rounds
     progress = Progress(
         TextColumn("[bold]Federated training"),

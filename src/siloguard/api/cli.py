@@ -62,6 +62,9 @@ def serve(
     # Casbin logs every decision (a miss as a warning, with principal ids): the API's own
     # answers say what was refused, so only Casbin's errors are kept.
     logging.getLogger("casbin").setLevel(logging.ERROR)
+    # Presidio logs every analysis at INFO (dozens of lines per access answer): warnings only.
+    for name in ("presidio-analyzer", "presidio-anonymizer", "presidio_analyzer", "presidio_anonymizer"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     typer.echo(f"siloguard API on http://{settings.api.host}:{settings.api.port} (docs at /docs)", err=True)
     uvicorn.run(app, **options)
 

@@ -113,7 +113,11 @@ def campaign_list(
 ) -> CampaignList:
     """The top ``top`` consenting customers of a segment or for a product, ready to export."""
     if (segment is None) == (item is None):
-        raise ConfigError("name either a segment (--segment) or a product (--item), not both")
+        raise ConfigError(
+            "name exactly one target: a segment (--segment, e.g. champions) or a product (--item, a stock code)"
+            if (segment is None) == (item is None) and segment is None else
+            "name either a segment (--segment) or a product (--item), not both"
+        )
     if segment is not None and segment not in SEGMENTS:
         raise ConfigError(f"unknown segment {segment!r}: use one of {', '.join(SEGMENTS)}")
     if top < 1:

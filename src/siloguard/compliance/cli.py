@@ -138,7 +138,10 @@ def check(
     rules = select_rules(load_rules(settings.compliance.rules), scope="check", only=only or ())
     context = Context(settings)
     try:
-        results = evaluate(context, rules)
+        from rich.console import Console
+
+        with Console(stderr=True).status(f"Checking {len(rules)} GDPR/CCPA rules..."):
+            results = evaluate(context, rules)
         if record:
             from siloguard.audit.log import AuditLog
 
