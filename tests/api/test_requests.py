@@ -269,3 +269,16 @@ def test_work_that_cannot_start_yet_is_picked_up_by_the_sweep(sqlite_api: Api) -
     api.sync()
     assert service.get(request["id"])["status"] == "completed"
     assert _consents(api, SUBJECT, TARGETED) == set(STORES)
+
+
+def test_the_received_event_carries_the_deadline_the_api_gives(sqlite_api: Api) -> None:
+    api = sqlite_api
+    request = api.submit("opt_out", SUBJECT)
+    log = AuditLog.open(api.env.settings)
+    try:
+        received = next(s.event for s in log.iter_events() if s.event.request == request["id"] and s.event.action == "dsr.received")
+    finally:
+        log.close()
+    due = api.app_service().get(request["id"])["due_at"]
+    due = due if due.tzinfo else due.replace(tzinfo=timezone.utc)
+    assert received.counts["due_epoch_s"] == int(due.timestamp())

@@ -183,3 +183,27 @@ def test_report_opens_in_headless_chromium_with_the_tree_head_and_the_plots(keys
     root = report.facts["tree_head"]["root_hash_hex"]
     assert re.search(rf'id="root-hex"[^>]*>{root}<', dom)
     assert 'data-plots="3"' in dom and 'data-plots-rendered="3"' in dom  # all three PNGs decoded
+
+
+def test_the_report_shows_the_apis_deadlines_ended_requests_and_a_summary_first(audit_log: AuditLog, keys: Keys) -> None:
+    from siloguard.dsr.clocks import clock_for
+
+    received = _at(0)
+    due = clock_for("ccpa", "opt_out", received).due_at  # 15 business days: no plain day count gives it
+    events = [gate_event(i) for i in range(3)] + [
+        AuditEvent(actor="svc:api", action=v.DSR_RECEIVED, resource="dsr:opt_out", purpose="compliance", reason="ccpa",
+                   request="req-opt-out", counts={"due_epoch_s": int(due.timestamp())}, time=received),
+        AuditEvent(actor="svc:api", action=v.DSR_RECEIVED, resource="dsr:access", purpose="compliance", reason="gdpr",
+                   request="req-never-verified", time=received),
+        AuditEvent(actor="svc:api", action="dsr.unverified", resource="dsr:access", purpose="compliance", reason="code-expired",
+                   request="req-never-verified", time=_at(1)),
+    ]
+    report = _report_for(audit_log, keys, events, clock_days=2)
+    rows = {r["request"]: r for r in report.facts["data_subject_requests"]["rows"]}
+    assert rows["req-opt-out"]["due"] == due.strftime("%Y-%m-%dT%H:%M:%SZ") and rows["req-opt-out"]["state"] == "open"
+    assert rows["req-never-verified"]["state"] == "closed unverified"
+    summary = report.facts["summary"]
+    assert summary["requests_open"] == 1 and summary["requests_overdue"] == 0
+    assert summary["next_due"] == rows["req-opt-out"]["due"] and 0 < summary["next_due_days_left"] < 30
+    assert summary["denials"] == sum(r["count"] for r in report.facts["gate_decisions"]["denials_by_reason"])
+    assert report.html.index('id="summary"') < report.html.index("Events by type over time")

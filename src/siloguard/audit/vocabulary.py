@@ -66,6 +66,8 @@ __all__ = [
     "COUNT_SUBJECTS",
     "DSR_ANSWER_READ",
     "DSR_COMPLETED",
+    "DSR_ENDED",
+    "DSR_EXTENDED",
     "DSR_RECEIPT",
     "DSR_RECEIVED",
     "DSR_TASK_DONE",
@@ -98,6 +100,9 @@ DSR_TASK_DONE = "dsr.task_done"
 DSR_ANSWER_READ = "dsr.answer_read"
 CONSENT_CHANGED = "consent.changed"
 DSR_COMPLETED = "dsr.completed"
+DSR_EXTENDED = "dsr.extended"
+#: Ends of a request other than completion (the report shows them, not "open").
+DSR_ENDED = {"dsr.denied": "denied", "dsr.failed": "failed", "dsr.unverified": "closed unverified"}
 CHECK_RESULT = "check.result"
 COMPLIANCE_CHECK = "compliance.check"
 COMPLIANCE_PREFLIGHT = "compliance.preflight"

@@ -240,7 +240,8 @@ class DsrService(ErasureTasks, StoreEffects):
         conn.execute(dsr_transitions.insert(), row)
         if to in TERMINAL:
             values.update(self._close(conn, request["id"]))
-        events.append(self._event({**row, "kind": request["kind"], "jurisdiction": request["jurisdiction"]}))
+        events.append(self._event({**row, "kind": request["kind"], "jurisdiction": request["jurisdiction"],
+                                   "due_at": values.get("due_at")}))
         request["status"] = to
         request.update(values)
 
@@ -290,7 +291,7 @@ class DsrService(ErasureTasks, StoreEffects):
         with self._audit_lock:
             with self.engine.connect() as conn:
                 rows = conn.execute(
-                    sa.select(dsr_transitions, dsr_requests.c.kind, dsr_requests.c.jurisdiction)
+                    sa.select(dsr_transitions, dsr_requests.c.kind, dsr_requests.c.jurisdiction, dsr_requests.c.due_at)
                     .join(dsr_requests, dsr_requests.c.id == dsr_transitions.c.request_id)
                     .where(~audited.exists())
                     .order_by(dsr_transitions.c.id)
@@ -319,6 +320,14 @@ class DsrService(ErasureTasks, StoreEffects):
         """The audit event of a transition row (ids, statuses and reason codes only)."""
         to = row["to_status"]
         reason = row["jurisdiction"] if to == "received" else row["reason"]
+        # The deadline the API gives, so that the officer's report shows the same one: the
+        # original at receipt (the legal clock), the new one at an extension.
+        counts: dict[str, int] = {}
+        if to == "received":
+            due = clocks.clock_for(row["jurisdiction"], row["kind"], _aware(row["at"])).due_at  # type: ignore[arg-type]
+            counts = {"due_epoch_s": int(due.timestamp())}
+        elif to == "extended" and row.get("due_at") is not None:
+            counts = {"due_epoch_s": int(_aware(row["due_at"]).timestamp())}  # type: ignore[union-attr]
         return AuditEvent(
             actor=row["actor"],
             action=f"dsr.{to}",
@@ -326,6 +335,7 @@ class DsrService(ErasureTasks, StoreEffects):
             purpose=PURPOSE,
             decision="deny" if to in ("denied", "failed") else "info",
             reason=reason,
+            counts=counts,
             request=row["request_id"],
             event_id=row["event_id"],
             time=_aware(row["at"]),

@@ -140,8 +140,16 @@ class _Collector:
             self.dsr.setdefault(related["request"], {}).update(
                 {"kind": kind, "regulation": e["reason"], "received": _parse_time(e["time"])}
             )
+            if "due_epoch_s" in counts:  # the deadline the API gave (siloguard.dsr.clocks)
+                self.dsr[related["request"]]["due"] = datetime.fromtimestamp(counts["due_epoch_s"], timezone.utc)
+        elif action == v.DSR_EXTENDED and related["request"] and "due_epoch_s" in counts:
+            info = self.dsr.setdefault(related["request"], {})
+            info["due"] = datetime.fromtimestamp(counts["due_epoch_s"], timezone.utc)
+            info["extended"] = True
         elif action == v.DSR_COMPLETED and related["request"]:
             self.dsr.setdefault(related["request"], {})["completed"] = _parse_time(e["time"])
+        elif action in v.DSR_ENDED and related["request"]:
+            self.dsr.setdefault(related["request"], {})["ended"] = v.DSR_ENDED[action]
         elif action in (v.HEAD_WITNESSED, v.HEAD_REFUSED) and related["store"]:
             seen = self.heads.setdefault(related["store"], {
                 "store": related["store"], "seq": None, "tree_size": None, "round": None, "signed": None, "recorded": None,
@@ -212,11 +220,13 @@ class _Collector:
             received, completed = info.get("received"), info.get("completed")
             regulation = info.get("regulation")
             clock = v.LEGAL_CLOCKS.get(regulation or "")
-            due = None
-            if received is not None and clock is not None:
+            due = info.get("due")
+            if due is None and received is not None and clock is not None:  # events recorded before deadlines were
                 unit, amount = clock
                 due = _add_months(received, amount) if unit == "months" else received + timedelta(days=amount)
-            if received is None:
+            if info.get("ended"):
+                state = info["ended"]
+            elif received is None:
                 state = "completion recorded without a receipt"
             elif due is None:
                 state = "no legal clock (regulation not recorded)" if completed is None else "completed"
@@ -234,6 +244,32 @@ class _Collector:
         """Each store's latest signed head of its own log, as the coordinator witnessed it."""
         rows = [self.heads[k] for k in sorted(self.heads)]
         return {"status": OK if rows else NO_DATA, "rows": rows}
+
+    def summary(self, sections: dict[str, Any]) -> dict[str, Any]:
+        """What an officer needs first: failed checks, refusals, requests open or overdue and the
+        nearest deadline, the highest privacy spend, stores' logs witnessed or refused."""
+        requests = sections["data_subject_requests"]["rows"]
+        open_rows = [r for r in requests if r["state"] in ("open", "overdue")]
+        due = sorted(r["due"] for r in open_rows if r["due"])
+        days_left = None
+        if due:
+            days_left = round((datetime.strptime(due[0], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc) - self.as_of)
+                              .total_seconds() / 86400, 1)
+        spend = sections["privacy_budget"]["stores"]
+        top = max(spend, key=lambda s: s["total_epsilon_e6"]) if spend else None
+        heads = sections["witnessed_heads"]["rows"]
+        return {
+            "checks_failed": sum(1 for r in sections["checks"]["rows"] if r["result"] == "failed"),
+            "denials": sum(r["count"] for r in sections["gate_decisions"]["denials_by_reason"]),
+            "requests_open": len(open_rows),
+            "requests_overdue": sum(1 for r in requests if r["state"] == "overdue"),
+            "next_due": due[0] if due else None,
+            "next_due_days_left": days_left,
+            "highest_spend_store": top["store"] if top else None,
+            "highest_spend_epsilon_e6": top["total_epsilon_e6"] if top else None,
+            "stores_witnessed": sum(1 for h in heads if h["witnessed"]),
+            "heads_refused": sum(h["refused"] for h in heads),
+        }
 
     def check_results(self) -> dict[str, Any]:
         rows = [self.checks[k] for k in sorted(self.checks)]
@@ -260,7 +296,7 @@ def collect(
         c.add(event)
     if c.total != head.tree_size:
         raise ValueError(f"the report needs the {head.tree_size} events of head #{head.seq}, got {c.total}")
-    return {
+    sections = {
         "tree_head": head.to_json(),
         "log": {"events": c.total, "events_after_head": after_head, "as_of": _iso(head.time)},
         "events_by_type": c.events_by_type(),
@@ -272,4 +308,6 @@ def collect(
         "checks": c.check_results(),
         "witnessed_heads": c.witnessed_heads(),
     }
+    sections["summary"] = c.summary(sections)
+    return sections
 
