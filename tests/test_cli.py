@@ -140,3 +140,26 @@ def test_a_campaign_names_exactly_one_target(tmp_path: Path) -> None:
         campaign_list(Settings.build(work_dir=tmp_path), "france")
     with pytest.raises(ConfigError, match="not both"):
         campaign_list(Settings.build(work_dir=tmp_path), "france", segment="champions", item="SKU001")
+
+
+def test_model_show_summarises_and_json_gives_the_whole_manifest(tmp_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from siloguard.cli import app
+
+    version = tmp_path / "run" / "coordinator" / "models" / "v1"
+    version.mkdir(parents=True)
+    manifest = {"version": "v1", "parent": None, "created": "2026-12-01T00:00:00Z", "sha256": "ab" * 32, "rounds": 2,
+                "participants": ["france", "germany"], "metrics": {"overall": {"ndcg@10": 0.3, "hr@10": 0.8}},
+                "epsilon_per_store": {"france": 7.5}, "history": [{"round": 1}, {"round": 2}]}
+    (version / "manifest.json").write_text(json.dumps(manifest))
+    (tmp_path / "run" / "coordinator" / "model").symlink_to("models/v1")
+    runner = CliRunner()
+    short = runner.invoke(app, ["model", "show", "--out", str(tmp_path / "run")])
+    assert short.exit_code == 0, short.output
+    assert "model v1 (parent none)" in short.output and "france epsilon 7.50" in short.output and "ndcg@10 0.3000" in short.output
+    assert len(short.output.splitlines()) < 10
+    full = runner.invoke(app, ["model", "show", "--out", str(tmp_path / "run"), "--json"])
+    assert json.loads(full.output)["history"] == manifest["history"]

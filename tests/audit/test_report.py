@@ -207,3 +207,12 @@ def test_the_report_shows_the_apis_deadlines_ended_requests_and_a_summary_first(
     assert summary["next_due"] == rows["req-opt-out"]["due"] and 0 < summary["next_due_days_left"] < 30
     assert summary["denials"] == sum(r["count"] for r in report.facts["gate_decisions"]["denials_by_reason"])
     assert report.html.index('id="summary"') < report.html.index("Events by type over time")
+
+
+def test_the_budget_table_explains_epsilon_in_plain_words_and_prints_well(audit_log: AuditLog, keys: Keys) -> None:
+    report = _report_for(audit_log, keys, _compliance_events(), clock_days=46)
+    html = report.html
+    assert "1.20" in html and "3.3 times as likely" in html  # france: epsilon 1.2, e^1.2 = 3.32
+    assert "0.75" in html and "2.1 times as likely" in html  # germany: epsilon 0.75, e^0.75 = 2.12
+    assert "1.200000" not in html  # no false precision
+    assert "@media print" in html

@@ -60,8 +60,9 @@ def model_list(out: OutOpt = Path("runs/train")) -> None:
 def model_show(
     version: Annotated[str, typer.Argument(help="e.g. v2; default: the current version")] = "",
     out: OutOpt = Path("runs/train"),
+    as_json: Annotated[bool, typer.Option("--json", help="The whole manifest as JSON (settings, per-round history).")] = False,
 ) -> None:
-    """A version's manifest (JSON)."""
+    """A version's summary: where it came from, how good it is, what privacy it spent (--json: the whole manifest)."""
     from siloguard.errors import ConfigError
     from siloguard.federation.registry import current_version, load_manifest
 
@@ -69,7 +70,22 @@ def model_show(
     version = version or current_version(out) or ""
     if not version:
         raise ConfigError(f"no model in {out} yet: run 'siloguard train' or 'siloguard federate' first")
-    typer.echo(json.dumps(load_manifest(out, version), indent=2, sort_keys=True))
+    manifest = load_manifest(out, version)
+    if as_json:
+        typer.echo(json.dumps(manifest, indent=2, sort_keys=True))
+        return
+    overall = manifest.get("metrics", {}).get("overall", {})
+    lines = [
+        f"model {manifest['version']} (parent {manifest.get('parent') or 'none'}), created {manifest.get('created', '-')}",
+        f"sha256 {manifest['sha256']}",
+        f"{manifest['rounds']} round(s); stores: {', '.join(manifest.get('participants', manifest.get('stores', [])))}",
+        "overall: " + ", ".join(f"{k} {overall[k]:.4f}" for k in ("ndcg@10", "hr@10", "recall@20", "new.ndcg@10") if k in overall),
+    ]
+    eps = manifest.get("epsilon_per_store") or {}
+    lines.append("privacy: " + (", ".join(f"{s} epsilon {e:.2f}" for s, e in sorted(eps.items()))
+                                if eps else "trained without differential privacy"))
+    lines.append("(--json for the whole manifest)")
+    typer.echo("\n".join(lines))
 
 
 @model_app.command("rollback")
