@@ -154,7 +154,7 @@ def test_model_cli_lists_shows_and_rolls_back(settings: Settings, monkeypatch: p
     listed = runner.invoke(app, ["model", "list", *out])
     assert listed.exit_code == 0, listed.output
     assert "v1" in listed.output and "v2" in listed.output
-    shown = runner.invoke(app, ["model", "show", "v1", *out])
+    shown = runner.invoke(app, ["model", "show", "v1", "--json", *out])
     assert shown.exit_code == 0 and json.loads(shown.output)["version"] == "v1"
     rolled = runner.invoke(app, ["model", "rollback", "v1", *out])
     assert rolled.exit_code == 0, rolled.output
