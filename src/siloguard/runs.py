@@ -91,16 +91,24 @@ def privacy_settings(run: Path, base: Settings | None = None) -> Settings:
     own = (run / "privacy") if coordinator != run else (run.parent / "privacy")
     own.mkdir(mode=0o700, parents=True, exist_ok=True)
     settings = (base or Settings.build()).with_overrides(work_dir=coordinator.resolve())  # type: ignore[arg-type]
-    if "SILOGUARD_DATABASE__URL" not in os.environ:
-        settings = settings.with_overrides(database={"url": f"sqlite:///{(own / 'siloguard.db').resolve()}"})
-    if "SILOGUARD_KEYS__ROOT" not in os.environ:
-        settings = settings.with_overrides(keys={"root": (own / "keys").resolve()})
-    audit = {}
-    if "SILOGUARD_AUDIT__SIGNING_KEY" not in os.environ:
-        audit["signing_key"] = (own / "keys" / "audit-signing.key").resolve()
-    if "SILOGUARD_AUDIT__PUBLIC_KEY" not in os.environ:
-        audit["public_key"] = (own / "keys" / "audit-signing.pub").resolve()
+    return _own_state(settings, own.resolve())
+
+
+def _own_state(settings: Settings, directory: Path, *, database: str | None = None) -> Settings:
+    """A site keeps its database, keys and audit keys in its own directory, unless the process's
+    environment names them (``database``: the site's own URL, e.g. from ``site.json``)."""
+    env = os.environ
+    if "SILOGUARD_DATABASE__URL" not in env:
+        settings = settings.with_overrides(database={"url": database or f"sqlite:///{directory / 'siloguard.db'}"})
+    if "SILOGUARD_KEYS__ROOT" not in env:
+        settings = settings.with_overrides(keys={"root": directory / "keys"})
+    audit: dict[str, Path] = {}
+    if "SILOGUARD_AUDIT__SIGNING_KEY" not in env:
+        audit["signing_key"] = directory / "keys" / "audit-signing.key"
+    if "SILOGUARD_AUDIT__PUBLIC_KEY" not in env:
+        audit["public_key"] = directory / "keys" / "audit-signing.pub"
     return settings.with_overrides(audit=audit) if audit else settings
+
 
 #: A store site's description (:mod:`siloguard.clients.site`).
 SITE_FILE = "site.json"
@@ -115,17 +123,7 @@ def site_settings(directory: Path, base: Settings | None = None, *, database: st
     """
     directory = Path(directory).resolve()
     settings = (base or Settings.build()).with_overrides(work_dir=directory)  # type: ignore[arg-type]
-    env = os.environ
-    if "SILOGUARD_DATABASE__URL" not in env:
-        settings = settings.with_overrides(database={"url": database or f"sqlite:///{directory / 'siloguard.db'}"})
-    if "SILOGUARD_KEYS__ROOT" not in env:
-        settings = settings.with_overrides(keys={"root": directory / "keys"})
-    audit: dict[str, Path] = {}
-    if "SILOGUARD_AUDIT__SIGNING_KEY" not in env:
-        audit["signing_key"] = directory / "keys" / "audit-signing.key"
-    if "SILOGUARD_AUDIT__PUBLIC_KEY" not in env:
-        audit["public_key"] = directory / "keys" / "audit-signing.pub"
-    return settings.with_overrides(audit=audit) if audit else settings
+    return _own_state(settings, directory, database=database)
 
 
 def site_of(directory: Path, base: Settings | None = None) -> tuple[str, Settings]:

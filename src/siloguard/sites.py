@@ -45,12 +45,9 @@ class Layout:
 
     def stores(self) -> dict[str, Path]:
         """The store sites laid out under this run (store -> site directory)."""
-        from siloguard.clients.site import StoreSite
+        from siloguard.clients.site import sites_under
 
-        base = self.root / "stores"
-        if not base.is_dir():
-            return {}
-        return {d.name: d for d in sorted(base.iterdir()) if StoreSite.is_site(d)}
+        return sites_under(self.root)
 
 
 def layout(root: Path) -> Layout:

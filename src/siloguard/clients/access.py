@@ -20,12 +20,11 @@ import pandas as pd
 
 from siloguard.config import Settings
 from siloguard.errors import DataError
-# Where data of a store goes and where it came from (re-exported; see docs/API.md).
-from siloguard.policies.datamap import ACCESS_RECIPIENTS as RECIPIENTS
-from siloguard.policies.datamap import ACCESS_SOURCE as SOURCE
+# What every answer states besides the records (recipients, source, ...): policies.datamap.
+from siloguard.policies.datamap import access_answer
 from siloguard.policies.gate import Gate, Principal
 
-__all__ = ["RECIPIENTS", "SOURCE", "access_report"]
+__all__ = ["access_report"]
 
 DATASET = "transactions"
 PURPOSE = "essential.legal_obligation"
@@ -95,11 +94,4 @@ def access_report(settings: Settings, customer_ref: str, stores: list[str]) -> d
                 "data": json.loads(gated.frame.to_json(orient="records", date_format="iso")),
             }
         )
-    return {
-        "stores": out,
-        "purposes": [{"purpose": p, "lawful_basis": b} for p, b in sorted(datamap.lawful_bases.items())],
-        "retention": datamap.retention,
-        "recipients": list(RECIPIENTS),
-        "source": SOURCE,
-        "records": sum(s["records"] for s in out),
-    }
+    return access_answer(out, datamap)

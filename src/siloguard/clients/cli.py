@@ -36,10 +36,9 @@ SiteOpt = Annotated[Optional[Path], typer.Option("--site", help="The store's sit
 
 
 def _sites(out: Path) -> dict[str, Path]:
-    from siloguard.clients.site import StoreSite
+    from siloguard.clients.site import sites_under
 
-    base = Path(out) / "stores"
-    return {d.name: d for d in sorted(base.iterdir()) if StoreSite.is_site(d)} if base.is_dir() else {}
+    return sites_under(out)
 
 
 def _targets(site: Path | None, out: Path) -> list[tuple[str, Settings]]:

@@ -40,7 +40,7 @@ from siloguard.errors import ConfigError, DataError
 # Shared with the coordinator (what a store publishes) and every store tool: re-exported here.
 from siloguard.runs import SITE_FILE, Publication, site_settings
 
-__all__ = ["Publication", "SITE_FILE", "StoreSite", "site_settings"]
+__all__ = ["Publication", "SITE_FILE", "StoreSite", "site_settings", "sites_under"]
 
 PUBLICATION_FILE = "publication.json"
 #: A product's description is published only if this many distinct customers bought it.
@@ -58,6 +58,12 @@ def _check_name(store: str) -> str:
             "at most 63 characters (e.g. germany, uk-1, store-31782)"
         )
     return store
+
+
+def sites_under(root: Path) -> dict[str, Path]:
+    """The store sites laid out under a run on one machine (``ROOT/stores/<store>``), store -> directory."""
+    base = Path(root) / "stores"
+    return {d.name: d for d in sorted(base.iterdir()) if StoreSite.is_site(d)} if base.is_dir() else {}
 
 
 class StoreSite:

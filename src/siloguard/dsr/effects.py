@@ -221,18 +221,9 @@ class StoreEffects:
         parts = [(t["store"], json.loads(t["answer"])) for t in sorted(tasks, key=lambda t: t["store"])]
         if all("sealed" in p for _, p in parts):
             return {"sealed": [{"store": store, "sealed": p["sealed"]} for store, p in parts]}
-        from siloguard.policies.datamap import ACCESS_RECIPIENTS, ACCESS_SOURCE, load_datamaps
+        from siloguard.policies.datamap import access_answer
 
-        datamap = load_datamaps()["transactions"]
-        entries = [p["part"]["stores"][0] for _, p in parts if "part" in p]
-        return {
-            "stores": entries,
-            "purposes": [{"purpose": k, "lawful_basis": b} for k, b in sorted(datamap.lawful_bases.items())],
-            "retention": datamap.retention,
-            "recipients": list(ACCESS_RECIPIENTS),
-            "source": ACCESS_SOURCE,
-            "records": sum(int(e["records"]) for e in entries),
-        }
+        return access_answer([p["part"]["stores"][0] for _, p in parts if "part" in p])
 
     def _effects_summary(self, request: dict[str, Any]) -> dict[str, Any]:
         stores = sorted(t["store"] for t in self.tasks(request["id"]))  # type: ignore[attr-defined]

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from enum import Enum
 from pathlib import Path
+from typing import Any
 
 import yaml
 from pydantic import TypeAdapter, ValidationError
@@ -45,9 +46,25 @@ ACCESS_RECIPIENTS: tuple[str, ...] = (
 )
 ACCESS_SOURCE = "collected by the store from the data subject at purchase (invoices of identified customers)"
 
+
+def access_answer(entries: list[dict[str, Any]], datamap: DataMap | None = None) -> dict[str, Any]:
+    """An access answer from per-store entries: what every answer states about the dataset
+    (purposes and lawful bases, retention, recipients, source) from its data map (default: the
+    shipped ``transactions``), and the counts."""
+    datamap = datamap if datamap is not None else load_datamaps()["transactions"]
+    return {
+        "stores": entries,
+        "purposes": [{"purpose": p, "lawful_basis": b} for p, b in sorted(datamap.lawful_bases.items())],
+        "retention": datamap.retention,
+        "recipients": list(ACCESS_RECIPIENTS),
+        "source": ACCESS_SOURCE,
+        "records": sum(int(e["records"]) for e in entries),
+    }
+
 __all__ = [
     "ACCESS_RECIPIENTS",
     "ACCESS_SOURCE",
+    "access_answer",
     "DATAMAPS_DIR",
     "ColumnSpec",
     "DataMap",
