@@ -21,7 +21,7 @@ from siloguard.config import Settings
 from siloguard.runs import run_settings  # re-exported: part of this module's API
 from siloguard.storage.cli import command_group, one_line_errors
 
-__all__ = ["OutOpt", "SiteOpt", "consent_app", "run_settings", "store_app", "store_settings"]
+__all__ = ["OutOpt", "SiteOpt", "consent_app", "env_note", "run_settings", "store_app", "store_settings"]
 
 store_app = command_group(
     "store",
@@ -53,17 +53,22 @@ def _targets(site: Path | None, out: Path) -> list[tuple[str, Settings]]:
     return [(s, settings) for s in known_stores(settings)]
 
 
+def env_note() -> None:
+    """Say when the environment overrides a store site's own database or keys (it wins, by design)."""
+    import os
+
+    for name in ("SILOGUARD_DATABASE__URL", "SILOGUARD_KEYS__ROOT"):
+        if name in os.environ:
+            typer.echo(f"note: {name} is set: it overrides the store site's own (unset it to use the site's)", err=True)
+
+
 def store_settings(store: str | None, site: Path | None, out: Path) -> tuple[str, Settings]:
     """The store's name and settings: its ``--site``, or its site under a one-machine run ``--out``."""
     from siloguard.clients.site import StoreSite
     from siloguard.errors import ConfigError
 
     if site is not None or _sites(out):
-        import os
-
-        for name in ("SILOGUARD_DATABASE__URL", "SILOGUARD_KEYS__ROOT"):
-            if name in os.environ:
-                typer.echo(f"note: {name} is set: it overrides the store site's own (unset it to use the site's)", err=True)
+        env_note()
     if site is not None:
         opened = StoreSite.open(site)
         if store is not None and store != opened.name:

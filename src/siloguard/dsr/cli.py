@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from siloguard.clients.cli import store_app
+from siloguard.clients.cli import env_note, store_app
 from siloguard.config import Settings
 from siloguard.storage.cli import command_group, one_line_errors
 
@@ -62,7 +62,7 @@ def sync(
     if not key:
         raise ConfigError(f"set {KEY_ENV} to this store's API key (from `siloguard keys create --role store_operator --store {store or 'STORE'}`)")
     if site is not None:
-        _env_note()
+        env_note()
         name, settings = site_of(site)
         if store is not None and store != name:
             raise ConfigError(f"--site {site} is store {name!r}'s site, not {store!r}'s")
@@ -87,12 +87,6 @@ def sync(
     done = sum("skipped" not in item for item in posted)
     typer.echo(f"store {store}: {done} task(s) done" + (f", {len(posted) - done} cancelled" if done < len(posted) else ""))
 
-
-
-def _env_note() -> None:
-    for name in ("SILOGUARD_DATABASE__URL", "SILOGUARD_KEYS__ROOT"):
-        if name in os.environ:
-            typer.echo(f"note: {name} is set: it overrides the site's own (unset it to use the site's)", err=True)
 
 
 @store_app.command("receipt-key")
