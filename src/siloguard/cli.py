@@ -65,6 +65,9 @@ def _mount_subcommands() -> None:
     app.add_typer(consent_app, name="consent")
     app.add_typer(check_app, name="check")
     app.add_typer(retention_app, name="retention")
+    from siloguard.compliance.incident_cli import incident_app
+
+    app.add_typer(incident_app, name="incident")
 
     # siloguard serve, siloguard keys ..., siloguard store sync (privacy API and DSRs)
     import siloguard.dsr.cli  # noqa: F401  registers `store sync` on store_app

@@ -35,6 +35,7 @@ __all__ = [
     "ConfigError",
     "DataError",
     "FederationError",
+    "IncidentError",
     "PrivacyBudgetError",
     "SiloguardError",
     "StorageError",
@@ -123,3 +124,9 @@ class ComplianceError(SiloguardError):
     def __init__(self, message: str, rules: tuple[str, ...] = ()) -> None:
         super().__init__(message)
         self.rules = tuple(rules)
+
+
+class IncidentError(SiloguardError):
+    """A wrong incident-register command: an unknown id, a bad value, a step out of order."""
+
+    exit_code = 2

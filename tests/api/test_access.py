@@ -14,7 +14,9 @@ def test_access_answer_lists_every_category_purpose_retention_recipient_and_sour
     request, token = api.verified("access", SUBJECT)
     assert request["status"] == "completed"
     # The dpo may read it (before the subject downloads it: then it is deleted); the other subject may not.
-    assert api.client.get(f"/v1/requests/{request['id']}/access", headers=api.as_key("dpo")).status_code == 200
+    dpo_read = api.client.get(f"/v1/requests/{request['id']}/access", headers=api.as_key("dpo"))
+    assert dpo_read.status_code == 200
+    assert SUBJECT not in dpo_read.text and "customer_number" not in dpo_read.text  # the stored answer: pseudonyms only
     _, other_token = api.verified("consent", OTHER, consent=[{"purpose": "personalize.profiling", "action": "grant"}])
     assert api.client.get(f"/v1/requests/{request['id']}/access", headers=api.auth(other_token)).status_code == 404
     reply = api.client.get(f"/v1/requests/{request['id']}/access", headers=api.auth(token))
@@ -27,12 +29,15 @@ def test_access_answer_lists_every_category_purpose_retention_recipient_and_sour
         assert held["records"] == 2 + i == len(held["data"])
         categories = {c["category"] for c in held["categories"]}
         assert {"user.behavior.purchase_history", "user.unique_id", "user.contact.address.country"} <= categories
-        ids = {row["customer_id"] for row in held["data"]}
-        assert len(ids) == 1 and ids.pop().startswith("v1.")  # the store's pseudonym, never the raw id
+        assert {row["customer_id"] for row in held["data"]} == {SUBJECT}  # their own number, not the store's pseudonym
     assert {p["purpose"]: p["lawful_basis"] for p in answer["purposes"]}["personalize.profiling"] == "consent"
     assert answer["retention"] == "P6Y" and answer["recipients"] and answer["source"]
+    assert answer["subject"] == {"customer_number": SUBJECT, "request": request["id"], "jurisdiction": "gdpr"}
+    assert "Art. 22" in answer["profiling"] and any("Art. 77" in r for r in answer["rights"])  # Art. 15(1)(h), (f)
+    consent = {s["store"]: {p["purpose"]: p for p in s["purposes"]} for s in answer["consent"]}
+    assert set(consent) == set(STORES) and "personalize.profiling" in consent[STORES[0]]
     text = json.dumps(answer)
-    assert SUBJECT not in text and OTHER not in text
+    assert OTHER not in text and "v1." not in text
 
     assert api.client.get(f"/v1/requests/{request['id']}/access", headers=api.auth(token)).status_code == 410  # downloaded
 

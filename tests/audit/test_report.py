@@ -111,7 +111,8 @@ def test_report_facts_follow_from_the_events(audit_log: AuditLog, keys: Keys) ->
     assert dsr["req-ccpa-overdue"]["due"] == "2026-03-17T10:00:00Z" and dsr["req-ccpa-overdue"]["state"] == "overdue"
     assert dsr["req-no-clock"]["state"] == "no legal clock (regulation not recorded)"
     assert facts["checks"]["rows"] == [
-        {"check": "gdpr-art30-records", "result": "passed", "reason": "complete", "time": "2026-02-03T10:00:00.000000Z"}
+        {"check": "gdpr-art30-records", "result": "passed", "reason": "complete", "time": "2026-02-03T10:00:00.000000Z",
+         "counts": {}, "clock": "the wall clock when the check ran"}
     ]
     assert facts["plots"] == ["events_by_type", "gate_decisions", "privacy_budget"]
 
@@ -216,3 +217,44 @@ def test_the_budget_table_explains_epsilon_in_plain_words_and_prints_well(audit_
     assert "0.75" in html and "2.1 times as likely" in html  # germany: epsilon 0.75, e^0.75 = 2.12
     assert "1.200000" not in html  # no false precision
     assert "@media print" in html
+
+
+def test_the_report_shows_incidents_with_their_clocks_receipts_per_store_caps_and_the_check_clock(
+    audit_log: AuditLog, keys: Keys
+) -> None:
+    aware = _at(0)
+    authority_due, subjects_due = aware + timedelta(hours=72), aware + timedelta(hours=72)
+    dues = {"authority_gdpr_due_epoch_s": int(authority_due.timestamp()), "subjects_gdpr_due_epoch_s": int(subjects_due.timestamp())}
+    events = [gate_event(i) for i in range(2)] + [
+        AuditEvent(actor="officer:ana", action="incident.opened", resource="incident:inc-2026-01-31-abcdef", purpose="essential.legal_obligation",
+                   reason="confidentiality-high", counts={"subjects": 40, "records": 300, "stores": 2, **dues}, time=aware),
+        AuditEvent(actor="officer:ana", action="incident.notified", resource="incident:inc-2026-01-31-abcdef", purpose="essential.legal_obligation",
+                   reason="authority", counts={"subjects": 40, "records": 300, "stores": 2, **dues}, time=_at(1)),
+        AuditEvent(actor="svc:api", action=v.DSR_RECEIPT, resource="dsr:erasure", purpose="compliance", request="req-erase-one",
+                   store="france", time=_at(1)),
+        AuditEvent(actor="svc:api", action=v.DSR_RECEIPT, resource="dsr:erasure", purpose="compliance", request="req-erase-two",
+                   store="france", time=_at(2)),
+        AuditEvent(actor="store:germany", action=v.PRIVACY_SPEND, resource="model:global", purpose="recommendation", round=1,
+                   store="germany", counts={"epsilon_e6": 7_300_000, "epsilon_cap_e6": 8_000_000, "delta_e12": 10_000_000}, time=_at(1)),
+        AuditEvent(actor="compliance:check", action=v.CHECK_RESULT, resource="check:storage-limitation", purpose="compliance",
+                   decision="allow", reason="passed", counts={"rows": 9, "rows_expired": 0,
+                                                               "clock_epoch_s": int(datetime(2011, 12, 9, tzinfo=timezone.utc).timestamp())},
+                   time=_at(1)),
+    ]
+    report = _report_for(audit_log, keys, events, clock_days=4)  # 4 days on: the subjects' notice (72 h) is overdue
+    facts = report.facts
+    jsonschema.validate(facts, report_schema())
+    (incident,) = facts["incidents"]["rows"]
+    assert incident["kind"] == "confidentiality" and incident["risk"] == "high" and incident["subjects"] == 40
+    assert {n["to"]: n["state"] for n in incident["notifications"]} == {"authority": "made on time", "subjects": "overdue"}
+    assert facts["summary"]["incidents_open"] == 1 and facts["summary"]["notifications_overdue"] == 1
+    assert facts["erasure_receipts"]["rows"] == [{"store": "france", "receipts": 2, "requests": 2, "last": facts["erasure_receipts"]["rows"][0]["last"]}]
+    (budget,) = facts["privacy_budget"]["stores"]
+    assert budget["cap_epsilon_e6"] == 8_000_000 and budget["delta"] == pytest.approx(1e-5)
+    assert facts["summary"]["stores_near_cap"] == ["germany"]  # 7.3 of 8
+    (check,) = facts["checks"]["rows"]
+    assert check["clock"] == "stored rows aged at 2011-12-09T00:00:00Z" and check["counts"] == {"rows": 9, "rows_expired": 0}
+    html = report.html
+    assert "inc-2026-01-31-abcdef" in html and "subjects (GDPR) due" in html and "overdue" in html
+    assert "Erasure receipts per store" in html and "stored rows aged at 2011-12-09" in html
+    assert "at 90% or more of their privacy cap: germany" in html

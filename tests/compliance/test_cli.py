@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -88,8 +89,20 @@ def test_ropa_lists_every_activity_with_every_art30_field(env: Path) -> None:
         for field in ART30_FIELDS:
             row = next(line for line in section.splitlines() if line.startswith(f"| {field} |"))
             assert MISSING not in row, row
-    assert "personalize.profiling (lawful basis: consent)" in text
+    assert "personal product recommendations (your purchases train the recommender) [personalize.profiling] (lawful basis: consent)" in text
     assert "transactions: P6Y" in text
+
+
+def test_ropa_html_has_every_activity_and_art30_point_escaped_and_self_contained(env: Path) -> None:
+    out = env / "ropa.html"
+    result = runner.invoke(app, ["check", "ropa", "--format", "html", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    html = out.read_text()
+    assert html.startswith("<!DOCTYPE html>") and "<script" not in html and "http://" not in html.replace("https://", "")
+    for field in ART30_FIELDS:
+        assert html.count(f'<th scope="row">{field}</th>') == 5, field  # once per activity
+    assert 'class="missing"' not in html
+    assert 'id="train_recommender"' in html and "@media print" in html
 
 
 def test_ropa_json(env: Path) -> None:
@@ -116,6 +129,30 @@ def test_check_results_appear_in_the_officer_report(env: Path) -> None:
     assert rows["lawful-basis"]["result"] == "passed"
     assert rows["storage-limitation"]["result"] == "failed"
     assert "storage-limitation" in (out / "report.html").read_text()
+    # The clock each check judged by: storage limitation aged the rows at the time of the check (--as-of now).
+    aged = rows["storage-limitation"]["clock"].removeprefix("stored rows aged at ")
+    assert aged[:4] >= "2026" and "rows_expired" in rows["storage-limitation"]["counts"]
+    assert rows["lawful-basis"]["clock"] == "the wall clock when the check ran"
+
+
+def test_the_report_prints_to_pdf_with_chromium_and_says_how_when_it_cannot(env: Path, monkeypatch) -> None:
+    import shutil
+
+    from siloguard.audit.heads import generate_keypair
+
+    generate_keypair(env / "audit.key", env / "audit.pub")
+    assert runner.invoke(app, ["check", "--only", "lawful-basis"]).exit_code == 0
+    assert runner.invoke(app, ["audit", "head", "--signing-key", str(env / "audit.key")]).exit_code == 0
+    assert shutil.which("chromium") is not None or not os.environ.get("CI"), "CI installs chromium (.ci/run)"
+    if shutil.which("chromium") is not None:  # a developer machine without it still tests the refusal below
+        made = runner.invoke(app, ["audit", "report", "--out", str(env / "report"), "--pdf"])
+        assert made.exit_code == 0, made.output
+        pdf = (env / "report" / "report.pdf").read_bytes()
+        assert pdf[:5] == b"%PDF-" and len(pdf) > 10_000 and b"/Type /Page" in pdf
+    monkeypatch.setenv("SILOGUARD_CHROMIUM", str(env / "no-such-browser"))
+    refused = runner.invoke(app, ["audit", "report", "--out", str(env / "report2"), "--pdf"])
+    assert refused.exit_code == 6 and "apt-get install chromium" in refused.output
+    assert (env / "report2" / "report.html").is_file() and not (env / "report2" / "report.pdf").exists()
 
 
 def test_when_a_run_of_the_historical_sample_is_checked_then_its_rows_age_on_the_data_clock(tmp_path, monkeypatch) -> None:
@@ -144,7 +181,7 @@ def test_check_ends_with_a_summary_line_and_refuses_a_run_that_is_not_there(env:
     passed = runner.invoke(app, ["check", "--as-of", "data"])
     assert passed.exit_code == 0, passed.output
     last = passed.output.strip().splitlines()[-1]
-    assert last.startswith("OK: 13 rules on ") and "0 failed" in last
+    assert last.startswith("OK: 14 rules on ") and "0 failed" in last
     failed = runner.invoke(app, ["check", "--as-of", "now"])
     assert failed.exit_code == 1 and failed.output.strip().splitlines()[-1].startswith("FAILED: ")
     missing = runner.invoke(app, ["check", "--run", str(env / "nothere")])

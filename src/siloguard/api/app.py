@@ -114,6 +114,8 @@ def create_app(settings: Settings, *, service: DsrService | None = None) -> Fast
         lifespan=lifespan,
         responses=ERROR_RESPONSES,
         dependencies=[Depends(_known_query_only)],
+        docs_url=None,  # served offline by siloguard.api.routes.centre
+        redoc_url=None,
     )
     app.state.service = service
     app.state.authz = authz
@@ -129,10 +131,11 @@ def create_app(settings: Settings, *, service: DsrService | None = None) -> Fast
     )
 
     app.state.revision = head_revision()  # checked above; reading the migration scripts again per call is slow
-    from siloguard.api.routes import consent, health, requests, stores
+    from siloguard.api.routes import centre, consent, health, requests, stores
 
     for module in (health, requests, stores, consent):
         app.include_router(module.router)
+    centre.install(app)
     return app
 
 

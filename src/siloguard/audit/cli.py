@@ -256,8 +256,9 @@ def report(
             "subjects show as such; nothing is created there. \\[default: settings keys.root]",
         ),
     ] = None,
+    pdf: Annotated[bool, typer.Option("--pdf", help="Also print report.pdf (headless Chromium).")] = False,
 ) -> None:
-    """Verify the log, then write the compliance officer's report (HTML + JSON) for its latest head.
+    """Verify the log, then write the compliance officer's report (HTML + JSON, and PDF with --pdf) for its latest head.
 
     Data subjects are resolved with the subject keys under --keys-root (read only).
     A subject whose key was destroyed (erased) shows as erased-subject.
@@ -277,5 +278,13 @@ def report(
     html_path, json_path = write_report(built, out)
     head_json = built.facts["tree_head"]
     typer.echo(f"report for tree head #{head_json['seq']} ({head_json['tree_size']} events): {html_path}, {json_path}")
+    if pdf:
+        from rich.console import Console
+
+        from siloguard.audit.report.pdf import print_pdf
+
+        with Console(stderr=True).status("Printing the report to PDF (headless Chromium)..."):
+            pdf_path = print_pdf(html_path, html_path.with_suffix(".pdf"))
+        typer.echo(f"PDF: {pdf_path}")
     if not built.facts["subjects"]["resolved"]:
         typer.echo(f"note: subjects were not resolved: no store keys under {settings.keys.root}")

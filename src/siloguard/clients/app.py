@@ -387,6 +387,7 @@ def _train_dp(
         "loss": result.loss,
         "epsilon": result.report.epsilon,
         "delta": delta,
+        "epsilon-cap": privacy.epsilon_cap,
         "dp-steps": result.report.steps,
     }
 

@@ -348,7 +348,8 @@ def storage_limitation(ctx: Context, scope: str) -> Outcome:
     return _judge(
         failures,
         f"no row of {len(ctx.stores)} store(s) is older than {datamap.retention} at {_stamp(clock)}",
-        {"rows": rows_total, "rows_expired": expired_total},
+        # the clock it judged by, for the report: the data's own clock differs from the wall clock
+        {"rows": rows_total, "rows_expired": expired_total, "clock_epoch_s": int(clock.timestamp())},
     )
 
 
@@ -490,6 +491,33 @@ def audit_log_verifies(ctx: Context, scope: str) -> Outcome:
     )
 
 
+def breach_notification(ctx: Context, scope: str) -> Outcome:
+    """Every notification a personal-data breach owes was made in time (the incident register)."""
+    import sqlalchemy as sa
+
+    from siloguard.compliance.incidents import IncidentRegister
+
+    engine = ctx.engine
+    if not sa.inspect(engine).has_table("incidents"):
+        return Outcome("not_applicable", ["no incident register in this database yet: siloguard db upgrade"])
+    register = IncidentRegister(engine, audit=None)
+    incidents = register.list()
+    overdue = register.overdue(ctx.now)
+    late = [(i, d) for i in incidents for d in i.dues if d.done_at is not None and d.done_at > d.due_at]
+    counts = {"incidents": len(incidents), "incidents_open": sum(i.open for i in incidents),
+              "notifications_overdue": len(overdue), "notifications_made_late": len(late)}
+    if overdue:
+        return Outcome("failed", [
+            f"incident {i.id}: {d.clock.party} notification ({d.clock.jurisdiction.upper()}, {d.clock.source.split(' (')[0]}) was due "
+            f"{_stamp(d.due_at)} and is not recorded (clock: the wall clock, {_stamp(ctx.now)})"
+            for i, d in sorted(overdue, key=lambda pair: pair[1].due_at)
+        ], counts)
+    findings = [f"{len(incidents)} incident(s) in the register, no notification overdue on {_stamp(ctx.now)}"]
+    findings += [f"incident {i.id}: {d.clock.party} told {_stamp(d.done_at)}, after the {_stamp(d.due_at)} deadline: "  # type: ignore[arg-type]
+                 "keep the reasons for the delay (GDPR Art. 33(1))" for i, d in late]
+    return Outcome("warning" if late else "passed", findings, counts)
+
+
 #: Check name (as rules name it) -> function.
 CHECKS: dict[str, Callable[[Context, str], Outcome]] = {
     "lawful_basis": lawful_basis,
@@ -505,4 +533,5 @@ CHECKS: dict[str, Callable[[Context, str], Outcome]] = {
     "dpia_approved": dpia_approved,
     "privacy_budget": privacy_budget,
     "audit_log_verifies": audit_log_verifies,
+    "breach_notification": breach_notification,
 }

@@ -40,6 +40,7 @@ class CheckFormat(str, Enum):
 class RopaFormat(str, Enum):
     markdown = "markdown"
     json = "json"
+    html = "html"
 
 
 OutOpt = Annotated[
@@ -176,17 +177,18 @@ def summary_line(results: list[Any], where: Path) -> str:
 @one_line_errors
 def ropa(
     ctx: typer.Context,
-    fmt: Annotated[RopaFormat, typer.Option("--format", help="markdown or json.")] = RopaFormat.markdown,
+    fmt: Annotated[RopaFormat, typer.Option("--format", help="markdown, json or html (a page to read, print or file).")] = RopaFormat.markdown,
     out_file: Annotated[Optional[Path], typer.Option("--out", help="Write the document to this file (atomically) instead of stdout.")] = None,
 ) -> None:
     """Export the records of processing activities (GDPR Art. 30(1)) as a document."""
     from siloguard.compliance.context import Context
-    from siloguard.compliance.ropa import build_ropa, to_markdown
+    from siloguard.compliance.ropa import build_ropa, to_html, to_markdown
 
     opts = ctx.obj or {}
     context = Context(_settings(out=opts.get("out"), db=opts.get("db"), as_of=opts.get("as_of")))
     document = build_ropa(context)
-    text = json.dumps(document, indent=2) + "\n" if fmt is RopaFormat.json else to_markdown(document)
+    render = {RopaFormat.json: lambda d: json.dumps(d, indent=2) + "\n", RopaFormat.markdown: to_markdown, RopaFormat.html: to_html}
+    text = render[fmt](document)
     if out_file is None:
         typer.echo(text)
         return

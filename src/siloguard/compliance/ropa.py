@@ -3,7 +3,7 @@
 Built from ``processing.yaml`` with what the data maps already say filled in, so the export
 and the gate cannot disagree: the lawful basis of each purpose, the personal-data categories
 of the columns read, and each dataset's retention (the erasure time limit). ``to_markdown``
-gives the document an officer files; the JSON form has the same fields.
+and ``to_html`` give the document an officer files; the JSON form has the same fields.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 from siloguard.compliance.checks import activity_categories
 from siloguard.compliance.context import Context
 
-__all__ = ["ART30_FIELDS", "MISSING", "build_ropa", "to_markdown"]
+__all__ = ["ART30_FIELDS", "MISSING", "build_ropa", "to_html", "to_markdown"]
 
 #: Art. 30(1) point -> the key of the activity's record that answers it.
 ART30_FIELDS: dict[str, str] = {
@@ -83,30 +83,49 @@ def _lines(value: Any) -> str:
     return str(value) if value else MISSING
 
 
+def _rows(act: dict[str, Any]) -> dict[str, str]:
+    """An activity's Art. 30(1) points in words (the same for every format)."""
+    from siloguard.policies.taxonomy import purpose_name
+
+    controller = act["controller"]
+    transfers = act["transfers"]
+    mechanisms = "; ".join(
+        f"store {m['store']}: {m['mechanism']} ({m['reference']}, since {m['since']})" for m in transfers["mechanisms"]
+    )
+    retention = "; ".join(f"{d}: {r} (ISO 8601)" for d, r in act["erasure"]["retention"].items())
+    return {
+        "(a) name and contact details of the controller": "; ".join(f"{k.replace('_', ' ')}: {v}" for k, v in controller.items()),
+        "(b) purposes of the processing": "; ".join(
+            f"{purpose_name(p['purpose'])} [{p['purpose']}] (lawful basis: {p['lawful_basis']})" for p in act["purposes"]),
+        "(c) categories of data subjects": _lines(act["data_subjects"]),
+        "(c) categories of personal data": _lines(act["data_categories"]),
+        "(d) categories of recipients": _lines(act["recipients"]),
+        "(e) transfers to third countries and safeguards": _lines(transfers["summary"])
+        + (f"; coordinator in {transfers['coordinator_country']}; {mechanisms}" if mechanisms else ""),
+        "(f) time limits for erasure": "; ".join(x for x in (act["erasure"]["summary"], retention) if x) or MISSING,
+        "(g) technical and organisational security measures": _lines(act["security"]),
+        "DPIA": act["dpia"] or "not required",
+    }
+
+
 def to_markdown(ropa: dict[str, Any]) -> str:
     out = [f"# {ropa['document']}", "", f"Generated {ropa['generated_at']} by `siloguard check ropa`.", ""]
     for act in ropa["activities"]:
-        controller = act["controller"]
-        transfers = act["transfers"]
-        mechanisms = "; ".join(
-            f"store {m['store']}: {m['mechanism']} ({m['reference']}, since {m['since']})" for m in transfers["mechanisms"]
-        )
-        retention = "; ".join(f"{d}: {r} (ISO 8601)" for d, r in act["erasure"]["retention"].items())
-        rows = {
-            "(a) name and contact details of the controller": "; ".join(f"{k.replace('_', ' ')}: {v}" for k, v in controller.items()),
-            "(b) purposes of the processing": "; ".join(f"{p['purpose']} (lawful basis: {p['lawful_basis']})" for p in act["purposes"]),
-            "(c) categories of data subjects": _lines(act["data_subjects"]),
-            "(c) categories of personal data": _lines(act["data_categories"]),
-            "(d) categories of recipients": _lines(act["recipients"]),
-            "(e) transfers to third countries and safeguards": _lines(transfers["summary"])
-            + (f"; coordinator in {transfers['coordinator_country']}; {mechanisms}" if mechanisms else ""),
-            "(f) time limits for erasure": "; ".join(x for x in (act["erasure"]["summary"], retention) if x) or MISSING,
-            "(g) technical and organisational security measures": _lines(act["security"]),
-        }
+        rows = _rows(act)
         out += [f"## {act['name']} (`{act['id']}`)", ""]
         if act["description"]:
             out += [act["description"], ""]
         out += ["| Art. 30(1) | record |", "|---|---|"]
         out += [f"| {k} | {v.replace('|', '/')} |" for k, v in rows.items()]
-        out += [f"| DPIA | {act['dpia'] or 'not required'} |", ""]
+        out += [""]
     return "\n".join(out)
+
+
+def to_html(ropa: dict[str, Any]) -> str:
+    """The same document as a page to read, print or file (no script, no asset from elsewhere)."""
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.PackageLoader("siloguard.compliance", "templates"), autoescape=True,
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    activities = [{**act, "rows": _rows(act)} for act in ropa["activities"]]
+    return env.get_template("ropa.html.j2").render(ropa=ropa, activities=activities, missing=MISSING)

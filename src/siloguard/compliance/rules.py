@@ -25,7 +25,7 @@ SEVERITIES = ("error", "warning", "info")
 SCOPES = ("check", "training")
 INPUTS = (
     "data_maps", "processing_records", "consent_registry", "request_queue", "budget_ledger",
-    "audit_log", "federation", "store_data", "dpia_register", "transfer_register",
+    "audit_log", "federation", "store_data", "dpia_register", "transfer_register", "incident_register",
 )
 _RULE_ID = re.compile(r"[a-z][a-z0-9]*(?:-[a-z0-9]+)*")
 _KEYS = ("id", "title", "source", "severity", "inspects", "check", "condition", "fix", "scope")

@@ -33,7 +33,7 @@ from siloguard.dsr.machine import TERMINAL
 from siloguard.storage.db import exclusive
 from siloguard.storage.orm import dsr_requests, dsr_tasks
 
-__all__ = ["MAX_ANSWER_CHARS", "StoreEffects"]
+__all__ = ["MAX_ANSWER_CHARS", "StoreEffects", "for_subject"]
 
 #: The largest answer a store may post for one access task (characters of JSON).
 MAX_ANSWER_CHARS = 4_000_000
@@ -65,6 +65,25 @@ def _part_shape(part: object, store: str) -> bool:
         and isinstance(entry["data"], list) and all(isinstance(r, dict) for r in entry["data"])
         and len(entry["data"]) == records
     )
+
+
+def for_subject(answer: dict[str, Any], customer_ref: str) -> dict[str, Any]:
+    """The answer as its verified subject downloads it: their customer number in place of the
+    stores' pseudonym of it (Art. 15 gives them their data as they know it, not a key they
+    cannot read). Sealed answers are left as they are (the service cannot read them)."""
+    if "sealed" in answer or not customer_ref:
+        return answer
+    from siloguard.policies.datamap import load_datamaps
+
+    column = load_datamaps()["transactions"].subject_column
+    stores = [{**s, "data": [{**row, column: customer_ref} if column in row else row for row in s.get("data", [])]}
+              for s in answer.get("stores", [])]
+    return {**answer, "stores": stores, "subject": {**answer.get("subject", {}), "customer_number": customer_ref}}
+
+
+#: How a consent choice reads in an access answer (see consent_state).
+_CONSENT_WORDS = {True: "granted through this service", False: "withdrawn or opted out through this service",
+                  None: "as recorded by the store (not changed through this service)"}
 
 
 class StoreEffects:
@@ -206,7 +225,7 @@ class StoreEffects:
             return False
         request = self.get(request_id)  # type: ignore[attr-defined]
         if request["kind"] == "access":
-            result = self._assemble(request_id, tasks)
+            result = self._assemble(request, tasks)
         else:
             result = {"applied": self._effects_summary(request)}
         done = self._move(request_id, "completed", reason="done", result=result)  # type: ignore[attr-defined]
@@ -214,16 +233,27 @@ class StoreEffects:
             conn.execute(dsr_tasks.update().where(dsr_tasks.c.request_id == request_id).values(answer=None))
         return done
 
-    @staticmethod
-    def _assemble(request_id: str, tasks: list[dict[str, Any]]) -> dict[str, Any]:
+    def _assemble(self, request: dict[str, Any], tasks: list[dict[str, Any]]) -> dict[str, Any]:
         """The answer from the stores' parts; what is the same for every store (purposes, lawful
-        bases, retention, recipients, source) comes from the service's own data map, not a store."""
+        bases, retention, recipients, source, profiling, rights) comes from the service's own data
+        map, not a store; the subject's customer number and consent choices from the request and
+        the service's own records of what the subject asked."""
         parts = [(t["store"], json.loads(t["answer"])) for t in sorted(tasks, key=lambda t: t["store"])]
         if all("sealed" in p for _, p in parts):
             return {"sealed": [{"store": store, "sealed": p["sealed"]} for store, p in parts]}
         from siloguard.policies.datamap import access_answer
 
-        return access_answer([p["part"]["stores"][0] for _, p in parts if "part" in p])
+        answer = access_answer([p["part"]["stores"][0] for _, p in parts if "part" in p], jurisdiction=request["jurisdiction"])
+        ref = request.get("customer_ref")
+        # No customer number here: the stored answer (which the DPO may read) keeps the stores'
+        # pseudonyms; the subject's own download puts their number back (for_subject).
+        answer["subject"] = {"request": request["id"], "jurisdiction": request["jurisdiction"]}
+        answer["consent"] = [] if not ref else [
+            {"store": store, "purposes": [{"purpose": p, "state": _CONSENT_WORDS[consented], "recorded_by_store": applied}
+                                          for p, consented, applied in purposes]}
+            for store, purposes in self.consent_state(ref)
+        ]
+        return answer
 
     def _effects_summary(self, request: dict[str, Any]) -> dict[str, Any]:
         stores = sorted(t["store"] for t in self.tasks(request["id"]))  # type: ignore[attr-defined]

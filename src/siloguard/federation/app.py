@@ -147,6 +147,9 @@ def round_events(report: RoundReport, purpose: str = "personalize.profiling") ->
                     COUNT_EPSILON_E6: round(max(0.0, metrics["epsilon"] - before) * 1e6),
                     "epsilon_total_e6": round(metrics["epsilon"] * 1e6),
                     "steps": int(metrics["dp-steps"]),
+                    # what the store says it is held to, for the report's cap line and delta
+                    **({"epsilon_cap_e6": round(float(metrics["epsilon-cap"]) * 1e6)} if "epsilon-cap" in metrics else {}),
+                    **({"delta_e12": round(float(metrics["delta"]) * 1e12)} if "delta" in metrics else {}),
                 },
                 round=report.server_round,
                 store=store,

@@ -45,12 +45,36 @@ ACCESS_RECIPIENTS: tuple[str, ...] = (
     "the federation server receives differentially private model updates computed in the store, never records",
 )
 ACCESS_SOURCE = "collected by the store from the data subject at purchase (invoices of identified customers)"
+#: Art. 15(1)(h): whether automated decision-making, including profiling, is used, and how.
+ACCESS_PROFILING = (
+    "Your purchase history is used, where you consented, to train a recommender that ranks products for you "
+    "(profiling). It decides which offers you see; no decision with legal or similarly significant effects on "
+    "you is made by automated means alone (GDPR Art. 22)."
+)
+#: Art. 15(1)(e), (f) and the CCPA's rights notice: what the subject can do next, by law.
+ACCESS_RIGHTS: dict[str, tuple[str, ...]] = {
+    "gdpr": (
+        "ask for a correction of inaccurate data (Art. 16)",
+        "ask for erasure (Art. 17): submit an erasure request",
+        "ask for processing to be restricted (Art. 18)",
+        "object to processing, including profiling and direct marketing (Art. 21): submit an opt-out request",
+        "withdraw any consent at any time, without affecting what was done before (Art. 7(3))",
+        "lodge a complaint with a supervisory authority, in particular where you live or work (Art. 77)",
+    ),
+    "ccpa": (
+        "ask to delete personal information (Cal. Civ. Code 1798.105): submit an erasure request",
+        "ask to correct inaccurate personal information (1798.106)",
+        "opt out of the sale or sharing of personal information (1798.120): submit an opt-out request",
+        "not be discriminated against for exercising these rights (1798.125)",
+        "complain to the California Privacy Protection Agency or the Attorney General",
+    ),
+}
 
 
-def access_answer(entries: list[dict[str, Any]], datamap: DataMap | None = None) -> dict[str, Any]:
+def access_answer(entries: list[dict[str, Any]], datamap: DataMap | None = None, *, jurisdiction: str = "gdpr") -> dict[str, Any]:
     """An access answer from per-store entries: what every answer states about the dataset
-    (purposes and lawful bases, retention, recipients, source) from its data map (default: the
-    shipped ``transactions``), and the counts."""
+    (purposes and lawful bases, retention, recipients, source, profiling, the subject's rights
+    under ``jurisdiction``) from its data map (default: the shipped ``transactions``), and the counts."""
     datamap = datamap if datamap is not None else load_datamaps()["transactions"]
     return {
         "stores": entries,
@@ -58,11 +82,15 @@ def access_answer(entries: list[dict[str, Any]], datamap: DataMap | None = None)
         "retention": datamap.retention,
         "recipients": list(ACCESS_RECIPIENTS),
         "source": ACCESS_SOURCE,
+        "profiling": ACCESS_PROFILING,
+        "rights": list(ACCESS_RIGHTS.get(jurisdiction, ACCESS_RIGHTS["gdpr"])),
         "records": sum(int(e["records"]) for e in entries),
     }
 
 __all__ = [
+    "ACCESS_PROFILING",
     "ACCESS_RECIPIENTS",
+    "ACCESS_RIGHTS",
     "ACCESS_SOURCE",
     "access_answer",
     "DATAMAPS_DIR",

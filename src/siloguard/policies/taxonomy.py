@@ -17,7 +17,7 @@ from pathlib import Path
 from siloguard._dotted import ancestors, covers  # re-exported: part of this module's API
 from siloguard._yaml import YamlDoc
 
-__all__ = ["TAXONOMY_PATH", "Taxonomy", "ancestors", "covers", "load_taxonomy"]
+__all__ = ["PURPOSE_NAMES_PATH", "TAXONOMY_PATH", "Taxonomy", "ancestors", "covers", "load_taxonomy", "purpose_name"]
 
 TAXONOMY_PATH = Path(__file__).with_name("taxonomy.yaml")
 
@@ -74,3 +74,27 @@ def load_taxonomy(path: Path = TAXONOMY_PATH) -> Taxonomy:
                 doc.fail(key_node, f"deprecated.{old}", "both keys must be listed above")
             deprecated[old] = new
     return Taxonomy(categories, uses, bases, deprecated)
+
+
+PURPOSE_NAMES_PATH = Path(__file__).with_name("purpose_names.yaml")
+
+
+@lru_cache(maxsize=1)
+def _purpose_names() -> dict[str, str]:
+    doc = YamlDoc(PURPOSE_NAMES_PATH)
+    uses = load_taxonomy().data_uses
+    names: dict[str, str] = {}
+    for key, key_node, value_node in doc.mapping(doc.root, ""):
+        if key not in uses:
+            doc.fail(key_node, key, "not a data use of taxonomy.yaml")
+        names[key] = doc.string(value_node, key)
+    return names
+
+
+def purpose_name(purpose: str) -> str:
+    """Plain words for a purpose (purpose_names.yaml): its own, its nearest parent's, else the key."""
+    names = _purpose_names()
+    for key in ancestors(purpose):
+        if key in names:
+            return names[key]
+    return purpose

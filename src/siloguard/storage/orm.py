@@ -72,6 +72,7 @@ __all__ = [
     "dsr_requests",
     "dsr_sessions",
     "dsr_tasks",
+    "incidents",
     "dsr_transitions",
     "dsr_verifications",
     "privacy_ledger",
@@ -301,4 +302,28 @@ store_erasures = Table(
     Column("embeddings_erased", Integer, nullable=False),
     Column("key_destroyed", Boolean, nullable=False),
     Column("erased_at", DateTime(timezone=True), nullable=False),
+)
+
+
+# 0009_incidents: the incident register (siloguard.compliance.incidents). No personal data: ids,
+# counts, stores, times, and a summary refused if it looks like it names anyone.
+incidents = Table(
+    "incidents",
+    Base.metadata,
+    Column("id", String(32), primary_key=True),
+    Column("kind", String(16), nullable=False),  # confidentiality | integrity | availability
+    Column("severity", String(8), nullable=False),  # low | medium | high
+    Column("risk", String(8), nullable=False),  # unlikely | risk | high (to people's rights and freedoms)
+    Column("aware_at", DateTime(timezone=True), nullable=False, index=True),  # the clocks run from here
+    Column("opened_at", DateTime(timezone=True), nullable=False),
+    Column("stores", Text, nullable=False),  # JSON list
+    Column("jurisdictions", Text, nullable=False),  # JSON list, from the stores' (run.json)
+    Column("subjects", Integer, nullable=False),
+    Column("records", Integer, nullable=False),
+    Column("summary", Text, nullable=False),
+    Column("authority_notified_at", DateTime(timezone=True), nullable=True),
+    Column("subjects_notified_at", DateTime(timezone=True), nullable=True),
+    Column("closed_at", DateTime(timezone=True), nullable=True),
+    Column("close_reason", String(64), nullable=True),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
 )

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 from datetime import timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Header, Query, Request, Response
+from fastapi.responses import HTMLResponse
 
 from siloguard.api.deps import (
     CENTURY,
@@ -127,9 +128,16 @@ def get_request(service: ServiceDep, authz: AuthzDep, request_id: RequestId, who
         gpc(service, sec_gpc, who.session.customer_ref)
     return view(row, service.clock())
 
-@router.get("/v1/requests/{request_id}/access", tags=["requests"])
-def get_access_answer(service: ServiceDep, authz: AuthzDep, request_id: RequestId, who: CallerDep) -> dict[str, Any]:
-    """The answer to a completed access request: everything held, store by store (Art. 15)."""
+@router.get("/v1/requests/{request_id}/access", tags=["requests"],
+            responses={200: {"content": {"application/json": {}, "text/html": {}},
+                             "description": "the answer (JSON), or with format=html a page to read and keep that carries the JSON too"}})
+def get_access_answer(
+    service: ServiceDep, authz: AuthzDep, request_id: RequestId, who: CallerDep,
+    format: Annotated[Literal["json", "html"], Query(description="json (default) or html: the answer in plain words, with the JSON inside")] = "json",  # noqa: A002
+) -> Any:
+    """The answer to a completed access request: everything held, store by store (Art. 15).
+
+    A subject can take it once: the service then deletes its copy (keep what you download)."""
     row = subject_request(service, authz, who, request_id, "access")
     if row["kind"] != "access":
         raise ApiError(409, "conflict", "this is not an access request")
@@ -137,10 +145,16 @@ def get_access_answer(service: ServiceDep, authz: AuthzDep, request_id: RequestI
         raise ApiError(409, "conflict", f"the request is {row['status']}; the answer is ready once it is completed")
     gone = ApiError(410, "gone", f"the answer was deleted (once downloaded, {service.settings.api.answer_ttl_days} days "
                     "after completion, or when you were erased): submit a new access request")
+    if format == "html" and "sealed" in json.loads(row["result"] or "{}"):  # before taking it: the subject keeps it
+        raise ApiError(409, "conflict", "this answer is sealed to your key: download it as JSON (format=json) and open "
+                       "it with siloguard answer open")
     if who.session is not None:
         answer = service.take_answer(row["id"])  # the subject has it now: the service keeps no copy
         if answer is None:
             raise gone
+        from siloguard.dsr.effects import for_subject
+
+        answer = for_subject(answer, who.session.customer_ref or "")
     else:
         answer = json.loads(row["result"])
         if answer.get("answer_deleted") or answer.get("erased"):
@@ -148,6 +162,10 @@ def get_access_answer(service: ServiceDep, authz: AuthzDep, request_id: RequestI
         service.answer_read(row["id"], actor=who.actor)
     if "sealed" in answer:
         return {"request": row["id"], "sealed": answer["sealed"]}
+    if format == "html":
+        from siloguard.api.answer import render_answer, standalone_headers
+
+        return HTMLResponse(render_answer(row["id"], answer, now=service.clock()), headers=standalone_headers())
     return {"request": row["id"], "answer": answer}
 
 @router.post("/v1/requests/{request_id}/extend", response_model=RequestView, tags=["requests"])

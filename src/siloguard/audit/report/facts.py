@@ -121,6 +121,9 @@ class _Collector:
         self.dsr: dict[str, dict[str, Any]] = {}
         self.checks: dict[str, dict[str, Any]] = {}
         self.heads: dict[str, dict[str, Any]] = {}  # store -> its latest witnessed head, and counts
+        self.caps: dict[str, tuple[int, int | None]] = {}  # store -> (epsilon cap e6, delta e12) it reported
+        self.incidents: dict[str, dict[str, Any]] = {}
+        self.receipts: dict[str, dict[str, Any]] = defaultdict(lambda: {"receipts": 0, "requests": set(), "last": None})
 
     def add(self, e: dict[str, Any]) -> None:
         self.total += 1
@@ -135,6 +138,16 @@ class _Collector:
             self.consent[(related["store"], e["purpose"])] = (counts[v.COUNT_SUBJECTS], counts[v.COUNT_CONSENTED])
         elif action == v.PRIVACY_SPEND and related["store"] and related["round"] is not None and v.COUNT_EPSILON_E6 in counts:
             self.spend[related["store"]][related["round"]] += counts[v.COUNT_EPSILON_E6]
+            if "epsilon_cap_e6" in counts:
+                self.caps[related["store"]] = (counts["epsilon_cap_e6"], counts.get("delta_e12"))
+        elif action.startswith("incident.") and e["resource"].startswith("incident:"):
+            self._incident(e)
+        elif action == v.DSR_RECEIPT and related["store"]:
+            seen = self.receipts[related["store"]]
+            seen["receipts"] += 1
+            if related["request"]:
+                seen["requests"].add(related["request"])
+            seen["last"] = max(seen["last"] or e["time"], e["time"])
         elif action == v.DSR_RECEIVED and related["request"]:
             kind = e["resource"].split(":", 1)[1] if e["resource"].startswith("dsr:") else e["resource"]
             self.dsr.setdefault(related["request"], {}).update(
@@ -165,12 +178,31 @@ class _Collector:
                 seen["last_refusal"] = e["reason"]
         elif action == v.CHECK_RESULT:
             rule = e["resource"].split(":", 1)[1] if e["resource"].startswith("check:") else e["resource"]
+            clock = counts.get("clock_epoch_s")
             self.checks[rule] = {
                 "check": rule,
                 "result": {"allow": "passed", "deny": "failed"}.get(e["decision"], "info"),
                 "reason": e["reason"],
                 "time": e["time"],
+                "counts": {k: n for k, n in sorted(counts.items()) if k != "clock_epoch_s"},
+                "clock": (f"stored rows aged at {_iso(datetime.fromtimestamp(clock, timezone.utc))}" if clock is not None
+                          else "the wall clock when the check ran"),
             }
+
+    def _incident(self, e: dict[str, Any]) -> None:
+        """Fold an incident's events: the latest counts and deadlines, which notifications were made."""
+        incident_id = e["resource"].split(":", 1)[1]
+        row = self.incidents.setdefault(incident_id, {"incident": incident_id, "kind": None, "risk": None, "opened": e["time"],
+                                                      "closed": None, "close_reason": None, "notified": {}, "dues": {}})
+        counts = e["counts"]
+        row.update(subjects=counts.get("subjects", 0), records=counts.get("records", 0), stores=counts.get("stores", 0))
+        row["dues"] = {k[: -len("_due_epoch_s")]: n for k, n in counts.items() if k.endswith("_due_epoch_s")}
+        if e["action"] == "incident.opened" and e["reason"] and "-" in e["reason"]:
+            row["kind"], row["risk"] = e["reason"].split("-", 1)
+        elif e["action"] == "incident.notified" and e["reason"]:
+            row["notified"][e["reason"].removesuffix("-late")] = e["time"]
+        elif e["action"] == "incident.closed":
+            row["closed"], row["close_reason"] = e["time"], e["reason"]
 
     # ---- sections -------------------------------------------------------------------
     def events_by_type(self) -> dict[str, Any]:
@@ -210,8 +242,36 @@ class _Collector:
             for rnd in sorted(self.spend[store]):
                 cumulative += self.spend[store][rnd]
                 rounds.append({"round": rnd, "epsilon_e6": self.spend[store][rnd], "cumulative_epsilon_e6": cumulative})
-            stores.append({"store": store, "rounds": rounds, "total_epsilon_e6": cumulative})
+            cap, delta = self.caps.get(store, (None, None))
+            stores.append({"store": store, "rounds": rounds, "total_epsilon_e6": cumulative, "cap_epsilon_e6": cap,
+                           "delta": delta / 1e12 if delta is not None else None})
         return {"status": OK if stores else NO_DATA, "stores": stores}
+
+    def incidents_section(self) -> dict[str, Any]:
+        """The incident register as the audit log tells it: deadlines and notifications per incident."""
+        rows = []
+        for incident_id in sorted(self.incidents):
+            info = self.incidents[incident_id]
+            notifications = []
+            for key, due_s in sorted(info["dues"].items(), key=lambda kv: kv[1]):
+                party, jurisdiction = key.split("_", 1)
+                due = datetime.fromtimestamp(due_s, timezone.utc)
+                made = info["notified"].get(party)
+                if made is not None:
+                    state = "made on time" if _parse_time(made) <= due else "made late"
+                else:
+                    state = "overdue" if self.as_of > due else "due"
+                notifications.append({"to": party, "jurisdiction": jurisdiction, "due": _iso(due), "made": made, "state": state})
+            rows.append({"incident": incident_id, "kind": info["kind"], "risk": info["risk"], "subjects": info["subjects"],
+                         "records": info["records"], "stores": info["stores"], "opened": info["opened"], "closed": info["closed"],
+                         "close_reason": info["close_reason"], "notifications": notifications})
+        return {"status": OK if rows else NO_DATA, "rows": rows}
+
+    def erasure_receipts(self) -> dict[str, Any]:
+        """Per store: signed erasure receipts the service accepted (dsr.receipt), for how many requests, the latest."""
+        rows = [{"store": store, "receipts": r["receipts"], "requests": len(r["requests"]), "last": r["last"]}
+                for store, r in sorted(self.receipts.items())]
+        return {"status": OK if rows else NO_DATA, "rows": rows}
 
     def data_subject_requests(self) -> dict[str, Any]:
         rows = []
@@ -269,6 +329,10 @@ class _Collector:
             "highest_spend_epsilon_e6": top["total_epsilon_e6"] if top else None,
             "stores_witnessed": sum(1 for h in heads if h["witnessed"]),
             "heads_refused": sum(h["refused"] for h in heads),
+            "stores_near_cap": sorted(s["store"] for s in spend
+                                      if s["cap_epsilon_e6"] and s["total_epsilon_e6"] >= 0.9 * s["cap_epsilon_e6"]),
+            "incidents_open": sum(1 for r in sections["incidents"]["rows"] if r["closed"] is None),
+            "notifications_overdue": sum(1 for r in sections["incidents"]["rows"] for n in r["notifications"] if n["state"] == "overdue"),
         }
 
     def check_results(self) -> dict[str, Any]:
@@ -307,6 +371,8 @@ def collect(
         "data_subject_requests": c.data_subject_requests(),
         "checks": c.check_results(),
         "witnessed_heads": c.witnessed_heads(),
+        "incidents": c.incidents_section(),
+        "erasure_receipts": c.erasure_receipts(),
     }
     sections["summary"] = c.summary(sections)
     return sections

@@ -62,19 +62,47 @@ def _gate_decisions(section: dict[str, Any]) -> bytes:
     return _png(fig)
 
 
+_MAX_PANELS = 12
+
+
 def _privacy_budget(section: dict[str, Any]) -> bytes:
-    fig, ax = _figure()
-    for store in section["stores"]:
-        rounds = [r["round"] for r in store["rounds"]]
-        eps = [r["cumulative_epsilon_e6"] / 1e6 for r in store["rounds"]]
-        ax.plot(rounds, eps, marker="o", label=store["store"])
+    """One small panel per store (the highest spenders first when there are many): its spend over
+    the rounds it trained, its cap as a dashed line, its total written at the end. Stores whose
+    spends are nearly equal would hide each other on one chart; side by side none is hidden."""
+    from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("federated round")
-    ax.set_ylabel("cumulative epsilon")
-    ax.set_title("Privacy budget spent per store over rounds")
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    stores = sorted(section["stores"], key=lambda s: (-s["total_epsilon_e6"], s["store"]))[:_MAX_PANELS]
+    columns = min(4, len(stores))
+    rows = -(-len(stores) // columns)
+    fig = Figure(figsize=(_W, 0.6 + 2.0 * rows), dpi=_DPI, layout="constrained")
+    axes = fig.subplots(rows, columns, sharex=True, sharey=True, squeeze=False)
+    caps = [s["cap_epsilon_e6"] / 1e6 for s in stores if s.get("cap_epsilon_e6")]
+    top = max([s["total_epsilon_e6"] / 1e6 for s in stores] + caps + [1e-9]) * 1.18
+    last_round = max(r["round"] for s in stores for r in s["rounds"])
+    for ax, store in zip(axes.flat, stores):
+        rounds = [r["round"] for r in store["rounds"]]
+        eps = [r["cumulative_epsilon_e6"] / 1e6 for r in store["rounds"]]
+        ax.plot(rounds, eps, marker="o", markersize=3, linewidth=1.5, color="#1a5fb4")
+        cap = store["cap_epsilon_e6"] / 1e6 if store.get("cap_epsilon_e6") else None
+        if cap is not None:
+            ax.axhline(cap, color="#b23a48", linestyle=(0, (5, 3)), linewidth=1.1)
+        near = cap is not None and eps[-1] >= 0.9 * cap
+        ax.set_title(f"{store['store']}: {eps[-1]:.2f}" + (f" of {cap:g}" if cap is not None else ""), fontsize=9,
+                     color="#b23a48" if near else "#1b1b1b")
+        ax.set_ylim(0, top)
+        ax.set_xlim(0.5, last_round + 0.5)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.tick_params(labelsize=8)
+    for ax in list(axes.flat)[len(stores):]:
+        ax.set_visible(False)
+    fig.supxlabel("federated round", fontsize=9)
+    fig.supylabel("epsilon spent (customer level)", fontsize=9)
+    deltas = sorted({s["delta"] for s in stores if s.get("delta")})
+    more = len(section["stores"]) - len(stores)
+    fig.suptitle("Privacy budget spent per store over rounds; dashed: the store's cap"
+                 + (f"; delta {deltas[0]:.0e}" if len(deltas) == 1 else "")
+                 + (f" ({more} more stores in the table)" if more > 0 else ""), fontsize=10)
     return _png(fig)
 
 
