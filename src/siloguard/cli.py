@@ -71,12 +71,13 @@ def _mount_subcommands() -> None:
 
     # siloguard serve, siloguard keys ..., siloguard store sync (privacy API and DSRs)
     import siloguard.dsr.cli  # noqa: F401  registers `store sync` on store_app
-    from siloguard.api.cli import keys_app, serve
+    from siloguard.api.cli import keys_app, outbox_app, serve
     from siloguard.dsr.cli import answer_app
 
     app.add_typer(answer_app, name="answer")
     app.command("serve")(serve)
     app.add_typer(keys_app, name="keys")
+    app.add_typer(outbox_app, name="outbox")
 
     # siloguard pki init, coordinator start, store enroll|start, federate, model ...
     from siloguard.deploy.cli import coordinator_app, federate, pki_app

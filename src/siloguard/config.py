@@ -17,7 +17,7 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from siloguard.errors import ConfigError
@@ -32,6 +32,7 @@ __all__ = [
     "FederationSettings",
     "KeySettings",
     "ModelSettings",
+    "NotifySettings",
     "PrivacySettings",
     "Settings",
 ]
@@ -193,6 +194,25 @@ class ApiSettings(_Section):
     resume_every_seconds: float = Field(5.0, gt=0, description="how often the server carries pending requests forward")
 
 
+class NotifySettings(_Section):
+    """How verification codes reach data subjects: the outbox (``dsr_outbox``) always, and an SMTP
+    server when ``smtp_host`` is set (the API sends queued messages after their transaction commits)."""
+
+    smtp_host: str | None = Field(None, description="SMTP server; None = leave messages in the outbox (siloguard outbox show)")
+    smtp_port: int = Field(587, ge=1, le=65535)
+    smtp_tls: Literal["starttls", "ssl", "none"] = Field(
+        "starttls", description="starttls (refuse to send if the server does not offer it), ssl (TLS from the start) or none "
+        "(only for a server on loopback)")
+    smtp_ca_file: Path | None = Field(None, description="CA certificates to trust for the SMTP server; None = the system's")
+    smtp_user: str | None = Field(None, description="login, if the server needs one")
+    smtp_password: SecretStr | None = Field(None, description="password for smtp_user (SILOGUARD_NOTIFY__SMTP_PASSWORD)")
+    sender: str = Field("privacy@localhost", description="From: address of the messages")
+    contacts: Path | None = Field(
+        None, description="CSV customer_ref,email: the addresses the stores hold (the service itself keeps none); "
+        "a message for a customer not in it stays in the outbox")
+    timeout_seconds: float = Field(15.0, gt=0, description="SMTP connection timeout")
+
+
 class ComplianceSettings(_Section):
     """The GDPR/CCPA checks (``siloguard check``, the training pre-flight): files and clock."""
 
@@ -231,6 +251,7 @@ class Settings(BaseSettings):
     keys: KeySettings = KeySettings()
     deploy: DeploySettings = DeploySettings()
     api: ApiSettings = ApiSettings()
+    notify: NotifySettings = NotifySettings()
     compliance: ComplianceSettings = ComplianceSettings()
     work_dir: Path = Field(Path("runs/current"), description="silos, client state and outputs")
 

@@ -67,11 +67,7 @@ def run_settings(out: Path, base: Settings | None = None) -> Settings:
     if (out / "coordinator").is_dir() and not (out / RunManifest.FILE).is_file():
         out = out / "coordinator"
     settings = (base or Settings.build()).with_overrides(work_dir=out)  # type: ignore[arg-type]
-    if "SILOGUARD_DATABASE__URL" not in os.environ:
-        settings = settings.with_overrides(database={"url": f"sqlite:///{(out / 'siloguard.db').resolve()}"})
-    if "SILOGUARD_KEYS__ROOT" not in os.environ:
-        settings = settings.with_overrides(keys={"root": (out / "keys").resolve()})
-    return settings
+    return _own_state(settings, out.resolve())  # its database, keys and audit keys (keys/audit-signing.*)
 
 
 _JURISDICTIONS = ("gdpr", "ccpa")

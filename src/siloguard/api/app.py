@@ -79,11 +79,19 @@ class _Resumer:
             self._thread.join(timeout=30)
 
     def _run(self, stop: threading.Event) -> None:
+        notify = self.service.settings.notify
         while not stop.is_set():
             try:
                 self.service.resume()
             except Exception as exc:  # noqa: BLE001  the sweep retries on its next turn
                 log.warning("request sweep failed (%s); retrying", type(exc).__name__)
+            if notify.smtp_host:  # codes committed since the last sweep go out now
+                from siloguard.dsr.notifier import deliver_outbox
+
+                try:
+                    deliver_outbox(self.service.engine, notify)
+                except Exception as exc:  # noqa: BLE001  the messages wait for the next sweep
+                    log.warning("outbox delivery failed (%s); retrying", type(exc).__name__)
             stop.wait(self.every)
 
 

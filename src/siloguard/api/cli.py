@@ -16,7 +16,7 @@ import typer
 from siloguard.config import Settings
 from siloguard.storage.cli import DbOpt, command_group, one_line_errors
 
-__all__ = ["keys_app", "serve"]
+__all__ = ["keys_app", "outbox_app", "serve"]
 
 keys_app = command_group("keys", "API keys for staff and services: create (shown once), list, revoke.")
 
@@ -203,3 +203,57 @@ def revoke(key_id: Annotated[str, typer.Argument(help="The key id (from `silogua
     finally:
         engine.dispose()
     typer.echo(f"key {key_id} revoked")
+
+
+outbox_app = command_group(
+    "outbox", "Messages to data subjects (verification codes) waiting in the privacy service's outbox: show (development), deliver (SMTP).")
+
+
+@outbox_app.command("show")
+@one_line_errors
+def outbox_show(
+    request: Annotated[Optional[str], typer.Option("--request", help="Only this request's messages.")] = None,
+    db: DbOpt = None,
+    run: RunOpt = None,
+) -> None:
+    """Print the queued messages, codes included: for development and demos, where no mail server delivers them.
+
+    In production the messages go out by SMTP (notify.smtp_host) and this shows only those waiting
+    (no address on the contact list, or the server unreachable)."""
+    from siloguard.dsr.notifier import read_outbox
+    from siloguard.storage.db import create_engine, require_current_schema
+
+    settings = _settings(db, run)
+    engine = create_engine(settings.database.url)
+    try:
+        require_current_schema(engine)
+        messages = read_outbox(engine, request)
+    finally:
+        engine.dispose()
+    if not messages:
+        typer.echo("the outbox is empty" + (f" for request {request}" if request else ""))
+        return
+    for m in messages:
+        typer.echo(f"{m['created_at']:%Y-%m-%d %H:%M:%S}  {m['request_id']}  to {m['destination']}  (expires {m['expires_at']:%H:%M:%S})")
+        typer.echo(f"    {m['body']}")
+    typer.echo(f"{len(messages)} message(s); deliver them with siloguard outbox deliver (SMTP: notify.smtp_host)", err=True)
+
+
+@outbox_app.command("deliver")
+@one_line_errors
+def outbox_deliver(db: DbOpt = None, run: RunOpt = None) -> None:
+    """Send the queued messages by SMTP now (siloguard serve does it on every sweep)."""
+    from siloguard.dsr.notifier import deliver_outbox
+    from siloguard.storage.db import create_engine, require_current_schema
+
+    settings = _settings(db, run)
+    engine = create_engine(settings.database.url)
+    try:
+        require_current_schema(engine)
+        done = deliver_outbox(engine, settings.notify)
+    finally:
+        engine.dispose()
+    typer.echo(f"{done.sent} sent, {done.no_address} without an address on the contact list, {done.failed} failed, "
+               f"{done.expired} expired (deleted)")
+    if done.failed:
+        raise typer.Exit(1)

@@ -40,10 +40,22 @@ AgainstOpt = Annotated[
     typer.Option("--against", help="A tree head saved earlier (from `audit head --out`): prove the log still extends it."),
 ]
 
-def _settings(*, db: str | None = None, signing_key: Path | None = None, public_key: Path | None = None) -> Settings:
-    return Settings.build().with_overrides(
-        database={"url": db}, audit={"signing_key": signing_key, "public_key": public_key}
-    )
+RunOpt = Annotated[Optional[Path], typer.Option(
+    "--run", help="A run or a store's site (e.g. runs/demo, runs/demo/stores/germany): its database and its audit keys "
+    "(keys/audit-signing.*). \\[default: the environment's settings]")]
+
+
+def _settings(*, db: str | None = None, signing_key: Path | None = None, public_key: Path | None = None,
+              run: Path | None = None) -> Settings:
+    base = Settings.build()
+    if run is not None:
+        from siloguard.errors import ConfigError
+        from siloguard.runs import run_settings
+
+        if not Path(run).is_dir():
+            raise ConfigError(f"--run {run}: no such directory; pass a run (as siloguard demo/train made it) or a store's site")
+        base = run_settings(run, base)
+    return base.with_overrides(database={"url": db}, audit={"signing_key": signing_key, "public_key": public_key})
 
 
 def _open(settings: Settings, *, sign: bool = False) -> Any:
@@ -76,11 +88,11 @@ def _dump(data: Any) -> str:
 
 @audit_app.command()
 @one_line_errors
-def keygen(signing_key: SigningKeyOpt = None, public_key: PublicKeyOpt = None) -> None:
+def keygen(signing_key: SigningKeyOpt = None, public_key: PublicKeyOpt = None, run: RunOpt = None) -> None:
     """Create the Ed25519 key pair that signs tree heads (private key mode 0600)."""
     from siloguard.audit.heads import generate_keypair
 
-    settings = _settings(signing_key=signing_key, public_key=public_key)
+    settings = _settings(signing_key=signing_key, public_key=public_key, run=run)
     kid = generate_keypair(settings.audit.signing_key, settings.audit.public_key)
     typer.echo(f"private key: {settings.audit.signing_key} (mode 0600; keep it on the signing host only)")
     typer.echo(f"public key:  {settings.audit.public_key} (give it to whoever verifies the log)")
@@ -93,9 +105,10 @@ def head(
     db: DbOpt = None,
     signing_key: SigningKeyOpt = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Also save the head to this file (keep it for --against).")] = None,
+    run: RunOpt = None,
 ) -> None:
     """Sign a tree head for the log as it is now and print it (JSON)."""
-    settings = _settings(db=db, signing_key=signing_key)
+    settings = _settings(db=db, signing_key=signing_key, run=run)
     with _open(settings, sign=True) as log:
         signed = log.sign_head()
     text = _dump(signed.to_json())
@@ -119,6 +132,7 @@ def verify(
                      "witnessed (the coordinator's database URL, or its directory holding siloguard.db)."),
     ] = None,
     store: Annotated[Optional[str], typer.Option("--store", help="The store whose log this is (with --witnessed).")] = None,
+    run: RunOpt = None,
 ) -> None:
     """Recompute the log from its events, check every signed head, and (--against) a saved head.
 
@@ -128,7 +142,7 @@ def verify(
     """
     from siloguard.audit.heads import SignedTreeHead
 
-    settings = _settings(db=db, public_key=public_key)
+    settings = _settings(db=db, public_key=public_key, run=run)
     key = _public_key(settings)
     saved = SignedTreeHead.read(against) if against is not None else None
     heads = _witnessed_heads(witnessed, store) if witnessed is not None else None
@@ -185,9 +199,10 @@ def prove(
     db: DbOpt = None,
     public_key: PublicKeyOpt = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Also write the proof to this file.")] = None,
+    run: RunOpt = None,
 ) -> None:
     """Print an RFC 9162 inclusion proof of one event in the latest signed tree head (JSON)."""
-    settings = _settings(db=db, public_key=public_key)
+    settings = _settings(db=db, public_key=public_key, run=run)
     key = _public_key(settings)
     with _open(settings) as log:
         proof = log.prove(event_id)
@@ -208,13 +223,14 @@ def prove(
 def export(
     out: Annotated[Path, typer.Option("--out", help="Directory for events.jsonl and tree-head.json.")],
     db: DbOpt = None,
+    run: RunOpt = None,
 ) -> None:
     """Export the events the latest signed head covers (JSON lines) and that head.
 
     Each line of events.jsonl is exactly the bytes that were hashed as a Merkle leaf, so
     anyone can recompute the root and check the head's signature without siloguard.
     """
-    settings = _settings(db=db)
+    settings = _settings(db=db, run=run)
     with _open(settings) as log:
         signed = log.latest_head()
         if signed is None:
@@ -257,6 +273,7 @@ def report(
         ),
     ] = None,
     pdf: Annotated[bool, typer.Option("--pdf", help="Also print report.pdf (headless Chromium).")] = False,
+    run: RunOpt = None,
 ) -> None:
     """Verify the log, then write the compliance officer's report (HTML + JSON, and PDF with --pdf) for its latest head.
 
@@ -268,7 +285,7 @@ def report(
     from siloguard.audit.report import build_report, write_report
     from siloguard.privacy.keys import subject_resolver  # the stores' key store, read only
 
-    settings = _settings(db=db, public_key=public_key).with_overrides(keys={"root": keys_root})
+    settings = _settings(db=db, public_key=public_key, run=run).with_overrides(keys={"root": keys_root})
     key = _public_key(settings)
     saved = SignedTreeHead.read(against) if against is not None else None
     resolver = subject_resolver(settings.keys.root)

@@ -1,24 +1,41 @@
-"""How one-time codes reach a data subject: a pluggable :class:`Notifier`.
+"""How one-time codes reach a data subject: a pluggable :class:`Notifier`, and SMTP delivery.
 
 The default, :class:`OutboxNotifier`, writes the message to the ``dsr_outbox`` table in the
-same transaction that creates the code, so a code exists only if its message does; the
-operator's mailer (or the operator, by hand) reads and delivers the rows with
-:func:`read_outbox`. Delivered or expired rows are removed with :func:`purge_outbox`. The
-outbox holds the code in clear because delivering it is its only job; nothing else does
-(the request stores a keyed hash of it).
+same transaction that creates the code, so a code exists only if its message does (a
+transactional outbox). :func:`deliver_outbox` then sends the queued messages by SMTP
+(``notify.smtp_host``; the API does it on every sweep, ``siloguard outbox deliver`` by hand),
+after the transaction committed: a message is never sent for a code that was rolled back.
+Delivered or expired rows are removed. The outbox holds the code in clear because delivering
+it is its only job; nothing else does (the request stores a keyed hash of it).
+
+The service keeps no e-mail address of its own: a message is addressed to
+``customer-ref:<number>``, and the address comes from the stores' contact list
+(``notify.contacts``, CSV ``customer_ref,email``). A customer without one keeps the message
+in the outbox, never sends it to an address the requester typed.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+import csv
+import logging
+import smtplib
+import ssl
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from email.message import EmailMessage
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from siloguard.config import NotifySettings
+from siloguard.errors import ConfigError
 from siloguard.storage.orm import dsr_outbox
 
-__all__ = ["Notifier", "OutboxNotifier", "purge_outbox", "read_outbox"]
+__all__ = ["Delivery", "Notifier", "OutboxNotifier", "deliver_outbox", "load_contacts", "purge_outbox", "read_outbox"]
+
+log = logging.getLogger(__name__)
 
 
 @runtime_checkable
@@ -58,3 +75,93 @@ def purge_outbox(engine: Engine, *, ids: list[int] | None = None, expired_before
         return 0
     with engine.begin() as conn:
         return conn.execute(dsr_outbox.delete().where(sa.or_(*conds))).rowcount or 0
+
+
+def load_contacts(path: Path) -> dict[str, str]:
+    """``customer_ref -> email`` from the stores' contact list (CSV with those two columns)."""
+    from siloguard.dsr.common import normalise_ref
+
+    try:
+        with Path(path).open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            if not reader.fieldnames or not {"customer_ref", "email"} <= set(reader.fieldnames):
+                raise ConfigError(f"{path}: the contact list needs the columns customer_ref,email")
+            return {normalise_ref(row["customer_ref"]): row["email"].strip() for row in reader if row.get("email")}
+    except OSError as exc:
+        raise ConfigError(f"notify.contacts {path}: cannot read ({exc.strerror}); give the stores' contact list (CSV customer_ref,email)") from None
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What one delivery pass did (counts only: the log and the CLI print these)."""
+
+    sent: int = 0
+    no_address: int = 0
+    failed: int = 0
+    expired: int = 0
+
+
+def _connect(cfg: NotifySettings) -> smtplib.SMTP:
+    context = ssl.create_default_context(cafile=str(cfg.smtp_ca_file) if cfg.smtp_ca_file else None)
+    assert cfg.smtp_host is not None
+    if cfg.smtp_tls == "ssl":
+        server: smtplib.SMTP = smtplib.SMTP_SSL(cfg.smtp_host, cfg.smtp_port, timeout=cfg.timeout_seconds, context=context)
+    else:
+        server = smtplib.SMTP(cfg.smtp_host, cfg.smtp_port, timeout=cfg.timeout_seconds)
+        if cfg.smtp_tls == "starttls":
+            server.ehlo()
+            if not server.has_extn("starttls"):  # fail closed: never send a code in clear when TLS was asked for
+                server.quit()
+                raise smtplib.SMTPNotSupportedError(f"{cfg.smtp_host}:{cfg.smtp_port} does not offer STARTTLS")
+            server.starttls(context=context)
+    if cfg.smtp_user:
+        server.login(cfg.smtp_user, cfg.smtp_password.get_secret_value() if cfg.smtp_password else "")
+    return server
+
+
+def deliver_outbox(engine: Engine, cfg: NotifySettings, *, now: datetime | None = None) -> Delivery:
+    """Send every queued, unexpired message by SMTP to the address on the contact list; delete
+    what was sent and what expired. A message without an address, or whose sending failed,
+    stays for the next pass (until it expires)."""
+    if not cfg.smtp_host:
+        raise ConfigError("no SMTP server: set notify.smtp_host (SILOGUARD_NOTIFY__SMTP_HOST) to deliver the outbox")
+    now = now or datetime.now(timezone.utc)
+    expired = purge_outbox(engine, expired_before=now)
+    contacts = load_contacts(cfg.contacts) if cfg.contacts else {}
+    queued = read_outbox(engine)
+    if not queued:
+        return Delivery(expired=expired)
+    sent: list[int] = []
+    no_address = failed = 0
+    try:
+        server = _connect(cfg)
+    except (OSError, smtplib.SMTPException) as exc:
+        log.warning("outbox: cannot reach the SMTP server (%s); %d message(s) wait", type(exc).__name__, len(queued))
+        return Delivery(failed=len(queued), expired=expired)
+    try:
+        for message in queued:
+            destination = str(message["destination"])
+            address = contacts.get(destination.removeprefix("customer-ref:")) if destination.startswith("customer-ref:") else None
+            if not address:
+                no_address += 1
+                continue
+            mail = EmailMessage()
+            mail["From"], mail["To"] = cfg.sender, address
+            mail["Subject"] = "Your privacy request: verification code"
+            mail.set_content(str(message["body"]) + "\n\nIf you did not make this request, ignore this message.\n")
+            try:
+                server.send_message(mail)
+            except smtplib.SMTPException as exc:
+                failed += 1
+                log.warning("outbox: a message was refused by the SMTP server (%s)", type(exc).__name__)
+                continue
+            sent.append(int(message["id"]))
+    finally:
+        try:
+            server.quit()
+        except (OSError, smtplib.SMTPException):
+            pass
+    purge_outbox(engine, ids=sent)
+    result = Delivery(sent=len(sent), no_address=no_address, failed=failed, expired=expired)
+    log.info("outbox: %d sent, %d without an address, %d failed, %d expired", result.sent, result.no_address, result.failed, result.expired)
+    return result
