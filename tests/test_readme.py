@@ -49,4 +49,7 @@ def test_the_readme_walkthroughs_run_as_written(tmp_path: Path) -> None:
     assert re.search(r"inc-\d{4}-\d{2}-\d{2}-[a-z]{6}", done.stdout)  # the incident opened and listed
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert report["summary"]["incidents_open"] == 1 and report["incidents"]["rows"][0]["risk"] == "high"
-    assert report["erasure_receipts"]["status"] == "no data yet"  # an access request: the stores erased nothing
+    assert report["erasure_receipts"]["status"] == "no data yet"  # the coordinator's log: no requests there
+    requests = json.loads((tmp_path / "requests-report" / "report.json").read_text())
+    assert [r["kind"] for r in requests["data_subject_requests"]["rows"]] == ["access"]  # the service's log has the request
+    assert requests["data_subject_requests"]["rows"][0]["state"] == "completed on time"

@@ -17,7 +17,7 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from siloguard.errors import ConfigError
@@ -211,6 +211,17 @@ class NotifySettings(_Section):
         None, description="CSV customer_ref,email: the addresses the stores hold (the service itself keeps none); "
         "a message for a customer not in it stays in the outbox")
     timeout_seconds: float = Field(15.0, gt=0, description="SMTP connection timeout")
+
+    @model_validator(mode="after")
+    def _no_clear_text_beyond_loopback(self) -> NotifySettings:
+        """Codes and passwords never travel in clear over a network: smtp_tls none is for a server on loopback."""
+        if self.smtp_host and self.smtp_tls == "none":
+            if self.smtp_host not in ("127.0.0.1", "::1", "localhost"):
+                raise ValueError(f"smtp_tls none sends codes in clear: only for a server on loopback, not {self.smtp_host}; "
+                                 "use starttls or ssl")
+            if self.smtp_user:
+                raise ValueError("smtp_user with smtp_tls none would send the password in clear: use starttls or ssl")
+        return self
 
 
 class ComplianceSettings(_Section):

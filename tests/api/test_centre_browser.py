@@ -106,9 +106,7 @@ def test_a_subject_gets_their_data_with_the_keyboard_only(live: Live, page: obje
     tab.keyboard.press("Tab")
     assert tab.evaluate("document.activeElement.id") == "customer"
     tab.keyboard.type(SUBJECT)
-    tab.keyboard.press("Tab")
-    tab.keyboard.type("me@example.org")
-    tab.keyboard.press("Tab")
+    tab.keyboard.press("Tab")  # no e-mail field: the code goes to the address the stores hold
     assert tab.evaluate("document.activeElement.textContent") == "Send the request"
     tab.keyboard.press("Enter")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import re
 import shutil
 import subprocess
@@ -166,7 +167,8 @@ def _chromium(*args: str, user_data: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.skipif(not Path(CHROMIUM).exists() and shutil.which("chromium") is None, reason="no chromium binary on this machine")
+@pytest.mark.skipif(not Path(CHROMIUM).exists() and shutil.which("chromium") is None and not os.environ.get("CI"),
+                    reason="no chromium binary on this machine (CI installs it: there this test runs)")
 def test_report_opens_in_headless_chromium_with_the_tree_head_and_the_plots(keys: Keys, tmp_path: Path) -> None:
     engine = create_engine(f"sqlite:///{tmp_path / 'report.db'}")  # the browser does not care which database
     upgrade_database(engine)
@@ -229,7 +231,8 @@ def test_the_report_shows_incidents_with_their_clocks_receipts_per_store_caps_an
         AuditEvent(actor="officer:ana", action="incident.opened", resource="incident:inc-2026-01-31-abcdef", purpose="essential.legal_obligation",
                    reason="confidentiality-high", counts={"subjects": 40, "records": 300, "stores": 2, **dues}, time=aware),
         AuditEvent(actor="officer:ana", action="incident.notified", resource="incident:inc-2026-01-31-abcdef", purpose="essential.legal_obligation",
-                   reason="authority", counts={"subjects": 40, "records": 300, "stores": 2, **dues}, time=_at(1)),
+                   reason="authority", counts={"subjects": 40, "records": 300, "stores": 2, **dues,
+                                               "notified_epoch_s": int(_at(1).timestamp())}, time=_at(3.5)),  # recorded later
         AuditEvent(actor="svc:api", action=v.DSR_RECEIPT, resource="dsr:erasure", purpose="compliance", request="req-erase-one",
                    store="france", time=_at(1)),
         AuditEvent(actor="svc:api", action=v.DSR_RECEIPT, resource="dsr:erasure", purpose="compliance", request="req-erase-two",
@@ -247,6 +250,7 @@ def test_the_report_shows_incidents_with_their_clocks_receipts_per_store_caps_an
     (incident,) = facts["incidents"]["rows"]
     assert incident["kind"] == "confidentiality" and incident["risk"] == "high" and incident["subjects"] == 40
     assert {n["to"]: n["state"] for n in incident["notifications"]} == {"authority": "made on time", "subjects": "overdue"}
+    assert {n["to"]: n["made"] for n in incident["notifications"]}["authority"] == "2026-02-01T10:00:00Z"  # when made, not logged
     assert facts["summary"]["incidents_open"] == 1 and facts["summary"]["notifications_overdue"] == 1
     assert facts["erasure_receipts"]["rows"] == [{"store": "france", "receipts": 2, "requests": 2, "last": facts["erasure_receipts"]["rows"][0]["last"]}]
     (budget,) = facts["privacy_budget"]["stores"]

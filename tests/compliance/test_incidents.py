@@ -146,3 +146,27 @@ def test_the_cli_opens_notifies_lists_and_closes(tmp_path: Path) -> None:
     assert cli("list", "--open").stdout.strip() == "no incidents open in the register"
     missing = cli("close", "inc-nope", "--reason", "resolved")
     assert missing.exit_code == 2 and "siloguard incident list" in missing.output
+
+
+def test_review_a_notification_cannot_be_recorded_ahead_and_summaries_may_carry_dates(register: IncidentRegister, run_rule) -> None:
+    """Review findings: a future --at made an overdue notification pass; dates were refused as phone numbers."""
+    incident = _open(register, summary="laptop lost on 2026-01-05 at 09:30, found 05/01/2026")  # dates are fine
+    with pytest.raises(IncidentError, match="in the future"):
+        register.notify(incident.id, "authority", actor="officer:test", at=NOW + timedelta(days=3))
+    assert register.get(incident.id).authority_notified_at is None
+    register.notify(incident.id, "authority", actor="officer:test", at=NOW - timedelta(hours=1))
+    (event,) = [s.event for s in register.audit.iter_events() if s.event.action == "incident.notified"]
+    assert event.counts["notified_epoch_s"] == int((NOW - timedelta(hours=1)).timestamp())  # the report uses this time
+
+
+def test_review_a_refused_audit_append_writes_nothing_to_the_register(register: IncidentRegister) -> None:
+    from siloguard.errors import AuditError
+
+    class Refusing:
+        def append(self, events):
+            raise AuditError("refused")
+
+    refusing = IncidentRegister(register.engine, Refusing(), clock=register.clock)
+    with pytest.raises(AuditError):
+        _open(refusing)
+    assert register.list() == []  # never a register row without its audit event

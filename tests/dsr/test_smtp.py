@@ -116,3 +116,46 @@ def test_the_outbox_commands_show_and_deliver(api: Api, smtp, tmp_path: Path) ->
     assert runner.invoke(cli_app, ["outbox", "show"], env=env).stdout.strip() == "the outbox is empty"
     unconfigured = runner.invoke(cli_app, ["outbox", "deliver"], env={"SILOGUARD_DATABASE__URL": api.env.url})
     assert unconfigured.exit_code == 2 and "notify.smtp_host" in unconfigured.output
+
+
+def test_review_a_failed_message_never_makes_the_others_go_twice(api: Api, smtp, tmp_path: Path, monkeypatch) -> None:
+    """Review finding: an exception other than SMTPException left every sent message in the outbox (sent again each sweep)."""
+    import smtplib
+
+    inbox, port = smtp
+    contacts = tmp_path / "contacts.csv"
+    contacts.write_text(f"customer_ref,email\n{SUBJECT},subject@example.org\n{OTHER},other@example.org\n")
+    api.submit("access", SUBJECT)
+    api.submit("access", OTHER)
+    cfg = NotifySettings(smtp_host="127.0.0.1", smtp_port=port, smtp_tls="none", contacts=contacts)
+    real, calls = smtplib.SMTP.send_message, []
+
+    def flaky(self, mail, *args, **kwargs):
+        calls.append(mail["To"])
+        if len(calls) == 2:
+            raise ValueError("a bad header")
+        return real(self, mail, *args, **kwargs)
+
+    monkeypatch.setattr(smtplib.SMTP, "send_message", flaky)
+    first = deliver_outbox(api.engine, cfg)
+    monkeypatch.undo()
+    assert (first.sent, first.failed) == (1, 1)
+    second = deliver_outbox(api.engine, cfg)
+    assert (second.sent, second.failed) == (1, 0)
+    assert sorted(r for _, rcpts, _ in inbox.messages for r in rcpts) == ["other@example.org", "subject@example.org"]  # once each
+    assert read_outbox(api.engine) == []
+
+
+def test_review_contact_lists_and_clear_text_settings_are_refused(tmp_path: Path) -> None:
+    from pydantic import ValidationError
+
+    from siloguard.dsr.notifier import load_contacts
+
+    listed = tmp_path / "list.csv"
+    listed.write_text(f"customer_ref,email\n{SUBJECT},\"a@x.org, b@evil.example\"\n")
+    with pytest.raises(ConfigError, match="list.csv:2: email must be one plain address"):
+        load_contacts(listed)
+    with pytest.raises(ValidationError, match="only for a server on loopback"):
+        NotifySettings(smtp_host="mail.example.com", smtp_tls="none")
+    with pytest.raises(ValidationError, match="password in clear"):
+        NotifySettings(smtp_host="127.0.0.1", smtp_tls="none", smtp_user="me")

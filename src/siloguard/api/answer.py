@@ -87,10 +87,13 @@ def render_answer(request_id: str, answer: dict[str, Any], *, now: datetime) -> 
         for s in answer.get("consent", [])
     ]
     stores = []
-    for entry in answer.get("stores", []):
-        rows = entry.get("data", [])
-        columns = list(rows[0]) if rows else []
-        stores.append({**entry, "columns": columns, "rows": rows})
+    for entry in answer.get("stores", []):  # a store's part is checked for shape, not for every key: read it leniently
+        rows = [r for r in entry.get("data", []) if isinstance(r, dict)]
+        columns = list(dict.fromkeys(c for r in rows for c in r))  # every column any row has, in first-seen order
+        categories = [{"category": str(c.get("category", "")), "columns": [str(x) for x in c.get("columns", []) or []]}
+                      for c in entry.get("categories", []) if isinstance(c, dict)]
+        stores.append({"store": str(entry.get("store", "")), "records": int(entry.get("records", len(rows)) or 0),
+                       "categories": categories, "columns": columns, "rows": [{c: r.get(c) for c in columns} for r in rows]})
     return ENV.get_template("answer.html.j2").render(
         request_id=request_id,
         generated=now.strftime("%Y-%m-%d %H:%M UTC"),

@@ -47,7 +47,7 @@ def _query_names(route: APIRoute) -> frozenset[str]:
 def _known_query_only(request: Request) -> None:
     """Refuse query parameters an operation does not take (strict input; nothing ignored silently)."""
     route = request.scope.get("route")
-    if not isinstance(route, APIRoute):
+    if not isinstance(route, APIRoute) or not route.include_in_schema:  # pages (/, /docs): a shared link may carry ?utm_...
         return
     allowed = _query_names(route)
     if set(request.query_params) - allowed:
@@ -88,8 +88,12 @@ class _Resumer:
             if notify.smtp_host:  # codes committed since the last sweep go out now
                 from siloguard.dsr.notifier import deliver_outbox
 
+                from siloguard.errors import ConfigError
+
                 try:
                     deliver_outbox(self.service.engine, notify)
+                except ConfigError as exc:  # a setting (its message names the file or setting, never a person)
+                    log.warning("outbox delivery: %s", exc)
                 except Exception as exc:  # noqa: BLE001  the messages wait for the next sweep
                     log.warning("outbox delivery failed (%s); retrying", type(exc).__name__)
             stop.wait(self.every)

@@ -51,6 +51,10 @@ def serve(
     from siloguard.api.server import uvicorn_options
 
     settings = _settings(db, run, host=host, port=port)
+    if settings.notify.smtp_host and settings.notify.contacts:  # a bad contact list is said now, not every sweep
+        from siloguard.dsr.notifier import load_contacts
+
+        load_contacts(settings.notify.contacts)
     if run is not None:
         _migrate(settings)
     if not (settings.work_dir / "run.json").is_file():

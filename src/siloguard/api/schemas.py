@@ -46,6 +46,8 @@ class _RequestFields(_Body):
 
 
 class AccessRequest(_RequestFields):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"kind": "access", "customer_ref": "12738", "contact": "me@example.org"}]})
+
     kind: Literal["access"] = Field(description="access (Art. 15 / right to know)")
     answer_key: str | None = Field(
         None, min_length=80, max_length=100, pattern=r"^[A-Za-z0-9+/_-]+={0,2}$",
@@ -54,12 +56,16 @@ class AccessRequest(_RequestFields):
 
 
 class RightsRequest(_RequestFields):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"kind": "erasure", "customer_ref": "12738"}]})
+
     kind: Literal["erasure", "opt_out"] = Field(
         description="erasure (Art. 17 / right to delete), opt_out (Art. 21 objection / opt-out of sale and sharing)"
     )
 
 
 class ConsentRequest(_RequestFields):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"kind": "consent", "customer_ref": "12738", "consent": [{"purpose": "personalize.profiling", "action": "withdraw"}]}]})
+
     kind: Literal["consent"]
     consent: list[RequestConsentChange] = Field(min_length=1, max_length=20)
 
@@ -91,6 +97,8 @@ class SubmitResponse(BaseModel):
 
 
 class VerifyBody(_Body):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"code": "04918273"}]})
+
     code: str = Field(min_length=8, max_length=8, pattern=r"^[0-9]{8}$")
     answer_key: str | None = Field(
         None, min_length=80, max_length=100, pattern=r"^[A-Za-z0-9+/_-]+={0,2}$",
@@ -124,6 +132,8 @@ class ReceiptKey(BaseModel):
 
 
 class DecisionBody(_Body):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"reason": "complexity", "explanation": "Your request covers seven stores; we need one more month."}]})
+
     reason: str = Field(min_length=3, max_length=64, pattern=r"^[a-z](?:[a-z-]|[0-9]{1,4}(?:[a-z-]|$))*$",
                         description="a reason code such as complexity or number-of-requests (audited: "
                         "lower-case words, no run of 5 or more digits)")

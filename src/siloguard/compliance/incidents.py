@@ -18,7 +18,7 @@ import json
 import re
 import secrets
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
 from pathlib import Path
@@ -46,6 +46,7 @@ PARTIES = ("authority", "subjects")
 _DURATION = TypeAdapter(timedelta)
 #: Incident ids end in letters: readable, and never a run of digits the audit log would refuse.
 _LETTERS = "abcdefghjkmnpqrstuvwxyz"
+_DATES = re.compile(r"\b\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2})?)?\b|\b\d{1,2}[./]\d{1,2}[./]\d{2,4}\b")
 #: What a summary must not hold: it is a register entry, not a place for anyone's data.
 _PERSONAL = re.compile(r"[^\s@]+@[^\s@]+\.[A-Za-z]{2,}|\+?\d[\d ()./-]{7,}\d|\b\d{5,}\b")
 
@@ -170,9 +171,10 @@ def _summary(text: str) -> str:
     text = " ".join((text or "").split())
     if not 3 <= len(text) <= 500:
         raise IncidentError("--summary: say what happened in 3 to 500 characters (no names, addresses or numbers of anyone)")
-    if _PERSONAL.search(text):
+    if _PERSONAL.search(_DATES.sub(" ", text)):  # dates and times are fine: when it happened is the point
         raise IncidentError("--summary holds what looks like an e-mail address, a phone number or an id: describe the "
-                            "breach without anyone's data (the register is read by officers and the report)")
+                            "breach without anyone's data (names are not detected: leave them out too; the register "
+                            "is read by officers and the report)")
     return text
 
 
@@ -196,6 +198,11 @@ class IncidentRegister:
                 if c.jurisdiction == jur and row["risk"] in c.applies_to and row["subjects"] >= c.min_subjects:
                     out.append(Due(c, aware + c.deadline, made[c.party]))  # type: ignore[operator]
         return tuple(sorted(out, key=lambda d: (d.due_at, d.clock.party, d.clock.jurisdiction)))
+
+    def _dues_of(self, incident: Incident) -> tuple[Due, ...]:
+        return self._dues({"aware_at": incident.aware_at, "authority_notified_at": incident.authority_notified_at,
+                           "subjects_notified_at": incident.subjects_notified_at, "jurisdictions": json.dumps(list(incident.jurisdictions)),
+                           "risk": incident.risk, "subjects": incident.subjects})
 
     def _incident(self, row: dict[str, Any]) -> Incident:
         return Incident(
@@ -256,10 +263,11 @@ class IncidentRegister:
             "subjects": _count("subjects", subjects), "records": _count("records", records), "summary": _summary(summary),
             "authority_notified_at": None, "subjects_notified_at": None, "closed_at": None, "close_reason": None, "updated_at": now,
         }
+        incident = self._incident(row)
+        # Audited first: if the log refuses, nothing is written; a register row is never unaudited.
+        self._event("incident.opened", incident, actor=actor, reason=f"{incident.kind}-{incident.risk}")
         with self.engine.begin() as conn:
             conn.execute(table.insert(), row)
-        incident = self._incident(row)
-        self._event("incident.opened", incident, actor=actor, reason=f"{incident.kind}-{incident.risk}")
         return incident
 
     def update(self, incident_id: str, *, actor: str, severity: str | None = None, risk: str | None = None,
@@ -277,10 +285,13 @@ class IncidentRegister:
             changes["summary"] = _summary(summary)
         if not changes:
             raise IncidentError("nothing to update: give --severity, --risk, --subjects, --records or --summary")
+        current = self.get(incident_id)
+        if not current.open:
+            raise IncidentError(f"incident {incident_id} is closed: open a new one for new facts")
+        self._event("incident.updated", replace(current, **changes, dues=self._dues_of(replace(current, **changes))), actor=actor,
+                    reason="-".join(sorted(changes)).replace("_", "-"))
         self._change(incident_id, changes)
-        incident = self.get(incident_id)
-        self._event("incident.updated", incident, actor=actor, reason="-".join(sorted(changes)).replace("_", "-"))
-        return incident
+        return self.get(incident_id)
 
     def notify(self, incident_id: str, party: str, *, actor: str, at: datetime | None = None) -> Incident:
         party = _choice("to", party, PARTIES)
@@ -288,21 +299,26 @@ class IncidentRegister:
         before = self.get(incident_id)
         if when < before.aware_at:
             raise IncidentError(f"--at {when.isoformat()} is before the incident was known ({before.aware_at.isoformat()})")
+        if when > self.clock() + timedelta(minutes=5):
+            raise IncidentError(f"--at {when.isoformat()} is in the future: record a notification once it was made")
         if getattr(before, f"{party}_notified_at") is not None:
             raise IncidentError(f"incident {incident_id}: the {party} notification is already recorded")
+        after = replace(before, **{f"{party}_notified_at": when})
+        late = [d for d in self._dues_of(after) if d.clock.party == party and d.due_at < when]
+        self._event("incident.notified", before, actor=actor, reason=f"{party}-late" if late else party,
+                    extra={"notified_epoch_s": int(when.timestamp())})
         self._change(incident_id, {f"{party}_notified_at": when})
-        incident = self.get(incident_id)
-        late = [d for d in incident.dues if d.clock.party == party and d.done_at and d.done_at > d.due_at]
-        self._event("incident.notified", incident, actor=actor, reason=f"{party}-late" if late else party)
-        return incident
+        return self.get(incident_id)
 
     def close(self, incident_id: str, *, actor: str, reason: str) -> Incident:
         if not re.fullmatch(r"[a-z][a-z-]{2,63}", reason or ""):
             raise IncidentError("--reason: a short code in lower-case words joined by -, such as resolved or false-alarm")
+        current = self.get(incident_id)
+        if not current.open:
+            raise IncidentError(f"incident {incident_id} is already closed")
+        self._event("incident.closed", current, actor=actor, reason=reason)
         self._change(incident_id, {"closed_at": self.clock(), "close_reason": reason})
-        incident = self.get(incident_id)
-        self._event("incident.closed", incident, actor=actor, reason=reason)
-        return incident
+        return self.get(incident_id)
 
     def _change(self, incident_id: str, values: dict[str, Any]) -> None:
         current = self.get(incident_id)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import re
 import smtplib
 import ssl
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from siloguard.storage.orm import dsr_outbox
 __all__ = ["Delivery", "Notifier", "OutboxNotifier", "deliver_outbox", "load_contacts", "purge_outbox", "read_outbox"]
 
 log = logging.getLogger(__name__)
+_ONE_ADDRESS = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,63}")
 
 
 @runtime_checkable
@@ -86,7 +88,15 @@ def load_contacts(path: Path) -> dict[str, str]:
             reader = csv.DictReader(handle)
             if not reader.fieldnames or not {"customer_ref", "email"} <= set(reader.fieldnames):
                 raise ConfigError(f"{path}: the contact list needs the columns customer_ref,email")
-            return {normalise_ref(row["customer_ref"]): row["email"].strip() for row in reader if row.get("email")}
+            contacts: dict[str, str] = {}
+            for line, row in enumerate(reader, start=2):
+                address = (row.get("email") or "").strip()
+                if not address:
+                    continue
+                if not _ONE_ADDRESS.fullmatch(address):  # one plain address: no list, no header, no display name
+                    raise ConfigError(f"{path}:{line}: email must be one plain address (name@domain), nothing else")
+                contacts[normalise_ref(row["customer_ref"])] = address
+            return contacts
     except OSError as exc:
         raise ConfigError(f"notify.contacts {path}: cannot read ({exc.strerror}); give the stores' contact list (CSV customer_ref,email)") from None
 
@@ -129,39 +139,43 @@ def deliver_outbox(engine: Engine, cfg: NotifySettings, *, now: datetime | None 
     expired = purge_outbox(engine, expired_before=now)
     contacts = load_contacts(cfg.contacts) if cfg.contacts else {}
     queued = read_outbox(engine)
-    if not queued:
-        return Delivery(expired=expired)
-    sent: list[int] = []
-    no_address = failed = 0
+    addressed = []
+    for message in queued:
+        destination = str(message["destination"])
+        address = contacts.get(destination.removeprefix("customer-ref:")) if destination.startswith("customer-ref:") else None
+        if address:
+            addressed.append((message, address))
+    no_address = len(queued) - len(addressed)
+    if not addressed:  # nothing to send: no connection
+        return Delivery(no_address=no_address, expired=expired)
     try:
         server = _connect(cfg)
     except (OSError, smtplib.SMTPException) as exc:
-        log.warning("outbox: cannot reach the SMTP server (%s); %d message(s) wait", type(exc).__name__, len(queued))
-        return Delivery(failed=len(queued), expired=expired)
+        log.warning("outbox: cannot reach the SMTP server (%s); %d message(s) wait", type(exc).__name__, len(addressed))
+        return Delivery(no_address=no_address, failed=len(addressed), expired=expired)
+    sent = failed = 0
     try:
-        for message in queued:
-            destination = str(message["destination"])
-            address = contacts.get(destination.removeprefix("customer-ref:")) if destination.startswith("customer-ref:") else None
-            if not address:
-                no_address += 1
-                continue
+        for message, address in addressed:
             mail = EmailMessage()
             mail["From"], mail["To"] = cfg.sender, address
             mail["Subject"] = "Your privacy request: verification code"
             mail.set_content(str(message["body"]) + "\n\nIf you did not make this request, ignore this message.\n")
             try:
                 server.send_message(mail)
-            except smtplib.SMTPException as exc:
+            except Exception as exc:  # noqa: BLE001  one message's failure must not resend or block the others
                 failed += 1
-                log.warning("outbox: a message was refused by the SMTP server (%s)", type(exc).__name__)
+                log.warning("outbox: a message could not be sent (%s)", type(exc).__name__)
+                if isinstance(exc, (OSError, smtplib.SMTPServerDisconnected)):  # the connection is gone: the rest wait
+                    failed += len(addressed) - sent - failed
+                    break
                 continue
-            sent.append(int(message["id"]))
+            purge_outbox(engine, ids=[int(message["id"])])  # at once: a later failure never sends it twice
+            sent += 1
     finally:
         try:
             server.quit()
-        except (OSError, smtplib.SMTPException):
+        except Exception:  # noqa: BLE001  the connection may already be gone
             pass
-    purge_outbox(engine, ids=sent)
-    result = Delivery(sent=len(sent), no_address=no_address, failed=failed, expired=expired)
+    result = Delivery(sent=sent, no_address=no_address, failed=failed, expired=expired)
     log.info("outbox: %d sent, %d without an address, %d failed, %d expired", result.sent, result.no_address, result.failed, result.expired)
     return result

@@ -145,27 +145,34 @@ def get_access_answer(
         raise ApiError(409, "conflict", f"the request is {row['status']}; the answer is ready once it is completed")
     gone = ApiError(410, "gone", f"the answer was deleted (once downloaded, {service.settings.api.answer_ttl_days} days "
                     "after completion, or when you were erased): submit a new access request")
-    if format == "html" and "sealed" in json.loads(row["result"] or "{}"):  # before taking it: the subject keeps it
+    from siloguard.dsr.effects import for_subject
+
+    stored = json.loads(row["result"] or "{}")
+    if format == "html" and "sealed" in stored:  # before taking it: the subject keeps it
         raise ApiError(409, "conflict", "this answer is sealed to your key: download it as JSON (format=json) and open "
                        "it with siloguard answer open")
+    if stored.get("answer_deleted") or stored.get("erased"):
+        raise gone
+    page = None
+    if format == "html":  # built before the answer is taken: a page that cannot be built loses nothing
+        from siloguard.api.answer import render_answer
+
+        shown = for_subject(stored, who.session.customer_ref or "") if who.session is not None else stored
+        page = render_answer(row["id"], shown, now=service.clock())
     if who.session is not None:
         answer = service.take_answer(row["id"])  # the subject has it now: the service keeps no copy
         if answer is None:
             raise gone
-        from siloguard.dsr.effects import for_subject
-
         answer = for_subject(answer, who.session.customer_ref or "")
     else:
-        answer = json.loads(row["result"])
-        if answer.get("answer_deleted") or answer.get("erased"):
-            raise gone
+        answer = stored
         service.answer_read(row["id"], actor=who.actor)
     if "sealed" in answer:
         return {"request": row["id"], "sealed": answer["sealed"]}
-    if format == "html":
-        from siloguard.api.answer import render_answer, standalone_headers
+    if page is not None:
+        from siloguard.api.answer import standalone_headers
 
-        return HTMLResponse(render_answer(row["id"], answer, now=service.clock()), headers=standalone_headers())
+        return HTMLResponse(page, headers=standalone_headers())
     return {"request": row["id"], "answer": answer}
 
 @router.post("/v1/requests/{request_id}/extend", response_model=RequestView, tags=["requests"])

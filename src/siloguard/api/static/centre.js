@@ -66,11 +66,8 @@
     $("ask").addEventListener("submit", async (event) => {
       event.preventDefault();
       const customer = $("customer").value.trim();
-      const contact = $("contact").value.trim();
       if (!$("customer").checkValidity() || !customer) { fail("Enter your customer number (letters, digits, dots, dashes)."); $("customer").focus(); return; }
-      if (contact && !$("contact").checkValidity()) { fail("The e-mail address does not look right."); $("contact").focus(); return; }
       const body = { kind: selectedKind(), customer_ref: customer };
-      if (contact) body.contact = contact;
       if (body.kind === "consent") {
         body.consent = [];
         for (const select of document.querySelectorAll("select[name=consent]")) {

@@ -196,11 +196,13 @@ class _Collector:
                                                       "closed": None, "close_reason": None, "notified": {}, "dues": {}})
         counts = e["counts"]
         row.update(subjects=counts.get("subjects", 0), records=counts.get("records", 0), stores=counts.get("stores", 0))
-        row["dues"] = {k[: -len("_due_epoch_s")]: n for k, n in counts.items() if k.endswith("_due_epoch_s")}
+        row["dues"] = {k[: -len("_due_epoch_s")]: n for k, n in counts.items() if k.endswith("_due_epoch_s") and k != "notified_epoch_s"}
         if e["action"] == "incident.opened" and e["reason"] and "-" in e["reason"]:
             row["kind"], row["risk"] = e["reason"].split("-", 1)
-        elif e["action"] == "incident.notified" and e["reason"]:
-            row["notified"][e["reason"].removesuffix("-late")] = e["time"]
+        elif e["action"] == "incident.notified" and e["reason"]:  # when it was made, as recorded (--at), else logged
+            made = counts.get("notified_epoch_s")
+            row["notified"][e["reason"].removesuffix("-late")] = (
+                datetime.fromtimestamp(made, timezone.utc) if made is not None else _parse_time(e["time"]))
         elif e["action"] == "incident.closed":
             row["closed"], row["close_reason"] = e["time"], e["reason"]
 
@@ -258,10 +260,10 @@ class _Collector:
                 due = datetime.fromtimestamp(due_s, timezone.utc)
                 made = info["notified"].get(party)
                 if made is not None:
-                    state = "made on time" if _parse_time(made) <= due else "made late"
+                    state = "made on time" if made <= due else "made late"
                 else:
                     state = "overdue" if self.as_of > due else "due"
-                notifications.append({"to": party, "jurisdiction": jurisdiction, "due": _iso(due), "made": made, "state": state})
+                notifications.append({"to": party, "jurisdiction": jurisdiction, "due": _iso(due), "made": _iso(made), "state": state})
             rows.append({"incident": incident_id, "kind": info["kind"], "risk": info["risk"], "subjects": info["subjects"],
                          "records": info["records"], "stores": info["stores"], "opened": info["opened"], "closed": info["closed"],
                          "close_reason": info["close_reason"], "notifications": notifications})
