@@ -15,20 +15,15 @@ import re
 from datetime import datetime
 from typing import Any
 
-import jinja2
 from markupsafe import Markup
+
+from siloguard._files import templates
 
 from siloguard.policies.taxonomy import purpose_name
 
 __all__ = ["ENV", "STYLE", "render_answer", "standalone_headers", "style_hash"]
 
-ENV = jinja2.Environment(
-    loader=jinja2.PackageLoader("siloguard.api", "templates"),
-    autoescape=True,
-    undefined=jinja2.StrictUndefined,
-    trim_blocks=True,
-    lstrip_blocks=True,
-)
+ENV = templates("siloguard.api")
 #: The answer page's inline style sheet, exactly as the page carries it (the centre's policy allows it by hash).
 STYLE = ENV.get_template("answer.css").render()
 _DURATION = re.compile(r"^P(?:(\d+)Y)?(?:(\d+)M)?(?:(\d+)D)?$")

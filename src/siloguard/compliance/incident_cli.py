@@ -16,6 +16,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from siloguard.compliance.incidents import KINDS, PARTIES, RISKS, SEVERITIES
 from siloguard.errors import IncidentError
 from siloguard.storage.cli import DbOpt, command_group, one_line_errors
 
@@ -29,27 +30,11 @@ incident_app = command_group(
 RunOpt = Annotated[Optional[Path], typer.Option("--run", help="The run (e.g. runs/demo): its database, audit log and stores' jurisdictions.")]
 
 
-class Kind(str, Enum):
-    confidentiality = "confidentiality"
-    integrity = "integrity"
-    availability = "availability"
-
-
-class Level(str, Enum):
-    low = "low"
-    medium = "medium"
-    high = "high"
-
-
-class Risk(str, Enum):
-    unlikely = "unlikely"
-    risk = "risk"
-    high = "high"
-
-
-class Party(str, Enum):
-    authority = "authority"
-    subjects = "subjects"
+# The choices, from the register's own vocabulary (one list: compliance.incidents).
+Kind = Enum("Kind", {k: k for k in KINDS}, type=str)  # type: ignore[misc]
+Level = Enum("Level", {k: k for k in SEVERITIES}, type=str)  # type: ignore[misc]
+Risk = Enum("Risk", {k: k for k in RISKS}, type=str)  # type: ignore[misc]
+Party = Enum("Party", {k: k for k in PARTIES}, type=str)  # type: ignore[misc]
 
 
 def _when(value: str | None, option: str) -> datetime | None:
@@ -137,7 +122,7 @@ def open_incident(
     risk: Annotated[Risk, typer.Option("--risk", help="Risk to people: unlikely (no notification, documented), risk (authority), high (authority and people).")],
     store: Annotated[list[str], typer.Option("--store", help="An affected store (repeatable).")],
     summary: Annotated[str, typer.Option("--summary", help="What happened, without anyone's data (3-500 characters).")],
-    severity: Annotated[Level, typer.Option("--severity", help="Internal severity.")] = Level.medium,
+    severity: Annotated[Level, typer.Option("--severity", help="Internal severity.")] = Level["medium"],
     aware_at: Annotated[Optional[str], typer.Option("--aware-at", help="When you became aware (the clocks start here). \\[default: now]")] = None,
     subjects: Annotated[int, typer.Option("--subjects", help="People affected (an estimate; update it later).", min=0)] = 0,
     records: Annotated[int, typer.Option("--records", help="Records affected (an estimate).", min=0)] = 0,

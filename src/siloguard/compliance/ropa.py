@@ -123,9 +123,8 @@ def to_markdown(ropa: dict[str, Any]) -> str:
 
 def to_html(ropa: dict[str, Any]) -> str:
     """The same document as a page to read, print or file (no script, no asset from elsewhere)."""
-    import jinja2
+    from siloguard._files import templates
 
-    env = jinja2.Environment(loader=jinja2.PackageLoader("siloguard.compliance", "templates"), autoescape=True,
-                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env = templates("siloguard.compliance")
     activities = [{**act, "rows": _rows(act)} for act in ropa["activities"]]
     return env.get_template("ropa.html.j2").render(ropa=ropa, activities=activities, missing=MISSING)

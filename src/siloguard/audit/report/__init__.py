@@ -113,16 +113,9 @@ def _now() -> str:
 
 
 def _render_html(facts: dict[str, Any], plots: dict[str, bytes]) -> str:
-    import jinja2
+    from siloguard._files import templates
 
-    env = jinja2.Environment(
-        loader=jinja2.PackageLoader("siloguard.audit.report", "templates"),
-        autoescape=True,
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-    return env.get_template("report.html.j2").render(
+    return templates("siloguard.audit.report").get_template("report.html.j2").render(
         facts=facts,
         head=facts["tree_head"],
         log=facts["log"],

@@ -14,6 +14,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from siloguard._files import write_atomic
 from siloguard.errors import AuditError
 
 __all__ = ["chromium", "print_pdf"]
@@ -50,7 +51,5 @@ def print_pdf(html_path: Path, pdf_path: Path, *, timeout: float = 120) -> Path:
         if not partial.is_file() or partial.read_bytes()[:5] != b"%PDF-":
             last = (done.stderr.strip().splitlines() or ["no output"])[-1][:200]
             raise AuditError(f"Chromium could not print the report (exit {done.returncode}: {last}); the HTML report was written")
-        tmp = pdf_path.with_name(f".{pdf_path.name}.tmp")
-        shutil.copyfile(partial, tmp)
-        os.replace(tmp, pdf_path)
+        write_atomic(pdf_path, partial.read_bytes())
     return pdf_path
