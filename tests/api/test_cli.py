@@ -142,3 +142,22 @@ def test_the_privacy_service_of_a_one_machine_run_keeps_its_own_site(tmp_path: P
     assert (run / "privacy" / "siloguard.db").is_file() and not (run / "coordinator" / "siloguard.db").exists()
     nothing = runner.invoke(app, ["keys", "create", "--run", str(tmp_path / "nothere"), "--role", "dpo"])
     assert nothing.exit_code == 2 and "no run there" in nothing.output
+
+
+def test_serve_without_a_run_warns_that_requests_wait_and_still_starts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import uvicorn
+
+    from siloguard.storage import create_engine, upgrade_database
+
+    url = f"sqlite:///{tmp_path / 'svc.db'}"
+    engine = create_engine(url)
+    upgrade_database(engine)
+    engine.dispose()
+    started: list[object] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: started.append(app))
+    env = {"SILOGUARD_DATABASE__URL": url, "SILOGUARD_WORK_DIR": str(tmp_path / "nowhere"), "SILOGUARD_KEYS__ROOT": str(tmp_path / "keys")}
+    result = CliRunner().invoke(app, ["serve", "--port", "8123"], env=env)
+    assert result.exit_code == 0, result.output
+    assert "warning: no run at" in result.stderr and "requests wait until the stores are known" in result.stderr
+    assert "pass --run RUN" in result.stderr and "privacy centre at /" in result.stderr
+    assert len(started) == 1

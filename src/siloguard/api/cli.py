@@ -69,7 +69,7 @@ def serve(
     # Presidio logs every analysis at INFO (dozens of lines per access answer): warnings only.
     for name in ("presidio-analyzer", "presidio-anonymizer", "presidio_analyzer", "presidio_anonymizer"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    typer.echo(f"siloguard API on http://{settings.api.host}:{settings.api.port} (docs at /docs)", err=True)
+    typer.echo(f"siloguard API on http://{settings.api.host}:{settings.api.port}: privacy centre at /, docs at /docs", err=True)
     uvicorn.run(app, **options)
 
 
