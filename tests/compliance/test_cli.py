@@ -129,6 +129,8 @@ def test_check_results_appear_in_the_officer_report(env: Path) -> None:
     assert rows["lawful-basis"]["result"] == "passed"
     assert rows["storage-limitation"]["result"] == "failed"
     assert "storage-limitation" in (out / "report.html").read_text()
+    # Purposes in plain words beside their keys (the command passes the taxonomy's names).
+    assert "what the law requires (tax records, answering your requests) <small" in (out / "report.html").read_text()
     # The clock each check judged by: storage limitation aged the rows at the time of the check (--as-of now).
     aged = rows["storage-limitation"]["clock"].removeprefix("stored rows aged at ")
     assert aged[:4] >= "2026" and "rows_expired" in rows["storage-limitation"]["counts"]

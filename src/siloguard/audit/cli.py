@@ -291,7 +291,9 @@ def report(
     resolver = subject_resolver(settings.keys.root)
     subjects, stores = resolver if resolver is not None else (None, None)
     with _open(settings) as log:
-        built = build_report(log, key, against=saved, subjects=subjects, subject_stores=stores)
+        from siloguard.policies.taxonomy import purpose_name
+
+        built = build_report(log, key, against=saved, subjects=subjects, subject_stores=stores, purpose_name=purpose_name)
     html_path, json_path = write_report(built, out)
     head_json = built.facts["tree_head"]
     typer.echo(f"report for tree head #{head_json['seq']} ({head_json['tree_size']} events): {html_path}, {json_path}")

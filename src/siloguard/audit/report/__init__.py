@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import cache
@@ -81,8 +81,12 @@ def build_report(
     against: SignedTreeHead | None = None,
     subjects: SubjectResolver | None = None,
     subject_stores: Collection[str] | None = None,
+    purpose_name: Callable[[str], str] | None = None,
 ) -> Report:
     """Verify the log, then build the report for its latest signed head.
+
+    ``purpose_name`` gives plain words for a purpose key (the command passes the taxonomy's;
+    the page shows both, the JSON keeps the keys).
 
     ``subjects`` says whether a blinded subject reference ``b.<hex>`` still resolves (None:
     no store keys, references are shown unresolved); ``subject_stores`` optionally names the
@@ -105,14 +109,14 @@ def build_report(
     plots = render_plots(facts)
     facts["plots"] = sorted(plots)
     validate_facts(facts)
-    return Report(facts, plots, _render_html(facts, plots))
+    return Report(facts, plots, _render_html(facts, plots, purpose_name or (lambda key: key)))
 
 
 def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _render_html(facts: dict[str, Any], plots: dict[str, bytes]) -> str:
+def _render_html(facts: dict[str, Any], plots: dict[str, bytes], purpose_name: Callable[[str], str]) -> str:
     from siloguard._files import templates
 
     return templates("siloguard.audit.report").get_template("report.html.j2").render(
@@ -121,6 +125,7 @@ def _render_html(facts: dict[str, Any], plots: dict[str, bytes]) -> str:
         log=facts["log"],
         subjects=facts["subjects"],
         generated_at=facts["generated_at"],
+        purpose_name=purpose_name,
         plots={name: base64.b64encode(png).decode("ascii") for name, png in plots.items()},
     )
 
