@@ -68,6 +68,7 @@ def _mount_subcommands() -> None:
 
     # siloguard serve, siloguard keys ..., siloguard store sync (privacy API and DSRs)
     import siloguard.dsr.cli  # noqa: F401  registers `store sync` on store_app
+    import siloguard.clients.marketing_cli  # noqa: F401  registers recommend, profiles, clv, campaign on store_app
     from siloguard.api.cli import keys_app, serve
     from siloguard.dsr.cli import answer_app
 
