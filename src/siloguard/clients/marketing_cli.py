@@ -258,3 +258,41 @@ def campaign_report_cmd(
         export_file(settings, store, staff_principal(store, staff), report_json, json.dumps(report, indent=1).encode(),
                     kind="campaign-report", purpose=MARKETING, decision=report["decision"], rows=0, customers=customers)
         typer.echo(f"wrote {report_json}")
+
+
+# ---- the store's staff API -----------------------------------------------------------------
+
+
+@store_app.command("staff-key")
+@one_line_errors
+def staff_key(
+    name: Annotated[str, typer.Argument(help="The staff member (lowercase, e.g. alice): recorded as staff:<name> in the store's audit log.")],
+    site: Annotated[Path, typer.Option("--site", help="The store's site directory.")],
+) -> None:
+    """Make a key for a staff member to call the store's staff API (printed once; the site keeps its hash)."""
+    from siloguard.clients.http import new_staff_key
+
+    _, settings = store_settings(None, site, Path("."))
+    key = new_staff_key(settings, name)
+    typer.echo(key)
+    typer.echo(f"the key of staff:{name} (shown once; send it as 'Authorization: Bearer <key>')", err=True)
+
+
+@store_app.command("serve")
+@one_line_errors
+def serve_staff(
+    site: Annotated[Path, typer.Option("--site", help="The store's site directory.")],
+    host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8710,
+    model: Annotated[Optional[Path], typer.Option("--model", help="model.pt to rank with [default: the site's model/].")] = None,
+) -> None:
+    """Serve the store's staff API (POST /v1/recommendations) with the site's own keys, policy and audit log."""
+    import uvicorn
+
+    from siloguard.clients.http import create_staff_app
+    from siloguard.clients.recommend import Recommender
+
+    store, settings = store_settings(None, site, Path("."))
+    recommender = Recommender(settings, store, model_file=model)  # built before listening: errors show here
+    typer.echo(f"store {store}: staff API on http://{host}:{port}/v1/recommendations (model {recommender.loaded.version})")
+    uvicorn.run(create_staff_app(settings, store, recommender=recommender), host=host, port=port, log_level="warning")

@@ -88,7 +88,7 @@ def learn_interests(frame: pd.DataFrame, *, groups: int = 12, seed: int = 0) -> 
         raise DataError("no product descriptions to learn interests from")
     text = shelf.groupby("code")["description"].agg(lambda s: s.astype(str).mode().iloc[0])
     vectoriser = TfidfVectorizer(
-        lowercase=True, token_pattern=r"(?u)\b[a-zA-Z][a-zA-Z]+\b", ngram_range=(1, 2), min_df=2, max_df=0.3,
+        lowercase=True, token_pattern=r"(?u)\b[a-zA-Z][a-zA-Z]+\b", ngram_range=(1, 2), min_df=2, max_df=0.5,
         stop_words="english", sublinear_tf=True,
     )
     try:
@@ -146,12 +146,12 @@ def build_profiles(
     since_last = (as_of - last).dt.days.to_numpy()
     per_30 = spend / np.maximum(since_first, 30) * 30
     # tiers by rank of spend per 30 days, highest first
-    order = per_30.rank(method="first", ascending=False).to_numpy() / len(per_30)
+    position = (per_30.rank(method="first", ascending=False).to_numpy() - 1) / len(per_30)  # 0 = top
     tier = np.full(len(per_30), rules.tiers[-1][0], dtype=object)
     bound = 0.0
     for name, share in rules.tiers:
         low, bound = bound, bound + share
-        tier[(order > low) & (order <= bound + 1e-12)] = name
+        tier[(position >= low - 1e-12) & (position < bound - 1e-12)] = name
     out = pd.DataFrame(
         {
             "tier": tier,
@@ -164,7 +164,7 @@ def build_profiles(
         index=spend.index,
     )
     invoices = data.drop_duplicates("invoice")
-    out["weekday"] = invoices.groupby("customer_id")["invoice_date"].agg(lambda s: _WEEKDAYS[int(s.dt.dayofweek.mode().iloc[0])])
+    out["weekday"] = invoices.groupby("customer_id")["invoice_date"].agg(lambda s: _WEEKDAYS[int(s.dt.day_of_week.mode().iloc[0])])
     out["hour"] = invoices.groupby("customer_id")["invoice_date"].agg(lambda s: int(s.dt.hour.mode().iloc[0]))
     if interests is not None:
         group = data["stock_code"].astype(str).map(interests.group_of)
