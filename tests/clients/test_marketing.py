@@ -1,0 +1,182 @@
+"""A store's marketing through its gate: recommendations, profiles, lifetime value, campaigns.
+
+Consent decides who is in anything used for marketing, at every call: a customer without it
+never appears, one who withdraws is gone at the next call; every file is audited and 0600.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime
+
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from siloguard.audit import AuditLog
+from siloguard.cli import app
+from siloguard.clients.gating import store_consent, store_keys
+from siloguard.clients.marketing import MARKETING, PROFILING, customer_profiles, customer_values
+from siloguard.clients.recommend import Recommender
+from siloguard.config import Settings
+from siloguard.errors import AccessDenied
+from siloguard.federation.runner import prepare_run
+from siloguard.privacy.pseudonyms import Pseudonymiser
+from siloguard.recommender.model import SharedModel
+from tests.conftest import tiny_customers, write_consent, write_tiny_retail
+
+STORE = "united-kingdom"
+
+
+@pytest.fixture
+def tiny_retail(tmp_path):
+    return write_tiny_retail(tmp_path / "tiny.csv", customers_per_country=40)
+
+
+@pytest.fixture
+def run(tmp_path, tiny_retail, tiny_settings: Settings):
+    """Five in six customers consent to profiling, every other one to marketing."""
+    customers = tiny_customers(tiny_retail)
+    profiling = [c for i, c in enumerate(customers) if i % 6]
+    marketing = customers[::2]
+    frames = [
+        pd.read_csv(write_consent(tmp_path / "p.csv", profiling)),
+        pd.read_csv(write_consent(tmp_path / "m.csv", marketing, purpose=MARKETING)),
+    ]
+    pd.concat(frames).to_csv(tmp_path / "consent.csv", index=False)
+    settings = tiny_settings.with_overrides(data={"consent": tmp_path / "consent.csv"})
+    prepare_run(settings)
+    catalogue = json.loads((settings.work_dir / "catalogue.json").read_text())["stock_codes"]
+    torch.save(SharedModel(len(catalogue), settings.model.dim, settings.model.hidden).state_dict(), tmp_path / "model.pt")
+    (tmp_path / "catalogue.json").write_text(json.dumps({"stock_codes": catalogue, "descriptions": {c: f"THING {c}" for c in catalogue}}))
+    return settings, profiling, marketing, tmp_path / "model.pt"
+
+
+def _store_customers(settings: Settings) -> list[int]:
+    frame = pd.read_csv(settings.work_dir / "stores" / f"{STORE}.csv")
+    return sorted({int(float(c)) for c in frame["CustomerID"]})
+
+
+def _pseudonyms(settings: Settings, ids) -> set[str]:
+    p = Pseudonymiser(store_keys(settings, STORE))
+    return {p.pseudonym(c) for c in ids}
+
+
+def _withdraw(settings: Settings, customer: int, purpose: str) -> None:
+    store_consent(settings, STORE).record([customer], purpose, "withdraw", source="store", at=datetime.now(UTC))
+
+
+def _events(settings: Settings, action: str) -> list:
+    with AuditLog.open(settings, signer=False) as log:
+        return [s.event for s in log.iter_events() if s.event.action == action]
+
+
+def test_when_staff_ask_for_recommendations_then_consenting_customers_get_scored_products_and_a_withdrawal_ends_it(run) -> None:
+    settings, profiling, _, model = run
+    customer = next(c for c in _store_customers(settings) if c in profiling)
+    recommender = Recommender(settings, STORE, model_file=model)
+
+    answer = recommender.recommend(str(customer), k=5)
+
+    items = answer.items
+    assert len(items) == 5 and list(items["rank"]) == [1, 2, 3, 4, 5]
+    assert items["score"].between(0, 1).all() and items["score"].is_monotonic_decreasing
+    assert items["description"].str.startswith("THING ").all()
+    for basis, reason in zip(items["basis"], items["reason"]):
+        pattern = r"bought \d+ times?, last \d+ days? ago" if basis == "past_purchase" else r"(bought together with THING \S+|popular with) customers across stores|bought together with THING \S+ by customers across stores"
+        assert re.fullmatch(pattern, reason), reason
+    assert answer.as_of == "2011-04-28" or answer.as_of  # the data's own clock
+    assert answer.to_json()["items"][0]["rank"] == 1
+
+    _withdraw(settings, customer, PROFILING)
+    with pytest.raises(AccessDenied, match="does not consent") as withdrawn:
+        recommender.recommend(str(customer), k=5)
+    outsider = next(c for c in _store_customers(settings) if c not in profiling)
+    with pytest.raises(AccessDenied) as refused:
+        recommender.recommend(f"{outsider}.0", k=5)
+    assert str(refused.value) == str(withdrawn.value)  # the same answer: nothing about the person leaks
+    assert str(customer) not in str(withdrawn.value)
+
+
+def test_when_profiles_and_values_are_made_then_only_customers_consenting_to_profiling_are_in_them(run, tmp_path) -> None:
+    settings, profiling, _, _ = run
+    customers = _store_customers(settings)
+    allowed = _pseudonyms(settings, set(customers) & set(profiling))
+    outsiders = _pseudonyms(settings, set(customers) - set(profiling))
+
+    profiles = customer_profiles(settings, STORE)
+    assert set(profiles.frame["customer_id"]) == allowed
+    assert profiles.summary["customers"]["all"] == len(allowed)
+    assert set(profiles.frame["stage"]) <= {"new", "active", "at_risk", "lapsed"}
+
+    values, _, _ = customer_values(settings, STORE, days=30)
+    assert set(values["customer_id"]) == allowed
+    assert (values["purchases_30d"] >= 0).all() and values["p_alive"].between(0, 1).all()
+
+    gone = next(c for c in customers if c in profiling)
+    _withdraw(settings, gone, PROFILING)
+    again = customer_profiles(settings, STORE)
+    assert set(again.frame["customer_id"]) == allowed - _pseudonyms(settings, [gone])
+
+    env = {"SILOGUARD_DATABASE__URL": settings.database.url, "SILOGUARD_KEYS__ROOT": str(settings.keys.root)}
+    out = tmp_path / "profiles.csv"
+    result = CliRunner().invoke(app, ["store", "profiles", STORE, "--csv", str(out), "--out", str(settings.work_dir)], env=env)
+    assert result.exit_code == 0, result.output
+    assert out.stat().st_mode & 0o777 == 0o600
+    text = out.read_text()
+    assert not any(p in text for p in outsiders | _pseudonyms(settings, [gone]))
+    exports = _events(settings, "marketing.export")
+    assert exports[-1].resource == "export:profiles" and exports[-1].counts["rows"] == len(allowed) - 1
+    assert exports[-1].actor == "staff:operator" and exports[-1].purpose == PROFILING
+
+
+def test_when_a_campaign_is_exported_with_a_control_group_then_it_is_recorded_and_its_report_follows_consent(run, tmp_path) -> None:
+    settings, _, marketing, model = run
+    raw = pd.read_csv(settings.work_dir / "stores" / f"{STORE}.csv")
+    item = str(raw["StockCode"].value_counts().index[0])
+    env = {"SILOGUARD_DATABASE__URL": settings.database.url, "SILOGUARD_KEYS__ROOT": str(settings.keys.root)}
+    runner = CliRunner()
+    out = tmp_path / "list.csv"
+    args = ["store", "campaign", "create", STORE, "--item", item, "--model", str(model), "--top", "1000", "--control", "34%", "--seed", "3",
+            "--as-of", "2011-03-15", "--csv", str(out), "--out", str(settings.work_dir)]
+    result = runner.invoke(app, args, env=env)
+    assert result.exit_code == 0, result.output
+    campaign = re.search(r"campaign (c[0-9a-f]{8})", result.output).group(1)
+    assert out.stat().st_mode & 0o777 == 0o600
+    listed = pd.read_csv(out)
+    allowed = _pseudonyms(settings, set(_store_customers(settings)) & set(marketing))
+    assert set(listed["customer_id"]) <= allowed
+    assert (listed["as_of"] == "2011-03-15").all() and (listed["currency"] == "GBP").all()
+    shelf = raw.loc[raw["StockCode"] == item, "Description"].iloc[0]  # the store's own shelf description
+    assert (listed["description"] == shelf).all() and listed["score"].between(0, 1).all()
+    export = _events(settings, "marketing.export")[-1]
+    assert export.resource == "export:campaign" and export.counts["rows"] == len(listed) and export.counts["control"] >= 1
+
+    report_json = tmp_path / "report.json"
+    report_args = ["store", "campaign", "report", campaign, STORE, "--until", "2011-04-30", "--cost", "0.5", "--margin", "0.3",
+                   "--json", str(report_json), "--out", str(settings.work_dir)]
+    result = runner.invoke(app, report_args, env=env)
+    assert result.exit_code == 0, result.output
+    report = json.loads(report_json.read_text())
+    assert report_json.stat().st_mode & 0o777 == 0o600
+    arms = report["arms"]
+    assert arms["treatment"]["customers"] == len(listed) and arms["control"]["customers"] == export.counts["control"]
+    assert set(report["uplift"]) == {"conversion", "revenue_per_customer", "items_per_customer"}
+    assert report["roi"]["low"] <= report["roi"]["estimate"] <= report["roi"]["high"]
+    assert _events(settings, "marketing.export")[-1].resource == "export:campaign-report"
+
+    # A treatment customer withdraws: the next report leaves them out, and says so (a count).
+    pseudonym_of = {p: c for c in _store_customers(settings) for p in _pseudonyms(settings, [c])}
+    leaving = pseudonym_of[listed["customer_id"].iloc[0]]
+    _withdraw(settings, leaving, MARKETING)
+    result = runner.invoke(app, report_args, env=env)
+    assert result.exit_code == 0, result.output
+    again = json.loads(report_json.read_text())
+    assert again["arms"]["treatment"]["customers"] == len(listed) - 1
+    assert again["no_longer_consenting"]["treatment"] == 1
+    assert listed["customer_id"].iloc[0] not in report_json.read_text()
+
+    missing = runner.invoke(app, ["store", "campaign", "report", "c00000000", STORE, "--until", "2011-04-30", "--out", str(settings.work_dir)], env=env)
+    assert missing.exit_code != 0 and "no campaign" in missing.output
