@@ -35,7 +35,7 @@ from siloguard.data.loader import load_clean
 from siloguard.errors import AccessDenied, ConfigError, DataError
 from siloguard.policies.gate import Principal
 from siloguard.privacy.pseudonyms import normalise_ids
-from siloguard.recommender.features import POPULARITY_FEATURE, build_history, to_events
+from siloguard.recommender.features import customer_history, history_bags
 from siloguard.recommender.model import PrivateUsers
 
 __all__ = ["PERSONALISE", "Recommendation", "Recommender", "staff"]
@@ -112,6 +112,7 @@ class Recommender:
         self._item_customers = np.zeros(self.loaded.catalogue.size, np.float64)
         self._item_customers[buyers.index.astype(int)] = buyers.to_numpy()
         self._n_users = int(frame["customer_id"].nunique())
+        self._popularity = (np.log1p(self._item_customers) / np.log1p(max(self._n_users, 1))).astype(np.float32)
         self._vectors = self._private_vectors()
         self.calibration = Calibration.fit(self.loaded, frame, self._users_for, as_of=self.as_of, seed=settings.model.seed)
         self._descriptions = {**self.loaded.descriptions, **self._store_descriptions()}
@@ -170,35 +171,34 @@ class Recommender:
         items = self._rank(gated.frame, k)
         return Recommendation(items=items, as_of=str(self.as_of.date()), model_version=self.loaded.version, decision=gated.decision_id)
 
-    def _history(self, frame: pd.DataFrame):  # noqa: ANN202 - History
-        subject = pd.Index([frame["customer_id"].iloc[0]])
-        events = to_events(frame, self.loaded.catalogue, subject)
-        history = build_history(events, 1, self.loaded.catalogue.size, _day(self.as_of))
-        # The popularity feature counts the store's customers who bought the item, not this one's.
-        items = history.counts.indices
-        history.features[:, POPULARITY_FEATURE] = (
-            np.log1p(self._item_customers[items]) / np.log1p(max(self._n_users, 1))
-        ).astype(np.float32)
-        return subject, events, history
+    def _history(self, frame: pd.DataFrame):  # noqa: ANN202 - (items, days, History)
+        codes = frame["stock_code"].astype(str).to_numpy()
+        items = np.fromiter((self._index.get(c, -1) for c in codes), np.int64, len(codes))
+        days = ((frame["invoice_date"].to_numpy() - np.datetime64("1970-01-01")) // np.timedelta64(1, "D")).astype(np.int64)
+        history = customer_history(items, days, frame["invoice"].astype(str).to_numpy(), self.loaded.catalogue.size,
+                                   _day(self.as_of), self._popularity)
+        return items, days, history
 
     def _rank(self, frame: pd.DataFrame, k: int) -> pd.DataFrame:
-        subject, events, history = self._history(frame)
-        users = self._users_for(subject)
+        items, days, history = self._history(frame)
+        users = self._users_for(pd.Index([frame["customer_id"].iloc[0]]))
         probs, past = probabilities(self.loaded, self.calibration, users, history, np.array([0]))
         score, past = probs[0], past[0]
         # highest probability first; ties in the model's own order (past purchases first)
         order = np.lexsort((-past.astype(int), -score))[:k]
         codes = self.loaded.catalogue.codes
-        last = events.groupby("item")["day"].max()
-        baskets = events.groupby("item")["invoice"].nunique()
+        today = _day(self.as_of)
+        baskets = dict(zip(history.counts.indices.tolist(), history.counts.data.tolist()))
+        bag = history_bags(history, np.array([0]), 256)
+        pull_of = self._pulls(bag)
         reasons = []
         for item in order:
             if past[item]:
-                ago = _day(self.as_of) - int(last[item])
-                n = int(baskets[item])
+                ago = today - int(days[items == item].max())
+                n = int(baskets[int(item)])
                 reasons.append(f"bought {n} time{'s' if n != 1 else ''}, last {ago} day{'s' if ago != 1 else ''} ago")
             else:
-                reasons.append(self._why_new(history, int(item)))
+                reasons.append(self._why_new(bag, pull_of, int(item)))
         return pd.DataFrame(
             {
                 "rank": np.arange(1, len(order) + 1),
@@ -210,20 +210,23 @@ class Recommender:
             }
         )
 
-    def _why_new(self, history, item: int) -> str:  # noqa: ANN001
-        from siloguard.recommender.features import history_bags
-
-        model = self.loaded.model
-        bag = history_bags(history, np.array([0]), 256)
+    def _pulls(self, bag):  # noqa: ANN001, ANN202
+        """Weighted shared item vectors of the customer's past purchases (the collaborative part's inputs)."""
         real = bag.mask[0] > 0
-        if real.any():
+        if not real.any():
+            return None
+        with torch.no_grad():
+            context = self.loaded.model.items.weight[torch.from_numpy(bag.items[0][real])]
+            return (torch.from_numpy(bag.weights[0][real]).unsqueeze(1) * context), bag.items[0][real]
+
+    def _why_new(self, bag, pulls, item: int) -> str:  # noqa: ANN001
+        if pulls is not None:
+            weighted, held = pulls
             with torch.no_grad():
-                context = model.items.weight[torch.from_numpy(bag.items[0][real])]
-                target = model.decoder.weight[item]
-                pull = (torch.from_numpy(bag.weights[0][real]) * (context @ target)).numpy()
+                pull = (weighted @ self.loaded.model.decoder.weight[item]).numpy()
             best = int(np.argmax(pull))
             if pull[best] > 0:
-                code = self.loaded.catalogue.codes[int(bag.items[0][real][best])]
+                code = self.loaded.catalogue.codes[int(held[best])]
                 name = self._descriptions.get(code) or code
                 return f"bought together with {name} by customers across stores"
         return "popular with customers across stores"
