@@ -42,7 +42,7 @@ def test_when_data_follow_bg_nbd_then_the_fit_recovers_its_parameters() -> None:
     assert (alive[x == 0] == 1).all()  # never bought again: cannot have dropped out
     more = fit.expected_purchases(60, x, tx, T)
     less = fit.expected_purchases(30, x, tx, T)
-    assert (more >= less).all() and (less >= 0).all()
+    assert (more >= less).all() and (less > 0).all()  # a < 1 here: the closed form's two negative factors
     chance = fit.p_any(30, summary)
     assert ((chance >= 0) & (chance <= 1)).all()
 

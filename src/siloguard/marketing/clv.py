@@ -138,7 +138,8 @@ class BetaGeo:
         r, alpha, a, b = self.r, self.alpha, self.a, self.b
         x, tx, T = (np.asarray(v, float) for v in (x, tx, T))
         hyp = special.hyp2f1(r + x, b + x, a + b + x - 1, t / (alpha + T + t))
-        first = (a + b + x - 1) / np.maximum(a - 1, 1e-9)
+        # (a - 1) may be negative (a < 1): so is the bracket below, and the product is positive.
+        first = (a + b + x - 1) / (a - 1)
         body = 1 - ((alpha + T) / (alpha + T + t)) ** (r + x) * hyp
         odds = np.where(x > 0, a / np.maximum(b + x - 1, 1e-12) * ((alpha + T) / (alpha + tx)) ** (r + x), 0.0)
         out = first * body / (1 + odds)
