@@ -83,6 +83,10 @@ def _mount_subcommands() -> None:
     app.add_typer(pki_app, name="pki")
     app.add_typer(coordinator_app, name="coordinator")
     app.command("federate")(federate)
+    from siloguard.clients.marketing_cli import model_compare
+
+    if not any(c.name == "compare" for c in model_app.registered_commands):
+        model_app.command("compare")(model_compare)  # runs on a store's site: the store's customers, its gate
     app.add_typer(model_app, name="model")
 
 

@@ -180,3 +180,29 @@ def test_when_a_campaign_is_exported_with_a_control_group_then_it_is_recorded_an
 
     missing = runner.invoke(app, ["store", "campaign", "report", "c00000000", STORE, "--until", "2011-04-30", "--out", str(settings.work_dir)], env=env)
     assert missing.exit_code != 0 and "no campaign" in missing.output
+
+
+def test_when_two_versions_are_compared_then_customers_split_by_a_stable_hash_and_each_arm_has_intervals(run, tmp_path) -> None:
+    from siloguard.clients.compare import arm_of, compare_versions
+
+    settings, profiling, _, model = run
+    catalogue = json.loads((settings.work_dir / "catalogue.json").read_text())["stock_codes"]
+    for version, seed in (("v1", 0), ("v2", 5)):
+        folder = tmp_path / "registry" / "models" / version
+        folder.mkdir(parents=True)
+        torch.save(SharedModel(len(catalogue), settings.model.dim, settings.model.hidden, seed=seed).state_dict(), folder / "model.pt")
+        (folder / "catalogue.json").write_text(json.dumps({"stock_codes": catalogue}))
+
+    result = compare_versions(settings, STORE, tmp_path / "registry", "v1", "v2")
+
+    consenting = _pseudonyms(settings, set(_store_customers(settings)) & set(profiling))
+    expected_a = sum(arm_of(p, "v1", "v2") == "A" for p in consenting)
+    assert result["arms"]["A"]["customers"] + result["arms"]["B"]["customers"] <= len(consenting)
+    assert 0 < result["arms"]["A"]["customers"] <= expected_a
+    for arm in ("A", "B"):
+        ndcg = result["arms"][arm]["ndcg@10"]
+        assert ndcg["low"] <= ndcg["mean"] <= ndcg["high"]
+    assert arm_of("v1.0123", "v1", "v2") == arm_of("v1.0123", "v1", "v2")
+    assert {arm_of(f"p{i}", "v1", "v2") for i in range(50)} == {"A", "B"}
+    with pytest.raises(Exception, match="no model v9"):
+        compare_versions(settings, STORE, tmp_path / "registry", "v1", "v9")

@@ -296,3 +296,51 @@ def serve_staff(
     recommender = Recommender(settings, store, model_file=model)  # built before listening: errors show here
     typer.echo(f"store {store}: staff API on http://{host}:{port}/v1/recommendations (model {recommender.loaded.version})")
     uvicorn.run(create_staff_app(settings, store, recommender=recommender), host=host, port=port, log_level="warning")
+
+
+# ---- model A/B (mounted on `siloguard model` by siloguard.cli) -------------------------------
+
+
+@one_line_errors
+def model_compare(
+    version_a: Annotated[str, typer.Argument(help="Version A, e.g. v1.")],
+    version_b: Annotated[str, typer.Argument(help="Version B, e.g. v2.")],
+    registry: Annotated[Optional[Path], typer.Option("--registry", help="The coordinator's directory holding models/vN [default: RUN/coordinator].")] = None,
+    result_json: JsonOpt = None,
+    store: StoreArg = None,
+    site: SiteOpt = None,
+    out: OutOpt = Path("runs/demo"),
+    staff: StaffOpt = "operator",
+) -> None:
+    """Offline A/B test of two model versions on a store's consenting customers (stable-hash arms, NDCG/HR with intervals)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from siloguard.clients.compare import compare_versions
+    from siloguard.clients.marketing import PROFILING, export_file, staff_principal
+    from siloguard.errors import ConfigError
+
+    store, settings = store_settings(store, site, out)
+    if registry is None:
+        guesses = [Path(out) / "coordinator"] + ([Path(site).resolve().parent.parent / "coordinator"] if site else [])
+        registry = next((g for g in guesses if (g / "models").is_dir()), None)
+        if registry is None:
+            raise ConfigError("pass --registry DIR: the coordinator's directory with models/v1, models/v2, ...")
+    result = compare_versions(settings, store, registry, version_a, version_b, staff=staff)
+    table = Table(title=f"{version_a} vs {version_b} on {store} ({result['window']['from']} .. {result['window']['to']})", title_justify="left")
+    for column in ("arm", "version", "customers", "evaluated", "NDCG@10 [95%]", "HR@10 [95%]"):
+        table.add_column(column, justify="left" if column in ("arm", "version") else "right")
+    for arm, r in result["arms"].items():
+        n, h = r["ndcg@10"], r["hr@10"]
+        table.add_row(arm, r["version"], f"{r['customers']:,}", f"{r['evaluated']:,}",
+                      f"{n['mean']:.4f} [{n['low']:.4f}, {n['high']:.4f}]", f"{h['mean']:.3f} [{h['low']:.3f}, {h['high']:.3f}]")
+    console = Console()
+    console.print(table)
+    d = result["difference_b_minus_a"]
+    console.print(f"B - A: NDCG@10 {d['ndcg@10']['estimate']:+.4f} [{d['ndcg@10']['low']:+.4f}, {d['ndcg@10']['high']:+.4f}], "
+                  f"HR@10 {d['hr@10']['estimate']:+.3f} [{d['hr@10']['low']:+.3f}, {d['hr@10']['high']:+.3f}]")
+    if result_json is not None:
+        evaluated = sum(r["evaluated"] for r in result["arms"].values())
+        export_file(settings, store, staff_principal(store, staff), result_json, json.dumps(result, indent=1).encode(),
+                    kind="model-compare", purpose=PROFILING, decision=result["decision"], rows=0, customers=evaluated)
+        typer.echo(f"wrote {result_json}")
