@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -180,6 +183,25 @@ def test_when_a_campaign_is_exported_with_a_control_group_then_it_is_recorded_an
 
     missing = runner.invoke(app, ["store", "campaign", "report", "c00000000", STORE, "--until", "2011-04-30", "--out", str(settings.work_dir)], env=env)
     assert missing.exit_code != 0 and "no campaign" in missing.output
+
+    # The store's KPI report: the campaign's result with its interval, counts only, no customer.
+    page = tmp_path / "kpis.html"
+    result = runner.invoke(app, ["store", "report", STORE, "--html", str(page), "--out", str(settings.work_dir)], env=env)
+    assert result.exit_code == 0, result.output
+    facts = json.loads(page.with_suffix(".json").read_text())
+    assert page.stat().st_mode & 0o777 == 0o600 and page.with_suffix(".json").stat().st_mode & 0o777 == 0o600
+    assert [c["campaign"] for c in facts["campaigns"]] == [campaign]
+    assert facts["marketing_consenting"] == len(allowed) - 1  # the one who withdrew is not counted
+    everyone = _pseudonyms(settings, _store_customers(settings))
+    text = page.read_text() + page.with_suffix(".json").read_text()
+    assert not any(p in text for p in everyone) and not any(str(c) in text for c in _store_customers(settings))
+    if shutil.which("chromium") or Path("/usr/bin/chromium").exists():
+        dom = subprocess.run(
+            ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", f"--user-data-dir={tmp_path / 'chrome'}",
+             "--dump-dom", page.resolve().as_uri()], capture_output=True, text=True, timeout=90, check=False,
+        ).stdout
+        plots = re.search(r"data-plots=\"(\d+)\"", dom).group(1)
+        assert int(plots) >= 3 and f'data-plots-rendered="{plots}"' in dom
 
 
 def test_when_two_versions_are_compared_then_customers_split_by_a_stable_hash_and_each_arm_has_intervals(run, tmp_path) -> None:

@@ -344,3 +344,28 @@ def model_compare(
         export_file(settings, store, staff_principal(store, staff), result_json, json.dumps(result, indent=1).encode(),
                     kind="model-compare", purpose=PROFILING, decision=result["decision"], rows=0, customers=evaluated)
         typer.echo(f"wrote {result_json}")
+
+
+@store_app.command("report")
+@one_line_errors
+def kpi_report(
+    html_file: Annotated[Path, typer.Option("--html", help="Where to write the HTML report (its JSON goes beside it; both 0600, audited).")],
+    store: StoreArg = None,
+    site: SiteOpt = None,
+    out: OutOpt = Path("runs/demo"),
+    staff: StaffOpt = "operator",
+) -> None:
+    """The store's marketing KPI report: segments over time, CLV, interests, campaign results, model quality."""
+    from siloguard.clients.kpi import build_kpis, render_html
+    from siloguard.clients.marketing import MARKETING, export_file, staff_principal
+
+    store, settings = store_settings(store, site, out)
+    facts = build_kpis(settings, store, staff=staff)
+    who = staff_principal(store, staff)
+    decision = facts["decisions"][0]
+    json_file = html_file.with_suffix(".json")
+    for path, body in ((json_file, json.dumps(facts, indent=1).encode()), (html_file, render_html(facts).encode())):
+        export_file(settings, store, who, path, body, kind="kpi-report", purpose=MARKETING, decision=decision,
+                    rows=0, customers=facts["marketing_consenting"])
+    typer.echo(f"wrote {html_file} and {json_file} ({facts['marketing_consenting']:,} customers with a live marketing consent; "
+               f"{len(facts['campaigns'])} campaign(s))")
