@@ -54,7 +54,9 @@ def store_segments(settings: Settings, store: str, *, as_of: pd.Timestamp | None
     from siloguard.clients.marketing import gated_frame
 
     gated = gated_frame(settings, store, operator(store, staff), REPORTING, columns=_RFM_COLUMNS)
-    return rfm_table(gated.frame, as_of=as_of)
+    table = rfm_table(gated.frame, as_of=as_of)
+    table.attrs["decision"] = gated.decision_id  # the gate decision an export of the table cites
+    return table
 
 
 @dataclass(frozen=True)

@@ -175,6 +175,7 @@ def store_init(
     database: Annotated[Optional[str], typer.Option("--database", help="The store's own database URL. \\[default: DIR/siloguard.db]")] = None,
     in_place: Annotated[bool, typer.Option("--in-place", help="Use --data where it is instead of copying it into the site (erasures then rewrite it there).")] = False,
     as_of: Annotated[Optional[str], typer.Option("--as-of", help="'data': a historical extract; its rows are aged on its own clock by `siloguard check` (docs/COMPLIANCE.md).")] = None,
+    currency: Annotated[str, typer.Option("--currency", help="ISO 4217 code of the prices in --data, shown on lists and reports.")] = "GBP",
 ) -> None:
     """Create the store's site: its data, database, keys, consent and the publication for the coordinator."""
     from siloguard.clients.site import StoreSite
@@ -183,7 +184,8 @@ def store_init(
     if as_of not in (None, "data"):
         raise ConfigError("--as-of takes 'data' (age rows on the data's own clock); leave it out to age them against today")
     opened = StoreSite.init(site, store, data, country=country, jurisdiction=jurisdiction, contact=contact,
-                            database=database, consent=consent, in_place=in_place, compliance_as_of=as_of)
+                            database=database, consent=consent, in_place=in_place, compliance_as_of=as_of,
+                            currency=currency.upper())
     c = opened.cleaning
     if c is not None:
         typer.echo(
@@ -238,8 +240,8 @@ def segments(
     from rich.console import Console
     from rich.table import Table
 
-    from siloguard._files import write_atomic
-    from siloguard.clients.campaign import store_segments
+    from siloguard.clients.campaign import REPORTING, operator, store_segments
+    from siloguard.clients.marketing import export_file
     from siloguard.recommender.segments import segment_counts
 
     store, settings = store_settings(store, site, out)
@@ -254,5 +256,7 @@ def segments(
         table.add_row(name, f"{n:,}", med("monetary"), med("frequency"), med("recency_days"))
     Console().print(table)
     if csv is not None:
-        write_atomic(csv, table_data.to_csv(index=False).encode(), mode=0o600)
+        export_file(settings, store, operator(store, staff), csv, table_data.to_csv(index=False).encode(), kind="segments",
+                    purpose=REPORTING, decision=table_data.attrs.get("decision", "unknown"), rows=len(table_data),
+                    customers=len(table_data))
         typer.echo(f"wrote {len(table_data):,} rows to {csv}")

@@ -160,7 +160,7 @@ class Recommender:
             raise ConfigError(f"--k {k}: ask for 1 to 100 products")
         who = staff(self.store, staff_name)
         rows = self._rows_of.get(_customer_key(customer_id))
-        part = self._raw.iloc[rows] if rows is not None else self._raw.iloc[0:0]
+        part = (self._raw.iloc[rows] if rows is not None else self._raw.iloc[0:0])[list(_COLUMNS)]
         gated = self._admit(who, part)
         if gated.frame.empty:
             # Same answer for unknown, not consenting, withdrawn or erased: nothing about the person leaks.
