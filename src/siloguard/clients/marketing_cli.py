@@ -52,8 +52,9 @@ def recommend(
     from rich.console import Console
     from rich.table import Table
 
-    from siloguard.clients.recommend import Recommender
+    from siloguard.clients.recommend import Recommender, serving_threads
 
+    serving_threads()
     store, settings = store_settings(store, site, out)
     answer = Recommender(settings, store, model_file=model, staff_name=staff).recommend(customer, k=k, staff_name=staff)
     if as_json:
@@ -294,8 +295,9 @@ def serve_staff(
     import uvicorn
 
     from siloguard.clients.http import create_staff_app
-    from siloguard.clients.recommend import Recommender
+    from siloguard.clients.recommend import Recommender, serving_threads
 
+    serving_threads()
     store, settings = store_settings(None, site, Path("."))
     recommender = Recommender(settings, store, model_file=model)  # built before listening: errors show here
     typer.echo(f"store {store}: staff API on http://{host}:{port}/v1/recommendations (model {recommender.loaded.version})")

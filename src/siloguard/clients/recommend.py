@@ -38,7 +38,7 @@ from siloguard.privacy.pseudonyms import normalise_ids
 from siloguard.recommender.features import customer_history, history_bags
 from siloguard.recommender.model import PrivateUsers
 
-__all__ = ["PERSONALISE", "Recommendation", "Recommender", "staff"]
+__all__ = ["PERSONALISE", "Recommendation", "Recommender", "serving_threads", "staff"]
 
 PERSONALISE = "personalize.profiling"
 _COLUMNS = ("customer_id", "invoice", "invoice_date", "stock_code", "quantity", "unit_price")
@@ -89,6 +89,12 @@ class Recommendation:
         }
 
 
+def serving_threads() -> None:
+    """One torch thread: scoring one customer is a handful of small matrix products, for which
+    a second thread costs more than it saves (p99 of the scoring halved on 2 busy cores)."""
+    torch.set_num_threads(1)
+
+
 class Recommender:
     """A store's recommender for its staff; see the module's docstring."""
 
@@ -102,6 +108,7 @@ class Recommender:
         self._raw = raw
         self._rows_of = raw.groupby(normalise_ids(raw["customer_id"]).to_numpy()).indices
         self.as_of = (raw["invoice_date"].max() + pd.Timedelta(days=1)).normalize()
+        self._today = _day(self.as_of)
         # The store-level counts and the calibration come from the customers who consent now.
         gated = self._admit(staff(store, staff_name), raw)
         frame = gated.frame
@@ -176,7 +183,7 @@ class Recommender:
         items = np.fromiter((self._index.get(c, -1) for c in codes), np.int64, len(codes))
         days = ((frame["invoice_date"].to_numpy() - np.datetime64("1970-01-01")) // np.timedelta64(1, "D")).astype(np.int64)
         history = customer_history(items, days, frame["invoice"].astype(str).to_numpy(), self.loaded.catalogue.size,
-                                   _day(self.as_of), self._popularity)
+                                   self._today, self._popularity)
         return items, days, history
 
     def _rank(self, frame: pd.DataFrame, k: int) -> pd.DataFrame:
@@ -187,7 +194,7 @@ class Recommender:
         # highest probability first; ties in the model's own order (past purchases first)
         order = np.lexsort((-past.astype(int), -score))[:k]
         codes = self.loaded.catalogue.codes
-        today = _day(self.as_of)
+        today = self._today
         baskets = dict(zip(history.counts.indices.tolist(), history.counts.data.tolist()))
         bag = history_bags(history, np.array([0]), 256)
         pull_of = self._pulls(bag)
