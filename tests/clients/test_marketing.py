@@ -228,3 +228,33 @@ def test_when_two_versions_are_compared_then_customers_split_by_a_stable_hash_an
     assert {arm_of(f"p{i}", "v1", "v2") for i in range(50)} == {"A", "B"}
     with pytest.raises(Exception, match="no model v9"):
         compare_versions(settings, STORE, tmp_path / "registry", "v1", "v9")
+
+
+def test_when_staff_call_the_store_api_then_a_key_is_needed_and_non_consenting_customers_get_the_same_404(run) -> None:
+    from fastapi.testclient import TestClient
+
+    from siloguard.clients.http import create_staff_app, new_staff_key
+
+    settings, profiling, _, model = run
+    key = new_staff_key(settings, "alice")
+    assert (settings.keys.root / "staff.json").stat().st_mode & 0o777 == 0o600
+    assert key not in (settings.keys.root / "staff.json").read_text()  # only its hash is kept
+    client = TestClient(create_staff_app(settings, STORE, model_file=model))
+    customers = _store_customers(settings)
+    member = next(c for c in customers if c in profiling)
+    outsider = next(c for c in customers if c not in profiling)
+
+    assert client.post("/v1/recommendations", json={"customer": str(member)}).status_code == 401
+    assert client.post("/v1/recommendations", json={"customer": str(member)},
+                       headers={"Authorization": "Bearer sgs_wrong"}).status_code == 401
+    auth = {"Authorization": f"Bearer {key}"}
+    answer = client.post("/v1/recommendations", json={"customer": str(member), "k": 3}, headers=auth)
+    assert answer.status_code == 200 and len(answer.json()["items"]) == 3
+    assert client.post("/v1/recommendations", json={"customer": str(member), "k": 0}, headers=auth).status_code == 422
+    refused = client.post("/v1/recommendations", json={"customer": str(outsider)}, headers=auth)
+    unknown = client.post("/v1/recommendations", json={"customer": "99999999"}, headers=auth)
+    assert refused.status_code == unknown.status_code == 404 and refused.json() == unknown.json()
+    # the gate decided for the staff member the key names
+    with AuditLog.open(settings, signer=False) as log:
+        actors = [s.event.actor for s in log.iter_events() if s.event.purpose == PROFILING]
+    assert actors[-1] == "staff:alice"

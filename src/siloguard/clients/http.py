@@ -25,10 +25,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
-from siloguard.config import Settings
-from siloguard.errors import ConfigError
+from fastapi import Depends, FastAPI, Header, HTTPException
+from pydantic import BaseModel, Field
 
-__all__ = ["STAFF_KEYS", "create_staff_app", "new_staff_key", "staff_for_key"]
+from siloguard.config import Settings
+from siloguard.errors import AccessDenied, ConfigError
+
+__all__ = ["Ask", "STAFF_KEYS", "create_staff_app", "new_staff_key", "staff_for_key"]
 
 STAFF_KEYS = "staff.json"
 _NAME = re.compile(r"[a-z][a-z0-9._-]{0,31}")
@@ -81,13 +84,16 @@ def staff_for_key(settings: Settings, key: str | None) -> str | None:
     return found
 
 
+class Ask(BaseModel):
+    """A request for one customer's recommendations."""
+
+    customer: str = Field(min_length=1, max_length=64)
+    k: int = Field(default=10, ge=1, le=100)
+
+
 def create_staff_app(settings: Settings, store: str, *, model_file: Path | None = None, recommender=None):  # noqa: ANN001, ANN201
     """The store's staff API (FastAPI), its recommender built once at start-up."""
-    from fastapi import Depends, FastAPI, Header, HTTPException
-    from pydantic import BaseModel, Field
-
     from siloguard.clients.recommend import Recommender
-    from siloguard.errors import AccessDenied
 
     app = FastAPI(title=f"siloguard store {store}: staff API", docs_url=None, redoc_url=None, openapi_url=None)
     state: dict[str, Recommender] = {}
@@ -97,11 +103,7 @@ def create_staff_app(settings: Settings, store: str, *, model_file: Path | None 
             state["r"] = recommender or Recommender(settings, store, model_file=model_file)
         return state["r"]
 
-    class Ask(BaseModel):
-        customer: str = Field(min_length=1, max_length=64)
-        k: int = Field(default=10, ge=1, le=100)
-
-    def staff(authorization: Annotated[str | None, Header()] = None) -> str:
+    def staff(authorization: Annotated[str | None, Header()] = None) -> str:  # noqa: FA102
         scheme, _, key = (authorization or "").partition(" ")
         name = staff_for_key(settings, key.strip()) if scheme.lower() == "bearer" else None
         if name is None:
@@ -109,7 +111,9 @@ def create_staff_app(settings: Settings, store: str, *, model_file: Path | None 
         return name
 
     @app.post("/v1/recommendations")
-    def recommendations(ask: Ask, name: Annotated[str, Depends(staff)]) -> dict:
+    # A default, not Annotated[...]: the dependency is a closure, which a string annotation
+    # (from __future__ import annotations) could not name.
+    def recommendations(ask: Ask, name: str = Depends(staff)) -> dict:  # noqa: B008
         try:
             answer = engine().recommend(ask.customer, k=ask.k, staff_name=name)
         except AccessDenied:
