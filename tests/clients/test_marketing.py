@@ -258,3 +258,33 @@ def test_when_staff_call_the_store_api_then_a_key_is_needed_and_non_consenting_c
     with AuditLog.open(settings, signer=False) as log:
         actors = [s.event.actor for s in log.iter_events() if s.event.purpose == PROFILING]
     assert actors[-1] == "staff:alice"
+
+
+def test_when_a_customer_is_erased_then_they_leave_the_stores_campaign_records(run, tmp_path) -> None:
+    import sqlalchemy as sa
+
+    from siloguard.clients.campaign import campaign_list
+    from siloguard.clients.marketing import record_campaign, staff_principal
+    from siloguard.dsr.sync import erase_subject
+    from siloguard.storage.orm import campaign_members
+
+    settings, _, marketing, model = run
+    raw = pd.read_csv(settings.work_dir / "stores" / f"{STORE}.csv")
+    item = str(raw["StockCode"].value_counts().index[0])
+    made = campaign_list(settings, STORE, item=item, top=1000, model_file=model, control=0.3, seed=1)
+    members = made.members.rename(columns={"segment": "stratum"})[["customer_id", "arm", "stratum", "rank"]]
+    record_campaign(settings, STORE, staff_principal(STORE), members, target=made.target, purpose=MARKETING,
+                    as_of=made.as_of, send_date=made.as_of, control_share=0.3, seed=1, decision=made.decisions[0])
+    customer = next(c for c in _store_customers(settings) if c in marketing)
+    pseudonym = _pseudonyms(settings, [customer]).pop()
+    engine = sa.create_engine(settings.database.url)
+    count = sa.select(sa.func.count()).select_from(campaign_members).where(campaign_members.c.subject == pseudonym)
+    with engine.connect() as conn:
+        assert conn.execute(count).scalar_one() == 1
+
+    erase_subject(settings, STORE, str(customer))
+
+    with engine.connect() as conn:
+        assert conn.execute(count).scalar_one() == 0
+        assert conn.execute(sa.select(sa.func.count()).select_from(campaign_members)).scalar_one() == len(members) - 1
+    engine.dispose()

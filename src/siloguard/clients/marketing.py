@@ -48,6 +48,7 @@ __all__ = [
     "customer_profiles",
     "customer_values",
     "export_file",
+    "forget_campaign_members",
     "gated_frame",
     "load_campaign",
     "parse_day",
@@ -286,6 +287,31 @@ def load_campaign(settings: Settings, store: str, campaign_id: str) -> tuple[Cam
         model_version=row["model_version"],
     )
     return record, members
+
+
+def forget_campaign_members(settings: Settings, store: str, customer_ids: list[object]) -> int:
+    """Delete these customers from every recorded campaign of the store (erasure); returns how
+    many member rows went. Their pseudonyms under every live key version are matched."""
+    import sqlalchemy as sa
+
+    from siloguard.clients.gating import store_keys
+    from siloguard.privacy.pseudonyms import Pseudonymiser
+    from siloguard.storage.orm import campaign_members, campaigns
+
+    keys = store_keys(settings, store)
+    pseudonymiser = Pseudonymiser(keys)
+    ids = pd.Series([str(c) for c in customer_ids], dtype=object)
+    names: set[str] = set()
+    for version in keys.pseudonym_versions():
+        names.update(pseudonymiser.pseudonymise(ids, version=version).dropna())
+    if not names:
+        return 0
+    mine = sa.select(campaigns.c.id).where(campaigns.c.store == store)
+    with _engine(settings.database.url).begin() as conn:
+        result = conn.execute(
+            campaign_members.delete().where(campaign_members.c.campaign_id.in_(mine), campaign_members.c.subject.in_(names))
+        )
+    return int(result.rowcount or 0)
 
 
 def campaign_report(
