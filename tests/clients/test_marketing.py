@@ -288,3 +288,38 @@ def test_when_a_customer_is_erased_then_they_leave_the_stores_campaign_records(r
         assert conn.execute(count).scalar_one() == 0
         assert conn.execute(sa.select(sa.func.count()).select_from(campaign_members)).scalar_one() == len(members) - 1
     engine.dispose()
+
+
+def test_when_the_commands_run_from_the_cli_then_they_answer_and_audit_their_files(run, tmp_path) -> None:
+    settings, profiling, _, model = run
+    env = {"SILOGUARD_DATABASE__URL": settings.database.url, "SILOGUARD_KEYS__ROOT": str(settings.keys.root)}
+    runner = CliRunner()
+    where = ["--out", str(settings.work_dir)]
+    member = next(c for c in _store_customers(settings) if c in profiling)
+
+    shown = runner.invoke(app, ["store", "recommend", STORE, "--customer", str(member), "--k", "4", "--json", "--model", str(model), *where], env=env)
+    assert shown.exit_code == 0, shown.output
+    answer = json.loads(shown.output[shown.output.index("{"):])
+    assert len(answer["items"]) == 4 and "28 days" in answer["score"]
+
+    values = tmp_path / "clv.csv"
+    result = runner.invoke(app, ["store", "clv", STORE, "--days", "30", "--csv", str(values), *where], env=env)
+    assert result.exit_code == 0, result.output
+    assert "expected spend in the next 30 days" in result.output and "GBP" in result.output
+    assert values.stat().st_mode & 0o777 == 0o600
+    assert _events(settings, "marketing.export")[-1].resource == "export:clv"
+
+    catalogue = json.loads((settings.work_dir / "catalogue.json").read_text())["stock_codes"]
+    for version, seed in (("v1", 0), ("v2", 3)):
+        folder = tmp_path / "coord" / "models" / version
+        folder.mkdir(parents=True)
+        torch.save(SharedModel(len(catalogue), settings.model.dim, settings.model.hidden, seed=seed).state_dict(), folder / "model.pt")
+        (folder / "catalogue.json").write_text(json.dumps({"stock_codes": catalogue}))
+    compared = tmp_path / "compare.json"
+    result = runner.invoke(app, ["model", "compare", "v1", "v2", STORE, "--registry", str(tmp_path / "coord"), "--json", str(compared), *where], env=env)
+    assert result.exit_code == 0, result.output
+    assert "B - A: NDCG@10" in result.output and compared.stat().st_mode & 0o777 == 0o600
+    assert json.loads(compared.read_text())["arms"]["A"]["version"] == "v1"
+
+    bad = runner.invoke(app, ["store", "campaign", "create", STORE, "--segment", "loyal", "--control", "80%", "--csv", str(tmp_path / "x.csv"), *where], env=env)
+    assert bad.exit_code != 0 and "--control" in bad.output and not (tmp_path / "x.csv").exists()
