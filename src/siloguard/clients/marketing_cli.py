@@ -292,6 +292,8 @@ def serve_staff(
     model: Annotated[Optional[Path], typer.Option("--model", help="model.pt to rank with [default: the site's model/].")] = None,
 ) -> None:
     """Serve the store's staff API (POST /v1/recommendations) with the site's own keys, policy and audit log."""
+    import logging
+
     import uvicorn
 
     from siloguard.clients.http import create_staff_app
@@ -301,6 +303,7 @@ def serve_staff(
     store, settings = store_settings(None, site, Path("."))
     recommender = Recommender(settings, store, model_file=model)  # built before listening: errors show here
     typer.echo(f"store {store}: staff API on http://{host}:{port}/v1/recommendations (model {recommender.loaded.version})")
+    logging.getLogger("casbin").setLevel(logging.WARNING)  # one INFO line per policy request otherwise
     uvicorn.run(create_staff_app(settings, store, recommender=recommender), host=host, port=port, log_level="warning")
 
 

@@ -79,7 +79,8 @@ def load_model(settings: Settings, model_file: Path | None = None) -> LoadedMode
     manifest = model_file.parent / "manifest.json"
     if manifest.is_file():
         try:
-            version = f"v{int(json.loads(manifest.read_text())['version'])}"
+            raw = str(json.loads(manifest.read_text())["version"])
+            version = raw if raw.startswith("v") else f"v{int(raw)}"
         except (OSError, ValueError, KeyError, TypeError):
             pass
     return LoadedModel(model, catalogue, descriptions, version, model_file)
