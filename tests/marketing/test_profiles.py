@@ -69,3 +69,16 @@ def test_when_interests_are_learnt_then_groups_are_named_by_their_top_terms() ->
         groups = {int(interests.group_of[f"{key}{i}"]) for i in range(4)}
         assert len(groups) == 1
         assert key in interests.names[groups.pop()]
+
+
+def test_when_everyone_buys_from_a_group_then_a_customers_interest_is_where_they_over_index() -> None:
+    from siloguard.marketing.profiles import Interests
+
+    interests = Interests(pd.Series({"CANDLE": 0, "MUG": 1}, name="group"), {0: "candles", 1: "mugs"})
+    frame = _frame()
+    extra = frame[frame["customer_id"] == "c1"].assign(stock_code="MUG", invoice=lambda f: f["invoice"] + "m")
+    frame = pd.concat([frame, extra.assign(unit_price=2.0)])  # c1: mostly candles, some mugs
+    profiles = build_profiles(frame, as_of=pd.Timestamp("2011-12-02"), interests=interests).set_index("customer_id")
+    # the store spends most on candles; c1's share on mugs is above the store's: mugs first
+    assert profiles.loc["c1", "interests"].split("; ")[0] == "mugs"
+    assert profiles.loc["c3", "interests"] == "candles"

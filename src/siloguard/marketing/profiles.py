@@ -8,7 +8,8 @@ Built from a store's gated transactions (pseudonymous ids, descriptions already 
   at risk, lapsed); the rules are data, so a store can change them without code;
 * **interests**: product groups learnt from the product descriptions (scikit-learn TF-IDF on
   word 1-2-grams, then k-means on the normalised vectors), each group named by its three
-  highest-weighted terms; a customer's interests are the groups that took most of their spend;
+  highest-weighted terms; a customer's interests are the groups whose share of their spend
+  most exceeds that group's share of the store's (lift; at least 5% of their spend);
 * **habits**: the weekday and hour at which the customer most often bought (invoices).
 """
 
@@ -28,6 +29,8 @@ __all__ = ["Interests", "LifecycleRules", "build_profiles", "learn_interests", "
 
 RULES_FILE = Path(__file__).with_name("lifecycle.yaml")
 _CONDITIONS = ("days_since_first_max", "days_since_last_max", "purchases_max")
+#: A product group is among a customer's interests only if it took at least this share of their spend.
+MIN_INTEREST_SHARE = 0.05
 _WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 
 
@@ -169,7 +172,16 @@ def build_profiles(
     if interests is not None:
         group = data["stock_code"].astype(str).map(interests.group_of)
         spent = data.assign(group=group).dropna(subset=["group"]).groupby(["customer_id", "group"])["spend"].sum()
-        ranked = spent.reset_index().sort_values(["customer_id", "spend", "group"], ascending=[True, False, True])
+        # A group is an interest when it takes a larger share of the customer's spend than of
+        # the store's (lift), and at least MIN_INTEREST_SHARE of it: the catch-all groups that
+        # everyone buys from would otherwise be everyone's first interest.
+        share = spent / spent.groupby(level="customer_id").transform("sum")
+        base = spent.groupby(level="group").sum() / spent.sum()
+        lift = share / base.reindex(share.index.get_level_values("group")).to_numpy()
+        ranked = pd.DataFrame({"lift": lift, "share": share}).reset_index()
+        ranked = ranked[ranked["share"] >= MIN_INTEREST_SHARE].sort_values(
+            ["customer_id", "lift", "group"], ascending=[True, False, True]
+        )
         top = ranked.groupby("customer_id").head(top_interests)
         out["interests"] = top.groupby("customer_id")["group"].agg(lambda s: "; ".join(interests.names[int(g)] for g in s))
     out["interests"] = out.get("interests", pd.Series(index=out.index, dtype=object)).fillna("")
