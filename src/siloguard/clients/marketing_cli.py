@@ -250,10 +250,6 @@ def campaign_report_cmd(
             f"{rel['estimate']:+.1%}" if rel else "-", f"[{rel['low']:+.1%}, {rel['high']:+.1%}]" if rel else "-",
         )
     console.print(up)
-    caps = {k: u.get("capped_at") for k, u in report["uplift"].items() if u.get("capped_at") is not None}
-    if caps:
-        console.print("intervals of revenue and items per customer on values capped at the 99th percentile of both arms ("
-                      + ", ".join(f"{k.replace('_', ' ')} {v:,.2f}" for k, v in caps.items()) + ")")
     if report.get("roi"):
         r = report["roi"]
         console.print(f"ROI at {r['cost_per_contact']:,.2f} {cur} per contact and {r['margin']:.0%} margin: "
