@@ -71,6 +71,7 @@ def _mount_subcommands() -> None:
 
     # siloguard serve, siloguard keys ..., siloguard store sync (privacy API and DSRs)
     import siloguard.dsr.cli  # noqa: F401  registers `store sync` on store_app
+    import siloguard.clients.marketing_cli  # noqa: F401  registers recommend, profiles, clv, campaign on store_app
     from siloguard.api.cli import keys_app, outbox_app, serve
     from siloguard.dsr.cli import answer_app
 
@@ -86,6 +87,10 @@ def _mount_subcommands() -> None:
     app.add_typer(pki_app, name="pki")
     app.add_typer(coordinator_app, name="coordinator")
     app.command("federate")(federate)
+    from siloguard.clients.marketing_cli import model_compare
+
+    if not any(c.name == "compare" for c in model_app.registered_commands):
+        model_app.command("compare")(model_compare)  # runs on a store's site: the store's customers, its gate
     app.add_typer(model_app, name="model")
 
 

@@ -315,8 +315,12 @@ def run_manifest(work_dir: Path) -> RunManifest:
     return RunManifest.read(work_dir)
 
 
-def save_catalogue(catalogue: Catalogue, path: Path) -> None:
-    path.write_text(json.dumps({"stock_codes": list(catalogue.codes)}))
+def save_catalogue(catalogue: Catalogue, path: Path, descriptions: dict[str, str] | None = None) -> None:
+    """The catalogue's stock codes, and the descriptions stores published for them (if any)."""
+    body: dict[str, object] = {"stock_codes": list(catalogue.codes)}
+    if descriptions:
+        body["descriptions"] = {c: descriptions[c] for c in catalogue.codes if c in descriptions}
+    path.write_text(json.dumps(body))
 
 
 @lru_cache(maxsize=4)

@@ -127,7 +127,7 @@ def distribute_model(root: Path, version_dir: Path) -> list[Path]:
     """Give every store site the new global model (``model.pt``, its manifest and catalogue).
 
     What a real coordinator sends its stores after a run; a store then scores its own customers
-    with it (``siloguard store campaign --item``) from its site alone. Returns the copies.
+    with it (``siloguard store campaign create --item``, ``store recommend``) from its site alone. Returns the copies.
     """
     from siloguard._files import write_atomic
 

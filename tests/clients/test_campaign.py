@@ -61,7 +61,7 @@ def test_when_a_segment_list_is_made_then_only_marketing_consents_are_in_it(run)
     assert set(segments["customer_id"]) == _pseudonyms(settings, "united-kingdom", customers)
 
 
-def test_when_a_product_list_is_made_then_past_buyers_come_first(run, tmp_path) -> None:
+def test_when_a_product_list_is_made_then_every_row_has_one_comparable_score(run, tmp_path) -> None:
     settings, marketing = run
     raw = pd.read_csv(settings.work_dir / "stores" / "france.csv")
     item = raw["StockCode"].value_counts().index[0]
@@ -75,7 +75,11 @@ def test_when_a_product_list_is_made_then_past_buyers_come_first(run, tmp_path) 
     expect_past = _pseudonyms(settings, "france", buyers & set(marketing))
     past = result.frame[result.frame["basis"] == "past_buyer"]
     assert set(past["customer_id"]) == expect_past
-    assert past["rank"].max() < result.frame.loc[result.frame["basis"] == "model", "rank"].min()
+    # One scale for past buyers and model picks: a probability, the list sorted by it.
+    assert result.frame["score"].between(0, 1).all()
+    assert result.frame["score"].is_monotonic_decreasing
+    assert (result.frame["product"] == str(item)).all() and (result.frame["currency"] == "GBP").all()
+    assert result.frame["as_of"].nunique() == 1
 
 
 def test_when_profiles_are_joined_then_contacts_leave_only_where_the_policy_allows(run, tmp_path) -> None:
@@ -124,8 +128,8 @@ def test_when_consent_is_imported_from_the_cli_then_bad_lines_are_named_and_noth
 
     out = tmp_path / "list.csv"
     result = CliRunner().invoke(
-        app, ["store", "campaign", "france", "--segment", "loyal", "--csv", str(out), "--out", str(settings.work_dir)], env=env
+        app, ["store", "campaign", "create", "france", "--segment", "loyal", "--csv", str(out), "--out", str(settings.work_dir)], env=env
     )
     assert result.exit_code == 0, result.output
     assert out.stat().st_mode & 0o077 == 0
-    assert list(pd.read_csv(out).columns) == ["customer_id", "rank", "segment", "basis", "score"]
+    assert list(pd.read_csv(out).columns) == ["customer_id", "rank", "segment", "basis", "score", "spend", "currency", "as_of"]

@@ -140,6 +140,10 @@ def test_a_federation_of_sites_trains_the_partner_and_the_coordinator_holds_noth
     coordinator = run_settings(coordinator_dir, base)
     publications = [Publication.read(site.directory / "publication.json") for site in sites.values()]
     prepared = prepare_federation(coordinator, publications, sites={k: s.directory for k, s in sites.items()})
+    # The catalogue carries the descriptions the stores published (and no other text).
+    shelf = json.loads(prepared.catalogue.read_text())["descriptions"]
+    published = {code: text for p in publications for code, text in p.descriptions.items()}
+    assert shelf and all(published[code] == text for code, text in shelf.items())
     run_federation(coordinator, prepared)
 
     manifest = load_manifest(coordinator_dir, current_version(coordinator_dir))

@@ -43,6 +43,9 @@ ALLOW = [
     ("store_operator", "*", "user.contact.address.city", "export", TARGETED),
     ("store_operator", "*", "user.contact.address.country", "export", TARGETED),
     ("store_operator", "*", "user", "erase", LEGAL),
+    # recommendations, profiles and lifetime value for the store's staff (clients/marketing.py)
+    ("store_operator", "*", "user.behavior.purchase_history", "read", "personalize.profiling"),
+    ("store_operator", "*", "user.unique_id", "read", "personalize.profiling"),
     ("compliance_officer", "*", "user.unique_id", "read", LEGAL),
     ("compliance_officer", "*", "user.privacy_preferences", "read", LEGAL),
     ("dpo", "*", "user", "read", LEGAL),

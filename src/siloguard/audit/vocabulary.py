@@ -48,6 +48,11 @@ any, decision allow/deny      ``actor``, ``purpose``, ``reason``: gate decisions
                               ``key1..5``, ``sig1..10``; :mod:`siloguard.audit.witness`)
 ``audit.head_refused``        the same, decision ``deny``; ``reason`` bad-signature,
                               key-mismatch, key-changed or log-went-back
+``marketing.export``          ``store``, actor ``staff:<name>``, ``resource``
+                              ``export:<kind>`` (campaign, profiles, clv, report),
+                              ``reason`` ``decision:<gate decision id>``; counts ``rows``,
+                              ``customers`` (and ``control`` for a campaign's held-out arm):
+                              recorded before the file is written
 ``compliance.preflight``      by the coordinator with ``store``: the store's own pre-flight
                               as it reported it (counts ``rules``, ``failed``, ``warnings``)
 ============================  ==========================================================
@@ -77,6 +82,7 @@ __all__ = [
     "LEGAL_CLOCKS",
     "MODEL_REGISTERED",
     "MODEL_ROLLBACK",
+    "MARKETING_EXPORT",
     "NODE_ENROLLED",
     "PRIVACY_SPEND",
     "RETENTION_ENFORCE",
@@ -109,6 +115,7 @@ COMPLIANCE_PREFLIGHT = "compliance.preflight"
 RETENTION_ENFORCE = "retention.enforce"
 HEAD_WITNESSED = "audit.head_witnessed"
 HEAD_REFUSED = "audit.head_refused"
+MARKETING_EXPORT = "marketing.export"
 
 COUNT_SUBJECTS = "subjects"
 COUNT_CONSENTED = "consented"

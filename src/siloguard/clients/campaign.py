@@ -6,8 +6,12 @@ Both start from the store's silo passed through the gate as a store operator:
   pseudonymised, with their RFM scores and segment;
 * :func:`campaign_list` for ``marketing.advertising.first_party.targeted`` (consent): only
   customers with a live marketing consent ever reach the ranking. The list holds the top
-  customers of a segment (by spend) or for a product (by the federated model: past buyers of
-  it first, then the others by the shared collaborative part and their private embedding).
+  customers of a segment or for a product by one score, the estimated chance that they buy
+  (anything, for a segment: BG/NBD; the product, for a product list: the federated model's
+  scores calibrated on the store's history) in the next 28 days, with their past spend, the
+  currency, the product's description and the day the list speaks for ("as of").
+  With a control share, a seeded random part of the list, stratified by segment, is held out
+  and recorded with the campaign (:mod:`siloguard.clients.marketing`).
   If the store keeps customer profiles, the contact columns the policy lets the operator
   export for marketing are joined through the gate again, with action ``export``.
 
@@ -19,15 +23,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import secrets
+
 import numpy as np
 import pandas as pd
-import torch
 
-from siloguard.clients.gating import bind, silo_path, store_gate
+from siloguard.clients.gating import bind, store_gate
 from siloguard.config import Settings
-from siloguard.data.loader import load_clean
 from siloguard.errors import ConfigError
-from siloguard.policies.gate import GatedData, Principal
+from siloguard.policies.gate import Principal
 from siloguard.recommender.segments import SEGMENTS, rfm_table
 
 __all__ = ["CampaignList", "MARKETING", "REPORTING", "campaign_list", "operator", "store_segments"]
@@ -45,59 +49,78 @@ def operator(store: str, name: str = "operator") -> Principal:
     return principal
 
 
-def _gated(settings: Settings, store: str, who: Principal, purpose: str, columns: tuple[str, ...]) -> GatedData:
-    frame, _ = load_clean(silo_path(settings, store))
-    return store_gate(settings, store).admit(who, purpose, "transactions", frame, action="read", columns=columns)
-
-
 def store_segments(settings: Settings, store: str, *, as_of: pd.Timestamp | None = None, staff: str = "operator") -> pd.DataFrame:
     """Every customer's RFM scores and segment (pseudonymous ids), for store reporting."""
-    gated = _gated(settings, store, operator(store, staff), REPORTING, _RFM_COLUMNS)
-    return rfm_table(gated.frame, as_of=as_of)
+    from siloguard.clients.marketing import gated_frame
+
+    gated = gated_frame(settings, store, operator(store, staff), REPORTING, columns=_RFM_COLUMNS)
+    table = rfm_table(gated.frame, as_of=as_of)
+    table.attrs["decision"] = gated.decision_id  # the gate decision an export of the table cites
+    return table
 
 
 @dataclass(frozen=True)
 class CampaignList:
-    """A target list and the gate decisions that made it."""
+    """A target list (the customers to contact) and the gate decisions that made it."""
 
     frame: pd.DataFrame
     consented: int  # customers with a live marketing consent (the pool the list is cut from)
     decisions: list[str] = field(default_factory=list)
+    members: pd.DataFrame | None = None  # the whole list with each customer's arm
+    as_of: pd.Timestamp | None = None
+    control: float | None = None
+    seed: int | None = None
+    target: str = ""
+    model_version: str | None = None
 
 
-def _by_item(settings: Settings, store: str, gated: pd.DataFrame, item: str, model_file: Path) -> pd.Series:
-    """Each consenting customer's score for ``item`` from the federated model (higher first)."""
+def _by_item(
+    settings: Settings, store: str, gated: pd.DataFrame, item: str, model_file: Path | None, as_of: pd.Timestamp
+) -> tuple[pd.DataFrame, str]:
+    """Each consenting customer's chance of buying ``item`` in the next 28 days (calibrated on the
+    store's own history, :mod:`siloguard.clients.scoring`), and whether they bought it before."""
     from siloguard.clients.private import load_private_users
+    from siloguard.clients.scoring import Calibration, load_model, probabilities
     from siloguard.clients.store import build_store
-    from siloguard.recommender.model import SharedModel, score_users
-    from siloguard.runs import load_catalogue, run_manifest
 
-    if not model_file.is_file():
-        raise ConfigError(f"no model at {model_file}: pass --model (a model.pt the coordinator gave you, with its catalogue.json)")
-    # The catalogue that came with the model (a store's site has no run of the coordinator's);
-    # a run prepared in one directory also has it in its run.json.
-    catalogue_path = model_file.parent / "catalogue.json"
-    if not catalogue_path.is_file():
-        catalogue_path = run_manifest(settings.work_dir).require_catalogue()
-    catalogue = load_catalogue(catalogue_path)
-    index = catalogue.index()
+    loaded = load_model(settings, model_file)
+    index = loaded.catalogue.index()
     if item not in index:
-        raise ConfigError(f"product {item!r} is not in the model's catalogue ({catalogue.size} products); check the stock code")
-    # Score as of now: every purchase so far is history (no test period).
-    end = (gated["invoice_date"].max() + pd.Timedelta(days=1)).normalize()
-    data = build_store(store, gated, catalogue, str(end.date()), str((end + pd.Timedelta(days=1)).date()))
-    state = torch.load(model_file, weights_only=True)
-    dim = state["items.weight"].shape[1]
-    hidden = state["repeat.0.weight"].shape[0] if "repeat.0.weight" in state else settings.model.hidden
-    model = SharedModel(catalogue.size, dim, hidden)
-    model.load_state_dict(state)
-    users = load_private_users(settings, store, data.subjects, dim, seed=settings.model.seed)
-    rows = np.arange(data.n_users)
+        raise ConfigError(f"product {item!r} is not in the model's catalogue ({loaded.catalogue.size} products); check the stock code")
+
+    def users_for(subjects: pd.Index):  # noqa: ANN202
+        return load_private_users(settings, store, subjects, loaded.dim, seed=settings.model.seed)
+
+    calibration = Calibration.fit(loaded, gated, users_for, as_of=as_of, seed=settings.model.seed)
+    # Score as of the list's day: every purchase before it is history.
+    data = build_store(store, gated, loaded.catalogue, str(as_of.date()), str((as_of + pd.Timedelta(days=1)).date()))
+    users = users_for(data.subjects)
     column = int(index[item])
-    scores = np.concatenate(
-        [score_users(model, users, data.history, rows[i : i + 512])[:, column] for i in range(0, len(rows), 512)]
-    ) if len(rows) else np.array([])
-    return pd.Series(scores, index=data.subjects, name="score")
+    scores, past = [], []
+    for start in range(0, data.n_users, 512):
+        rows = np.arange(start, min(start + 512, data.n_users))
+        p, was = probabilities(loaded, calibration, users, data.history, rows)
+        scores.append(p[:, column])
+        past.append(was[:, column])
+    out = pd.DataFrame(
+        {"score": np.concatenate(scores) if scores else [], "past": np.concatenate(past) if past else []},
+        index=data.subjects,
+    )
+    return out, loaded.version
+
+
+def _buy_again(frame: pd.DataFrame, as_of: pd.Timestamp) -> pd.Series | None:
+    """Each customer's chance of buying anything in the next 28 days (BG/NBD), or None when the
+    store has too few consenting customers to fit it."""
+    from siloguard.clients.scoring import HORIZON_DAYS
+    from siloguard.errors import DataError
+    from siloguard.marketing.clv import fit_clv
+
+    try:
+        model, summary = fit_clv(frame, as_of)
+    except DataError:
+        return None
+    return pd.Series(model.purchases.p_any(HORIZON_DAYS, summary), index=summary.index)
 
 
 def campaign_list(
@@ -110,12 +133,27 @@ def campaign_list(
     model_file: Path | None = None,
     profiles: Path | None = None,
     staff: str = "operator",
+    as_of: pd.Timestamp | None = None,
+    control: float | None = None,
+    seed: int | None = None,
 ) -> CampaignList:
-    """The top ``top`` consenting customers of a segment or for a product, ready to export."""
+    """The top ``top`` consenting customers of a segment or for a product, ready to export.
+
+    ``score`` is one scale for every row: the estimated chance that the customer buys (the
+    product, for a product list; anything, for a segment list) in the 28 days after ``as_of``
+    (default: the day after the store's last purchase). A segment list is ranked by it (spend
+    breaks ties; if the store has too few consenting customers to estimate it, by spend alone
+    and the score is left empty). With ``control`` a seeded, segment-stratified share of the
+    list is held out (:func:`siloguard.marketing.experiment.assign_control`): ``frame`` then
+    holds the customers to contact, ``members`` everyone with their arm.
+    """
+    from siloguard.clients.marketing import gated_frame, shelf_descriptions, store_currency
+    from siloguard.marketing.experiment import TREATMENT, assign_control
+
     if (segment is None) == (item is None):
         raise ConfigError(
             "name exactly one target: a segment (--segment, e.g. champions) or a product (--item, a stock code)"
-            if (segment is None) == (item is None) and segment is None else
+            if segment is None else
             "name either a segment (--segment) or a product (--item), not both"
         )
     if segment is not None and segment not in SEGMENTS:
@@ -123,38 +161,57 @@ def campaign_list(
     if top < 1:
         raise ConfigError(f"--top must be at least 1, got {top}")
     who = operator(store, staff)
-    gated = _gated(settings, store, who, MARKETING, _RANK_COLUMNS)
+    gated = gated_frame(settings, store, who, MARKETING, before=as_of, columns=_RANK_COLUMNS)
     decisions = [gated.decision_id]
-    rfm = rfm_table(gated.frame).set_index("customer_id")
+    frame = gated.frame
+    if frame.empty:
+        raise ConfigError(f"store {store!r}: no customer with a live marketing consent has a purchase before the list's day")
+    day = as_of if as_of is not None else (frame["invoice_date"].max() + pd.Timedelta(days=1)).normalize()
+    rfm = rfm_table(frame, as_of=day).set_index("customer_id")
+    model_version = None
     if segment is not None:
-        pool = rfm[rfm["segment"] == segment].sort_values(["monetary", "frequency"], ascending=False)
-        ranked = pool.assign(score=pool["monetary"])
+        pool = rfm[rfm["segment"] == segment]
+        chance = _buy_again(frame, day)
+        if chance is None:
+            ranked = pool.assign(score=np.nan, basis="spend").sort_values(["monetary", "frequency"], ascending=False)
+        else:
+            ranked = pool.assign(score=chance.reindex(pool.index), basis="buy_again")
+            ranked = ranked.sort_values(["score", "monetary"], ascending=False)
     else:
-        scores = _by_item(settings, store, gated.frame, str(item), model_file or settings.work_dir / "model" / "model.pt")
-        ranked = rfm.join(scores, how="inner").sort_values("score", ascending=False)
+        scores, model_version = _by_item(settings, store, frame, str(item), model_file, day)
+        ranked = rfm.join(scores, how="inner")
+        ranked["basis"] = np.where(ranked["past"].astype(bool), "past_buyer", "model")
+        ranked = ranked.sort_values(["score", "monetary"], ascending=False)
     chosen = ranked.head(top)
-    score = chosen["score"].astype(float).to_numpy()
-    if segment is not None:
-        basis = np.full(len(chosen), "spend", dtype=object)
-    else:  # score_users ranks past buyers of the item above everyone else by a fixed offset
-        from siloguard.recommender.model import PAST_PURCHASE_OFFSET
-
-        past = score >= PAST_PURCHASE_OFFSET / 2
-        basis = np.where(past, "past_buyer", "model")
-        score = np.where(past, score - PAST_PURCHASE_OFFSET, score)
     out = pd.DataFrame(
         {
             "customer_id": chosen.index.astype(str),
             "rank": np.arange(1, len(chosen) + 1),
             "segment": chosen["segment"].to_numpy(),
-            "basis": basis,
-            "score": np.round(score, 4),
+            "basis": chosen["basis"].to_numpy(),
+            "score": np.round(chosen["score"].astype(float).to_numpy(), 4),
+            "spend": chosen["monetary"].astype(float).round(2).to_numpy(),
+            "currency": store_currency(settings),
+            "as_of": str(day.date()),
         }
     )
+    if item is not None:
+        out.insert(5, "product", str(item))
+        out.insert(6, "description", shelf_descriptions(settings, store).get(str(item), ""))
+    members = out.assign(arm=TREATMENT)
+    used_seed = None
+    if control is not None:
+        used_seed = int(seed) if seed is not None else secrets.randbits(31)
+        members["arm"] = assign_control(members.set_index("customer_id")["segment"], control, used_seed).to_numpy()
+    targets = out[members["arm"].to_numpy() == TREATMENT]
     if profiles is not None:
-        out, decision = _with_contacts(settings, store, who, out, profiles)
+        targets, decision = _with_contacts(settings, store, who, targets, profiles)
         decisions.append(decision)
-    return CampaignList(frame=out.reset_index(drop=True), consented=len(rfm), decisions=decisions)
+    return CampaignList(
+        frame=targets.reset_index(drop=True), consented=len(rfm), decisions=decisions, members=members,
+        as_of=day, control=control, seed=used_seed, target=f"segment:{segment}" if segment else f"item:{item}",
+        model_version=model_version,
+    )
 
 
 def _with_contacts(

@@ -1,8 +1,9 @@
 """``siloguard store ...`` and ``siloguard consent ...``: what a store's operator runs.
 
 The ``store`` group is shared: enrolment and the node are registered by
-``siloguard.deploy.cli``; the site (``store init``, ``store publish``), erasure sync,
-segments and campaign lists live here. Every command works on the store's site (``--site
+``siloguard.deploy.cli``, erasure sync by ``siloguard.dsr.cli``, recommendations, profiles,
+lifetime value, campaigns and the staff API by ``siloguard.clients.marketing_cli``; the site
+(``store init``, ``store publish``) and segments live here. Every command works on the store's site (``--site
 DIR``, made by ``siloguard store init``): its file, database and keys are found there unless
 ``SILOGUARD_DATABASE__URL`` / ``SILOGUARD_KEYS__ROOT`` say otherwise. On one machine,
 ``--out RUN`` with the store's name finds the site ``RUN/stores/<store>`` that ``siloguard
@@ -21,7 +22,7 @@ from siloguard.config import Settings
 from siloguard.runs import run_settings  # re-exported: part of this module's API
 from siloguard.storage.cli import command_group, one_line_errors
 
-__all__ = ["OutOpt", "SiteOpt", "consent_app", "env_note", "run_settings", "store_app", "store_settings"]
+__all__ = ["OutOpt", "SiteOpt", "StaffOpt", "StoreArg", "consent_app", "env_note", "run_settings", "store_app", "store_settings"]
 
 store_app = command_group(
     "store",
@@ -174,6 +175,7 @@ def store_init(
     database: Annotated[Optional[str], typer.Option("--database", help="The store's own database URL. \\[default: DIR/siloguard.db]")] = None,
     in_place: Annotated[bool, typer.Option("--in-place", help="Use --data where it is instead of copying it into the site (erasures then rewrite it there).")] = False,
     as_of: Annotated[Optional[str], typer.Option("--as-of", help="'data': a historical extract; its rows are aged on its own clock by `siloguard check` (docs/COMPLIANCE.md).")] = None,
+    currency: Annotated[str, typer.Option("--currency", help="ISO 4217 code of the prices in --data, shown on lists and reports.")] = "GBP",
 ) -> None:
     """Create the store's site: its data, database, keys, consent and the publication for the coordinator."""
     from siloguard.clients.site import StoreSite
@@ -182,7 +184,8 @@ def store_init(
     if as_of not in (None, "data"):
         raise ConfigError("--as-of takes 'data' (age rows on the data's own clock); leave it out to age them against today")
     opened = StoreSite.init(site, store, data, country=country, jurisdiction=jurisdiction, contact=contact,
-                            database=database, consent=consent, in_place=in_place, compliance_as_of=as_of)
+                            database=database, consent=consent, in_place=in_place, compliance_as_of=as_of,
+                            currency=currency.upper())
     c = opened.cleaning
     if c is not None:
         typer.echo(
@@ -237,8 +240,8 @@ def segments(
     from rich.console import Console
     from rich.table import Table
 
-    from siloguard._files import write_atomic
-    from siloguard.clients.campaign import store_segments
+    from siloguard.clients.campaign import REPORTING, operator, store_segments
+    from siloguard.clients.marketing import export_file
     from siloguard.recommender.segments import segment_counts
 
     store, settings = store_settings(store, site, out)
@@ -253,34 +256,7 @@ def segments(
         table.add_row(name, f"{n:,}", med("monetary"), med("frequency"), med("recency_days"))
     Console().print(table)
     if csv is not None:
-        write_atomic(csv, table_data.to_csv(index=False).encode(), mode=0o600)
+        export_file(settings, store, operator(store, staff), csv, table_data.to_csv(index=False).encode(), kind="segments",
+                    purpose=REPORTING, decision=table_data.attrs.get("decision", "unknown"), rows=len(table_data),
+                    customers=len(table_data))
         typer.echo(f"wrote {len(table_data):,} rows to {csv}")
-
-
-@store_app.command("campaign")
-@one_line_errors
-def campaign(
-    csv: Annotated[Path, typer.Option("--csv", help="Where to write the target list (CSV, mode 0600).")],
-    segment: Annotated[Optional[str], typer.Option("--segment", help="Target a segment: champions, loyal, new, promising, needs_attention, at_risk, hibernating.")] = None,
-    item: Annotated[Optional[str], typer.Option("--item", help="Target a product (stock code), ranked by the federated model.")] = None,
-    top: Annotated[int, typer.Option("--top", help="How many customers.")] = 100,
-    profiles: Annotated[Optional[Path], typer.Option("--profiles", help="The store's customer profiles CSV: adds the contact columns the policy lets you export.")] = None,
-    model: Annotated[Optional[Path], typer.Option("--model", help="model.pt to rank with [default: the run's model].")] = None,
-    store: StoreArg = None,
-    site: SiteOpt = None,
-    out: OutOpt = Path("runs/demo"),
-    staff: StaffOpt = "operator",
-) -> None:
-    """A campaign target list: only customers with a live marketing consent, exported through the gate."""
-    from siloguard._files import write_atomic
-    from siloguard.clients.campaign import campaign_list
-
-    store, settings = store_settings(store, site, out)
-    result = campaign_list(
-        settings, store, segment=segment, item=item, top=top, model_file=model, profiles=profiles, staff=staff
-    )
-    write_atomic(csv, result.frame.to_csv(index=False).encode(), mode=0o600)
-    typer.echo(
-        f"wrote {len(result.frame):,} customers to {csv} (from {result.consented:,} with a live marketing consent; "
-        f"columns: {', '.join(result.frame.columns)}; gate decisions {', '.join(result.decisions)})"
-    )

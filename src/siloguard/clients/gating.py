@@ -39,6 +39,7 @@ __all__ = [
     "gated_training_frame",
     "known_stores",
     "silo_path",
+    "store_audit",
     "store_consent",
     "store_gate",
     "store_keys",
@@ -78,11 +79,18 @@ def _registry(url: str):  # noqa: ANN202 - one engine per database and process
 
 
 @lru_cache(maxsize=4)
-def _recorder(settings: Settings):  # noqa: ANN202 - one audit log per database and process
+def store_audit(settings: Settings):  # noqa: ANN201 - one audit log per database and process
+    """The store's own audit log (its database), opened once per process."""
     from siloguard.audit import AuditLog
+
+    return AuditLog.open(settings)
+
+
+@lru_cache(maxsize=4)
+def _recorder(settings: Settings):  # noqa: ANN202 - the gate's decisions go to the store's log
     from siloguard.audit.adapters import DecisionRecorderAdapter
 
-    return DecisionRecorderAdapter(AuditLog.open(settings))
+    return DecisionRecorderAdapter(store_audit(settings))
 
 
 def store_consent(settings: Settings, store: str):  # noqa: ANN201 - imported lazily (SQLAlchemy)

@@ -8,7 +8,8 @@ its declared country and law: no customer data) for the coordinator's catalogue.
 
 Layout of a site (``siloguard store init STORE --site DIR --data FILE``)::
 
-    DIR/site.json          the store's name, declared country and jurisdiction, contact, data file
+    DIR/site.json          the store's name, declared country and jurisdiction, contact, data file,
+                       the currency of its prices
     DIR/data/              its transaction file (a copy, unless --in-place)
     DIR/siloguard.db       its database: consent registry, budget ledger, suppression list,
                            erasure journal, its own audit log (SQLite; or a URL, see below)
@@ -112,6 +113,7 @@ class StoreSite:
         consents: pd.DataFrame | None = None,
         in_place: bool = False,
         compliance_as_of: str | None = None,
+        currency: str = "GBP",
         base: Settings | None = None,
     ) -> StoreSite:
         """Create the site: check the data, copy it in, make keys and database, import consent, publish.
@@ -126,6 +128,8 @@ class StoreSite:
         _check_name(store)
         if jurisdiction not in _JURISDICTIONS:
             raise ConfigError(f"jurisdiction {jurisdiction!r}: use gdpr or ccpa (the law where the store operates)")
+        if not re.fullmatch(r"[A-Z]{3}", str(currency)):
+            raise ConfigError(f"currency {currency!r}: give the ISO 4217 code of the store's prices, e.g. GBP, EUR, USD")
         from siloguard.compliance.records import load_records
 
         adequacy = load_records().adequacy
@@ -181,6 +185,7 @@ class StoreSite:
             manifest["database"] = database
         if compliance_as_of is not None:  # "data": a historical extract's rows are aged on its own clock
             manifest["compliance_as_of"] = compliance_as_of
+        manifest["currency"] = currency  # of the prices in its data: shown on its lists and reports
         from siloguard._files import write_atomic
 
         site = cls(directory, manifest, site_settings(directory, base, database=database))

@@ -16,7 +16,8 @@ gone. Then for each pending task the store, on its own machine and with its own 
 3. re-reads the silo and counts the subject's rows: the receipt states this count, which must
    be zero for the API to accept it;
 4. removes the subject's private user embedding (:func:`siloguard.clients.private.erase_subjects`),
-   the subject's consent events and adds the subject to its suppression list (keyed
+   the subject from the store's campaign records
+   (:func:`siloguard.clients.marketing.forget_campaign_members`), the subject's consent events and adds the subject to its suppression list (keyed
    reference, no id), so no later preparation or import brings them back;
 5. destroys the subject's data key (crypto-shredding, :meth:`SubjectVault.shred`);
 6. signs a :class:`~siloguard.dsr.receipts.Receipt` with its receipt key and posts it.
@@ -82,6 +83,7 @@ def erase_subject(settings: Settings, store: str, customer_ref: str, *, task: st
     a refused receipt, a crash) reports what the first attempt erased rather than zero.
     """
     from siloguard.clients.gating import silo_path, store_consent, store_suppression
+    from siloguard.clients.marketing import forget_campaign_members
     from siloguard.clients.private import erase_subjects
     from siloguard.data.loader import load_transactions
     from siloguard.privacy.keys import SubjectVault
@@ -112,6 +114,7 @@ def erase_subject(settings: Settings, store: str, customer_ref: str, *, task: st
         write_atomic(path, raw.loc[~mine].to_csv(index=False).encode())
     remaining = int((normalise_ids(load_transactions(path)["customer_id"]) == ref).sum())
     embeddings = max(erase_subjects(settings, store, [ref]), held["embeddings_erased"] if held else 0)
+    forget_campaign_members(settings, store, [ref])  # the store's campaign records (pseudonyms, arms)
     store_suppression(settings, store).add([ref])
     store_consent(settings, store).forget([ref])
     vault = SubjectVault(keys)

@@ -226,7 +226,13 @@ def prepare_federation(
     work.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".prepare-", dir=work))
     try:
-        save_catalogue(Catalogue(tuple(codes)), staging / "catalogue.json")
+        # Product descriptions as the stores publish them (products 3+ of their customers bought),
+        # so a store can describe a product it never sold; the first store's in name order wins.
+        shelf: dict[str, str] = {}
+        for pub in sorted(publications, key=lambda p: p.store):
+            for code, text in pub.descriptions.items():
+                shelf.setdefault(code, text)
+        save_catalogue(Catalogue(tuple(codes)), staging / "catalogue.json", shelf)
         run = RunManifest(
             directory=work.resolve(),
             stores={},

@@ -27,6 +27,8 @@ __all__ = [
     "History",
     "build_examples",
     "build_history",
+    "customer_history",
+    "history_features",
     "history_bags",
     "to_events",
 ]
@@ -98,6 +100,65 @@ class History:
         return self.counts.shape[0]
 
 
+def history_features(
+    baskets: np.ndarray, last: np.ndarray, first: np.ndarray, user_baskets: np.ndarray, user_last: np.ndarray,
+    popularity: np.ndarray, cutoff: int,
+) -> np.ndarray:
+    """The ``N_FEATURES`` repeat features of (customer, item) entries, one row each."""
+    baskets = np.asarray(baskets, np.float32)
+    since_item = (cutoff - np.asarray(last)).astype(np.float32)
+    since_user = (cutoff - np.asarray(user_last)).astype(np.float32)
+    repeated = baskets > 1
+    # Mean days between this customer's baskets holding the item: "is it due again?"
+    gap = (np.asarray(last) - np.asarray(first)) / np.maximum(baskets - 1, 1)
+    due = np.where(repeated, (np.log1p(since_item) - np.log1p(gap.astype(np.float32))) / 3.0, 0.0)
+    return np.stack(
+        [
+            np.log1p(baskets),
+            baskets / np.asarray(user_baskets, np.float32),
+            np.log1p(since_item) / 6.0,
+            (np.log1p(since_item) - np.log1p(since_user)) / 6.0,
+            due,
+            repeated.astype(np.float32),
+            popularity,
+        ],
+        axis=1,
+    ).astype(np.float32)
+
+
+def customer_history(
+    items: np.ndarray, days: np.ndarray, invoices: np.ndarray, n_items: int, cutoff: int, popularity: np.ndarray
+) -> History:
+    """One customer's history (a single user row) from their purchase lines, without pandas.
+
+    The same features as :func:`build_history` for that customer, with ``popularity`` (per
+    catalogue item, as build_history computes it over the store) given: serving one customer
+    at a time must not cost a pandas group-by (tens of ms) per call.
+    """
+    items = np.asarray(items, np.int64)
+    days = np.asarray(days, np.int64)
+    keep = (days < cutoff) & (items >= 0)
+    items, days = items[keep], days[keep]
+    invoice_ids = np.unique(np.asarray(invoices)[keep], return_inverse=True)[1].astype(np.int64)
+    # one event per (item, invoice), the first line's day, as to_events keeps
+    _, first_line = np.unique(items * (int(invoice_ids.max(initial=0)) + 1) + invoice_ids, return_index=True)
+    ev_items, ev_days, ev_invoices = items[first_line], days[first_line], invoice_ids[first_line]
+    held, which = np.unique(ev_items, return_inverse=True)
+    baskets = np.bincount(which, minlength=len(held)).astype(np.float32)
+    last = np.full(len(held), np.iinfo(np.int64).min, np.int64)
+    first = np.full(len(held), np.iinfo(np.int64).max, np.int64)
+    np.maximum.at(last, which, ev_days)
+    np.minimum.at(first, which, ev_days)
+    n = len(held)
+    features = history_features(
+        baskets, last, first, np.full(n, len(np.unique(ev_invoices)), np.float32),
+        np.full(n, ev_days.max() if n else cutoff), np.asarray(popularity)[held], cutoff,
+    )
+    counts = sp.csr_matrix((baskets, (np.zeros(n, np.int64), held)), shape=(1, n_items))
+    counts.sort_indices()
+    return History(cutoff=cutoff, counts=counts, features=features.reshape(n, -1) if n else np.zeros((0, N_FEATURES), np.float32))
+
+
 def build_history(events: pd.DataFrame, n_users: int, n_items: int, cutoff: int) -> History:
     """Summarise events strictly before ``cutoff`` into per-(user, item) features."""
     past = events[events["day"] < cutoff]
@@ -109,29 +170,15 @@ def build_history(events: pd.DataFrame, n_users: int, n_items: int, cutoff: int)
     users = joined.index.get_level_values("user").to_numpy()
     items = joined.index.get_level_values("item").to_numpy()
     baskets = joined["baskets"].to_numpy(np.float32)
-    since_item = (cutoff - joined["last"].to_numpy()).astype(np.float32)
-    since_user = (cutoff - joined["user_last"].to_numpy()).astype(np.float32)
-    repeated = baskets > 1
     # How many of the store's customers bought the item (a store-level count):
     # breaks ties between items a customer bought equally often, as popularity
     # breaks them in "personal frequency".
     item_customers = np.bincount(items, minlength=n_items)
     popularity = np.log1p(item_customers[items]) / np.log1p(max(n_users, 1))
-    # Mean days between this customer's baskets holding the item: "is it due again?"
-    gap = (joined["last"].to_numpy() - joined["first"].to_numpy()) / np.maximum(baskets - 1, 1)
-    due = np.where(repeated, (np.log1p(since_item) - np.log1p(gap.astype(np.float32))) / 3.0, 0.0)
-    features = np.stack(
-        [
-            np.log1p(baskets),
-            baskets / joined["user_baskets"].to_numpy(np.float32),
-            np.log1p(since_item) / 6.0,
-            (np.log1p(since_item) - np.log1p(since_user)) / 6.0,
-            due,
-            repeated.astype(np.float32),
-            popularity,
-        ],
-        axis=1,
-    ).astype(np.float32)
+    features = history_features(
+        baskets, joined["last"].to_numpy(), joined["first"].to_numpy(), joined["user_baskets"].to_numpy(np.float32),
+        joined["user_last"].to_numpy(), popularity, cutoff,
+    )
     counts = sp.csr_matrix((baskets, (users, items)), shape=(n_users, n_items))
     counts.sort_indices()
     # CSR order is (user, item) order, which is the groupby order above.

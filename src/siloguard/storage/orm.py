@@ -38,6 +38,13 @@ commands, :mod:`siloguard.privacy.suppression` and :mod:`siloguard.dsr.sync`):
 
 - ``store_suppressions``: the store's keyed references of customers it erased (no raw id);
 - ``store_erasures``: per erasure task, the counts the store erased (for its receipt).
+
+A store's campaign experiments (migration ``0009_marketing``; written only by
+:mod:`siloguard.clients.marketing`):
+
+- ``campaigns``: one row per exported campaign list: target, as-of and send dates, the
+  control share and seed of its held-out control group, the gate decision that released it;
+- ``campaign_members``: who was in it (the store's pseudonym), in which arm and stratum.
 """
 
 from __future__ import annotations
@@ -67,6 +74,8 @@ __all__ = [
     "AuditNodeRow",
     "Base",
     "api_keys",
+    "campaign_members",
+    "campaigns",
     "consent_events",
     "dsr_outbox",
     "dsr_requests",
@@ -304,8 +313,37 @@ store_erasures = Table(
     Column("erased_at", DateTime(timezone=True), nullable=False),
 )
 
+# ---- a store's campaign experiments (0009_marketing) ------------------------------------
 
-# 0009_incidents: the incident register (siloguard.compliance.incidents). No personal data: ids,
+campaigns = Table(
+    "campaigns",
+    Base.metadata,
+    Column("id", String(16), primary_key=True),  # "c" + 8 hex digits, shown to the store's staff
+    Column("store", String(128), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("created_by", String(128), nullable=False),  # staff:<name>
+    Column("target", String(160), nullable=False),  # segment:<name> or item:<stock code>
+    Column("purpose", String(128), nullable=False),
+    Column("as_of", String(10), nullable=False),  # the list was made from purchases before this day
+    Column("send_date", String(10), nullable=False),  # outcomes are counted from this day on
+    Column("control_share", Float, nullable=False),
+    Column("seed", BigInteger, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("decision", String(40), nullable=False),  # the gate decision that released the list
+    Column("model_version", String(32), nullable=True),
+)
+
+campaign_members = Table(
+    "campaign_members",
+    Base.metadata,
+    Column("campaign_id", String(16), ForeignKey("campaigns.id", ondelete="CASCADE"), primary_key=True),
+    Column("subject", String(64), primary_key=True),  # the store's keyed pseudonym, never a raw id
+    Column("arm", String(16), nullable=False),  # treatment | control
+    Column("stratum", String(64), nullable=False),  # the RFM segment the split was stratified by
+    Column("rank", Integer, nullable=False),
+)
+
+# 0010_incidents: the incident register (siloguard.compliance.incidents). No personal data: ids,
 # counts, stores, times, and a summary refused if it looks like it names anyone.
 incidents = Table(
     "incidents",

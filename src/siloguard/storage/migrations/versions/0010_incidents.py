@@ -5,8 +5,8 @@ became aware (the clocks of GDPR Art. 33/34 and Cal. Civ. Code 1798.82 run from 
 affected stores and their jurisdictions, counts of people and records, a summary that names
 no one, and when the authority and the people were told. Every change is also an audit event.
 
-Revision ID: 0009_incidents
-Revises: 0007_store_tasks
+Revision ID: 0010_incidents
+Revises: 0009_marketing
 Create Date: 2026-12-01
 """
 
@@ -15,8 +15,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0009_incidents"
-down_revision = "0007_store_tasks"
+revision = "0010_incidents"
+down_revision = "0009_marketing"
 branch_labels = None
 depends_on = None
 
