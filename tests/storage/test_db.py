@@ -40,7 +40,7 @@ def test_when_upgraded_then_at_head_with_the_audit_tables_and_upgrading_again_ch
     engine = create_engine(database_url)
     try:
         upgrade_database(engine)
-        assert current_revision(engine) == head_revision() == "0007_store_tasks"
+        assert current_revision(engine) == head_revision() == "0008_consent_state"
         require_current_schema(engine)
         upgrade_database(engine)
         assert current_revision(engine) == head_revision()
@@ -156,9 +156,9 @@ def test_db_cli_upgrades_and_reports_the_schema(database_url: str) -> None:
     assert "database: empty" in first.output
     up = runner.invoke(db_app, ["upgrade", "--db", database_url])
     assert up.exit_code == 0, up.output
-    assert "empty -> 0007_store_tasks" in up.output
+    assert "empty -> 0008_consent_state" in up.output
     again = runner.invoke(db_app, ["upgrade", "--db", database_url])
-    assert "already at 0007_store_tasks" in again.output
+    assert "already at 0008_consent_state" in again.output
 
 
 def test_db_cli_refuses_a_bad_url_in_one_line() -> None:

@@ -9,8 +9,12 @@ task per request):
 * a body larger than ``api.max_body_bytes`` is refused with 413, by ``Content-Length`` before
   reading and by counting the bytes of a streamed body;
 * requests are counted per client address and per credential (a hash of the
-  ``Authorization`` header) with the ``limits`` package's sliding-window counters, in memory
-  (one server process); over the limit is 429 with ``Retry-After``;
+  ``Authorization`` header) with the ``limits`` package's sliding-window counters, in the
+  storage ``api.rate_storage`` names: in process memory (``memory://``, one server process) or
+  in Redis (``redis://...``), shared by every worker process and server, so N workers do not
+  give N times the limit; over the limit is 429 with ``Retry-After``. If the shared storage
+  cannot be reached the request is refused (503 ``rate_limiter_unavailable``): no limit is
+  not a reason to let everything through;
 * the access log line has the method, the route template (``/v1/requests/{request_id}``, not
   the path), the status and the time: no address, no query string, no header. uvicorn's own
   access log is off (``siloguard serve`` starts it with ``access_log=False``).
@@ -26,12 +30,13 @@ import time
 from typing import Any
 
 from limits import parse
-from limits.storage import MemoryStorage
+from limits.errors import ConfigurationError, StorageError
+from limits.storage import MemoryStorage, Storage, storage_from_string
 from limits.strategies import SlidingWindowCounterRateLimiter
 
 from siloguard.config import ApiSettings
 
-__all__ = ["Protect", "error_body", "headers_too_large_message"]
+__all__ = ["Protect", "error_body", "headers_too_large_message", "rate_storage"]
 
 access_log = logging.getLogger("siloguard.api.access")
 
@@ -62,18 +67,38 @@ def _error(status: int, code: str, message: str, headers: list[tuple[bytes, byte
     return start, {"type": "http.response.body", "body": body}
 
 
+def rate_storage(uri: str, *, key_prefix: str = "siloguard") -> Storage:
+    """The ``limits`` storage for ``api.rate_storage``; a URI it does not take is a ConfigError.
+
+    Shared storages wrap their errors (``limits.errors.StorageError``), so a Redis that went
+    away is one kind of error to refuse on. Nothing is connected here: :meth:`Protect.check_storage`.
+    """
+    from siloguard.errors import ConfigError
+
+    if uri == "memory://":
+        return MemoryStorage()
+    if not uri.startswith(("redis://", "rediss://", "redis+unix://")):
+        raise ConfigError(f"api.rate_storage {uri.split(':', 1)[0]!r}: use memory:// or redis://HOST:6379/0")
+    try:
+        return storage_from_string(uri, wrap_exceptions=True, key_prefix=f"{key_prefix}:rate")
+    except ConfigurationError as exc:  # e.g. the redis client is not installed
+        raise ConfigError(f"api.rate_storage: {exc}") from None
+
+
 class Protect:
     def __init__(
         self, app: Any, *, max_body_bytes: int, rate_per_key: str, rate_per_ip: str,
         max_headers: int = ApiSettings.model_fields["max_headers"].default,
         max_header_bytes: int = ApiSettings.model_fields["max_header_bytes"].default,
         max_answer_bytes: int = ApiSettings.model_fields["max_answer_bytes"].default,
+        storage: Storage | None = None,
     ) -> None:
         self.app = app
         self.max_body = max_body_bytes
         self.max_answer = max_answer_bytes
         self.max_headers, self.max_header_bytes = max_headers, max_header_bytes
-        self.limiter = SlidingWindowCounterRateLimiter(MemoryStorage())
+        self.storage = storage or MemoryStorage()
+        self.limiter = SlidingWindowCounterRateLimiter(self.storage)
         self.per_key = parse(rate_per_key)
         self.per_ip = parse(rate_per_ip)
 
@@ -150,13 +175,19 @@ class Protect:
                 return _error(413, "too_large", f"the request body is larger than {self._limit(scope)} bytes")
         client = scope.get("client")
         ip = client[0] if client else "unknown"
-        if not self.limiter.hit(self.per_ip, "ip", ip):
-            return self._limited(self.per_ip, "ip", ip, "this address")
-        auth = headers.get(b"authorization")
-        if auth:
-            key = hashlib.sha256(auth).hexdigest()[:32]
-            if not self.limiter.hit(self.per_key, "key", key):
-                return self._limited(self.per_key, "key", key, "this credential")
+        try:
+            if not self.limiter.hit(self.per_ip, "ip", ip):
+                return self._limited(self.per_ip, "ip", ip, "this address")
+            auth = headers.get(b"authorization")
+            if auth:
+                key = hashlib.sha256(auth).hexdigest()[:32]
+                if not self.limiter.hit(self.per_key, "key", key):
+                    return self._limited(self.per_key, "key", key, "this credential")
+        except StorageError:
+            # Fail closed: a request that cannot be counted is not served.
+            access_log.warning("rate-limit storage unreachable; refusing the request")
+            return _error(503, "rate_limiter_unavailable", "the service cannot count requests right now; retry in a moment",
+                          [(b"retry-after", b"1")])
         return None
 
     def _limited(self, limit: Any, *ids: str) -> tuple[dict, dict]:
