@@ -73,6 +73,27 @@ def _fetch_tuples(conn: sa.Connection, query: sa.Select) -> list[tuple]:
 
 
 
+_SEPARATOR = "\x1f"  # ASCII unit separator: subjects are keyed references, never hold one
+
+
+def _fetch_subjects(conn: sa.Connection, *where: sa.ColumnElement[bool]) -> list[str]:
+    """The subjects of the state rows matching ``where``, joined into one string by the
+    database and split here: a million subjects fetched as rows cost ~0.8 us each (a tuple and
+    a string per row through the driver), as one string a few hundredths of that.
+
+    The count comes along; if a subject held the separator the split would not add up, and
+    the rows are fetched one by one instead.
+    """
+    t = consent_state
+    joined = (sa.func.string_agg(t.c.subject, _SEPARATOR) if conn.dialect.name == "postgresql"
+              else sa.func.group_concat(t.c.subject, _SEPARATOR))
+    text, count = conn.execute(sa.select(joined, sa.func.count()).where(*where)).one()
+    subjects = text.split(_SEPARATOR) if text else []
+    if len(subjects) != count:
+        return [s for (s,) in _fetch_tuples(conn, sa.select(t.c.subject).where(*where))]
+    return subjects
+
+
 def _order(at: datetime, kind: str) -> int:
     """The event's order key: later first, and at the same time a withdrawal or opt-out first.
 
@@ -173,14 +194,15 @@ class ConsentRegistry:
             from sqlalchemy.dialects.postgresql import insert
         else:
             from sqlalchemy.dialects.sqlite import insert
+        # Each pair once per batch (PostgreSQL refuses to update a row twice in one statement,
+        # and SQLAlchemy sends an executemany as multi-row statements there).
         stmt = insert(consent_state)
         stmt = stmt.on_conflict_do_update(
             index_elements=[consent_state.c.purpose, consent_state.c.subject],
             set_={"ord": stmt.excluded.ord},
             where=stmt.excluded.ord > consent_state.c.ord,
         )
-        for start in range(0, len(rows), 10_000):
-            conn.execute(stmt, rows[start : start + 10_000])
+        conn.execute(stmt, rows)
 
     def record_gpc(self, subject: str, *, at: datetime | None = None) -> None:
         """A Global Privacy Control signal: opt the subject out of sale and sharing."""
@@ -311,7 +333,7 @@ class ConsentRegistry:
             for subject, order in _fetch_tuples(conn, sa.select(t.c.subject, t.c.ord).where(t.c.purpose == key)):
                 if order > others.get(subject, -1):
                     others[subject] = order
-        own = [s for (s,) in _fetch_tuples(conn, sa.select(t.c.subject).where(t.c.purpose == purpose, t.c.ord % 2 == 0))]
+        own = _fetch_subjects(conn, t.c.purpose == purpose, t.c.ord % 2 == 0)
         if not others:
             return set(own)
         contested = sa.select(t.c.subject).where(t.c.purpose.in_([k for k in keys if k != purpose])).scalar_subquery()
