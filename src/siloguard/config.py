@@ -55,7 +55,7 @@ class DataSettings(_Section):
     )
     split_date: date | None = Field(None, description="first test day; None = last test_weeks of the file")
     test_weeks: int = Field(4, ge=1, le=52)
-    uk_stores: int = Field(4, ge=1, le=64, description="stores the home country is split into")
+    uk_stores: int = Field(4, ge=1, le=512, description="stores the home country is split into")
     min_store_customers: int = Field(30, ge=1, description="a country with fewer customers joins 'international'")
 
 

@@ -25,7 +25,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from siloguard.api.protect import Protect, rate_storage
+from siloguard.api.protect import Protect, rate_storage, storage_reachable
 
 REDIS = "redis://127.0.0.1:6379/0"
 SILOGUARD = [sys.executable, "-m", "siloguard.cli"]
@@ -40,7 +40,7 @@ def _free_port() -> int:
 @pytest.fixture
 def site(tmp_path: Path) -> dict[str, str]:
     """Environment of a migrated service database and a run of two stores."""
-    if not rate_storage(REDIS).check():
+    if not storage_reachable(REDIS):
         pytest.fail(f"Redis does not answer at {REDIS}: start redis-server (.ci/run does)")
     work = tmp_path / "run"
     work.mkdir()

@@ -25,7 +25,7 @@ from fastapi.routing import APIRoute
 
 from siloguard.api.auth import Authorizer
 from siloguard.api.errors import ERROR_RESPONSES, ApiError, install_error_handlers
-from siloguard.api.protect import Protect, rate_storage
+from siloguard.api.protect import Protect, rate_storage, storage_reachable
 from siloguard.config import Settings
 from siloguard.dsr.service import DsrService
 from siloguard.storage.db import create_engine, head_revision, require_current_schema
@@ -96,7 +96,7 @@ def create_app(settings: Settings, *, service: DsrService | None = None) -> Fast
     engine = create_engine(settings.database.url, **api_pool(settings))
     require_current_schema(engine)
     storage = rate_storage(settings.api.rate_storage, key_prefix=settings.api.rate_key_prefix)
-    if not storage.check():
+    if not storage_reachable(settings.api.rate_storage):
         from siloguard.errors import ConfigError
 
         raise ConfigError(f"cannot reach the rate-limit storage api.rate_storage={_shown(settings.api.rate_storage)}: "

@@ -30,13 +30,14 @@ import time
 from typing import Any
 
 from limits import parse
+from limits.aio.storage import MemoryStorage, Storage
+from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from limits.errors import ConfigurationError, StorageError
-from limits.storage import MemoryStorage, Storage, storage_from_string
-from limits.strategies import SlidingWindowCounterRateLimiter
+from limits.storage import storage_from_string
 
 from siloguard.config import ApiSettings
 
-__all__ = ["Protect", "error_body", "headers_too_large_message", "rate_storage"]
+__all__ = ["Protect", "error_body", "headers_too_large_message", "rate_storage", "storage_reachable"]
 
 access_log = logging.getLogger("siloguard.api.access")
 
@@ -67,22 +68,39 @@ def _error(status: int, code: str, message: str, headers: list[tuple[bytes, byte
     return start, {"type": "http.response.body", "body": body}
 
 
+def _check_uri(uri: str) -> None:
+    from siloguard.errors import ConfigError
+
+    if uri != "memory://" and not uri.startswith(("redis://", "rediss://", "redis+unix://")):
+        raise ConfigError(f"api.rate_storage {uri.split(':', 1)[0]!r}: use memory:// or redis://HOST:6379/0")
+
+
 def rate_storage(uri: str, *, key_prefix: str = "siloguard") -> Storage:
-    """The ``limits`` storage for ``api.rate_storage``; a URI it does not take is a ConfigError.
+    """The ``limits`` storage for ``api.rate_storage``, in its asyncio form: the middleware runs
+    on the event loop, and a blocking Redis round trip there would hold up every connection of
+    the worker. A URI it does not take is a ConfigError.
 
     Shared storages wrap their errors (``limits.errors.StorageError``), so a Redis that went
-    away is one kind of error to refuse on. Nothing is connected here: :meth:`Protect.check_storage`.
+    away is one kind of error to refuse on. Nothing is connected here (:func:`storage_reachable`).
     """
     from siloguard.errors import ConfigError
 
+    _check_uri(uri)
     if uri == "memory://":
         return MemoryStorage()
-    if not uri.startswith(("redis://", "rediss://", "redis+unix://")):
-        raise ConfigError(f"api.rate_storage {uri.split(':', 1)[0]!r}: use memory:// or redis://HOST:6379/0")
     try:
-        return storage_from_string(uri, wrap_exceptions=True, key_prefix=f"{key_prefix}:rate")
+        return storage_from_string("async+" + uri, wrap_exceptions=True, key_prefix=f"{key_prefix}:rate",
+                                   implementation="redispy")
     except ConfigurationError as exc:  # e.g. the redis client is not installed
         raise ConfigError(f"api.rate_storage: {exc}") from None
+
+
+def storage_reachable(uri: str) -> bool:
+    """Whether the storage answers now (a blocking ping, for start-up checks outside the event loop)."""
+    _check_uri(uri)
+    if uri == "memory://":
+        return True
+    return bool(storage_from_string(uri, wrap_exceptions=True).check())
 
 
 class Protect:
@@ -128,7 +146,7 @@ class Protect:
                 state["status"] = message["status"]
             await send(message)
 
-        refusal = self._refuse(scope, headers)
+        refusal = await self._refuse(scope, headers)
         if refusal is not None:
             start, body = refusal
             await send_logged(start)
@@ -161,7 +179,7 @@ class Protect:
             pass
         self._log(scope, state["status"], started)
 
-    def _refuse(self, scope: Scope, headers: dict[bytes, bytes]) -> tuple[dict, dict] | None:
+    async def _refuse(self, scope: Scope, headers: dict[bytes, bytes]) -> tuple[dict, dict] | None:
         raw = scope.get("headers") or []
         if len(raw) > self.max_headers or sum(len(name) + len(value) for name, value in raw) > self.max_header_bytes:
             return _error(431, "headers_too_large", headers_too_large_message(self.max_headers, self.max_header_bytes))
@@ -176,13 +194,13 @@ class Protect:
         client = scope.get("client")
         ip = client[0] if client else "unknown"
         try:
-            if not self.limiter.hit(self.per_ip, "ip", ip):
-                return self._limited(self.per_ip, "ip", ip, "this address")
+            if not await self.limiter.hit(self.per_ip, "ip", ip):
+                return await self._limited(self.per_ip, "ip", ip, "this address")
             auth = headers.get(b"authorization")
             if auth:
                 key = hashlib.sha256(auth).hexdigest()[:32]
-                if not self.limiter.hit(self.per_key, "key", key):
-                    return self._limited(self.per_key, "key", key, "this credential")
+                if not await self.limiter.hit(self.per_key, "key", key):
+                    return await self._limited(self.per_key, "key", key, "this credential")
         except StorageError:
             # Fail closed: a request that cannot be counted is not served.
             access_log.warning("rate-limit storage unreachable; refusing the request")
@@ -190,9 +208,9 @@ class Protect:
                           [(b"retry-after", b"1")])
         return None
 
-    def _limited(self, limit: Any, *ids: str) -> tuple[dict, dict]:
+    async def _limited(self, limit: Any, *ids: str) -> tuple[dict, dict]:
         *keys, who = ids
-        reset = self.limiter.get_window_stats(limit, *keys).reset_time
+        reset = (await self.limiter.get_window_stats(limit, *keys)).reset_time
         retry = max(1, math.ceil(reset - time.time()))
         return _error(
             429, "rate_limited", f"too many requests from {who}; retry after {retry} s",
