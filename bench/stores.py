@@ -93,6 +93,8 @@ def main() -> None:
     parser.add_argument("--no-dp", action="store_true")
     parser.add_argument("--every", type=float, default=1.0, help="seconds between memory samples")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--timeout", type=float, default=None,
+                        help="stop the run after this many seconds (the rounds done so far are still recorded)")
     args = parser.parse_args()
     label = "nodp" if args.no_dp else "dp"
     out = args.out or ROOT / "bench" / "results" / f"stores-{label}.json"
@@ -108,10 +110,25 @@ def main() -> None:
                                 env=os.environ | {"COLUMNS": "200", "FLWR_TELEMETRY_ENABLED": "0"})
         sampler = Sampler(proc.pid, args.every)
         sampler.start()
-        lines = []
+        lines: list[str] = []
+        timed_out = threading.Event()
+        if args.timeout:
+            def stop() -> None:
+                timed_out.set()
+                for pid in reversed(_tree(proc.pid)):
+                    try:
+                        os.kill(pid, 9)
+                    except OSError:
+                        pass
+            timer = threading.Timer(args.timeout, stop)
+            timer.daemon = True
+            timer.start()
         assert proc.stdout is not None
+        arrived: list[float] = []
         for line in proc.stdout:
             lines.append(line.rstrip("\n"))
+            if line.startswith("round "):
+                arrived.append(round(time.perf_counter() - started, 1))
             print(line, end="", flush=True)
         rc = proc.wait()
         wall = time.perf_counter() - started
@@ -120,22 +137,24 @@ def main() -> None:
         load_after = os.getloadavg()
         rounds_file = run / "coordinator" / "rounds.json"
         rounds = json.loads(rounds_file.read_text())["rounds"] if rounds_file.is_file() else []
-    stores = len(rounds[-1]["per_store"]) if rounds else 0
+    stores = len(rounds[-1]["per_store"]) if rounds else args.stores
+    done = [line for line in lines if line.startswith("round ")]
     result = {
         "command": " ".join(cmd[1:]).replace(tmp, "$TMP"),
-        "exit_code": rc, "wall_s": round(wall, 1), "stores": stores, "rounds": len(rounds),
+        "exit_code": rc, "timed_out": timed_out.is_set(), "wall_s": round(wall, 1), "stores": stores, "rounds": len(rounds) or len(done),
         "peak_rss_mib": round(sampler.peak_rss / 1024, 1), "peak_pss_mib": round(sampler.peak_pss / 1024, 1),
         "peak_processes": sampler.peak_processes, "samples": sampler.samples,
         "pss_mib_per_store": round(sampler.peak_pss / 1024 / max(stores, 1), 2),
         "loadavg_before": [round(x, 2) for x in load_before], "loadavg_after": [round(x, 2) for x in load_after],
-        "round_lines": [line for line in lines if line.startswith("round ")],
+        "round_lines": done,
+        "round_done_at_s": arrived,  # seconds from the start of the command to each round line
         "rounds_detail": rounds,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"\n| stores | rounds | DP | wall | peak RSS (tree) | peak PSS (tree) | processes | load before / after | exit |")
     print("|---|---|---|---|---|---|---|---|---|")
-    print(f"| {stores} | {len(rounds)} | {'no' if args.no_dp else 'yes'} | {wall:.0f} s | {result['peak_rss_mib']:,} MiB | "
+    print(f"| {stores} | {result['rounds']}{' (stopped)' if timed_out.is_set() else ''} | {'no' if args.no_dp else 'yes'} | {wall:.0f} s | {result['peak_rss_mib']:,} MiB | "
           f"{result['peak_pss_mib']:,} MiB | {sampler.peak_processes} | {load_before[0]:.2f} / {load_after[0]:.2f} | {rc} |")
     print(f"wrote {out}")
 

@@ -338,10 +338,9 @@ class ConsentRegistry:
             return set(own)
         contested = sa.select(t.c.subject).where(t.c.purpose.in_([k for k in keys if k != purpose])).scalar_subquery()
         mine = dict(_fetch_tuples(conn, sa.select(t.c.subject, t.c.ord).where(t.c.purpose == purpose, t.c.subject.in_(contested))))
-        granted = {s for s in own if s not in others}
-        for subject, order in others.items():
-            if max(order, mine.get(subject, -1)) % 2 == 0:
-                granted.add(subject)
+        granted = set(own)
+        granted.difference_update(others)  # the ancestors speak for these too: decided below
+        granted.update(s for s, order in others.items() if max(order, mine.get(s, -1)) % 2 == 0)
         return granted
 
     def subjects_with_basis(self, purpose: str, subject_ids: Collection[str], at: datetime) -> set[str]:
