@@ -107,7 +107,7 @@ def main() -> None:
         load_before = os.getloadavg()
         started = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                env=os.environ | {"COLUMNS": "200", "FLWR_TELEMETRY_ENABLED": "0"})
+                                env=os.environ | {"COLUMNS": "200", "FLWR_TELEMETRY_ENABLED": "0", "PYTHONUNBUFFERED": "1"})
         sampler = Sampler(proc.pid, args.every)
         sampler.start()
         lines: list[str] = []
