@@ -1,9 +1,10 @@
 """Privacy API load benchmark: consent lookups and DSR submissions at a fixed rate.
 
-    .venv/bin/python bench/api.py                                   # SQLite file
-    .venv/bin/python bench/api.py --db postgresql+psycopg://postgres@127.0.0.1:5432/test
+    .venv/bin/python bench/api.py --workers 2                       # SQLite file
+    .venv/bin/python bench/api.py --workers 2 --db postgresql+psycopg://postgres@127.0.0.1:5432/test
 
-Starts ``siloguard serve`` as its own process on loopback over a fresh database (a SQLite
+Starts ``siloguard serve --workers N`` as its own process on loopback (N > 1: the rate limits
+counted in Redis at --redis, as a deployment with several workers must) over a fresh database (a SQLite
 file, or a fresh schema of the PostgreSQL database given, dropped afterwards) and a prepared
 run of three stores, then drives it from this process with an open-loop load: requests are
 sent on a fixed schedule (--rate per second for --duration seconds) whether or not earlier
@@ -65,7 +66,7 @@ def database(url: str | None, tmp: Path) -> Iterator[str]:
         admin.dispose()
 
 
-def prepare(tmp: Path, url: str) -> dict[str, str]:
+def prepare(tmp: Path, url: str, rate_storage: str = "memory://") -> dict[str, str]:
     work = tmp / "run"
     (work / "stores").mkdir(parents=True)
     (work / "run.json").write_text(json.dumps({"stores": list(STORES)}))
@@ -82,6 +83,8 @@ def prepare(tmp: Path, url: str) -> dict[str, str]:
         "SILOGUARD_AUDIT__SIGNING_KEY": str(tmp / "none.key"),
         "SILOGUARD_API__RATE_PER_KEY": "1000000/minute",
         "SILOGUARD_API__RATE_PER_IP": "1000000/minute",
+        "SILOGUARD_API__RATE_STORAGE": rate_storage,
+        "SILOGUARD_API__RATE_KEY_PREFIX": "bench-" + secrets.token_hex(4),
         "SILOGUARD_API__RESUME_EVERY_SECONDS": "3600",
         "FLWR_TELEMETRY_ENABLED": "0",
     }
@@ -90,9 +93,16 @@ def prepare(tmp: Path, url: str) -> dict[str, str]:
 
 
 def server_cpu(pid: int) -> float:
-    """CPU seconds (user + system) the server process used so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU seconds (user + system) the server process and its workers used so far (Linux /proc)."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(stat.parent.name) == pid or int(fields[1]) == pid:
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -206,17 +216,21 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=200.0)
     parser.add_argument("--duration", type=float, default=60.0)
     parser.add_argument("--subjects", type=int, default=50)
+    parser.add_argument("--workers", type=int, default=2, help="server processes (siloguard serve --workers)")
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379/0", help="rate-limit storage when --workers > 1")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "api.json")
     args = parser.parse_args()
     backend = "postgresql" if args.db else "sqlite"
+    load_before = list(os.getloadavg())
 
     with tempfile.TemporaryDirectory() as tmpdir, database(args.db, Path(tmpdir)) as url:
         tmp = Path(tmpdir)
-        env = prepare(tmp, url)
+        env = prepare(tmp, url, args.redis if args.workers > 1 else "memory://")
         port = free_port()
         base = f"http://127.0.0.1:{port}"
         log = open(tmp / "server.log", "wb")
-        proc = subprocess.Popen([SILOGUARD, "serve", "--port", str(port)], env=env, stdout=log, stderr=log)
+        proc = subprocess.Popen([SILOGUARD, "serve", "--port", str(port), "--workers", str(args.workers)],
+                                env=env, stdout=log, stderr=log)
         try:
             wait_ready(base, proc)
             tokens = subject_tokens(base, url, args.subjects)
@@ -237,8 +251,9 @@ def main() -> None:
                 os.kill(proc.pid, signal.SIGKILL)
             log.close()
 
-    result = {"backend": backend, "rate": args.rate, "duration_s": args.duration, "consent_lookup": consent,
+    result = {"backend": backend, "workers": args.workers, "loadavg_before_after": [load_before, list(os.getloadavg())], "rate": args.rate, "duration_s": args.duration, "consent_lookup": consent,
               "dsr_submission": dsr, "machine": {"cpus": os.cpu_count(), "python": platform.python_version()}}
+    print(f"workers {args.workers}; load average before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f}")
     print("| backend | scenario | sent | ok | achieved req/s | p50 ms | p99 ms | max ms | server CPU ms/req | goal p99 |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name, r, goal in (("consent lookup", consent, "< 10 ms"), ("DSR submission", dsr, "< 50 ms")):

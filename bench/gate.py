@@ -238,9 +238,23 @@ def main() -> None:
     parser.add_argument("--rules", type=int, default=3_000)
     parser.add_argument("--policy-requests", type=int, default=2_000)
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("results") / "gate.json")
+    parser.add_argument("--policy-only", action="store_true",
+                        help="only the policy part; prints its table and writes bench/results/gate_policy.json")
     args = parser.parse_args()
 
     load_before = os.getloadavg()
+    if args.policy_only:
+        with tempfile.TemporaryDirectory() as d:
+            policy = bench_policy(args, Path(d))
+        out = args.out.with_name("gate_policy.json")
+        policy |= {"when": datetime.now(UTC).isoformat(timespec="seconds"),
+                   "loadavg_1m_before": round(load_before[0], 2), "loadavg_1m_after": round(os.getloadavg()[0], 2)}
+        out.write_text(json.dumps(policy, indent=2) + "\n")
+        for kind in ("uncached", "cached"):
+            p = policy[kind]
+            print(f"| policy decide, {policy['rules']:,} rules, {kind} | p50 {p['p50_us']} us, p99 {p['p99_us']} us |")
+        print(f"| load average (1 min) before / after | {policy['loadavg_1m_before']} / {policy['loadavg_1m_after']} |")
+        return
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         print("masking ...", file=sys.stderr)

@@ -163,3 +163,27 @@ def test_model_show_summarises_and_json_gives_the_whole_manifest(tmp_path: Path)
     assert len(short.output.splitlines()) < 10
     full = runner.invoke(app, ["model", "show", "--out", str(tmp_path / "run"), "--json"])
     assert json.loads(full.output)["history"] == manifest["history"]
+
+
+def test_when_a_round_has_150_stores_then_its_progress_is_one_short_line_and_the_json_has_every_store(tmp_path: Path) -> None:
+    import json
+
+    from siloguard.cli import round_line, write_rounds
+    from siloguard.federation.strategy import RoundReport
+
+    stores = [f"united-kingdom-{i}" for i in range(1, 151)]
+    report = RoundReport(
+        server_round=3,
+        train={s: {"epsilon": 1.0 + i / 100, "examples": 10.0} for i, s in enumerate(stores[:140])},
+        evaluate={s: {"ndcg@10": i / 1000, "new.ndcg@10": 0.01, "users": 5.0} for i, s in enumerate(stores)},
+        skipped=stores[140:148], dropped=stores[148:],
+        rejected={stores[0]: "norm"},
+    )
+    line = round_line(report, 10)
+    assert "\n" not in line and len(line) < 220, line
+    assert "round 3/10" in line and "stores trained 139, skipped 8, dropped 2, rejected 1" in line
+    assert "store NDCG@10 min/med/max 0.000/0.074/0.149" in line and "epsilon 1.00-2.39" in line
+    assert not any(s in line for s in stores)  # no store names: their figures go to the JSON
+    rounds = json.loads(write_rounds(tmp_path / "rounds.json", {3: report}).read_text())["rounds"]
+    assert len(rounds) == 1 and len(rounds[0]["per_store"]) == 150
+    assert rounds[0]["per_store"][stores[5]]["evaluate"]["ndcg@10"] == 0.005 and rounds[0]["skipped"] == sorted(stores[140:148])

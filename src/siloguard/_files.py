@@ -1,13 +1,40 @@
-"""Writing files so a reader never sees half of one; reading the page templates a package ships."""
+"""Writing files so a reader never sees half of one; reading parsed files once per process; the page templates a package ships."""
 
 from __future__ import annotations
 
+import copy
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-__all__ = ["templates", "write_atomic"]
+T = TypeVar("T")
+
+__all__ = ["parsed_once", "templates", "write_atomic"]
+
+_PARSED: dict[tuple[object, ...], object] = {}
+
+
+def parsed_once(kind: str, directory: Path, pattern: str, parse: Callable[[], T]) -> T:
+    """``parse()`` of the files ``pattern`` names in ``directory``, parsed again only when one of
+    them changed (path, size and modification time), and handed out as a deep copy so that no
+    caller can change another's.
+
+    Why: a store site opens its records, data maps and rules on every message of a run (a
+    store's round), and parsing the YAML took a fifth of a small store's round in a profile.
+    """
+    base = Path(directory)
+    try:
+        stats = tuple((p.name, st.st_size, st.st_mtime_ns) for p in sorted(base.glob(pattern)) for st in [p.stat()])
+    except OSError:
+        return parse()
+    key = (kind, str(base.resolve()), pattern, stats)
+    if key not in _PARSED:
+        if len(_PARSED) > 64:
+            _PARSED.clear()
+        _PARSED[key] = parse()
+    return copy.deepcopy(_PARSED[key])  # type: ignore[return-value]
 
 
 def write_atomic(path: Path, data: bytes, *, mode: int = 0o644) -> None:

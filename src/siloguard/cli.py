@@ -129,7 +129,87 @@ def _results_table(title: str, per_store: dict[str, dict[str, float]], overall: 
     return table
 
 
-def _run(out: Path, settings: Settings, *, verbose: bool) -> None:
+_PER_STORE_ROWS = 20  # more stores than this: the final table is a summary unless --per-store
+
+
+def _spread(values: list[float]) -> str:
+    """min/median/max of store figures, or - when there are none."""
+    import statistics
+
+    clean = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not clean:
+        return "-"
+    return f"{min(clean):.3f}/{statistics.median(clean):.3f}/{max(clean):.3f}"
+
+
+def round_line(report: Any, rounds: int) -> str:
+    """One line per round at any number of stores: the overall figures and a summary of the stores.
+
+    Stores trained (their update went into the model), skipped (at their privacy budget),
+    dropped (no reply) and rejected (refused by the aggregator), min/median/max of the stores'
+    NDCG@10 and the range of privacy spent; the per-store figures go to rounds.json.
+    """
+    overall = report.overall
+    ndcg = [m.get("ndcg@10") for m in report.evaluate.values()]
+    spent = [m["epsilon"] for m in report.train.values() if "epsilon" in m]
+    parts = [
+        f"round {report.server_round}/{rounds}: NDCG@10 {_fmt(overall.get('ndcg@10'))} (new items {_fmt(overall.get('new.ndcg@10'))})",
+        f"stores trained {len(report.participants)}, skipped {len(report.skipped)}, dropped {len(report.dropped)}"
+        + (f", rejected {len(report.rejected)}" if report.rejected else "")
+        + (f", failed {report.failures}" if report.failures else ""),
+        f"store NDCG@10 min/med/max {_spread(ndcg)}",
+    ]
+    if spent:
+        parts.append(f"epsilon {min(spent):.2f}-{max(spent):.2f}")
+    return "  ".join(parts)
+
+
+def write_rounds(path: Path, reports: dict[int, Any]) -> Path:
+    """Every round's per-store figures (training, evaluation, budget, skipped, dropped), as JSON."""
+    import json
+
+    def clean(metrics: dict[str, Any]) -> dict[str, Any]:
+        return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
+
+    rows = [{
+        "round": r.server_round,
+        "overall": clean(r.overall),
+        "trained": r.participants,
+        "skipped": sorted(r.skipped),
+        "dropped": sorted(r.dropped),
+        "rejected": dict(sorted(r.rejected.items())),
+        "failures": r.failures,
+        "per_store": {store: {"train": clean(r.train.get(store, {})), "evaluate": clean(r.evaluate.get(store, {}))}
+                      for store in sorted(set(r.train) | set(r.evaluate))},
+    } for _, r in sorted(reports.items())]
+    path.write_text(json.dumps({"rounds": rows}, indent=1) + "\n")
+    return path
+
+
+def _summary_table(title: str, per_store: dict[str, dict[str, float]], overall: dict[str, float]) -> Table:
+    """The final figures for many stores: overall, and min/median/max over the stores."""
+    table = Table(title=title, title_justify="left")
+    table.add_column("")
+    table.add_column("test customers", justify="right")
+    for m in _METRICS:
+        table.add_column(m.upper(), justify="right")
+    table.add_column("NDCG@10 new items", justify="right")
+    table.add_row("overall (weighted)", _fmt(int(overall.get("users", 0))), *(_fmt(overall.get(k)) for k in _METRICS),
+                  _fmt(overall.get("new.ndcg@10")), style="bold")
+    import statistics
+
+    for name, pick in (("store min", min), ("store median", statistics.median), ("store max", max)):
+        def cell(key: str) -> str:
+            values = [m.get(key) for m in per_store.values()]
+            values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+            return _fmt(float(pick(values))) if values else "-"
+
+        users = [m.get("users", 0) for m in per_store.values()]
+        table.add_row(name, _fmt(int(pick(users))) if users else "-", *(cell(k) for k in _METRICS), cell("new.ndcg@10"))
+    return table
+
+
+def _run(out: Path, settings: Settings, *, verbose: bool, per_store: bool = False) -> None:
     from siloguard.federation.runner import run_federation
     from siloguard.runs import run_settings
     from siloguard.sites import lay_out, layout
@@ -186,26 +266,20 @@ def _run(out: Path, settings: Settings, *, verbose: bool) -> None:
     last: dict[str, Any] = {}
 
     def on_round(report: Any) -> None:
-        overall = report.overall
-        stores = "  ".join(
-            f"{s}:{_fmt(m.get('ndcg@10'))}" for s, m in sorted(report.evaluate.items())
-        )
-        spent = [m["epsilon"] for m in report.train.values() if "epsilon" in m]
-        privacy = f"  max epsilon {max(spent):.2f}" if spent else ""
-        progress.console.print(
-            f"round {report.server_round}/{rounds}: NDCG@10 {_fmt(overall.get('ndcg@10'))} "
-            f"(new items {_fmt(overall.get('new.ndcg@10'))}){privacy}  [dim]{stores}[/]"
-            + (f"  [yellow]at budget, skipped: {', '.join(report.skipped)}[/]" if report.skipped else "")
-            + (f"  [red]{report.failures} store(s) failed[/]" if report.failures else "")
-        )
-        progress.update(task, advance=1, status=f"NDCG@10 {_fmt(overall.get('ndcg@10'))}")
+        progress.console.print(round_line(report, rounds), soft_wrap=False)
+        progress.update(task, advance=1, status=f"NDCG@10 {_fmt(report.overall.get('ndcg@10'))}")
         last["report"] = report
 
     with progress:
         task = progress.add_task("train", total=rounds, status="starting Flower simulation engine")
         outcome = run_federation(coordinator, prepared, on_round, verbose=verbose)
     report = last.get("report") or outcome.reports[max(outcome.reports)]
-    console.print(_results_table("Final model, full ranking on the test period", report.evaluate, report.overall))
+    rounds_file = write_rounds(Path(coordinator.work_dir) / "rounds.json", outcome.reports)
+    if per_store or len(report.evaluate) <= _PER_STORE_ROWS:
+        console.print(_results_table("Final model, full ranking on the test period", report.evaluate, report.overall))
+    else:
+        console.print(_summary_table("Final model, full ranking on the test period", report.evaluate, report.overall))
+        console.print(f"[dim]{len(report.evaluate)} stores: one row per store with --per-store; every round per store in {rounds_file}[/]")
     _print_privacy(coordinator, outcome.model_dir)
     from siloguard.sites import distribute_model
 
@@ -253,6 +327,8 @@ EpochsOpt = Annotated[Optional[int], typer.Option("--local-epochs", help="Passes
 DimOpt = Annotated[Optional[int], typer.Option("--dim", help="Item/customer embedding size. \\[default: 32]")]
 SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Seed for initialisation and sampling. \\[default: 0]")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", help="Show Flower's and Ray's logs.")]
+PerStoreOpt = Annotated[bool, typer.Option(
+    "--per-store", help="The final table with one row per store (by default above 20 stores: min/median/max). Every round per store is in coordinator/rounds.json either way.")]
 DpOpt = Annotated[
     Optional[bool],
     typer.Option("--dp/--no-dp", help="Customer-level DP-SGD in every store. \\[default: on]"),
@@ -318,13 +394,14 @@ def demo(
     rounds: RoundsOpt = None,
     dp: DpOpt = None,
     verbose: VerboseOpt = False,
+    per_store: PerStoreOpt = False,
 ) -> None:
     """Federated training on the embedded Online Retail sample, with defaults (DP on)."""
     settings = _settings(
         out=out, data=None, split_date=None, test_weeks=None, stores=None, rounds=rounds,
         local_epochs=None, dim=None, seed=None, dp=dp,
     )
-    _run(out, settings, verbose=verbose)
+    _run(out, settings, verbose=verbose, per_store=per_store)
 
 
 @app.command()
@@ -346,6 +423,7 @@ def train(
     noise_multiplier: NoiseOpt = None,
     out: Annotated[Path, typer.Option("--out", help="Run directory: stores/<store>/ sites, coordinator/ (catalogue, model + manifest); privacy/ once `serve --run` uses it.")] = Path("runs/train"),
     verbose: VerboseOpt = False,
+    per_store: PerStoreOpt = False,
 ) -> None:
     """Federated training on your own Online Retail file; saves the global model with a manifest."""
     if data is None:
@@ -355,7 +433,7 @@ def train(
         rounds=rounds, local_epochs=local_epochs, dim=dim, seed=seed, dp=dp,
         epsilon_cap=epsilon_cap, noise_multiplier=noise_multiplier,
     )
-    _run(out, settings, verbose=verbose)
+    _run(out, settings, verbose=verbose, per_store=per_store)
 
 
 def main() -> None:

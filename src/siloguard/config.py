@@ -56,7 +56,7 @@ class DataSettings(_Section):
     )
     split_date: date | None = Field(None, description="first test day; None = last test_weeks of the file")
     test_weeks: int = Field(4, ge=1, le=52)
-    uk_stores: int = Field(4, ge=1, le=64, description="stores the home country is split into")
+    uk_stores: int = Field(4, ge=1, le=512, description="stores the home country is split into")
     min_store_customers: int = Field(30, ge=1, description="a country with fewer customers joins 'international'")
 
 
@@ -174,6 +174,19 @@ class ApiSettings(_Section):
     )
     rate_per_key: str = Field("600/minute", description="requests per API key or subject token (limits syntax)")
     rate_per_ip: str = Field("300/minute", description="requests per client address (limits syntax)")
+    rate_storage: str = Field(
+        "memory://",
+        description="where the rate limits count (a limits storage URI): memory:// = in the one server process "
+        "(development); redis://HOST:6379/0 = shared by every worker and server (required for --workers above 1)",
+    )
+    rate_key_prefix: str = Field(
+        "siloguard", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$",
+        description="prefix of the rate-limit counters in a shared storage (one per deployment sharing a Redis)",
+    )
+    workers: int = Field(1, ge=1, le=64, description="server processes (`siloguard serve --workers N`)")
+    db_pool: int = Field(
+        20, ge=1, le=200, description="PostgreSQL connections each server process keeps open (plus half as many more in a burst)"
+    )
     trusted_proxies: tuple[str, ...] = Field(
         (),  # a tuple: settings are hashable (cached per process)
         description="addresses or networks (e.g. 10.0.0.5, 10.0.0.0/24) of reverse proxies whose X-Forwarded-For / "

@@ -133,3 +133,25 @@ def test_when_consent_is_imported_from_the_cli_then_bad_lines_are_named_and_noth
     assert result.exit_code == 0, result.output
     assert out.stat().st_mode & 0o077 == 0
     assert list(pd.read_csv(out).columns) == ["customer_id", "rank", "segment", "basis", "score", "spend", "currency", "as_of"]
+
+
+def test_when_the_consent_state_was_changed_then_rebuild_state_restores_it_from_the_events(run) -> None:
+    import sqlalchemy as sa
+
+    from siloguard.policies.consent import ConsentRegistry
+
+    settings, _ = run
+    registry = ConsentRegistry(settings.database.url)
+    try:
+        assert registry.state_differences()["rows"] > 0
+        with registry.engine.begin() as conn:
+            conn.execute(sa.text("DELETE FROM consent_state WHERE purpose = 'personalize.profiling'"))
+        broken = registry.state_differences()
+        assert broken["missing"] > 0
+        env = {"SILOGUARD_DATABASE__URL": settings.database.url, "SILOGUARD_KEYS__ROOT": str(settings.keys.root)}
+        result = CliRunner().invoke(app, ["consent", "rebuild-state", "--out", str(settings.work_dir)], env=env)
+        assert result.exit_code == 0, result.output
+        assert f"{broken['missing']:,} missing or wrong" in result.output
+        assert registry.state_differences()["missing"] == registry.state_differences()["extra"] == 0
+    finally:
+        registry.close()

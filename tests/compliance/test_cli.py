@@ -183,7 +183,7 @@ def test_check_ends_with_a_summary_line_and_refuses_a_run_that_is_not_there(env:
     passed = runner.invoke(app, ["check", "--as-of", "data"])
     assert passed.exit_code == 0, passed.output
     last = passed.output.strip().splitlines()[-1]
-    assert last.startswith("OK: 14 rules on ") and "0 failed" in last
+    assert last.startswith("OK: 15 rules on ") and "0 failed" in last
     failed = runner.invoke(app, ["check", "--as-of", "now"])
     assert failed.exit_code == 1 and failed.output.strip().splitlines()[-1].startswith("FAILED: ")
     missing = runner.invoke(app, ["check", "--run", str(env / "nothere")])

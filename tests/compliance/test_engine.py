@@ -20,7 +20,7 @@ SHIPPED = (RULES_DIR / "gdpr_ccpa.yaml").read_text()
 
 def test_the_shipped_rules_cover_the_issue_and_name_their_sources() -> None:
     rules = load_rules()
-    assert len(rules) == 14
+    assert len(rules) == 15
     assert all(r.source and r.fix and r.condition for r in rules.values())
     training = {r.id for r in select_rules(rules, scope="training")}
     assert "storage-limitation" not in training and "breach-notification" not in training and "lawful-basis" in training
@@ -86,3 +86,21 @@ def test_results_become_valid_audit_events(tiny_settings) -> None:
     summary = sink.events[-1]
     assert summary.decision == ("deny" if failed_errors(results) else "allow")
     assert summary.counts["rules"] == 3
+
+
+def test_records_are_parsed_once_per_file_state_and_every_caller_gets_its_own_copy(tmp_path: Path) -> None:
+    import os
+    import shutil
+
+    records = tmp_path / "records"
+    shutil.copytree(RECORDS_DIR, records)
+    first, second = load_records(records), load_records(records)
+    assert first == second and first.activities is not second.activities
+    first.activities.clear()  # a caller changing its copy changes nobody else's
+    assert load_records(records).activities == second.activities
+    processing = records / "processing.yaml"
+    text = processing.read_text()
+    controller = load_records(records).controller["name"]
+    processing.write_text(text.replace(controller, controller + " Ltd", 1))
+    os.utime(processing, ns=(processing.stat().st_atime_ns, processing.stat().st_mtime_ns + 1_000_000))
+    assert load_records(records).controller["name"] == controller + " Ltd"  # the changed file is read again

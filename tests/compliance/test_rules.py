@@ -428,3 +428,24 @@ def test_audit_log_without_a_key_is_a_warning(run_rule, settings, tmp_path: Path
     result = run_rule("audit-log-verifies", settings=keyed.with_overrides(audit={"public_key": tmp_path / "missing.pub"}))
     assert result.status == "warning" and not result.is_error
     assert "no trusted public key" in result.outcome.findings[0]
+
+
+# ---- consent state ------------------------------------------------------------------------
+
+
+def test_consent_state_rebuilds_passes_then_fails_when_the_table_was_changed(run_rule, db_settings) -> None:
+    registry = ConsentRegistry(db_settings.database.url)
+    try:
+        registry.record("v1.a", "personalize.profiling", "grant", source="store", at=NOW - timedelta(days=2))
+        registry.record("v1.a", "personalize.profiling", "withdraw", source="web", at=NOW - timedelta(days=1))
+        result = run_rule("consent-state-rebuilds", settings=db_settings)
+        assert result.status == "passed"
+        assert result.outcome.counts == {"events": 2, "state_rows": 1, "missing": 0, "extra": 0}
+        with registry.engine.begin() as conn:
+            conn.execute(sa.text("UPDATE consent_state SET ord = ord - 1"))  # the withdrawal now reads as a grant
+        result = run_rule("consent-state-rebuilds", settings=db_settings)
+        assert result.status == "failed" and result.is_error
+        assert result.outcome.counts["missing"] == 1 and result.outcome.counts["extra"] == 1
+        assert "rebuilt" in result.outcome.findings[0]
+    finally:
+        registry.close()

@@ -159,3 +159,19 @@ def test_review_contact_lists_and_clear_text_settings_are_refused(tmp_path: Path
         NotifySettings(smtp_host="mail.example.com", smtp_tls="none")
     with pytest.raises(ValidationError, match="password in clear"):
         NotifySettings(smtp_host="127.0.0.1", smtp_tls="none", smtp_user="me")
+
+
+def test_review_two_workers_sweeping_at_once_send_each_message_once(api: Api, smtp, tmp_path: Path) -> None:
+    """With several API workers each sweeping the outbox, a message is claimed (deleted) before it is sent."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    inbox, port = smtp
+    contacts = tmp_path / "contacts.csv"
+    contacts.write_text(f"customer_ref,email\n{SUBJECT},subject@example.org\n{OTHER},other@example.org\n")
+    for ref in (SUBJECT, OTHER, SUBJECT):
+        api.submit("access", ref)
+    cfg = NotifySettings(smtp_host="127.0.0.1", smtp_port=port, smtp_tls="none", contacts=contacts)
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: deliver_outbox(api.engine, cfg), range(4)))
+    assert sum(r.sent for r in results) == 3 and len(inbox.messages) == 3  # no message twice
+    assert read_outbox(api.engine) == []

@@ -154,3 +154,116 @@ def test_when_many_subjects_are_asked_then_lookups_and_full_scans_agree(registry
     some = set(rng.sample(sorted(everyone), 2_500))
     assert registry.subjects_with_basis(TARGETED, some, at) == full & some
     assert 0 < len(full) < len(everyone)
+
+
+# ---- the current-state table (0008_consent_state) -------------------------------------------
+
+from hypothesis import HealthCheck, given, settings as hsettings, strategies as st  # noqa: E402
+
+_PURPOSES = ["marketing", "marketing.advertising", TARGETED, "personalize", "personalize.profiling"]
+_event = st.tuples(
+    st.integers(0, 7),  # subject
+    st.sampled_from(_PURPOSES),
+    st.sampled_from(["grant", "withdraw", "opt_out"]),
+    st.integers(-48, 48),  # hours from T0; some events come in after later ones (imports)
+)
+
+
+@hsettings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(history=st.lists(st.lists(_event, min_size=1, max_size=6), min_size=1, max_size=8),
+       erased=st.sets(st.integers(0, 7), max_size=2))
+def test_when_random_histories_are_written_then_the_state_rebuilds_from_the_events_and_answers_alike(
+    registry: ConsentRegistry, history: list[list[tuple[int, str, str, int]]], erased: set[int]
+) -> None:
+    """Random batches of events (in any time order, opt-outs and erasures included): the state
+    table is exactly what the event log gives, and "now" read from it equals the rules replayed
+    in memory over the events (the same examples as the as-of path of the events)."""
+    import uuid
+
+    prefix = f"h{uuid.uuid4().hex[:8]}."  # the fixture's database outlives one example
+    memory = InMemoryConsentSource()
+    subjects = [f"{prefix}{i}" for i in range(8)]
+    for batch in history:
+        registry.record_events([(subjects[s], p, k, "web", None, T0 + timedelta(hours=h)) for s, p, k, h in batch])
+    registry.forget([subjects[i] for i in erased])
+    for batch in history:
+        for s, p, k, h in batch:
+            if s not in erased:
+                (memory.grant if k == "grant" else memory.withdraw)(subjects[s], p, T0 + timedelta(hours=h))
+    diff = registry.state_differences()
+    assert (diff["missing"], diff["extra"]) == (0, 0)
+    now = T0 + timedelta(days=3)  # after every event: answered from the state
+    for purpose in _PURPOSES:
+        expected = memory.subjects_with_basis(purpose, subjects, now)
+        assert {s for s in registry.consented(purpose, now) if s.startswith(prefix)} == expected
+        assert registry.subjects_with_basis(purpose, subjects, now) == expected
+
+
+def test_when_the_state_table_is_changed_behind_the_registry_then_the_check_sees_it_and_a_rebuild_repairs_it(
+    registry: ConsentRegistry,
+) -> None:
+    import sqlalchemy as sa
+
+    registry.record("v1.s1", TARGETED, "grant", source="web", at=T0)
+    registry.record("v1.s1", TARGETED, "withdraw", source="web", at=T0 + timedelta(days=1))
+    registry.record("v1.s2", "marketing", "grant", source="web", at=T0)
+    registry.record("v1.s3", TARGETED, "grant", source="web", at=T0)
+    assert registry.state_differences() == {"missing": 0, "extra": 0, "events": 4, "rows": 3}
+    later = T0 + timedelta(days=2)
+    assert registry.consented(TARGETED, later) == {"v1.s2", "v1.s3"}
+    with registry.engine.begin() as conn:
+        # the withdrawal of s1 rolled back to its grant: a withdrawn consent would read as granted
+        conn.execute(sa.text("UPDATE consent_state SET ord = ord - 1 - 2 * 86400000000 WHERE subject = 'v1.s1'"))
+        conn.execute(sa.text("DELETE FROM consent_state WHERE subject = 'v1.s3'"))
+        conn.execute(sa.text("INSERT INTO consent_state (purpose, subject, ord) VALUES ('personalize', 'v1.zz', 2)"))
+    assert registry.consented(TARGETED, later) == {"v1.s1", "v1.s2"}  # what a broken state would serve
+    diff = registry.state_differences()
+    assert (diff["missing"], diff["extra"]) == (2, 2)
+    assert registry.rebuild_state() == 3
+    assert registry.state_differences() == {"missing": 0, "extra": 0, "events": 4, "rows": 3}
+    assert registry.consented(TARGETED, later) == {"v1.s2", "v1.s3"}
+
+
+def test_when_an_event_lies_ahead_then_now_is_answered_from_the_events(registry: ConsentRegistry) -> None:
+    """A withdrawal recorded for a later time must not end the consent before that time."""
+    registry.record("v1.f", TARGETED, "grant", source="web", at=T0)
+    registry.record("v1.f", TARGETED, "withdraw", source="web", at=T0 + timedelta(days=10))
+    assert registry.consented(TARGETED, T0 + timedelta(days=1)) == {"v1.f"}
+    assert registry.subjects_with_basis(TARGETED, ["v1.f"], T0 + timedelta(days=1)) == {"v1.f"}
+    assert registry.consented(TARGETED, T0 + timedelta(days=11)) == set()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_when_a_database_from_before_the_state_table_is_upgraded_then_the_state_is_filled_from_the_events(
+    backend: str, tmp_path: Path
+) -> None:
+    import sqlalchemy as sa
+
+    from siloguard.storage.db import create_engine, upgrade_database
+
+    with fresh_database(backend, tmp_path) as url:
+        engine = create_engine(url)
+        upgrade_database(engine, "0007_store_tasks")
+        old = [
+            ("v1.a", TARGETED, "grant", 2 * 1000),
+            ("v1.a", TARGETED, "withdraw", 2 * 2000 + 1),
+            ("v1.b", "marketing", "grant", 2 * 1000),
+            ("v1.c", TARGETED, "withdraw", 2 * 500 + 1),
+            ("v1.c", TARGETED, "grant", 2 * 900),
+        ]
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text("insert into consent_events (subject, purpose, kind, source, at, ord) values (:s, :p, :k, 'web', :at, :o)"),
+                [{"s": s, "p": p, "k": k, "at": T0, "o": o} for s, p, k, o in old],
+            )
+        upgrade_database(engine)
+        with engine.connect() as conn:
+            rows = set(conn.execute(sa.text("select purpose, subject, ord from consent_state")).all())
+        engine.dispose()
+        assert rows == {(TARGETED, "v1.a", 4001), ("marketing", "v1.b", 2000), (TARGETED, "v1.c", 1800)}
+        registry = ConsentRegistry(url)
+        try:
+            assert registry.state_differences()["missing"] == 0
+            assert registry.consented(TARGETED, T0) == {"v1.b", "v1.c"}
+        finally:
+            registry.close()

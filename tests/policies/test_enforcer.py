@@ -323,6 +323,7 @@ def test_when_empty_attribute_reaches_casbin_then_matching_functions_refuse_it(s
         values = {"role": "dpo", "principal": "staff:dpo", "store": UK, "category": "user.name", "action": "read", "purpose": LEGAL, "owner": "store"}
         values[field] = ""
         assert shipped._evaluate(AccessRequest(**values)).allowed is False
+        assert shipped._evaluate(AccessRequest(**values), casbin_only=True).allowed is False
 
 
 def test_when_principal_is_named_like_a_role_then_request_is_denied(shipped: PolicyEnforcer) -> None:
@@ -330,11 +331,18 @@ def test_when_principal_is_named_like_a_role_then_request_is_denied(shipped: Pol
     assert not shipped.decide(AccessRequest("dpo", "dpo", UK, "user", "read", LEGAL)).allowed
 
 
-def test_when_evaluation_raises_then_denied(shipped: PolicyEnforcer, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("where", ["casbin", "index"])
+def test_when_evaluation_raises_then_denied(shipped: PolicyEnforcer, monkeypatch: pytest.MonkeyPatch, where: str) -> None:
     def boom(*args: object) -> None:
         raise RuntimeError("matcher exploded")
 
-    monkeypatch.setattr(shipped._casbin, "enforce_ex", boom)
+    if where == "casbin":
+        monkeypatch.setattr(shipped, "_indexable", False)
+        monkeypatch.setattr(shipped._casbin, "enforce_ex", boom)
+    else:
+        from siloguard.policies.enforcer import _RuleIndex
+
+        monkeypatch.setattr(_RuleIndex, "passes", boom)
     decision = shipped.decide(request("dpo", UK, "user.name", "erase", LEGAL), use_cache=False)
     assert decision.allowed is False and "policy evaluation failed (RuntimeError)" in decision.reason
 
@@ -387,3 +395,69 @@ def test_when_database_gains_a_bad_rule_then_reload_refuses_and_denies_everythin
     assert decision.allowed is False and "policy failed to load" in decision.reason
     with pytest.raises(ConfigError, match="unknown data category"):
         PolicyEnforcer(_sqlite_adapter(tmp_path))
+
+
+# ---- the rule index against Casbin's own evaluation --------------------------------------
+
+
+def test_when_random_policies_are_asked_random_questions_then_the_index_answers_as_casbin_does(tmp_path: Path) -> None:
+    """The index replaces Casbin's per-rule matcher evaluation: on random policies (allow and
+    deny, wildcards and parent keys, bindings in a store or in *) and random requests (data
+    subjects asking for themselves and for others included), the decision, its reason and the
+    rule it names are Casbin's, request for request."""
+    import random
+
+    from siloguard.policies.enforcer import load_vocabulary
+
+    rng = random.Random(17)
+    tax = load_taxonomy()
+    vocab = load_vocabulary()
+    cats = [*sorted(tax.data_categories)[:40], "user", "user.behavior", "*"]
+    uses = [*sorted(tax.data_uses)[:30], "marketing", "personalize", "*"]
+    roles = sorted(vocab.roles)
+    actions = [*sorted(vocab.actions), "*"]
+    stores = ["s1", "s2", "s3", "*"]
+    principals = ["staff:a", "staff:b", "client:c"]
+    checked = 0
+    for trial in range(3):
+        lines = [f"p, {rng.choice(roles)}, {rng.choice(stores)}, {rng.choice(cats)}, {rng.choice(actions)}, "
+                 f"{rng.choice(uses)}, {rng.choice(['allow', 'allow', 'deny'])}" for _ in range(300)]
+        lines += [f"g, {p}, {rng.choice([r for r in roles if r != 'data_subject'])}, {rng.choice(stores)}"
+                  for p in principals for _ in range(3)]
+        path = tmp_path / f"policy-{trial}.csv"
+        path.write_text("\n".join(dict.fromkeys(lines)) + "\n")
+        enforcer = PolicyEnforcer(path, cache_size=0)
+        for _ in range(300):
+            role = rng.choice(roles)
+            if role == "data_subject":
+                principal = rng.choice([ME, OTHER])
+                owner = rng.choice([ME, OTHER, "store"])
+            else:
+                principal, owner = rng.choice(principals), "store"
+            request = AccessRequest(role, principal, rng.choice(stores[:3]), rng.choice([c for c in cats if c != "*"]),
+                                    rng.choice([a for a in actions if a != "*"]), rng.choice([u for u in uses if u != "*"]), owner)
+            assert enforcer.decide(request, use_cache=False) == enforcer._evaluate(request, casbin_only=True), request
+            checked += 1
+        # a change through the enforcer rebuilds the index
+        rule = PolicyRule(*[t.strip() for t in lines[0].split(",")[1:]])
+        enforcer.remove_rule(rule)
+        for _ in range(50):
+            request = AccessRequest(rule.role, rng.choice(principals) if rule.role != "data_subject" else ME,
+                                    rule.store if rule.store != "*" else "s1", rule.category if rule.category != "*" else "user",
+                                    rule.action if rule.action != "*" else "read", rule.purpose if rule.purpose != "*" else "marketing", "store" if rule.role != "data_subject" else ME)
+            assert enforcer.decide(request, use_cache=False) == enforcer._evaluate(request, casbin_only=True), request
+    assert checked == 900
+
+
+def test_a_model_with_another_matcher_is_evaluated_by_casbin_not_the_index(tmp_path: Path) -> None:
+    model = tmp_path / "model.conf"
+    text = MODEL_PATH.read_text().replace("action_in(r.act, p.act) && ", "action_in(r.act, p.act) && r.act != \"erase\" && ")
+    assert text != MODEL_PATH.read_text()
+    model.write_text(text)
+    enforcer = PolicyEnforcer(model_path=model)
+    enforcer.assign_role("staff:dpo", "dpo", "*")
+    erase = AccessRequest("dpo", "staff:dpo", UK, "user.name", "erase", LEGAL)
+    assert not enforcer.decide(erase).allowed  # the index would allow it: Casbin's evaluation of this model does not
+    shipped = PolicyEnforcer()
+    shipped.assign_role("staff:dpo", "dpo", "*")
+    assert shipped.decide(erase).allowed

@@ -14,6 +14,7 @@ restart.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Iterator
 from contextlib import asynccontextmanager
@@ -24,7 +25,7 @@ from fastapi.routing import APIRoute
 
 from siloguard.api.auth import Authorizer
 from siloguard.api.errors import ERROR_RESPONSES, ApiError, install_error_handlers
-from siloguard.api.protect import Protect
+from siloguard.api.protect import Protect, rate_storage, storage_reachable
 from siloguard.config import Settings
 from siloguard.dsr.service import DsrService
 from siloguard.storage.db import create_engine, head_revision, require_current_schema
@@ -104,8 +105,14 @@ def create_app(settings: Settings, *, service: DsrService | None = None) -> Fast
     from siloguard.audit import AuditLog
     from siloguard.policies.enforcer import PolicyEnforcer
 
-    engine = create_engine(settings.database.url)
+    engine = create_engine(settings.database.url, **api_pool(settings))
     require_current_schema(engine)
+    storage = rate_storage(settings.api.rate_storage, key_prefix=settings.api.rate_key_prefix)
+    if not storage_reachable(settings.api.rate_storage):
+        from siloguard.errors import ConfigError
+
+        raise ConfigError(f"cannot reach the rate-limit storage api.rate_storage={_shown(settings.api.rate_storage)}: "
+                          "start it (e.g. Redis on 127.0.0.1:6379) or set api.rate_storage=memory:// for one process")
     if service is None:
         service = DsrService(settings, engine, AuditLog.open(settings))
     authz = Authorizer(engine, service, PolicyEnforcer())
@@ -140,6 +147,7 @@ def create_app(settings: Settings, *, service: DsrService | None = None) -> Fast
         rate_per_ip=settings.api.rate_per_ip,
         max_headers=settings.api.max_headers,
         max_header_bytes=settings.api.max_header_bytes,
+        storage=storage,
     )
 
     app.state.revision = head_revision()  # checked above; reading the migration scripts again per call is slow
@@ -149,6 +157,24 @@ def create_app(settings: Settings, *, service: DsrService | None = None) -> Fast
         app.include_router(module.router)
     centre.install(app)
     return app
+
+
+def _shown(uri: str) -> str:
+    """A storage URI without its password."""
+    return re.sub(r"//[^@/]*@", "//***@", uri)
+
+
+def api_pool(settings: Settings) -> dict[str, int]:
+    """Connection-pool sizes of the API's engine on PostgreSQL.
+
+    Sync routes run in AnyIO's thread pool (40 threads per worker): with SQLAlchemy's default
+    5 + 10 connections a burst waits for a connection, and a connection opened past the pool
+    (overflow) is closed again when returned, costing a new PostgreSQL backend each time. A
+    pool of ``api.db_pool`` kept open serves the threads; SQLite ignores it (one file).
+    """
+    if not settings.database.url.startswith("postgresql"):
+        return {}
+    return {"pool_size": settings.api.db_pool, "max_overflow": settings.api.db_pool // 2}
 
 
 def service_ref(customer_ref: str) -> str:

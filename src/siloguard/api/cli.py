@@ -39,18 +39,22 @@ RunOpt = Annotated[Optional[Path], typer.Option(
 def serve(
     host: Annotated[Optional[str], typer.Option("--host", help="Address to listen on. \\[default: api.host]")] = None,
     port: Annotated[Optional[int], typer.Option("--port", help="Port. \\[default: api.port]")] = None,
+    workers: Annotated[Optional[int], typer.Option(
+        "--workers", min=1, max=64,
+        help="Server processes; above 1 the rate limits must be shared (api.rate_storage=redis://...). \\[default: api.workers]")] = None,
     db: DbOpt = None,
     run: RunOpt = None,
 ) -> None:
     """Run the privacy API (uvicorn); refuses a database that is not migrated (with --run, migrates its own)."""
-    import logging
+    import json
+    import os
 
     import uvicorn
 
     from siloguard.api.app import create_app
-    from siloguard.api.server import uvicorn_options
+    from siloguard.api.server import SETTINGS_ENV, quiet_logs, uvicorn_options
 
-    settings = _settings(db, run, host=host, port=port)
+    settings = _settings(db, run, host=host, port=port, workers=workers)
     if settings.notify.smtp_host and settings.notify.contacts:  # a bad contact list is said now, not every sweep
         from siloguard.dsr.notifier import load_contacts
 
@@ -61,16 +65,26 @@ def serve(
         typer.echo(f"warning: no run at {settings.work_dir} (no run.json): requests wait until the stores are known; "
                    "pass --run RUN or set SILOGUARD_WORK_DIR to the coordinator's directory", err=True)
     options = uvicorn_options(settings)  # proxy headers, JSON protocol errors, header limits
-    app = create_app(settings)  # checks the schema first: a clear error, not a half-started server
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    # Casbin logs every decision (a miss as a warning, with principal ids): the API's own
-    # answers say what was refused, so only Casbin's errors are kept.
-    logging.getLogger("casbin").setLevel(logging.ERROR)
-    # Presidio logs every analysis at INFO (dozens of lines per access answer): warnings only.
-    for name in ("presidio-analyzer", "presidio-anonymizer", "presidio_analyzer", "presidio_anonymizer"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    typer.echo(f"siloguard API on http://{settings.api.host}:{settings.api.port}: privacy centre at /, docs at /docs", err=True)
-    uvicorn.run(app, **options)
+    n = settings.api.workers
+    if n > 1 and settings.api.rate_storage == "memory://":
+        from siloguard.errors import ConfigError
+
+        raise ConfigError(f"--workers {n} with api.rate_storage memory:// would allow {n} times every rate limit: "
+                          "set SILOGUARD_API__RATE_STORAGE=redis://127.0.0.1:6379/0 (a Redis every worker reaches)")
+    # Checks the schema and the rate-limit storage first: a clear error, not a half-started server.
+    app = create_app(settings)
+    quiet_logs()
+    typer.echo(f"siloguard API on http://{settings.api.host}:{settings.api.port}: privacy centre at /, docs at /docs"
+               + (f", {n} workers" if n > 1 else ""), err=True)
+    if n == 1:
+        uvicorn.run(app, **options)
+        return
+    app.state.service.audit.close()  # the check's app is not served: each worker builds its own
+    handed = json.loads(settings.model_dump_json())
+    if settings.notify.smtp_password is not None:  # pydantic masks secrets when dumping: the workers need it
+        handed["notify"]["smtp_password"] = settings.notify.smtp_password.get_secret_value()
+    os.environ[SETTINGS_ENV] = json.dumps(handed)
+    uvicorn.run("siloguard.api.server:worker_app", factory=True, workers=n, **options)
 
 
 @keys_app.command("create")

@@ -9,8 +9,12 @@ task per request):
 * a body larger than ``api.max_body_bytes`` is refused with 413, by ``Content-Length`` before
   reading and by counting the bytes of a streamed body;
 * requests are counted per client address and per credential (a hash of the
-  ``Authorization`` header) with the ``limits`` package's sliding-window counters, in memory
-  (one server process); over the limit is 429 with ``Retry-After``;
+  ``Authorization`` header) with the ``limits`` package's sliding-window counters, in the
+  storage ``api.rate_storage`` names: in process memory (``memory://``, one server process) or
+  in Redis (``redis://...``), shared by every worker process and server, so N workers do not
+  give N times the limit; over the limit is 429 with ``Retry-After``. If the shared storage
+  cannot be reached the request is refused (503 ``rate_limiter_unavailable``): no limit is
+  not a reason to let everything through;
 * the access log line has the method, the route template (``/v1/requests/{request_id}``, not
   the path), the status and the time: no address, no query string, no header. uvicorn's own
   access log is off (``siloguard serve`` starts it with ``access_log=False``).
@@ -26,12 +30,14 @@ import time
 from typing import Any
 
 from limits import parse
-from limits.storage import MemoryStorage
-from limits.strategies import SlidingWindowCounterRateLimiter
+from limits.aio.storage import MemoryStorage, Storage
+from limits.aio.strategies import SlidingWindowCounterRateLimiter
+from limits.errors import ConfigurationError, StorageError
+from limits.storage import storage_from_string
 
 from siloguard.config import ApiSettings
 
-__all__ = ["Protect", "error_body", "headers_too_large_message"]
+__all__ = ["Protect", "error_body", "headers_too_large_message", "rate_storage", "storage_reachable"]
 
 access_log = logging.getLogger("siloguard.api.access")
 
@@ -62,18 +68,55 @@ def _error(status: int, code: str, message: str, headers: list[tuple[bytes, byte
     return start, {"type": "http.response.body", "body": body}
 
 
+def _check_uri(uri: str) -> None:
+    from siloguard.errors import ConfigError
+
+    if uri != "memory://" and not uri.startswith(("redis://", "rediss://", "redis+unix://")):
+        raise ConfigError(f"api.rate_storage {uri.split(':', 1)[0]!r}: use memory:// or redis://HOST:6379/0")
+
+
+def rate_storage(uri: str, *, key_prefix: str = "siloguard") -> Storage:
+    """The ``limits`` storage for ``api.rate_storage``, in its asyncio form: the middleware runs
+    on the event loop, and a blocking Redis round trip there would hold up every connection of
+    the worker. A URI it does not take is a ConfigError.
+
+    Shared storages wrap their errors (``limits.errors.StorageError``), so a Redis that went
+    away is one kind of error to refuse on. Nothing is connected here (:func:`storage_reachable`).
+    """
+    from siloguard.errors import ConfigError
+
+    _check_uri(uri)
+    if uri == "memory://":
+        return MemoryStorage()
+    try:
+        return storage_from_string("async+" + uri, wrap_exceptions=True, key_prefix=f"{key_prefix}:rate",
+                                   implementation="redispy")
+    except ConfigurationError as exc:  # e.g. the redis client is not installed
+        raise ConfigError(f"api.rate_storage: {exc}") from None
+
+
+def storage_reachable(uri: str) -> bool:
+    """Whether the storage answers now (a blocking ping, for start-up checks outside the event loop)."""
+    _check_uri(uri)
+    if uri == "memory://":
+        return True
+    return bool(storage_from_string(uri, wrap_exceptions=True).check())
+
+
 class Protect:
     def __init__(
         self, app: Any, *, max_body_bytes: int, rate_per_key: str, rate_per_ip: str,
         max_headers: int = ApiSettings.model_fields["max_headers"].default,
         max_header_bytes: int = ApiSettings.model_fields["max_header_bytes"].default,
         max_answer_bytes: int = ApiSettings.model_fields["max_answer_bytes"].default,
+        storage: Storage | None = None,
     ) -> None:
         self.app = app
         self.max_body = max_body_bytes
         self.max_answer = max_answer_bytes
         self.max_headers, self.max_header_bytes = max_headers, max_header_bytes
-        self.limiter = SlidingWindowCounterRateLimiter(MemoryStorage())
+        self.storage = storage or MemoryStorage()
+        self.limiter = SlidingWindowCounterRateLimiter(self.storage)
         self.per_key = parse(rate_per_key)
         self.per_ip = parse(rate_per_ip)
 
@@ -103,7 +146,7 @@ class Protect:
                 state["status"] = message["status"]
             await send(message)
 
-        refusal = self._refuse(scope, headers)
+        refusal = await self._refuse(scope, headers)
         if refusal is not None:
             start, body = refusal
             await send_logged(start)
@@ -136,7 +179,7 @@ class Protect:
             pass
         self._log(scope, state["status"], started)
 
-    def _refuse(self, scope: Scope, headers: dict[bytes, bytes]) -> tuple[dict, dict] | None:
+    async def _refuse(self, scope: Scope, headers: dict[bytes, bytes]) -> tuple[dict, dict] | None:
         raw = scope.get("headers") or []
         if len(raw) > self.max_headers or sum(len(name) + len(value) for name, value in raw) > self.max_header_bytes:
             return _error(431, "headers_too_large", headers_too_large_message(self.max_headers, self.max_header_bytes))
@@ -150,18 +193,24 @@ class Protect:
                 return _error(413, "too_large", f"the request body is larger than {self._limit(scope)} bytes")
         client = scope.get("client")
         ip = client[0] if client else "unknown"
-        if not self.limiter.hit(self.per_ip, "ip", ip):
-            return self._limited(self.per_ip, "ip", ip, "this address")
-        auth = headers.get(b"authorization")
-        if auth:
-            key = hashlib.sha256(auth).hexdigest()[:32]
-            if not self.limiter.hit(self.per_key, "key", key):
-                return self._limited(self.per_key, "key", key, "this credential")
+        try:
+            if not await self.limiter.hit(self.per_ip, "ip", ip):
+                return await self._limited(self.per_ip, "ip", ip, "this address")
+            auth = headers.get(b"authorization")
+            if auth:
+                key = hashlib.sha256(auth).hexdigest()[:32]
+                if not await self.limiter.hit(self.per_key, "key", key):
+                    return await self._limited(self.per_key, "key", key, "this credential")
+        except StorageError:
+            # Fail closed: a request that cannot be counted is not served.
+            access_log.warning("rate-limit storage unreachable; refusing the request")
+            return _error(503, "rate_limiter_unavailable", "the service cannot count requests right now; retry in a moment",
+                          [(b"retry-after", b"1")])
         return None
 
-    def _limited(self, limit: Any, *ids: str) -> tuple[dict, dict]:
+    async def _limited(self, limit: Any, *ids: str) -> tuple[dict, dict]:
         *keys, who = ids
-        reset = self.limiter.get_window_stats(limit, *keys).reset_time
+        reset = (await self.limiter.get_window_stats(limit, *keys)).reset_time
         retry = max(1, math.ceil(reset - time.time()))
         return _error(
             429, "rate_limited", f"too many requests from {who}; retry after {retry} s",

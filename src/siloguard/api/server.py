@@ -19,12 +19,23 @@ passes them to ``uvicorn.run`` and the tests to ``uvicorn.Config``, so the tests
   header cannot fill memory (httptools has no limit of its own; h11 has one, which is set to
   the same number). :class:`siloguard.api.protect.Protect` checks the same limits on what
   reaches the app, for any ASGI server.
+* **Workers.** ``siloguard serve --workers N`` (``api.workers``) runs N server processes on one
+  listening socket (uvicorn's supervisor, which restarts a worker that dies). Each worker is a
+  new Python process: it builds its app with :func:`worker_app` from the settings ``serve``
+  resolved (passed as JSON in :data:`SETTINGS_ENV`, so ``--db``, ``--run`` and the environment
+  mean the same in every worker), and the protocol classes travel by name (module
+  ``__getattr__`` below). Rate limits must then be counted in a shared storage
+  (``api.rate_storage=redis://...``): with ``memory://`` every worker would count alone and N
+  workers would allow N times every limit, so ``serve`` refuses that combination.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
+import os
+import re
 from http import HTTPStatus
 from typing import Any, Literal
 
@@ -35,7 +46,10 @@ from siloguard.api.protect import error_body, headers_too_large_message
 from siloguard.config import Settings
 from siloguard.errors import ConfigError
 
-__all__ = ["head_limit", "protocol_class", "uvicorn_options"]
+__all__ = ["SETTINGS_ENV", "head_limit", "protocol_class", "quiet_logs", "uvicorn_options", "worker_app"]
+
+#: The environment variable through which ``serve`` hands its resolved settings to its workers.
+SETTINGS_ENV = "SILOGUARD_SERVE_SETTINGS"
 
 #: Room for the request line (method, target, version) in the head limit.
 REQUEST_LINE_BYTES = 8192
@@ -234,9 +248,58 @@ else:
             self._in_head = True
 
 
+_MADE_NAME = re.compile(r"(JsonH11Protocol|JsonHttpToolsProtocol)_([0-9]+)_([0-9]+)")
+_MADE: dict[str, type] = {}
+
+
 def protocol_class(max_headers: int, max_header_bytes: int, *, http: Literal["auto", "httptools", "h11"] = "auto") -> type:
     """The protocol class for uvicorn's ``http=`` option, with these limits."""
     if http == "httptools" and JsonHttpToolsProtocol is None:
         raise ConfigError("the httptools HTTP parser is not installed (pip install httptools)")
     base = JsonH11Protocol if http == "h11" or JsonHttpToolsProtocol is None else JsonHttpToolsProtocol
-    return type(base.__name__, (base,), {"max_headers": max_headers, "max_header_bytes": max_header_bytes})
+    return _made(f"{base.__name__}_{int(max_headers)}_{int(max_header_bytes)}")
+
+
+def _made(name: str) -> type:
+    """The protocol class called ``name`` (base and limits in the name), made once per process.
+
+    Named and placed in this module so that pickle finds it: uvicorn hands its configuration
+    to worker processes by pickling it, and a class is pickled as ``module.name``.
+    """
+    cls = _MADE.get(name)
+    if cls is None:
+        match = _MADE_NAME.fullmatch(name)
+        if match is None or (match[1] == "JsonHttpToolsProtocol" and JsonHttpToolsProtocol is None):
+            raise AttributeError(name)
+        base = JsonH11Protocol if match[1] == "JsonH11Protocol" else JsonHttpToolsProtocol
+        cls = type(name, (base,), {"max_headers": int(match[2]), "max_header_bytes": int(match[3]), "__module__": __name__})
+        cls.__qualname__ = name
+        _MADE[name] = cls
+    return cls
+
+
+def __getattr__(name: str) -> type:  # PEP 562: a worker unpickling a protocol class made in ``serve``
+    return _made(name)
+
+
+def quiet_logs() -> None:
+    """The server's logging, in ``serve`` and in every worker."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # Casbin logs every decision (a miss as a warning, with principal ids): the API's own
+    # answers say what was refused, so only Casbin's errors are kept.
+    logging.getLogger("casbin").setLevel(logging.ERROR)
+    # Presidio logs every analysis at INFO (dozens of lines per access answer): warnings only.
+    for name in ("presidio-analyzer", "presidio-anonymizer", "presidio_analyzer", "presidio_anonymizer"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def worker_app() -> Any:
+    """The app of one worker process (uvicorn's factory): the settings ``serve`` resolved."""
+    from siloguard.api.app import create_app
+
+    text = os.environ.get(SETTINGS_ENV)
+    if not text:
+        raise ConfigError(f"{SETTINGS_ENV} is not set: worker processes are started by `siloguard serve --workers N`")
+    settings = Settings.model_validate_json(text)
+    quiet_logs()
+    return create_app(settings)

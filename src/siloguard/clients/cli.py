@@ -159,6 +159,24 @@ def consent_status(
     Console().print(table)
 
 
+@consent_app.command("rebuild-state")
+@one_line_errors
+def consent_rebuild_state(site: SiteOpt = None, out: OutOpt = Path("runs/demo")) -> None:
+    """Rebuild each store's current consent state from its event log (the log decides), after
+    `siloguard check` found them apart (rule consent-state-rebuilds)."""
+    from siloguard.policies.consent import ConsentRegistry
+
+    for name, settings in _targets(site, out):
+        registry = ConsentRegistry(settings.database.url)
+        try:
+            before = registry.state_differences()
+            rows = registry.rebuild_state()
+        finally:
+            registry.close()
+        typer.echo(f"{name}: consent state rebuilt from {before['events']:,} events: {rows:,} rows "
+                   f"({before['missing']:,} missing or wrong and {before['extra']:,} extra before)")
+
+
 # ---- the site ---------------------------------------------------------------------------
 
 

@@ -518,6 +518,21 @@ def breach_notification(ctx: Context, scope: str) -> Outcome:
     return Outcome("warning" if late else "passed", findings, counts)
 
 
+def consent_state_rebuilds(ctx: Context, scope: str) -> Outcome:
+    """The consent registry's current-state table is what its event log gives (the log decides)."""
+    diff = ctx.consent.state_differences()
+    counts = {"events": diff["events"], "state_rows": diff["rows"], "missing": diff["missing"], "extra": diff["extra"]}
+    if diff["missing"] or diff["extra"]:
+        return Outcome("failed", [
+            f"the consent state does not match the event log: {diff['missing']} (purpose, subject) pair(s) whose latest "
+            f"event it lacks or holds wrongly, {diff['extra']} row(s) the events do not give; consent read from it "
+            "may be wrong until it is rebuilt"
+        ], counts)
+    return Outcome("passed", [
+        f"the consent state ({diff['rows']} purpose-subject rows) is exactly what the {diff['events']} consent events give"
+    ], counts)
+
+
 #: Check name (as rules name it) -> function.
 CHECKS: dict[str, Callable[[Context, str], Outcome]] = {
     "lawful_basis": lawful_basis,
@@ -534,4 +549,5 @@ CHECKS: dict[str, Callable[[Context, str], Outcome]] = {
     "privacy_budget": privacy_budget,
     "audit_log_verifies": audit_log_verifies,
     "breach_notification": breach_notification,
+    "consent_state_rebuilds": consent_state_rebuilds,
 }

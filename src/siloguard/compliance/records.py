@@ -286,6 +286,12 @@ def load_records(directory: Path | None = None) -> Records:
     base = Path(directory) if directory is not None else RECORDS_DIR
     if not base.is_dir():
         raise ConfigError(f"{base}: no such records directory; set compliance.records to a directory with processing.yaml")
+    from siloguard._files import parsed_once
+
+    return parsed_once("records", base, "*.yaml", lambda: _load_records(base))
+
+
+def _load_records(base: Path) -> Records:
     controller, activities = _processing(base / "processing.yaml")
     coordinator, transfers = _transfers(base / "transfers.yaml")
     return Records(

@@ -102,12 +102,18 @@ def load_rules(directory: Path | None = None) -> dict[str, Rule]:
     from siloguard.compliance.checks import CHECKS
 
     base = Path(directory) if directory is not None else RULES_DIR
+    from siloguard._files import parsed_once
+
+    return parsed_once("rules", base, "*.yaml", lambda: _load_rules(base, frozenset(CHECKS)))
+
+
+def _load_rules(base: Path, checks: frozenset[str]) -> dict[str, Rule]:
     paths = sorted(base.glob("*.yaml"))
     if not paths:
         raise ConfigError(f"{base}: no rule files (*.yaml); set compliance.rules to a directory of rule files")
     rules: dict[str, Rule] = {}
     for path in paths:
-        for rule in _load_file(path, frozenset(CHECKS)):
+        for rule in _load_file(path, checks):
             if rule.id in rules:
                 raise ConfigError(f"{path}: rule {rule.id!r} is defined twice; rule ids are unique")
             rules[rule.id] = rule

@@ -129,6 +129,11 @@ def _connect(cfg: NotifySettings) -> smtplib.SMTP:
     return server
 
 
+def _put_back(engine: Engine, message: dict[str, Any]) -> None:
+    with engine.begin() as conn:
+        conn.execute(dsr_outbox.insert(), {k: message[k] for k in ("id", "request_id", "destination", "body", "created_at", "expires_at")})
+
+
 def deliver_outbox(engine: Engine, cfg: NotifySettings, *, now: datetime | None = None) -> Delivery:
     """Send every queued, unexpired message by SMTP to the address on the contact list; delete
     what was sent and what expired. A message without an address, or whose sending failed,
@@ -160,16 +165,20 @@ def deliver_outbox(engine: Engine, cfg: NotifySettings, *, now: datetime | None 
             mail["From"], mail["To"] = cfg.sender, address
             mail["Subject"] = "Your privacy request: verification code"
             mail.set_content(str(message["body"]) + "\n\nIf you did not make this request, ignore this message.\n")
+            # Claimed by deleting it first: with several API workers sweeping, only the one whose
+            # delete took the row sends it (never twice); a failed send puts it back.
+            if not purge_outbox(engine, ids=[int(message["id"])]):
+                continue
             try:
                 server.send_message(mail)
             except Exception as exc:  # noqa: BLE001  one message's failure must not resend or block the others
+                _put_back(engine, message)
                 failed += 1
                 log.warning("outbox: a message could not be sent (%s)", type(exc).__name__)
                 if isinstance(exc, (OSError, smtplib.SMTPServerDisconnected)):  # the connection is gone: the rest wait
                     failed += len(addressed) - sent - failed
                     break
                 continue
-            purge_outbox(engine, ids=[int(message["id"])])  # at once: a later failure never sends it twice
             sent += 1
     finally:
         try:

@@ -311,6 +311,14 @@ def _column(
 
 def load_datamaps(directory: Path = DATAMAPS_DIR, *, taxonomy: Taxonomy | None = None) -> dict[str, DataMap]:
     """Every ``*.yaml`` data map in ``directory``, by dataset name."""
+    if taxonomy is None:
+        from siloguard._files import parsed_once
+
+        return parsed_once("datamaps", Path(directory), "*.yaml", lambda: _load_datamaps(Path(directory), None))
+    return _load_datamaps(Path(directory), taxonomy)
+
+
+def _load_datamaps(directory: Path, taxonomy: Taxonomy | None) -> dict[str, DataMap]:
     paths = sorted(Path(directory).glob("*.yaml"))
     if not paths:
         raise ConfigError(f"{directory}: no data maps (*.yaml) found; add one per dataset")

@@ -20,7 +20,10 @@ Privacy-budget ledger tables (written only by :mod:`siloguard.privacy.budget`):
 Consent registry (written only by :mod:`siloguard.policies.consent`):
 
 - ``consent_events``: append-only grant / withdraw / opt-out events per (subject, purpose);
-  ``subject`` is the store's pseudonym of the data subject, never a raw id.
+  ``subject`` is the store's pseudonym of the data subject, never a raw id. The source of truth.
+- ``consent_state`` (``0008_consent_state``): the latest event's order key per (purpose,
+  subject), written in the same transaction as the events; "who consents now" reads it
+  instead of the history, and ``siloguard check`` rebuilds it from the events and compares.
 
 Privacy API and data-subject requests (written only by :mod:`siloguard.api` and
 :mod:`siloguard.dsr`; migration ``0004_api``):
@@ -77,6 +80,7 @@ __all__ = [
     "campaign_members",
     "campaigns",
     "consent_events",
+    "consent_state",
     "dsr_outbox",
     "dsr_requests",
     "dsr_sessions",
@@ -176,6 +180,20 @@ consent_events = Table(
     Column("ord", BigInteger, nullable=False),
     Index("ix_consent_events_purpose_subject_ord", "purpose", "subject", "ord"),
     Index("ix_consent_events_subject", "subject"),  # one subject's events (the API's consent reads)
+)
+
+consent_state = Table(
+    "consent_state",
+    Base.metadata,
+    # One row per (purpose key, subject) that has any event: the largest ``ord`` among its
+    # events (even = the latest word is a grant). Subjects are a store's keyed references and
+    # each store keeps its own registry, so a row is per store, subject and purpose.
+    Column("purpose", String(128), primary_key=True),
+    Column("subject", String(64), primary_key=True),
+    Column("ord", BigInteger, nullable=False),
+    Index("ix_consent_state_subject", "subject"),  # erasure, one subject's lookups
+    Index("ix_consent_state_purpose_ord", "purpose", "ord"),  # the latest event of a purpose key
+    sqlite_with_rowid=False,  # clustered on (purpose, subject): a purpose's rows are one range
 )
 
 # ---- privacy API and data-subject requests (0004_api) -----------------------------------

@@ -6,7 +6,7 @@
   id), arm (treatment or control), stratum (RFM segment) and rank.
 
 Revision ID: 0009_marketing
-Revises: 0007_store_tasks
+Revises: 0008_consent_state
 Create Date: 2026-12-01
 """
 
@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0009_marketing"
-down_revision = "0007_store_tasks"
+down_revision = "0008_consent_state"
 branch_labels = None
 depends_on = None
 
