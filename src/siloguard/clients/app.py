@@ -398,7 +398,6 @@ def _train_dp(
         repeat_lr=settings.model.repeat_learning_rate,
         history=history,
         delta=delta,
-        seed=settings.model.seed * 1_000_003 + server_round,
         noise_multiplier=noise,
     )
     _ledger(settings.database.url).record_round(

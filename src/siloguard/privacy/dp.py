@@ -15,6 +15,8 @@ store; the store's own evaluation on its own data is not noised.
 from __future__ import annotations
 
 import math
+import os
+import types
 import warnings
 from dataclasses import dataclass
 from functools import lru_cache
@@ -25,6 +27,7 @@ import torch
 from opacus import PrivacyEngine
 from opacus.accountants import PRVAccountant, RDPAccountant
 from opacus.grad_sample.utils import register_grad_sampler, register_norm_sampler
+from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
 from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
 from torch import nn
 
@@ -40,6 +43,7 @@ __all__ = [
     "PrivacyReport",
     "group_by_customer",
     "make_accountant",
+    "os_gaussian",
     "plan_noise",
     "projected_epsilon",
     "rounds_left",
@@ -462,6 +466,71 @@ def _prepare_for_dp(shared: SharedModel) -> SharedModel:
     return shared
 
 
+# -------------------------------------------------------- noise source ----
+# Opacus' secure mode needs torchcsprng, whose last release (0.2.1, 2021) was built for torch
+# 1.8 and does not install next to torch 2.x; without it Opacus draws the noise and the Poisson
+# sample from torch's Mersenne Twister, whose seed torch truncates to 32 bits. A seed derived
+# from the run config (as before) would let anyone who knows the config, the coordinator
+# included, regenerate the noise and subtract it. So both come from the operating system's
+# CSPRNG (os.urandom) here; docs/PRIVACY.md ("Noise source") has the attack surface.
+
+_UNIT = 2.0**-53
+
+
+def _os_uniform(n: int) -> np.ndarray:
+    """``n`` uniform doubles in [0, 1) from the OS CSPRNG (53 random bits each)."""
+    words = np.frombuffer(os.urandom(8 * n), dtype=np.uint64) >> np.uint64(11)
+    return words.astype(np.float64) * _UNIT
+
+
+def os_gaussian(shape: tuple[int, ...] | torch.Size, std: float) -> torch.Tensor:
+    """Gaussian noise N(0, std^2) in float64 from the OS CSPRNG.
+
+    Box-Muller on CSPRNG uniforms; each value is the sum of four draws halved (same
+    variance), Holohan & Braghin's (2021) defence against floating-point attacks on the
+    sampler, the one Opacus' secure mode uses.
+    """
+    n = int(np.prod(shape)) if len(shape) else 1
+    u = _os_uniform(4 * n).reshape(2, 2 * n)
+    radius = np.sqrt(-2.0 * np.log1p(-u[0]))  # 1 - u is in (0, 1]: the log is finite
+    angle = 2.0 * math.pi * u[1]
+    draws = np.concatenate([radius * np.cos(angle), radius * np.sin(angle)]).reshape(4, n)
+    return torch.from_numpy(draws.sum(0) / 2.0 * std).reshape(tuple(shape))
+
+
+def _add_os_noise(optimizer: Any) -> None:
+    """Opacus' ``add_noise`` with the noise from :func:`os_gaussian`, added in float64.
+
+    Same steps as ``DPOptimizerFastGradientClipping.add_noise`` (Opacus 1.6): the clipped sum
+    plus N(0, (noise x clip)^2) becomes the gradient. Summing in float64 and rounding the
+    result to the parameter's float32 hides the noise's low-order bits.
+    """
+    std = getattr(optimizer, "_adjusted_noise_multiplier", optimizer.noise_multiplier) * optimizer.max_grad_norm
+    for p in optimizer.params:
+        _check_processed_flag(p.summed_grad)
+        noise = os_gaussian(p.summed_grad.shape, std)
+        p.grad = (p.summed_grad.double() + noise).to(p.summed_grad.dtype).view_as(p)
+        _mark_as_processed(p.summed_grad)
+
+
+class _OsPoissonSampler:
+    """Poisson sampling of customers (each in with probability ``rate``) from the OS CSPRNG.
+
+    The batch sampler of Opacus' DP loader, with the coin flips from :func:`_os_uniform`; the
+    accountant uses the same ``rate`` (one over the loader's length).
+    """
+
+    def __init__(self, num_samples: int, rate: float, steps: int) -> None:
+        self.num_samples, self.rate, self.steps = num_samples, rate, steps
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self):  # noqa: ANN204
+        for _ in range(self.steps):
+            yield np.flatnonzero(_os_uniform(self.num_samples) < self.rate).tolist()
+
+
 # ---------------------------------------------------------- training ----
 @dataclass(frozen=True)
 class DPTrainResult:
@@ -500,7 +569,6 @@ def train_local_dp(
     repeat_lr: float,
     history: list[tuple[float, float, int]],
     delta: float,
-    seed: int,
     noise_multiplier: float | None = None,
 ) -> DPTrainResult:
     """DP-SGD (Adam) of the shared parameters on one store's customers.
@@ -509,7 +577,8 @@ def train_local_dp(
     as fixed inputs: they are not trained here and never leave the store.
     ``history`` is the store's accountant history so far; the result's history
     includes this round. ``noise_multiplier`` is the round's noise (planned with
-    :func:`plan_noise`); it defaults to the fixed ``privacy.noise_multiplier``.
+    :func:`plan_noise`); it defaults to the fixed ``privacy.noise_multiplier``. The noise and
+    the Poisson sample come from the OS CSPRNG: no seed reproduces them.
     """
     noise = privacy.noise_multiplier if noise_multiplier is None else noise_multiplier
     if noise is None:
@@ -536,8 +605,9 @@ def train_local_dp(
     loader = torch.utils.data.DataLoader(index, batch_size=expected_batch(privacy, n))
     engine = PrivacyEngine(accountant=privacy.accountant)
     engine.accountant.history = [tuple(h) for h in history]
-    generator = torch.Generator().manual_seed(seed)
     with warnings.catch_warnings():
+        # Opacus' secure mode is off (no torchcsprng for torch 2.x); the noise and the sample
+        # are drawn from the OS CSPRNG below instead, so its warning does not apply.
         warnings.filterwarnings("ignore", message=".*[Ss]ecure.*RNG.*")
         warnings.filterwarnings("ignore", message=".*Optimal order.*")
         model, dp_optimizer, _criterion, dp_loader = engine.make_private(
@@ -549,10 +619,15 @@ def train_local_dp(
             max_grad_norm=privacy.max_grad_norm,
             grad_sample_mode="ghost",
             poisson_sampling=True,
-            noise_generator=generator,
         )
-    # Opacus samples with torch's global generator; seed it for a reproducible run.
-    torch.manual_seed(seed)
+    # The noise and the sample from the OS CSPRNG (see "noise source" above), at the rate
+    # Opacus accounts for (1 / len(dp_loader)).
+    dp_optimizer.add_noise = types.MethodType(_add_os_noise, dp_optimizer)
+    dp_loader = torch.utils.data.DataLoader(
+        index,
+        batch_sampler=_OsPoissonSampler(n, 1.0 / len(dp_loader), len(dp_loader)),
+        collate_fn=dp_loader.collate_fn,  # Opacus' collate: an empty sample is an empty batch
+    )
     total_steps = steps_per_round(privacy, local_epochs, n)
     arrays = {
         "items": data.items, "weights": data.weights, "features": data.features, "mask": data.mask,
