@@ -74,7 +74,28 @@ def make_accountant(kind: str, history: list[tuple[float, float, int]] | None = 
 def epsilon_of(kind: str, history: list[tuple[float, float, int]], delta: float) -> float:
     if not history:
         return 0.0
+    if kind == "rdp":
+        # What Opacus' RDPAccountant.get_epsilon computes (the sum of the entries' RDP curves,
+        # converted at delta), with each entry's curve computed once per process: a curve at
+        # the fractional orders takes ~0.35 s, and the ledger check, the budget query, the
+        # noise plan and the round's report each compose the whole history again.
+        from opacus.accountants.analysis import rdp as rdp_analysis
+
+        rdp = sum([_rdp_curve(float(q), float(z), int(n)) for z, q, n in history])
+        return float(rdp_analysis.get_privacy_spent(orders=RDPAccountant.DEFAULT_ALPHAS, rdp=rdp, delta=delta)[0])
     return float(make_accountant(kind, history).get_epsilon(delta=delta))
+
+
+@lru_cache(maxsize=4096)
+def _rdp_curve(rate: float, noise: float, steps: int) -> np.ndarray:
+    from opacus.accountants.analysis import rdp as rdp_analysis
+
+    curve = np.asarray(
+        rdp_analysis.compute_rdp(q=rate, noise_multiplier=noise, steps=steps, orders=RDPAccountant.DEFAULT_ALPHAS),
+        dtype=float,
+    )
+    curve.setflags(write=False)
+    return curve
 
 
 def expected_batch(privacy: PrivacySettings, customers: int) -> int:
@@ -172,7 +193,7 @@ def _spend_function(accountant: str, history: tuple, rate: float, steps: int, de
     from opacus.accountants.analysis import rdp as rdp_analysis
 
     orders = RDPAccountant.DEFAULT_ALPHAS
-    spent = sum(rdp_analysis.compute_rdp(q=q, noise_multiplier=z, steps=n, orders=orders) for z, q, n in history)
+    spent = sum([_rdp_curve(float(q), float(z), int(n)) for z, q, n in history])
 
     def epsilon(noise: float) -> float:
         rdp = spent + rdp_analysis.compute_rdp(q=rate, noise_multiplier=noise, steps=steps, orders=orders)
