@@ -64,7 +64,7 @@ def _epoch_worker(data: str, store: str, mode: str, seed: int, out: mp.Queue) ->
         data_c = group_by_customer(examples, st.n_users)
         train_local_dp(model, users.weight.detach(), data_c, privacy=s.privacy, local_epochs=1,
                        lr=m.learning_rate, repeat_lr=m.repeat_learning_rate, history=[],
-                       delta=store_delta(s.privacy, st.n_users), seed=seed)
+                       delta=store_delta(s.privacy, st.n_users), noise_multiplier=1.0)
         customers = st.n_users
     seconds = time.perf_counter() - started
     out.put({"seconds": seconds, "peak_rss_mib": _peak_rss_mib(), "rss_before_mib": base_rss,

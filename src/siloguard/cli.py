@@ -159,8 +159,9 @@ def round_line(report: Any, rounds: int) -> str:
         + (f", failed {report.failures}" if report.failures else ""),
         f"store NDCG@10 min/med/max {_spread(ndcg)}",
     ]
-    if spent:
-        parts.append(f"epsilon {min(spent):.2f}-{max(spent):.2f}")
+    if spent:  # spent so far of each store's cap (the planned budget ends at it)
+        caps = sorted({m["epsilon-cap"] for m in report.train.values() if "epsilon-cap" in m})
+        parts.append(f"epsilon spent {min(spent):.2f}-{max(spent):.2f}" + (f" of {caps[-1]:g}" if caps else ""))
     return "  ".join(parts)
 
 
@@ -300,15 +301,20 @@ def _print_privacy(settings: Settings, model_dir: str | None) -> None:
         console.print("[bold yellow]Privacy:[/] trained WITHOUT differential privacy (--no-dp).")
         return
     table = Table(title="Privacy spent per store (customer-level DP)", title_justify="left")
-    for col in ("store", "epsilon", "delta", "steps"):
+    for col in ("store", "epsilon", "delta", "steps", "noise per round"):
         table.add_column(col, justify="left" if col == "store" else "right")
     for store, p in sorted(summary["per_store"].items()):
-        table.add_row(store, f"{p['epsilon']:.2f}", f"{p['delta']:.1e}", str(p["steps"]))
+        noise = " ".join(f"{v:.3g}" for _r, v in sorted(p.get("noise_per_round", {}).items(), key=lambda kv: int(kv[0])))
+        table.add_row(store, f"{p['epsilon']:.2f}", f"{p['delta']:.1e}", str(p["steps"]), noise)
     console.print(table)
+    fixed = summary["noise_multiplier"]
+    noise = (
+        f"noise multiplier {fixed} (fixed)" if fixed is not None
+        else f"noise planned per store and round to spend epsilon {summary.get('epsilon_target')} over the run"
+    )
     console.print(
         f"[dim]unit: {summary['unit']}; {summary['accountant'].upper()} accountant; {summary['sampling']}; "
-        f"noise multiplier {summary['noise_multiplier']}, clipping {summary['max_grad_norm']}; "
-        f"cap {summary['epsilon_cap']} per store.[/]"
+        f"{noise}, clipping {summary['max_grad_norm']}; cap {summary['epsilon_cap']} per store.[/]"
     )
 
 
@@ -339,7 +345,19 @@ CapOpt = Annotated[
 ]
 NoiseOpt = Annotated[
     Optional[float],
-    typer.Option("--noise-multiplier", help="DP-SGD noise / clipping norm. \\[default: 1.0]"),
+    typer.Option(
+        "--noise-multiplier",
+        help="Fixed DP-SGD noise / clipping norm for every round, instead of planning it from --epsilon. "
+        "\\[default: planned]",
+    ),
+]
+EpsilonOpt = Annotated[
+    Optional[float],
+    typer.Option(
+        "--epsilon",
+        help="Planned privacy budget per store (customer-level epsilon) for the whole run: each round's noise is "
+        "chosen so the planned rounds spend exactly this. \\[default: the cap]",
+    ),
 ]
 
 
@@ -358,6 +376,7 @@ def _settings(
     dp: bool | None = None,
     epsilon_cap: float | None = None,
     noise_multiplier: float | None = None,
+    epsilon: float | None = None,
 ) -> Settings:
     split: date | None = None
     if split_date is not None:
@@ -374,7 +393,7 @@ def _settings(
         data={"path": data, "consent": consent, "split_date": split, "test_weeks": test_weeks, "uk_stores": stores},
         federation={"rounds": rounds},
         model={"local_epochs": local_epochs, "dim": dim, "seed": seed},
-        privacy={"enabled": dp, "epsilon_cap": epsilon_cap, "noise_multiplier": noise_multiplier},
+        privacy={"enabled": dp, "epsilon_cap": epsilon_cap, "noise_multiplier": noise_multiplier, "epsilon": epsilon},
     )
     # Every setting is validated above, before the data is touched.
     if data is not None and not data.is_file():
@@ -393,13 +412,14 @@ def demo(
     out: Annotated[Path, typer.Option("--out", help="Run directory: stores/<store>/ sites, coordinator/ (catalogue, model); privacy/ once `serve --run` uses it.")] = Path("runs/demo"),
     rounds: RoundsOpt = None,
     dp: DpOpt = None,
+    epsilon: EpsilonOpt = None,
     verbose: VerboseOpt = False,
     per_store: PerStoreOpt = False,
 ) -> None:
     """Federated training on the embedded Online Retail sample, with defaults (DP on)."""
     settings = _settings(
         out=out, data=None, split_date=None, test_weeks=None, stores=None, rounds=rounds,
-        local_epochs=None, dim=None, seed=None, dp=dp,
+        local_epochs=None, dim=None, seed=None, dp=dp, epsilon=epsilon,
     )
     _run(out, settings, verbose=verbose, per_store=per_store)
 
@@ -419,6 +439,7 @@ def train(
     dim: DimOpt = None,
     seed: SeedOpt = None,
     dp: DpOpt = None,
+    epsilon: EpsilonOpt = None,
     epsilon_cap: CapOpt = None,
     noise_multiplier: NoiseOpt = None,
     out: Annotated[Path, typer.Option("--out", help="Run directory: stores/<store>/ sites, coordinator/ (catalogue, model + manifest); privacy/ once `serve --run` uses it.")] = Path("runs/train"),
@@ -431,7 +452,7 @@ def train(
     settings = _settings(
         out=out, data=data, consent=consent, split_date=split_date, test_weeks=test_weeks, stores=stores,
         rounds=rounds, local_epochs=local_epochs, dim=dim, seed=seed, dp=dp,
-        epsilon_cap=epsilon_cap, noise_multiplier=noise_multiplier,
+        epsilon_cap=epsilon_cap, noise_multiplier=noise_multiplier, epsilon=epsilon,
     )
     _run(out, settings, verbose=verbose, per_store=per_store)
 

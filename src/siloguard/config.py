@@ -87,10 +87,19 @@ class PrivacySettings(_Section):
     """
 
     enabled: bool = True
-    noise_multiplier: float = Field(1.0, gt=0, description="Gaussian noise std / clipping norm")
+    noise_multiplier: float | None = Field(
+        None, gt=0,
+        description="Gaussian noise std / clipping norm, fixed for every round; None = planned per store and round "
+        "so that the run spends exactly `epsilon` (privacy/dp.py plan_noise)",
+    )
     max_grad_norm: float = Field(1.0, gt=0, description="per-customer clipping bound")
     sample_rate: float = Field(0.1, gt=0, le=1, description="Poisson sampling rate of customers per step")
-    epsilon_cap: float = Field(8.0, gt=0, description="per-store budget (customer-level epsilon)")
+    epsilon: float | None = Field(
+        None, gt=0,
+        description="planned per-store budget (customer-level epsilon) the federation.rounds spend together; "
+        "None = epsilon_cap",
+    )
+    epsilon_cap: float = Field(8.0, gt=0, description="per-store budget (customer-level epsilon): a hard stop")
     delta: float | None = Field(
         None, gt=0, lt=1, description="None = 1 / (10 x customers in the store), at most 1e-5"
     )
@@ -103,6 +112,24 @@ class PrivacySettings(_Section):
         False,
         description="also train the item and decoder vectors under DP (220k noisy dims; off: bias and repeat ranker only)",
     )
+
+
+    @model_validator(mode="after")
+    def _plan_or_fixed(self) -> PrivacySettings:
+        if self.epsilon is not None and self.noise_multiplier is not None:
+            raise ValueError(
+                "set either epsilon (the noise is planned to spend it) or noise_multiplier (fixed noise), not both"
+            )
+        if self.epsilon is not None and self.epsilon > self.epsilon_cap:
+            raise ValueError(
+                f"epsilon {self.epsilon} is above epsilon_cap {self.epsilon_cap}: lower the target or raise the cap"
+            )
+        return self
+
+    @property
+    def target_epsilon(self) -> float:
+        """What a planned run spends per store: ``epsilon``, else the cap."""
+        return self.epsilon if self.epsilon is not None else self.epsilon_cap
 
 
 class FederationSettings(_Section):

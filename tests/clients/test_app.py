@@ -129,3 +129,30 @@ def test_when_a_round_sends_query_train_and_evaluate_then_the_gate_runs_once(tin
     other_run = Context(run_id=2, node_id=1, node_config={"store": "germany"}, state=RecordDict(), run_config={})
     handle_query(_message(arrays, MessageType.QUERY, 1), other_run, tiny_settings)
     assert len(passes) == 3  # another run's round 1 is a new round
+
+
+def test_when_dp_rounds_are_planned_then_every_round_trains_and_the_run_ends_at_the_target(
+    tiny_dp_settings: Settings,
+) -> None:
+    """Without Ray: the budget query and the training of each planned round, as a store plays them."""
+    from siloguard.clients.app import handle_query
+    from siloguard.privacy.budget import BudgetLedger
+
+    settings = tiny_dp_settings.with_overrides(federation={"rounds": 4}, privacy={"epsilon": 3.0})
+    prepared = prepare_run(settings)
+    context = _context(settings, "germany")
+    arrays = ArrayRecord(_shared(settings, prepared.items).state_dict())
+    spent, noises = [], []
+    for server_round in range(1, 5):
+        budget = handle_query(_message(arrays, MessageType.QUERY, server_round), context, settings).content["budget"]
+        assert budget["projected-epsilon"] <= budget["epsilon-cap"], f"round {server_round} would be skipped"
+        metrics = handle_train(_message(arrays, MessageType.TRAIN, server_round), context, settings).content["metrics"]
+        assert metrics["noise-multiplier"] == pytest.approx(budget["noise-multiplier"])  # the noise the query planned
+        assert metrics["epsilon"] == pytest.approx(budget["projected-epsilon"], rel=1e-9)
+        spent.append(metrics["epsilon"])
+        noises.append(metrics["noise-multiplier"])
+    assert all(b > a for a, b in zip(spent, spent[1:]))
+    assert 0.98 * 3.0 <= spent[-1] <= 3.0
+    entry = BudgetLedger(settings.database.url).load("germany")
+    assert entry is not None and entry.rounds == 4 and entry.epsilon == pytest.approx(spent[-1])
+    assert [h[0] for h in entry.history] == pytest.approx(noises)  # the ledger keeps each round's noise

@@ -130,7 +130,8 @@ def test_when_every_store_is_at_its_cap_then_the_run_says_so(tiny_settings: Sett
     from siloguard.federation.runner import prepare_run, run_federation
 
     settings = tiny_settings.with_overrides(
-        privacy={"enabled": True, "sample_rate": 0.25, "epsilon_cap": 0.01}, federation={"rounds": 1}
+        privacy={"enabled": True, "sample_rate": 0.25, "noise_multiplier": 1.0, "epsilon_cap": 0.01},
+        federation={"rounds": 1},
     )
     prepared = prepare_run(settings)
     with pytest.raises(PrivacyBudgetError, match="every store is at its privacy budget"):

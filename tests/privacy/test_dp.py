@@ -133,7 +133,7 @@ def test_when_trained_with_dp_then_steps_are_accounted_and_private_vectors_are_u
     vectors = users.weight.detach().clone()
     result = train_local_dp(
         model, users.weight.detach(), group_by_customer(examples, n_users), privacy=privacy, local_epochs=1,
-        lr=0.01, repeat_lr=0.01, history=[(1.0, 0.2, 5)], delta=DELTA, seed=0,
+        lr=0.01, repeat_lr=0.01, history=[(1.0, 0.2, 5)], delta=DELTA,
     )
     assert result.steps == steps_per_round(privacy, 1, n_users) == 5
     assert result.history == [(1.0, 0.2, 10)]  # the earlier 5 steps plus this round's 5
@@ -201,7 +201,7 @@ def test_when_poisson_sampling_draws_nobody_then_the_step_is_noise_only_and_trai
     monkeypatch.setattr(torch.utils.data.DataLoader, "__iter__", counting)
     result = train_local_dp(
         model, PrivateUsers(n_users, 4).weight.detach(), group_by_customer(examples, n_users), privacy=privacy,
-        local_epochs=1, lr=0.01, repeat_lr=0.01, history=[], delta=DELTA, seed=0,
+        local_epochs=1, lr=0.01, repeat_lr=0.01, history=[], delta=DELTA,
     )
 
     assert 0 in batches, "the test needs an empty Poisson batch"
@@ -210,3 +210,45 @@ def test_when_poisson_sampling_draws_nobody_then_the_step_is_noise_only_and_trai
     assert np.isfinite(result.report.epsilon)
     assert all(torch.isfinite(v).all() for v in model.state_dict().values())
     assert torch.equal(model.items.weight, before)  # items are frozen under DP (docs/PRIVACY.md)
+
+
+def test_when_noise_is_drawn_from_the_os_csprng_then_it_is_gaussian_with_the_asked_deviation() -> None:
+    from siloguard.privacy.dp import os_gaussian
+
+    noise = os_gaussian((400, 1000), 2.5)
+    assert noise.shape == (400, 1000) and noise.dtype == torch.float64
+    values = noise.numpy().ravel() / 2.5
+    assert abs(values.mean()) < 0.01
+    assert values.std() == pytest.approx(1.0, abs=0.01)
+    assert np.mean(np.abs(values) < 1.0) == pytest.approx(0.6827, abs=0.01)  # Gaussian, not uniform
+    assert np.mean(np.abs(values) < 2.0) == pytest.approx(0.9545, abs=0.005)
+    assert not torch.equal(os_gaussian((8,), 1.0), os_gaussian((8,), 1.0))
+
+
+def test_when_the_sampler_draws_customers_then_each_is_in_at_the_accounted_rate() -> None:
+    from siloguard.privacy.dp import _OsPoissonSampler
+
+    batches = list(_OsPoissonSampler(200, 0.1, 500))
+    assert len(batches) == 500
+    sizes = np.array([len(b) for b in batches])
+    assert sizes.mean() == pytest.approx(20.0, abs=0.6)  # 200 x 0.1; Poisson, so sizes vary
+    assert sizes.std() > 2.0
+    counts = np.bincount(np.concatenate([np.array(b, dtype=int) for b in batches]), minlength=200)
+    assert counts.min() > 20 and counts.max() < 85  # every customer, about 50 times each
+
+
+def test_when_a_round_is_trained_twice_with_the_same_inputs_then_the_noise_differs() -> None:
+    """Regression: the noise came from a generator seeded with model.seed and the round, which
+    the coordinator knows; it could regenerate the noise and subtract it from the update."""
+    examples, n_users, n_items = _examples()
+    privacy = PrivacySettings(noise_multiplier=1.0, sample_rate=0.2, max_grad_norm=1.0)
+    data = group_by_customer(examples, n_users)
+    users = PrivateUsers(n_users, 4).weight.detach()
+    states = []
+    for _ in range(2):
+        model = SharedModel(n_items, dim=4, hidden=3, seed=1)
+        train_local_dp(model, users, data, privacy=privacy, local_epochs=1, lr=0.01, repeat_lr=0.01,
+                       history=[], delta=DELTA)
+        states.append(model.state_dict())
+    trained = [k for k in states[0] if not k.startswith(("items.", "decoder.weight"))]
+    assert any(not torch.equal(states[0][k], states[1][k]) for k in trained)

@@ -17,6 +17,7 @@ simulation engine, ``node_config["partition-id"]`` indexes the prepared stores.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import threading
 import time
@@ -259,23 +260,45 @@ def _ledger_state(store: StoreData, settings: Settings) -> tuple[object, list, f
     return entry, history, delta
 
 
-def budget_status(store: StoreData, settings: Settings) -> dict[str, float]:
-    """The store's privacy spend so far and what one more round would bring it to."""
+def _round_noise(store: StoreData, settings: Settings, history: list, delta: float, server_round: int | None) -> float | None:
+    """The noise this round trains with: fixed, or planned so the rounds left spend the target."""
+    from siloguard.privacy.dp import plan_noise, rounds_left
+
+    return plan_noise(
+        settings.privacy, history, rounds=rounds_left(settings.federation.rounds, server_round),
+        local_epochs=settings.model.local_epochs, delta=delta, customers=store.n_users,
+    )
+
+
+def budget_status(store: StoreData, settings: Settings, server_round: int | None = None) -> dict[str, float]:
+    """The store's privacy spend so far and what this round, at its planned noise, would bring it to.
+
+    The query and the round's training plan the same noise (same ledger, customers and round),
+    so a store the coordinator finds within its cap also trains within it. A store whose plan
+    finds no noise that keeps its target answers an infinite projection: it is skipped.
+    """
     from siloguard.privacy.dp import projected_epsilon
 
     entry, history, delta = _ledger_state(store, settings)
+    noise = _round_noise(store, settings, history, delta, server_round)
+    projected = (
+        math.inf if noise is None
+        else projected_epsilon(settings.privacy, history, settings.model.local_epochs, delta, store.n_users, noise)
+    )
     return {
         "epsilon": entry.epsilon if entry else 0.0,  # type: ignore[attr-defined]
-        "projected-epsilon": projected_epsilon(settings.privacy, history, settings.model.local_epochs, delta, store.n_users),
+        "projected-epsilon": projected,
         "epsilon-cap": settings.privacy.epsilon_cap,
+        "epsilon-target": settings.privacy.target_epsilon,
         "delta": delta,
+        **({"noise-multiplier": noise} if noise is not None else {}),
     }
 
 
 def handle_query(msg: Message, context: Context, settings: Settings) -> Message:
     """The coordinator asks for the store's remaining budget before sampling it."""
     store = store_for(context, settings, server_round=_round_of(msg), msg=msg)
-    status = budget_status(store, settings) if settings.privacy.enabled else {}
+    status = budget_status(store, settings, _round_of(msg)) if settings.privacy.enabled else {}
     content = RecordDict(
         {"budget": MetricRecord({k: float(v) for k, v in status.items()}), "store": ConfigRecord({"name": store.name})}
     )
@@ -357,9 +380,13 @@ def _train_dp(
 
     privacy = settings.privacy
     _entry, history, delta = _ledger_state(store, settings)
-    if projected_epsilon(privacy, history, settings.model.local_epochs, delta, store.n_users) > privacy.epsilon_cap:
+    noise = _round_noise(store, settings, history, delta, server_round)
+    if noise is None or projected_epsilon(
+        privacy, history, settings.model.local_epochs, delta, store.n_users, noise
+    ) > privacy.epsilon_cap:
         raise PrivacyBudgetError(
-            f"store {store.name!r} is at its privacy budget (cap {privacy.epsilon_cap}): it does not train"
+            f"store {store.name!r} is at its privacy budget (target {privacy.target_epsilon}, "
+            f"cap {privacy.epsilon_cap}): it does not train"
         )
     result = train_local_dp(
         model,
@@ -371,7 +398,7 @@ def _train_dp(
         repeat_lr=settings.model.repeat_learning_rate,
         history=history,
         delta=delta,
-        seed=settings.model.seed * 1_000_003 + server_round,
+        noise_multiplier=noise,
     )
     _ledger(settings.database.url).record_round(
         store=store.name,
@@ -388,6 +415,8 @@ def _train_dp(
         "epsilon": result.report.epsilon,
         "delta": delta,
         "epsilon-cap": privacy.epsilon_cap,
+        "epsilon-target": privacy.target_epsilon,
+        "noise-multiplier": noise,
         "dp-steps": result.report.steps,
     }
 

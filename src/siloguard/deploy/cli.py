@@ -229,6 +229,7 @@ def run_config(settings: Settings) -> dict[str, object]:
         "federation.min-stores": s.federation.min_stores,
         "privacy.enabled": s.privacy.enabled,
         "privacy.epsilon-cap": s.privacy.epsilon_cap,
-        "privacy.noise-multiplier": s.privacy.noise_multiplier,
+        "privacy.epsilon": s.privacy.epsilon if s.privacy.epsilon is not None else "",
+        "privacy.noise-multiplier": s.privacy.noise_multiplier if s.privacy.noise_multiplier is not None else "",
         "database.url": s.database.url,
     }

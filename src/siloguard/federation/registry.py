@@ -97,14 +97,18 @@ def privacy_summary(settings: Settings, reports: dict[int, RoundReport]) -> dict
         }
     if not p.enabled:
         return {"enabled": False, "note": "trained without customer-level differential privacy", "central": central}
-    per_store: dict[str, dict[str, float]] = {}
-    for _round, report in sorted(reports.items()):
+    per_store: dict[str, dict[str, Any]] = {}
+    for server_round, report in sorted(reports.items()):
         for store, metrics in report.train.items():
             if "epsilon" in metrics:
+                noise = dict(per_store.get(store, {}).get("noise_per_round", {}))
+                if "noise-multiplier" in metrics:
+                    noise[str(server_round)] = float(metrics["noise-multiplier"])
                 per_store[store] = {
                     "epsilon": float(metrics["epsilon"]),
                     "delta": float(metrics["delta"]),
                     "steps": int(metrics["dp-steps"]),
+                    "noise_per_round": noise,
                 }
     return {
         "enabled": True,
@@ -114,7 +118,8 @@ def privacy_summary(settings: Settings, reports: dict[int, RoundReport]) -> dict
             f"Poisson sampling of customers, rate {p.sample_rate} configured "
             "(per store the rate Opacus uses is 1 / ceil(n / round(rate x n)))"
         ),
-        "noise_multiplier": p.noise_multiplier,
+        "noise_multiplier": p.noise_multiplier,  # None: planned per store and round (per_store noise_per_round)
+        "epsilon_target": p.target_epsilon,
         "max_grad_norm": p.max_grad_norm,
         "epsilon_cap": p.epsilon_cap,
         "per_store": per_store,

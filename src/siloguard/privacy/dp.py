@@ -15,8 +15,11 @@ store; the store's own evaluation on its own data is not noised.
 from __future__ import annotations
 
 import math
+import os
+import types
 import warnings
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -24,6 +27,7 @@ import torch
 from opacus import PrivacyEngine
 from opacus.accountants import PRVAccountant, RDPAccountant
 from opacus.grad_sample.utils import register_grad_sampler, register_norm_sampler
+from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
 from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
 from torch import nn
 
@@ -39,7 +43,10 @@ __all__ = [
     "PrivacyReport",
     "group_by_customer",
     "make_accountant",
+    "os_gaussian",
+    "plan_noise",
     "projected_epsilon",
+    "rounds_left",
     "store_delta",
     "train_local_dp",
 ]
@@ -67,7 +74,28 @@ def make_accountant(kind: str, history: list[tuple[float, float, int]] | None = 
 def epsilon_of(kind: str, history: list[tuple[float, float, int]], delta: float) -> float:
     if not history:
         return 0.0
+    if kind == "rdp":
+        # What Opacus' RDPAccountant.get_epsilon computes (the sum of the entries' RDP curves,
+        # converted at delta), with each entry's curve computed once per process: a curve at
+        # the fractional orders takes ~0.35 s, and the ledger check, the budget query, the
+        # noise plan and the round's report each compose the whole history again.
+        from opacus.accountants.analysis import rdp as rdp_analysis
+
+        rdp = sum([_rdp_curve(float(q), float(z), int(n)) for z, q, n in history])
+        return float(rdp_analysis.get_privacy_spent(orders=RDPAccountant.DEFAULT_ALPHAS, rdp=rdp, delta=delta)[0])
     return float(make_accountant(kind, history).get_epsilon(delta=delta))
+
+
+@lru_cache(maxsize=4096)
+def _rdp_curve(rate: float, noise: float, steps: int) -> np.ndarray:
+    from opacus.accountants.analysis import rdp as rdp_analysis
+
+    curve = np.asarray(
+        rdp_analysis.compute_rdp(q=rate, noise_multiplier=noise, steps=steps, orders=RDPAccountant.DEFAULT_ALPHAS),
+        dtype=float,
+    )
+    curve.setflags(write=False)
+    return curve
 
 
 def expected_batch(privacy: PrivacySettings, customers: int) -> int:
@@ -94,14 +122,145 @@ def projected_epsilon(
     local_epochs: int,
     delta: float,
     customers: int,
+    noise: float | None = None,
 ) -> float:
-    """Epsilon the store would have after one more round of training."""
-    step = (
-        privacy.noise_multiplier,
-        effective_sample_rate(privacy, customers),
-        steps_per_round(privacy, local_epochs, customers),
-    )
+    """Epsilon the store would have after one more round of training at ``noise``.
+
+    ``noise`` defaults to the fixed ``privacy.noise_multiplier``; a planned run passes the
+    round's planned noise (:func:`plan_noise`), the same the round then trains with.
+    """
+    noise = privacy.noise_multiplier if noise is None else noise
+    if noise is None:
+        raise ConfigError("no noise multiplier: plan the round's noise first (plan_noise) or set privacy.noise_multiplier")
+    step = (noise, effective_sample_rate(privacy, customers), steps_per_round(privacy, local_epochs, customers))
     return epsilon_of(privacy.accountant, [*history, step], delta)
+
+
+#: The planned noise is searched in [MIN_PLANNED_NOISE, MAX_PLANNED_NOISE]. A plan that would
+#: need more than the maximum means the store has (nearly) spent its target already: it does
+#: not train (the updates would be noise). Below the minimum the guarantee is meaningless for
+#: any target a store would set; a target that loose trains at the minimum and ends under it.
+MIN_PLANNED_NOISE = 0.05
+MAX_PLANNED_NOISE = 1000.0
+
+
+def rounds_left(total_rounds: int, server_round: int | None) -> int:
+    """Rounds still planned from ``server_round`` on, this one included (unknown round: all)."""
+    if server_round is None or server_round < 1:
+        return max(1, total_rounds)
+    return max(1, total_rounds - server_round + 1)
+
+
+def plan_noise(
+    privacy: PrivacySettings,
+    history: list[tuple[float, float, int]],
+    *,
+    rounds: int,
+    local_epochs: int,
+    delta: float,
+    customers: int,
+    tolerance: float = 1e-3,
+) -> float | None:
+    """The noise multiplier for this round: fixed if configured, else planned.
+
+    Planned: the smallest noise (to ``tolerance``) at which the store's ledger ``history`` plus
+    ``rounds`` more rounds at that noise (with today's customers, sample rate and steps)
+    reach ``privacy.target_epsilon`` without passing it, by bisection on the store's own
+    accountant. Re-planned every round, so a store that joins late, was skipped, or whose
+    customers changed spends what is left over the rounds that are left. ``None``: no noise
+    up to :data:`MAX_PLANNED_NOISE` keeps the target (the store is at its budget).
+
+    Opacus' ``get_noise_multiplier`` plans from nothing spent at one sample rate; a store's
+    ledger holds earlier rounds at other noises and rates, so the search composes them here.
+    """
+    if privacy.noise_multiplier is not None:
+        return privacy.noise_multiplier
+    rate = effective_sample_rate(privacy, customers)
+    steps = max(1, rounds) * steps_per_round(privacy, local_epochs, customers)
+    return _planned_noise(
+        privacy.accountant, tuple(tuple(h) for h in history), rate, steps, delta, privacy.target_epsilon, tolerance
+    )
+
+
+def _spend_function(accountant: str, history: tuple, rate: float, steps: int, delta: float):  # noqa: ANN202
+    """epsilon(noise) of ``history`` plus ``steps`` steps at ``noise``, the store's accountant's answer.
+
+    RDP composes by adding the entries' RDP curves (what Opacus' RDPAccountant sums): the
+    history's curve is computed once, not again for every candidate noise.
+    """
+    if accountant != "rdp" or not history:
+        return lambda noise: epsilon_of(accountant, [*history, (noise, rate, steps)], delta)
+    from opacus.accountants.analysis import rdp as rdp_analysis
+
+    orders = RDPAccountant.DEFAULT_ALPHAS
+    spent = sum([_rdp_curve(float(q), float(z), int(n)) for z, q, n in history])
+
+    def epsilon(noise: float) -> float:
+        rdp = spent + rdp_analysis.compute_rdp(q=rate, noise_multiplier=noise, steps=steps, orders=orders)
+        return float(rdp_analysis.get_privacy_spent(orders=orders, rdp=rdp, delta=delta)[0])
+
+    return epsilon
+
+
+@lru_cache(maxsize=256)  # the budget query and the round's training plan the same noise
+def _planned_noise(
+    accountant: str, history: tuple, rate: float, steps: int, delta: float, target: float, tolerance: float
+) -> float | None:
+    """Root of log epsilon(noise) = log target in log noise: bracket, then the Illinois method.
+
+    Epsilon is close to a power of the noise, so this takes a handful of accountant calls
+    (a plain bisection over the whole range took ~17, up to 0.35 s each under RDP).
+    The answer is always a noise whose epsilon is at most ``target``.
+    """
+    spend = _spend_function(accountant, history, rate, steps, delta)
+
+    def f(log_noise: float) -> float:
+        return math.log(max(spend(math.exp(log_noise)), 1e-300) / target)
+
+    low, high = math.log(MIN_PLANNED_NOISE), math.log(MAX_PLANNED_NOISE)
+    # Bracket the root from a noise of 1, doubling or halving: f(a) > 0 >= f(b).
+    x = 0.0
+    fx = f(x)
+    if fx > 0:
+        a, fa = x, fx
+        while True:
+            b = min(a + math.log(2), high)
+            fb = f(b)
+            if fb <= 0:
+                break
+            if b >= high:
+                return None  # even the largest noise passes the target: at budget
+            a, fa = b, fb
+    else:
+        b, fb = x, fx
+        while True:
+            a = max(b - math.log(2), low)
+            fa = f(a)
+            if fa > 0:
+                break
+            if a <= low:
+                return MIN_PLANNED_NOISE
+            b, fb = a, fa
+    floor = math.log(1 - tolerance)  # accept epsilon in [target x (1 - tolerance), target]
+    side = 0
+    for _ in range(100):
+        if fb >= floor or b - a < 1e-9:
+            break
+        c = b - fb * (b - a) / (fb - fa)
+        if not a < c < b:
+            c = (a + b) / 2
+        fc = f(c)
+        if fc <= 0:
+            b, fb = c, fc
+            if side == -1:
+                fa /= 2
+            side = -1
+        else:
+            a, fa = c, fc
+            if side == 1:
+                fb /= 2
+            side = 1
+    return math.exp(b)
 
 
 @dataclass(frozen=True)
@@ -113,7 +272,7 @@ class PrivacyReport:
     unit: str
     accountant: str
     sampling: str
-    noise_multiplier: float
+    noise_multiplier: float | None  # the last round's noise
     max_grad_norm: float
     steps: int
 
@@ -124,7 +283,8 @@ class PrivacyReport:
         return (
             f"epsilon {self.epsilon:.2f} per {self.unit} at delta {self.delta:.1e} "
             f"({self.accountant.upper()} accountant, {self.sampling}, {self.steps} steps, "
-            f"noise {self.noise_multiplier}, clip {self.max_grad_norm})"
+            f"noise {'-' if self.noise_multiplier is None else f'{self.noise_multiplier:.4g}'}, "
+            f"clip {self.max_grad_norm})"
         )
 
 
@@ -137,7 +297,7 @@ def privacy_report(
         unit="customer",
         accountant=privacy.accountant,
         sampling=f"Poisson sampling of customers, rate {effective_sample_rate(privacy, customers):.4g}",
-        noise_multiplier=privacy.noise_multiplier,
+        noise_multiplier=history[-1][0] if history else privacy.noise_multiplier,
         max_grad_norm=privacy.max_grad_norm,
         steps=int(sum(h[2] for h in history)),
     )
@@ -327,6 +487,71 @@ def _prepare_for_dp(shared: SharedModel) -> SharedModel:
     return shared
 
 
+# -------------------------------------------------------- noise source ----
+# Opacus' secure mode needs torchcsprng, whose last release (0.2.1, 2021) was built for torch
+# 1.8 and does not install next to torch 2.x; without it Opacus draws the noise and the Poisson
+# sample from torch's Mersenne Twister, whose seed torch truncates to 32 bits. A seed derived
+# from the run config (as before) would let anyone who knows the config, the coordinator
+# included, regenerate the noise and subtract it. So both come from the operating system's
+# CSPRNG (os.urandom) here; docs/PRIVACY.md ("Noise source") has the attack surface.
+
+_UNIT = 2.0**-53
+
+
+def _os_uniform(n: int) -> np.ndarray:
+    """``n`` uniform doubles in [0, 1) from the OS CSPRNG (53 random bits each)."""
+    words = np.frombuffer(os.urandom(8 * n), dtype=np.uint64) >> np.uint64(11)
+    return words.astype(np.float64) * _UNIT
+
+
+def os_gaussian(shape: tuple[int, ...] | torch.Size, std: float) -> torch.Tensor:
+    """Gaussian noise N(0, std^2) in float64 from the OS CSPRNG.
+
+    Box-Muller on CSPRNG uniforms; each value is the sum of four draws halved (same
+    variance), Holohan & Braghin's (2021) defence against floating-point attacks on the
+    sampler, the one Opacus' secure mode uses.
+    """
+    n = int(np.prod(shape)) if len(shape) else 1
+    u = _os_uniform(4 * n).reshape(2, 2 * n)
+    radius = np.sqrt(-2.0 * np.log1p(-u[0]))  # 1 - u is in (0, 1]: the log is finite
+    angle = 2.0 * math.pi * u[1]
+    draws = np.concatenate([radius * np.cos(angle), radius * np.sin(angle)]).reshape(4, n)
+    return torch.from_numpy(draws.sum(0) / 2.0 * std).reshape(tuple(shape))
+
+
+def _add_os_noise(optimizer: Any) -> None:
+    """Opacus' ``add_noise`` with the noise from :func:`os_gaussian`, added in float64.
+
+    Same steps as ``DPOptimizerFastGradientClipping.add_noise`` (Opacus 1.6): the clipped sum
+    plus N(0, (noise x clip)^2) becomes the gradient. Summing in float64 and rounding the
+    result to the parameter's float32 hides the noise's low-order bits.
+    """
+    std = getattr(optimizer, "_adjusted_noise_multiplier", optimizer.noise_multiplier) * optimizer.max_grad_norm
+    for p in optimizer.params:
+        _check_processed_flag(p.summed_grad)
+        noise = os_gaussian(p.summed_grad.shape, std)
+        p.grad = (p.summed_grad.double() + noise).to(p.summed_grad.dtype).view_as(p)
+        _mark_as_processed(p.summed_grad)
+
+
+class _OsPoissonSampler:
+    """Poisson sampling of customers (each in with probability ``rate``) from the OS CSPRNG.
+
+    The batch sampler of Opacus' DP loader, with the coin flips from :func:`_os_uniform`; the
+    accountant uses the same ``rate`` (one over the loader's length).
+    """
+
+    def __init__(self, num_samples: int, rate: float, steps: int) -> None:
+        self.num_samples, self.rate, self.steps = num_samples, rate, steps
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self):  # noqa: ANN204
+        for _ in range(self.steps):
+            yield np.flatnonzero(_os_uniform(self.num_samples) < self.rate).tolist()
+
+
 # ---------------------------------------------------------- training ----
 @dataclass(frozen=True)
 class DPTrainResult:
@@ -365,15 +590,21 @@ def train_local_dp(
     repeat_lr: float,
     history: list[tuple[float, float, int]],
     delta: float,
-    seed: int,
+    noise_multiplier: float | None = None,
 ) -> DPTrainResult:
     """DP-SGD (Adam) of the shared parameters on one store's customers.
 
     ``user_vectors`` (private embeddings, one row per store-local user) are used
     as fixed inputs: they are not trained here and never leave the store.
     ``history`` is the store's accountant history so far; the result's history
-    includes this round.
+    includes this round. ``noise_multiplier`` is the round's noise (planned with
+    :func:`plan_noise`); it defaults to the fixed ``privacy.noise_multiplier``. The noise and
+    the Poisson sample come from the OS CSPRNG: no seed reproduces them.
     """
+    noise = privacy.noise_multiplier if noise_multiplier is None else noise_multiplier
+    if noise is None:
+        raise ConfigError("no noise multiplier: plan the round's noise first (plan_noise) or set privacy.noise_multiplier")
+    privacy = privacy.model_copy(update={"noise_multiplier": noise})
     n = len(data)
     if n == 0:
         return DPTrainResult(0, 0, float("nan"), list(history), privacy_report(privacy, history, delta, n))
@@ -395,8 +626,9 @@ def train_local_dp(
     loader = torch.utils.data.DataLoader(index, batch_size=expected_batch(privacy, n))
     engine = PrivacyEngine(accountant=privacy.accountant)
     engine.accountant.history = [tuple(h) for h in history]
-    generator = torch.Generator().manual_seed(seed)
     with warnings.catch_warnings():
+        # Opacus' secure mode is off (no torchcsprng for torch 2.x); the noise and the sample
+        # are drawn from the OS CSPRNG below instead, so its warning does not apply.
         warnings.filterwarnings("ignore", message=".*[Ss]ecure.*RNG.*")
         warnings.filterwarnings("ignore", message=".*Optimal order.*")
         model, dp_optimizer, _criterion, dp_loader = engine.make_private(
@@ -408,10 +640,15 @@ def train_local_dp(
             max_grad_norm=privacy.max_grad_norm,
             grad_sample_mode="ghost",
             poisson_sampling=True,
-            noise_generator=generator,
         )
-    # Opacus samples with torch's global generator; seed it for a reproducible run.
-    torch.manual_seed(seed)
+    # The noise and the sample from the OS CSPRNG (see "noise source" above), at the rate
+    # Opacus accounts for (1 / len(dp_loader)).
+    dp_optimizer.add_noise = types.MethodType(_add_os_noise, dp_optimizer)
+    dp_loader = torch.utils.data.DataLoader(
+        index,
+        batch_sampler=_OsPoissonSampler(n, 1.0 / len(dp_loader), len(dp_loader)),
+        collate_fn=dp_loader.collate_fn,  # Opacus' collate: an empty sample is an empty batch
+    )
     total_steps = steps_per_round(privacy, local_epochs, n)
     arrays = {
         "items": data.items, "weights": data.weights, "features": data.features, "mask": data.mask,
