@@ -174,7 +174,7 @@ def test_when_a_round_has_150_stores_then_its_progress_is_one_short_line_and_the
     stores = [f"united-kingdom-{i}" for i in range(1, 151)]
     report = RoundReport(
         server_round=3,
-        train={s: {"epsilon": 1.0 + i / 100, "examples": 10.0} for i, s in enumerate(stores[:140])},
+        train={s: {"epsilon": 1.0 + i / 100, "epsilon-cap": 8.0, "examples": 10.0} for i, s in enumerate(stores[:140])},
         evaluate={s: {"ndcg@10": i / 1000, "new.ndcg@10": 0.01, "users": 5.0} for i, s in enumerate(stores)},
         skipped=stores[140:148], dropped=stores[148:],
         rejected={stores[0]: "norm"},
@@ -182,7 +182,7 @@ def test_when_a_round_has_150_stores_then_its_progress_is_one_short_line_and_the
     line = round_line(report, 10)
     assert "\n" not in line and len(line) < 220, line
     assert "round 3/10" in line and "stores trained 139, skipped 8, dropped 2, rejected 1" in line
-    assert "store NDCG@10 min/med/max 0.000/0.074/0.149" in line and "epsilon 1.00-2.39" in line
+    assert "store NDCG@10 min/med/max 0.000/0.074/0.149" in line and "epsilon spent 1.00-2.39 of 8" in line
     assert not any(s in line for s in stores)  # no store names: their figures go to the JSON
     rounds = json.loads(write_rounds(tmp_path / "rounds.json", {3: report}).read_text())["rounds"]
     assert len(rounds) == 1 and len(rounds[0]["per_store"]) == 150
