@@ -187,3 +187,13 @@ def test_when_a_round_has_150_stores_then_its_progress_is_one_short_line_and_the
     rounds = json.loads(write_rounds(tmp_path / "rounds.json", {3: report}).read_text())["rounds"]
     assert len(rounds) == 1 and len(rounds[0]["per_store"]) == 150
     assert rounds[0]["per_store"][stores[5]]["evaluate"]["ndcg@10"] == 0.005 and rounds[0]["skipped"] == sorted(stores[140:148])
+
+
+def test_python_dash_m_siloguard_is_the_command() -> None:
+    import subprocess
+    import sys
+
+    from siloguard import __version__
+
+    done = subprocess.run([sys.executable, "-m", "siloguard", "--version"], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0 and done.stdout.strip() == f"siloguard {__version__}"

@@ -1,0 +1,5 @@
+"""``python -m siloguard``: the same as the ``siloguard`` command."""
+
+from siloguard.cli import main
+
+main()
