@@ -18,6 +18,7 @@ from siloguard.storage import (
     current_revision,
     exclusive,
     head_revision,
+    reads,
     require_current_schema,
     upgrade_database,
 )
@@ -165,3 +166,27 @@ def test_db_cli_refuses_a_bad_url_in_one_line() -> None:
     result = CliRunner().invoke(db_app, ["upgrade", "--db", "mysql://u@h/db"])
     assert result.exit_code == 2  # ConfigError: settings only accept sqlite or postgresql URLs
     assert result.output.count("\n") == 1 and result.output.startswith("error:")
+
+
+def _in_transaction(conn: sa.Connection) -> bool:
+    dbapi = conn.connection.dbapi_connection
+    if conn.dialect.name == "sqlite":
+        return bool(dbapi.in_transaction)  # type: ignore[union-attr]
+    from psycopg import pq
+
+    return dbapi.info.transaction_status != pq.TransactionStatus.IDLE  # type: ignore[union-attr]
+
+
+def test_reads_run_each_statement_outside_a_transaction_on_the_same_pool(migrated_engine: Engine) -> None:
+    # The API's hot reads: no BEGIN before the statement and nothing to roll back after it.
+    with migrated_engine.connect() as conn:
+        conn.execute(sa.text("SELECT 1")).all()
+        assert _in_transaction(conn)  # the plain engine opens one (and rolls it back on return)
+    reader = reads(migrated_engine)
+    assert reads(migrated_engine) is reader and reader.pool is migrated_engine.pool
+    with reader.connect() as conn:
+        assert conn.execute(sa.text("SELECT 1")).scalar() == 1
+        assert not _in_transaction(conn)
+    with migrated_engine.connect() as conn:  # the pooled connection is handed back as it was
+        conn.execute(sa.text("SELECT 1")).all()
+        assert _in_transaction(conn)

@@ -45,8 +45,10 @@ def _query_names(route: APIRoute) -> frozenset[str]:
     return names
 
 
-def _known_query_only(request: Request) -> None:
-    """Refuse query parameters an operation does not take (strict input; nothing ignored silently)."""
+async def _known_query_only(request: Request) -> None:
+    """Refuse query parameters an operation does not take (strict input; nothing ignored silently).
+
+    ``async``: it blocks on nothing, and a plain ``def`` would cost a thread hop per request."""
     route = request.scope.get("route")
     if not isinstance(route, APIRoute) or not route.include_in_schema:  # pages (/, /docs): a shared link may carry ?utm_...
         return

@@ -27,11 +27,13 @@ __all__ = [
 ]
 
 
-def _service(request: Request) -> DsrService:
+# ``async`` because they only read the app's state: FastAPI runs a plain ``def`` dependency in
+# its thread pool, and two thread hops per request showed in the API's CPU profile (bench/api.py).
+async def _service(request: Request) -> DsrService:
     return request.app.state.service
 
 
-def _authz(request: Request) -> Authorizer:
+async def _authz(request: Request) -> Authorizer:
     return request.app.state.authz
 
 

@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from siloguard.errors import ConfigError
+from siloguard.storage.db import reads
 from siloguard.storage.orm import api_keys
 
 __all__ = ["KEY_ROLES", "ApiKey", "authenticate_key", "create_key", "list_keys", "revoke_key"]
@@ -96,7 +97,7 @@ def authenticate_key(engine: Engine, text: str) -> ApiKey | None:
     if match is None:
         return None
     key_id, secret = match.groups()
-    with engine.connect() as conn:
+    with reads(engine).connect() as conn:
         row = conn.execute(sa.select(api_keys).where(api_keys.c.id == key_id)).mappings().first()
     if row is None:
         hmac.compare_digest(_hash(secret), bytes(32))  # same work whether or not the id exists

@@ -60,7 +60,7 @@ from siloguard.dsr.machine import ACTIVE, TERMINAL, allowed
 from siloguard.dsr.notifier import Notifier, OutboxNotifier
 from siloguard.dsr.receipts import Receipt
 from siloguard.errors import AuditError, SiloguardError
-from siloguard.storage.db import exclusive
+from siloguard.storage.db import exclusive, reads
 from siloguard.storage.orm import (
     dsr_outbox,
     dsr_requests,
@@ -157,6 +157,7 @@ class DsrService(ErasureTasks, StoreEffects):
     ) -> None:
         self.settings = settings
         self.engine = engine
+        self.reads = reads(engine)  # one-statement reads: no BEGIN/ROLLBACK round trips
         self.audit = audit
         self.notifier = notifier or OutboxNotifier()
         self.clock = clock
@@ -211,7 +212,7 @@ class DsrService(ErasureTasks, StoreEffects):
 
     def session(self, token: str) -> SubjectSession | None:
         """The subject a bearer token belongs to, if it is known and not expired."""
-        with self.engine.connect() as conn:
+        with self.reads.connect() as conn:
             row = conn.execute(
                 sa.select(dsr_sessions).where(dsr_sessions.c.token_hash == self._token_hash(token))
             ).mappings().first()

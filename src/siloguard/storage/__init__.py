@@ -8,6 +8,7 @@ from siloguard.storage.db import (
     current_revision,
     exclusive,
     head_revision,
+    reads,
     require_current_schema,
     upgrade_database,
 )
@@ -17,6 +18,7 @@ __all__ = [
     "current_revision",
     "exclusive",
     "head_revision",
+    "reads",
     "require_current_schema",
     "upgrade_database",
 ]

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import hashlib
+import weakref
 from collections.abc import Iterator
 from functools import lru_cache
 from contextlib import contextmanager
@@ -87,7 +88,28 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(_EXCLUSIVE) else "BEGIN")
+        options = conn.get_execution_options()
+        if options.get("isolation_level") == "AUTOCOMMIT":
+            return  # reads(): each statement on its own, no transaction
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if options.get(_EXCLUSIVE) else "BEGIN")
+
+
+def reads(engine: Engine) -> Engine:
+    """The same engine and pool for reads that are one statement each: autocommit.
+
+    A read on the plain engine opens a transaction (``BEGIN``, on PostgreSQL a round trip of
+    its own) and ends it with a ``ROLLBACK`` when the connection goes back to the pool; one
+    statement is its own consistent snapshot, so the hot read paths of the API (a subject's
+    token, an API key, a subject's consent) skip both. Not for anything that reads twice and
+    relies on the two reads agreeing, and never for writes.
+    """
+    held = _READS.get(engine)
+    if held is None:
+        held = _READS[engine] = engine.execution_options(isolation_level="AUTOCOMMIT")
+    return held
+
+
+_READS: weakref.WeakKeyDictionary[Engine, Engine] = weakref.WeakKeyDictionary()
 
 
 @contextmanager
