@@ -218,3 +218,23 @@ def test_a_product_line_that_names_one_customer_is_not_published(tmp_path: Path,
     pub = Publication.read(site.directory / "publication.json")
     assert "M" in pub.products and "M" not in pub.descriptions  # the code is public, the note is not
     assert pub.descriptions  # products many customers bought keep their descriptions
+
+
+def test_a_product_is_published_under_its_most_frequent_description_the_first_of_a_tie(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("SILOGUARD_DATABASE__URL", "SILOGUARD_KEYS__ROOT"):
+        monkeypatch.delenv(name, raising=False)
+    site = StoreSite.init(tmp_path / "site", "germany", write_tiny_retail(tmp_path / "tiny.csv"), country="Germany")
+    frame = site.transactions()
+    code = str(frame["stock_code"].value_counts().index[0])
+    rows = frame.index[frame["stock_code"].astype(str) == code]
+    assert len(rows) >= 4
+    frame.loc[rows, "description"] = "B USUAL NAME"
+    frame.loc[rows[:1], "description"] = "A RARE NAME"
+    assert site.publication(frame).descriptions[code] == "B USUAL NAME"
+    even = rows[: len(rows) // 2 * 2]
+    tie = frame.drop(rows.difference(even))
+    tie.loc[even[: len(even) // 2], "description"] = "D SECOND"
+    tie.loc[even[len(even) // 2 :], "description"] = "C FIRST"
+    assert site.publication(tie).descriptions[code] == "C FIRST"

@@ -292,7 +292,13 @@ class StoreSite:
             buyers = tagged.groupby("code")["customer_id"].nunique()
             common = buyers[buyers >= PUBLISH_MIN_CUSTOMERS].index
             shelf = tagged[tagged["code"].isin(common) & tagged["description"].notna()]
-            descriptions = shelf.groupby("code")["description"].agg(lambda s: s.astype(str).mode().iloc[0])
+            # Each product's most frequent description, the alphabetically first of a tie (what
+            # Series.mode().iloc[0] gives), counted in one grouping: a Python mode() per product
+            # took most of the time of laying out 150 stores.
+            counted = (shelf.assign(description=shelf["description"].astype(str))
+                       .groupby(["code", "description"], sort=False).size().rename("n").reset_index()
+                       .sort_values(["code", "n", "description"], ascending=[True, False, True], kind="stable"))
+            descriptions = counted.drop_duplicates("code").set_index("code")["description"]
         counts = {"rows": len(frame), "customers": int(frame["customer_id"].nunique())}
         try:
             counts["consented"] = self.consented_now(frame)
