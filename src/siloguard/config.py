@@ -137,6 +137,11 @@ class FederationSettings(_Section):
 
     rounds: int = Field(7, ge=1, le=1000)
     fraction_train: float = Field(1.0, gt=0, le=1)
+    keep_best_round: bool = Field(
+        True,
+        description="without DP, register the round that scored best on the stores' validation window "
+        "(the training period's last horizon), not the last round",
+    )
     min_stores: int = Field(2, ge=1)
     round_timeout: float = Field(600.0, gt=0)
     aggregator: Literal["fedavg", "trimmed-mean", "median"] = Field(

@@ -166,15 +166,20 @@ def test_when_per_customer_norms_are_computed_then_they_equal_autograd_per_custo
         collaborative, repeat = module(user_vec, batch["items"], batch["weights"], batch["features"], batch["mask"])
         return _customer_loss(collaborative, repeat, batch)
 
-    reference = _GroupedModel(_prepare_for_dp(SharedModel(n_items, dim=4, hidden=3, seed=5)))
+    text = np.random.default_rng(1).normal(size=(n_items, 64)).astype(np.float32)  # the text map's inputs
+    reference = _GroupedModel(_prepare_for_dp(SharedModel(n_items, dim=4, hidden=3, seed=5, item_text=text)))
+    with torch.no_grad():  # a text map away from its start (text_out starts at zero)
+        reference.shared.text_out.weight.normal_(0.0, 0.1, generator=torch.Generator().manual_seed(2))
     expected = []
     for i in range(len(rows)):
         reference.zero_grad()
         model_and_losses(reference)[i].backward()
         expected.append(torch.sqrt(sum((p.grad**2).sum() for p in reference.parameters() if p.grad is not None)))
 
+    same = _prepare_for_dp(SharedModel(n_items, dim=4, hidden=3, seed=5, item_text=text))
+    same.load_state_dict(reference.shared.state_dict())
     ghost = GradSampleModuleFastGradientClipping(
-        _GroupedModel(_prepare_for_dp(SharedModel(n_items, dim=4, hidden=3, seed=5))),
+        _GroupedModel(same),
         batch_first=True, loss_reduction="sum", use_ghost_clipping=True, max_grad_norm=1.0,
     )
     model_and_losses(ghost).sum().backward()
@@ -252,3 +257,25 @@ def test_when_a_round_is_trained_twice_with_the_same_inputs_then_the_noise_diffe
         states.append(model.state_dict())
     trained = [k for k in states[0] if not k.startswith(("items.", "decoder.weight"))]
     assert any(not torch.equal(states[0][k], states[1][k]) for k in trained)
+
+
+def test_when_trained_with_dp_then_the_text_map_learns_and_the_free_item_vectors_stay() -> None:
+    """Under DP the collaborative ranker trains through the small map from public item features
+    (text_in, text_out) and the popularity bias; the ~220k free item and decoder coordinates
+    stay at their (data-free) start."""
+    examples, n_users, n_items = _examples()
+    text = np.random.default_rng(1).normal(size=(n_items, 64)).astype(np.float32)
+    model = SharedModel(n_items, dim=4, hidden=3, item_text=text)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    train_local_dp(
+        model, PrivateUsers(n_users, 4).weight.detach(), group_by_customer(examples, n_users),
+        privacy=PrivacySettings(noise_multiplier=1.0, sample_rate=0.2, max_grad_norm=1.0), local_epochs=1,
+        lr=0.01, repeat_lr=0.01, history=[], delta=DELTA,
+    )
+    after = model.state_dict()
+    for key in ("items.weight", "decoder.weight"):
+        assert torch.equal(before[key], after[key]), key
+    for key in ("text_in.weight", "text_out.weight", "text_out.bias", "decoder.bias"):
+        assert not torch.equal(before[key], after[key]), key
+    assert "item_text" not in after  # public features are never part of what is sent
+    assert torch.equal(model.item_text, torch.from_numpy(text))

@@ -237,8 +237,24 @@ def _private_users(store: StoreData, settings: Settings) -> PrivateUsers:
     return load_private_users(settings, store.name, store.subjects, settings.model.dim, seed=settings.model.seed)
 
 
+def message_item_text(msg: Message, settings: Settings) -> np.ndarray:
+    """The public item features of the run's catalogue: from the codes and descriptions in the
+    coordinator's message, else (a run prepared in one directory) from its catalogue file."""
+    from siloguard.recommender.item_text import item_text_features
+
+    config = _message_config(msg)
+    if "catalogue" in config:
+        codes = [str(c) for c in config["catalogue"]]
+        texts = [str(t) for t in config.get("descriptions", [])]
+        return item_text_features(codes, dict(zip(codes, texts)) if len(texts) == len(codes) else {})
+    from siloguard.runs import catalogue_item_text
+
+    return catalogue_item_text(run_manifest(settings.work_dir).require_catalogue())
+
+
 def _shared_model(msg: Message, store: StoreData, settings: Settings) -> SharedModel:
-    model = SharedModel(store.n_items, settings.model.dim, settings.model.hidden)
+    model = SharedModel(store.n_items, settings.model.dim, settings.model.hidden,
+                        item_text=message_item_text(msg, settings))
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     return model
 
@@ -425,7 +441,7 @@ def handle_evaluate(msg: Message, context: Context, settings: Settings) -> Messa
     store = store_for(context, settings, server_round=_round_of(msg), msg=msg)
     model = _shared_model(msg, store, settings)
     users = _private_users(store, settings) if private_path(settings, store.name).is_file() else None
-    metrics = evaluate_store(model, users, store)
+    metrics = evaluate_store(model, users, store, validation=True)
     metrics["num-examples"] = max(int(metrics["users"]), 1)
     clean = {k: (0.0 if np.isnan(v) else float(v)) for k, v in metrics.items()}
     content = RecordDict({"metrics": MetricRecord(clean), "store": ConfigRecord({"name": store.name})})

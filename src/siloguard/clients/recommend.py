@@ -223,14 +223,18 @@ class Recommender:
         if not real.any():
             return None
         with torch.no_grad():
-            context = self.loaded.model.items.weight[torch.from_numpy(bag.items[0][real])]
+            model = self.loaded.model
+            held = torch.from_numpy(bag.items[0][real])
+            context = model.items.weight[held] + model.text_in(model.item_text[held])
             return (torch.from_numpy(bag.weights[0][real]).unsqueeze(1) * context), bag.items[0][real]
 
     def _why_new(self, bag, pulls, item: int) -> str:  # noqa: ANN001
         if pulls is not None:
             weighted, held = pulls
             with torch.no_grad():
-                pull = (weighted @ self.loaded.model.decoder.weight[item]).numpy()
+                model = self.loaded.model
+                target = model.decoder.weight[item] + model.text_out.weight.T @ model.item_text[item]
+                pull = (weighted @ target).numpy()
             best = int(np.argmax(pull))
             if pull[best] > 0:
                 code = self.loaded.catalogue.codes[int(held[best])]

@@ -380,8 +380,8 @@ class _GroupedModel(nn.Module):
         flat = items.reshape(b, k * length)  # one call per embedding layer, batch dim = customer
         context = s.items(flat).reshape(b, k, length, s.dim)
         repeat_bias = s.repeat_items(flat).reshape(b, k, length)
-        profile = (weights.unsqueeze(-1) * context).sum(2) + user_vec.unsqueeze(1)  # (B, K, d)
-        collaborative = s.decoder(profile)  # (B, K, N)
+        profile = (weights.unsqueeze(-1) * context).sum(2) + s.text_profile(items, weights) + user_vec.unsqueeze(1)
+        collaborative = s.item_logits(profile)  # (B, K, N)
         feats = features.reshape(b, k * length, -1)
         head = (s.repeat(feats) + s.repeat_linear(feats)).reshape(b, k, length)
         return collaborative, (repeat_bias + head) * mask
@@ -482,6 +482,8 @@ def _prepare_for_dp(shared: SharedModel) -> SharedModel:
     """Swap layers for the DP-friendly subclasses above (same weights, same state_dict keys)."""
     shared.repeat = nn.Sequential(*[_as_small(m) if isinstance(m, nn.Linear) else m for m in shared.repeat])
     shared.repeat_linear = _as_small(shared.repeat_linear)
+    shared.text_in = _as_small(shared.text_in)
+    shared.text_out = _as_small(shared.text_out)
     shared.items = _as_dense_norm(shared.items)
     shared.repeat_items = _as_dense_norm(shared.repeat_items)
     return shared
@@ -610,10 +612,12 @@ def train_local_dp(
         return DPTrainResult(0, 0, float("nan"), list(history), privacy_report(privacy, history, delta, n))
     _prepare_for_dp(shared)
     if not privacy.train_collaborative:
-        # Noise is added to every trained coordinate: the item and decoder vectors
+        # Noise is added to every trained coordinate: the free item and decoder vectors
         # are ~220k of them, where the clipped signal of a batch of ~90 customers
         # drowns (NDCG@10 0.311 when trained, 0.315 when frozen at eps 7.5; docs/PRIVACY.md).
-        # Under DP only the item popularity bias and the repeat ranker are trained.
+        # Under DP the collaborative ranker learns through the small map from public item
+        # features (text_in, text_out: ~4k numbers) and the item popularity bias; the repeat
+        # ranker is trained as without DP.
         shared.items.weight.requires_grad_(False)
         shared.decoder.weight.requires_grad_(False)
     grouped = _GroupedModel(shared)

@@ -5,6 +5,14 @@ Scores of every catalogue item ``i`` for customer ``u`` at a cutoff::
     s(u, .) = D(p_u + sum_j w_uj c_j)                            collaborative part
     s(u, j) += r_j + g(features(u, j))   for each j in history(u)   repeat part
 
+    c_j = e_j + A x_j        D_i = f_i + B x_i   (bias b_i + x_i . v)
+
+* ``x_j`` are fixed features of product ``j`` from the public catalogue (its description and
+  stock code, :mod:`siloguard.recommender.item_text`): a buffer computed by every party from
+  the catalogue, not in the state dict; ``A`` (``text_in``) and ``B`` with ``v``
+  (``text_out``) are the small shared map from those features (2 x 64 x dim + 64 numbers), the
+  part of the collaborative ranker that is trained under DP; ``e_j`` and ``f_i`` are free
+  per-item vectors, trained without DP only;
 * ``c_j`` (context vector) and ``r_j`` (repeat bias) live in one item table,
   ``SharedModel.items`` (columns ``[c | r]``), looked up once per forward pass on
   the customer's history bag (Opacus ghost clipping refuses a layer called twice);
@@ -28,6 +36,7 @@ import torch
 from torch import nn
 
 from siloguard.recommender.features import N_FEATURES, POPULARITY_FEATURE, Bags, History, history_bags
+from siloguard.recommender.item_text import TEXT_DIM
 
 __all__ = [
     "PAST_PURCHASE_OFFSET",
@@ -52,7 +61,15 @@ REPEAT_INIT_POPULARITY = 0.1
 class SharedModel(nn.Module):
     """Parameters shared across stores (and only these are ever sent)."""
 
-    def __init__(self, n_items: int, dim: int = 32, hidden: int = 16, seed: int = 0) -> None:
+    def __init__(
+        self,
+        n_items: int,
+        dim: int = 32,
+        hidden: int = 16,
+        seed: int = 0,
+        item_text: np.ndarray | torch.Tensor | None = None,
+        text_dim: int = TEXT_DIM,
+    ) -> None:
         super().__init__()
         gen = torch.Generator().manual_seed(seed)
         self.n_items = n_items
@@ -60,6 +77,13 @@ class SharedModel(nn.Module):
         self.items = nn.Embedding(n_items, dim)
         self.repeat_items = nn.Embedding(n_items, 1)
         self.decoder = nn.Linear(dim, n_items)
+        # Public item features (not persistent: never in a message or a model file; every party
+        # computes them from the catalogue). None: zeros, the text map then adds nothing.
+        self.register_buffer("item_text", torch.zeros(n_items, text_dim), persistent=False)
+        if item_text is not None:
+            self.set_item_text(item_text)
+        self.text_in = nn.Linear(text_dim, dim, bias=False)
+        self.text_out = nn.Linear(dim, text_dim)
         self.repeat = nn.Sequential(nn.Linear(N_FEATURES, hidden), nn.ReLU(), nn.Linear(hidden, 1))
         self.repeat_linear = nn.Linear(N_FEATURES, 1)
         with torch.no_grad():
@@ -67,6 +91,9 @@ class SharedModel(nn.Module):
             self.repeat_items.weight.zero_()
             self.decoder.weight.normal_(0.0, 0.05, generator=gen)
             self.decoder.bias.zero_()
+            self.text_in.weight.normal_(0.0, 0.05, generator=gen)
+            self.text_out.weight.zero_()
+            self.text_out.bias.zero_()
             for layer in self.repeat:
                 if isinstance(layer, nn.Linear):
                     layer.weight.normal_(0.0, 0.1, generator=gen)
@@ -76,8 +103,27 @@ class SharedModel(nn.Module):
             self.repeat_linear.weight[0, POPULARITY_FEATURE] = REPEAT_INIT_POPULARITY
             self.repeat_linear.bias.fill_(REPEAT_INIT_BIAS)
 
+    def set_item_text(self, features: np.ndarray | torch.Tensor) -> None:
+        """Use these public item features (``n_items x text_dim``)."""
+        x = torch.as_tensor(np.asarray(features, np.float32))
+        if tuple(x.shape) != tuple(self.item_text.shape):
+            raise ValueError(f"item features of shape {tuple(x.shape)} do not fit the model's {tuple(self.item_text.shape)}")
+        self.item_text.copy_(x)
+
     def collaborative_parameters(self) -> list[nn.Parameter]:
-        return [*self.items.parameters(), *self.decoder.parameters()]
+        return [*self.items.parameters(), *self.decoder.parameters(), *self.text_parameters()]
+
+    def text_parameters(self) -> list[nn.Parameter]:
+        """The map from public item features: what the collaborative ranker trains under DP."""
+        return [*self.text_in.parameters(), *self.text_out.parameters()]
+
+    def item_logits(self, profile: torch.Tensor) -> torch.Tensor:
+        """Collaborative logits over the catalogue of profiles (..., dim) -> (..., n_items)."""
+        return self.decoder(profile) + self.text_out(profile) @ self.item_text.T
+
+    def text_profile(self, items: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """``A sum_j w_j x_j`` of history bags (..., L) -> (..., dim)."""
+        return self.text_in((weights.unsqueeze(-1) * self.item_text[items]).sum(-2))
 
     def repeat_parameters(self) -> list[nn.Parameter]:
         return [*self.repeat_items.parameters(), *self.repeat.parameters(), *self.repeat_linear.parameters()]
@@ -93,8 +139,8 @@ class SharedModel(nn.Module):
         """Collaborative logits over the catalogue (B, n_items) and repeat scores of the bag (B, L)."""
         context = self.items(items)  # each embedding layer is called once per pass
         repeat_bias = self.repeat_items(items).squeeze(-1)
-        profile = (weights.unsqueeze(-1) * context).sum(1) + user_vec
-        collaborative = self.decoder(profile)
+        profile = (weights.unsqueeze(-1) * context).sum(1) + self.text_profile(items, weights) + user_vec
+        collaborative = self.item_logits(profile)
         repeat = (repeat_bias + (self.repeat(features) + self.repeat_linear(features)).squeeze(-1)) * mask
         return collaborative, repeat
 
