@@ -83,7 +83,29 @@ def test_when_a_store_evaluates_then_it_replies_with_aggregate_numbers_only(tiny
     metrics = reply.content["metrics"]
     assert 0 < metrics["users"] <= prepared.customers["france"]
     assert 0.0 <= metrics["ndcg@10"] <= 1.0
+    # the window the coordinator picks rounds by: the training period's last horizon
+    assert metrics["val.users"] > 0 and 0.0 <= metrics["val.ndcg@10"] <= 1.0
     assert dict(reply.content["store"]) == {"name": "france"}
+
+
+def test_when_the_coordinator_sends_the_catalogue_then_the_store_builds_the_same_item_features(
+    tiny_settings: Settings,
+) -> None:
+    """The public item features are not in the model's arrays: each store computes them from the
+    codes and descriptions in the message, and must get what the catalogue file gives."""
+    from siloguard.clients.app import message_item_text
+    from siloguard.federation.app import _shared_config
+    from siloguard.runs import catalogue_item_text, load_descriptions, run_manifest
+
+    prepare_run(tiny_settings)
+    catalogue = run_manifest(tiny_settings.work_dir).require_catalogue()
+    assert load_descriptions(catalogue), "the prepared catalogue carries the published descriptions"
+    config = _shared_config(tiny_settings)
+    assert len(config["descriptions"]) == len(config["catalogue"])
+    msg = Message(content=RecordDict({"config": ConfigRecord(config)}), dst_node_id=1, message_type=MessageType.TRAIN)
+    from_message = message_item_text(msg, tiny_settings)
+    assert from_message.any()
+    assert np.array_equal(from_message, catalogue_item_text(catalogue))
 
 
 def test_when_private_state_exists_then_training_continues_from_it(tiny_settings: Settings) -> None:
