@@ -44,7 +44,7 @@ def _epoch_worker(data: str, store: str, mode: str, seed: int, out: mp.Queue) ->
     from siloguard.config import Settings
     from siloguard.federation.runner import prepare_run
     from siloguard.privacy.dp import group_by_customer, store_delta, train_local_dp
-    from siloguard.recommender.model import PrivateUsers, SharedModel
+    from siloguard.recommender.model import PrivateUsers, SharedModel, item_customers
     from siloguard.runs import RunManifest
     from siloguard.recommender.train import train_local
 
@@ -60,6 +60,7 @@ def _epoch_worker(data: str, store: str, mode: str, seed: int, out: mp.Queue) ->
 
     text = catalogue_item_text(run.require_catalogue())
     model = SharedModel(st.n_items, m.dim, m.hidden, seed=seed, item_text=text)
+    model.set_store_popularity(item_customers(st.history))
     users = PrivateUsers(st.n_users, m.dim)
     base_rss = _peak_rss_mib()
     started = time.perf_counter()
@@ -184,7 +185,7 @@ def _train_alone(store, settings, text, target: float | None) -> tuple[object, o
     import numpy as np
 
     from siloguard.privacy.dp import epsilon_of, group_by_customer, plan_noise, rounds_left, store_delta, train_local_dp
-    from siloguard.recommender.model import PrivateUsers, SharedModel
+    from siloguard.recommender.model import PrivateUsers, SharedModel, item_customers
     from siloguard.recommender.train import train_local
 
     m, pv, rounds = settings.model, settings.privacy, settings.federation.rounds
@@ -195,6 +196,7 @@ def _train_alone(store, settings, text, target: float | None) -> tuple[object, o
     for r in range(1, rounds + 1):
         model = SharedModel(store.n_items, m.dim, m.hidden, item_text=text)
         model.load_state_dict(state)
+        model.set_store_popularity(item_customers(store.history))
         examples = store.examples(m, np.random.default_rng([m.seed, r, store.n_users]))
         if target is None:
             train_local(model, users, examples, epochs=m.local_epochs, lr=m.learning_rate,
@@ -212,6 +214,7 @@ def _train_alone(store, settings, text, target: float | None) -> tuple[object, o
         state = model.state_dict()
     model = SharedModel(store.n_items, m.dim, m.hidden, item_text=text)
     model.load_state_dict(state)
+    model.set_store_popularity(item_customers(store.history))
     return model, users, (epsilon_of(pv.accountant, history, delta) if target is not None else None)
 
 

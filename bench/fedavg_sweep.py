@@ -27,7 +27,7 @@ from siloguard.runs import RunManifest
 from siloguard.clients.store import evaluate_store, load_store, overall_metrics
 from siloguard.config import Settings
 from siloguard.federation.runner import prepare_run
-from siloguard.recommender.model import PrivateUsers, SharedModel
+from siloguard.recommender.model import PrivateUsers, SharedModel, item_customers
 from siloguard.privacy.dp import group_by_customer, plan_noise, rounds_left, store_delta, train_local_dp
 from siloguard.recommender.train import train_local
 from siloguard.runs import catalogue_item_text
@@ -45,6 +45,7 @@ def main() -> int:
     p.add_argument("--sample-rate", type=float, default=None, help="DP Poisson rate (default: settings)")
     p.add_argument("--clip", type=float, default=None, help="DP clipping bound (default: settings)")
     p.add_argument("--no-text", action="store_true", help="no public item features (the text map adds nothing)")
+    p.add_argument("--freeze", default="", help="DP: shared parameters kept fixed, comma-separated state-dict names")
     a = p.parse_args()
     torch.set_num_threads(1)
     work = Path(tempfile.mkdtemp(prefix="siloguard-sweep-"))
@@ -80,6 +81,7 @@ def main() -> int:
             states, weights = [], []
             for n, st in stores.items():
                 local = copy.deepcopy(shared)
+                local.set_store_popularity(item_customers(st.history))
                 ex = st.examples(m, np.random.default_rng([m.seed, r, st.n_users]))
                 if a.epsilon is None:
                     res = train_local(local, private[n], ex, epochs=m.local_epochs, lr=m.learning_rate,
@@ -94,14 +96,17 @@ def main() -> int:
                     res = train_local_dp(local, private[n].weight.detach(), group_by_customer(ex, st.n_users),
                                          privacy=pv, local_epochs=m.local_epochs, lr=m.learning_rate,
                                          repeat_lr=m.repeat_learning_rate, history=ledgers[n], delta=delta,
-                                         noise_multiplier=noise)
+                                         noise_multiplier=noise, frozen=tuple(f for f in a.freeze.split(",") if f))
                     ledgers[n] = res.history
                     spent[n] = res.report.epsilon
                     weights.append(int(np.count_nonzero(np.bincount(ex.bags.user, minlength=st.n_users))))
                 states.append(local.state_dict())
             w = np.asarray(weights, float) / sum(weights)
             shared.load_state_dict({k: sum(wi * sd[k] for wi, sd in zip(w, states)) for k in states[0]})
-        per = {n: evaluate_store(shared, private[n], st) for n, st in stores.items()}
+        per = {}
+        for n, st in stores.items():
+            shared.set_store_popularity(item_customers(st.history))
+            per[n] = evaluate_store(shared, private[n], st)
         o = overall_metrics(per)
         smalls = "  ".join(f"{n} {per[n]['ndcg@10']:.4f}" for n in small)
         eps = f"  max eps {max(spent.values()):.3f}" if spent else ""

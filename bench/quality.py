@@ -43,7 +43,7 @@ from siloguard.recommender.baselines import (
     tune_als,
 )
 from siloguard.recommender.features import build_history
-from siloguard.recommender.model import PrivateUsers, SharedModel
+from siloguard.recommender.model import PrivateUsers, SharedModel, item_customers
 from siloguard.recommender.train import train_local
 
 METRICS = ("ndcg@10", "hr@10", "recall@20")
@@ -63,6 +63,7 @@ def _per_store_from_central(
 def _train_model(store: StoreData, settings: Settings, epochs: int, text: np.ndarray) -> tuple[SharedModel, PrivateUsers]:
     m = settings.model
     model = SharedModel(store.n_items, m.dim, m.hidden, seed=m.seed, item_text=text)
+    model.set_store_popularity(item_customers(store.history))
     users = PrivateUsers(store.n_users, m.dim, seed=m.seed)
     for epoch in range(epochs):
         rng = np.random.default_rng([m.seed, epoch + 1, store.n_users])

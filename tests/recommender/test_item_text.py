@@ -79,3 +79,18 @@ def test_when_the_model_gets_item_features_then_they_shape_logits_but_are_never_
     assert (moved[:, 0] - moved[:, 1]).norm() < 0.5 * (moved[:, 0] - moved[:, 7]).norm()
     with pytest.raises(ValueError, match="do not fit"):
         model.set_item_text(np.zeros((3, TEXT_DIM), np.float32))
+
+
+def test_when_a_store_sets_its_popularity_then_new_items_start_in_that_order_and_it_is_never_sent() -> None:
+    model = SharedModel(len(CODES), dim=4, hidden=3, item_text=item_text_features(CODES, SHELF))
+    with torch.no_grad():  # no learned part: only the store's prior is left in the logits
+        for p in model.collaborative_parameters():
+            p.zero_()
+    customers = np.array([5, 0, 40, 1, 0, 12, 3, 0, 7, 2], float)
+    model.set_store_popularity(customers)
+    logits = model.item_logits(torch.zeros(1, 4))[0].detach().numpy()
+    assert np.allclose(logits, np.log1p(customers))
+    assert list(np.argsort(-logits)[:3]) == [2, 5, 8]
+    assert "store_prior" not in model.state_dict() and "item_text" not in model.state_dict()
+    with pytest.raises(ValueError, match="non-negative"):
+        model.set_store_popularity(-customers)

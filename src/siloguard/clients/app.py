@@ -38,7 +38,7 @@ from siloguard.config import Settings
 from siloguard.data.loader import load_clean
 from siloguard.errors import ConfigError
 from siloguard.recommender.features import Catalogue
-from siloguard.recommender.model import PrivateUsers, SharedModel
+from siloguard.recommender.model import PrivateUsers, SharedModel, item_customers
 from siloguard.recommender.train import train_local
 
 __all__ = [
@@ -256,6 +256,7 @@ def _shared_model(msg: Message, store: StoreData, settings: Settings) -> SharedM
     model = SharedModel(store.n_items, settings.model.dim, settings.model.hidden,
                         item_text=message_item_text(msg, settings))
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    model.set_store_popularity(item_customers(store.history))  # the store's own, never sent
     return model
 
 

@@ -593,6 +593,7 @@ def train_local_dp(
     history: list[tuple[float, float, int]],
     delta: float,
     noise_multiplier: float | None = None,
+    frozen: tuple[str, ...] = (),
 ) -> DPTrainResult:
     """DP-SGD (Adam) of the shared parameters on one store's customers.
 
@@ -620,10 +621,15 @@ def train_local_dp(
         # ranker is trained as without DP.
         shared.items.weight.requires_grad_(False)
         shared.decoder.weight.requires_grad_(False)
+    named = dict(shared.named_parameters())
+    for name in frozen:  # further parameters kept as they are (by state-dict name)
+        if name not in named:
+            raise ConfigError(f"no shared parameter {name!r} to freeze: known are {', '.join(sorted(named))}")
+        named[name].requires_grad_(False)
     grouped = _GroupedModel(shared)
     groups = [
         {"params": [p for p in shared.collaborative_parameters() if p.requires_grad], "lr": lr},
-        {"params": shared.repeat_parameters(), "lr": repeat_lr},
+        {"params": [p for p in shared.repeat_parameters() if p.requires_grad], "lr": repeat_lr},
     ]
     optimizer = torch.optim.Adam([g for g in groups if g["params"]])
     index = torch.utils.data.TensorDataset(torch.arange(n))
@@ -696,8 +702,8 @@ def train_local_dp(
             loss.backward()
             dp_optimizer.step()
             loss_sum += float(per_customer.detach().mean())
-    shared.items.weight.requires_grad_(True)
-    shared.decoder.weight.requires_grad_(True)
+    for param in shared.parameters():
+        param.requires_grad_(True)
     new_history = [tuple(h) for h in engine.accountant.history]
     return DPTrainResult(
         customers=n,

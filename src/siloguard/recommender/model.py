@@ -40,6 +40,8 @@ from siloguard.recommender.item_text import TEXT_DIM
 
 __all__ = [
     "PAST_PURCHASE_OFFSET",
+    "POPULARITY_PRIOR",
+    "item_customers",
     "REPEAT_INIT_BIAS",
     "REPEAT_INIT_SLOPE",
     "PrivateUsers",
@@ -49,6 +51,8 @@ __all__ = [
     "score_users",
 ]
 
+#: Weight of the store's log1p(customers) per item in the collaborative logits (fixed).
+POPULARITY_PRIOR = 1.0
 #: Warm start of the repeat head's linear skip: slope on log1p(baskets), offset.
 REPEAT_INIT_SLOPE = 2.0
 REPEAT_INIT_BIAS = 3.0
@@ -77,9 +81,13 @@ class SharedModel(nn.Module):
         self.items = nn.Embedding(n_items, dim)
         self.repeat_items = nn.Embedding(n_items, 1)
         self.decoder = nn.Linear(dim, n_items)
-        # Public item features (not persistent: never in a message or a model file; every party
-        # computes them from the catalogue). None: zeros, the text map then adds nothing.
+        # Fixed inputs, not persistent (never in a message or a model file): the public item
+        # features every party computes from the catalogue (None: zeros, the text map then adds
+        # nothing), and the store's own popularity prior on new items, log1p(its customers who
+        # bought the item), which each store sets from its own data (set_store_popularity).
+        self.text_dim = text_dim
         self.register_buffer("item_text", torch.zeros(n_items, text_dim), persistent=False)
+        self.register_buffer("store_prior", torch.zeros(n_items), persistent=False)
         if item_text is not None:
             self.set_item_text(item_text)
         self.text_in = nn.Linear(text_dim, dim, bias=False)
@@ -106,9 +114,22 @@ class SharedModel(nn.Module):
     def set_item_text(self, features: np.ndarray | torch.Tensor) -> None:
         """Use these public item features (``n_items x text_dim``)."""
         x = torch.as_tensor(np.asarray(features, np.float32))
-        if tuple(x.shape) != tuple(self.item_text.shape):
-            raise ValueError(f"item features of shape {tuple(x.shape)} do not fit the model's {tuple(self.item_text.shape)}")
-        self.item_text.copy_(x)
+        if tuple(x.shape) != (self.n_items, self.text_dim):
+            raise ValueError(f"item features of shape {tuple(x.shape)} do not fit the model's {(self.n_items, self.text_dim)}")
+        with torch.no_grad():
+            self.item_text.copy_(x)
+
+    def set_store_popularity(self, customers: np.ndarray) -> None:
+        """The store's own prior on new items: ``log1p`` of its customers who bought each item,
+        added to the collaborative logits (so an untrained model ranks new items by the store's
+        popularity, and training learns what to add to it). Fixed, not trained: no gradient
+        reaches it, under DP no clipping budget or noise is spent on it. Computed in the store
+        from its own data and kept there (not in the state dict, never sent)."""
+        c = np.asarray(customers, np.float64)
+        if c.shape != (self.n_items,) or (c < 0).any():
+            raise ValueError(f"store popularity must be {self.n_items} non-negative counts")
+        with torch.no_grad():
+            self.store_prior.copy_(torch.from_numpy(POPULARITY_PRIOR * np.log1p(c)).float())
 
     def collaborative_parameters(self) -> list[nn.Parameter]:
         return [*self.items.parameters(), *self.decoder.parameters(), *self.text_parameters()]
@@ -119,7 +140,7 @@ class SharedModel(nn.Module):
 
     def item_logits(self, profile: torch.Tensor) -> torch.Tensor:
         """Collaborative logits over the catalogue of profiles (..., dim) -> (..., n_items)."""
-        return self.decoder(profile) + self.text_out(profile) @ self.item_text.T
+        return self.decoder(profile) + self.text_out(profile) @ self.item_text.T + self.store_prior
 
     def text_profile(self, items: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """``A sum_j w_j x_j`` of history bags (..., L) -> (..., dim)."""
@@ -154,6 +175,11 @@ class PrivateUsers(nn.Module):
 
     def forward(self, users: torch.Tensor) -> torch.Tensor:
         return self.weight[users]
+
+
+def item_customers(history: History) -> np.ndarray:
+    """How many of the store's customers bought each item in ``history`` (for set_store_popularity)."""
+    return np.asarray((history.counts > 0).sum(axis=0), np.float64).ravel()
 
 
 def bag_tensors(bags: Bags, idx: np.ndarray | slice) -> tuple[torch.Tensor, ...]:
