@@ -73,6 +73,11 @@ def _epoch_worker(data: str, store: str, mode: str, seed: int, out: mp.Queue) ->
         train_local_dp(model, users.weight.detach(), data_c, privacy=s.privacy, local_epochs=1,
                        lr=m.learning_rate, repeat_lr=m.repeat_learning_rate, history=[],
                        delta=store_delta(s.privacy, st.n_users), noise_multiplier=1.0)
+        if s.privacy.local_repeat:  # a DP epoch also trains the store's own repeat ranker (no noise)
+            model = model.fresh_copy()  # without Opacus' hooks
+            train_local(model, users, examples, epochs=1, lr=m.learning_rate, repeat_lr=m.repeat_learning_rate,
+                        user_lr=m.user_learning_rate, batch_size=m.batch_size, weight_decay=m.weight_decay,
+                        seed=seed, repeat_only=True)
         customers = st.n_users
     seconds = time.perf_counter() - started
     out.put({"seconds": seconds, "peak_rss_mib": _peak_rss_mib(), "rss_before_mib": base_rss,
@@ -211,6 +216,11 @@ def _train_alone(store, settings, text, target: float | None) -> tuple[object, o
                                      privacy=pv, local_epochs=m.local_epochs, lr=m.learning_rate,
                                      repeat_lr=m.repeat_learning_rate, history=history, delta=delta,
                                      noise_multiplier=noise).history
+            if pv.local_repeat:  # as a store does (clients/app.py): its repeat ranker without noise
+                model = model.fresh_copy()  # without Opacus' hooks
+                train_local(model, users, examples, epochs=m.local_epochs, lr=m.learning_rate,
+                            repeat_lr=m.repeat_learning_rate, user_lr=m.user_learning_rate, batch_size=m.batch_size,
+                            weight_decay=m.weight_decay, seed=m.seed + r, repeat_only=True)
         state = model.state_dict()
     model = SharedModel(store.n_items, m.dim, m.hidden, item_text=text)
     model.load_state_dict(state)

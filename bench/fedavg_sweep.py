@@ -45,6 +45,9 @@ def main() -> int:
     p.add_argument("--sample-rate", type=float, default=None, help="DP Poisson rate (default: settings)")
     p.add_argument("--clip", type=float, default=None, help="DP clipping bound (default: settings)")
     p.add_argument("--no-text", action="store_true", help="no public item features (the text map adds nothing)")
+    p.add_argument("--collab-weight", type=float, default=None, help="DP: weight of the new-items loss")
+    p.add_argument("--shared-repeat", action="store_true", help="DP: the repeat ranker shared under DP too")
+    p.add_argument("--train-biases", action="store_true", help="DP: also train the per-item biases")
     p.add_argument("--freeze", default="", help="DP: shared parameters kept fixed, comma-separated state-dict names")
     a = p.parse_args()
     torch.set_num_threads(1)
@@ -60,6 +63,9 @@ def main() -> int:
             "epsilon": a.epsilon, "epsilon_cap": a.epsilon,
             **({"sample_rate": a.sample_rate} if a.sample_rate else {}),
             **({"max_grad_norm": a.clip} if a.clip else {}),
+            **({"collaborative_loss_weight": a.collab_weight} if a.collab_weight else {}),
+            **({"train_item_biases": True} if a.train_biases else {}),
+            **({"local_repeat": False} if a.shared_repeat else {}),
         })
     prepared = prepare_run(settings)
     run = RunManifest.read(work)
@@ -73,6 +79,7 @@ def main() -> int:
     shared = SharedModel(prepared.items, m.dim, m.hidden, seed=m.seed, item_text=text)
     private = {n: PrivateUsers(st.n_users, m.dim, seed=m.seed) for n, st in stores.items()}
     ledgers: dict[str, list] = {n: [] for n in stores}
+    repeats: dict[str, dict] = {}  # store -> its own repeat ranker (DP with local_repeat)
     started = time.perf_counter()
     print(f"settings: {vars(a)}")
     for r in range(a.rounds + 1):
@@ -98,6 +105,14 @@ def main() -> int:
                                          repeat_lr=m.repeat_learning_rate, history=ledgers[n], delta=delta,
                                          noise_multiplier=noise, frozen=tuple(f for f in a.freeze.split(",") if f))
                     ledgers[n] = res.history
+                    if pv.local_repeat:  # the store's own repeat ranker: trained without noise, kept here
+                        mine = local.fresh_copy()
+                        mine.load_state_dict({**mine.state_dict(), **repeats.get(n, {})})
+                        train_local(mine, private[n], ex, epochs=m.local_epochs, lr=m.learning_rate,
+                                    repeat_lr=m.repeat_learning_rate, user_lr=m.user_learning_rate,
+                                    batch_size=m.batch_size, weight_decay=m.weight_decay, seed=m.seed + r,
+                                    repeat_only=True)
+                        repeats[n] = {k: v.clone() for k, v in mine.state_dict().items() if k.startswith("repeat")}
                     spent[n] = res.report.epsilon
                     weights.append(int(np.count_nonzero(np.bincount(ex.bags.user, minlength=st.n_users))))
                 states.append(local.state_dict())
@@ -105,8 +120,10 @@ def main() -> int:
             shared.load_state_dict({k: sum(wi * sd[k] for wi, sd in zip(w, states)) for k in states[0]})
         per = {}
         for n, st in stores.items():
-            shared.set_store_popularity(item_customers(st.history))
-            per[n] = evaluate_store(shared, private[n], st)
+            mine = copy.deepcopy(shared)
+            mine.set_store_popularity(item_customers(st.history))
+            mine.load_state_dict({**mine.state_dict(), **repeats.get(n, {})})
+            per[n] = evaluate_store(mine, private[n], st)
         o = overall_metrics(per)
         smalls = "  ".join(f"{n} {per[n]['ndcg@10']:.4f}" for n in small)
         eps = f"  max eps {max(spent.values()):.3f}" if spent else ""

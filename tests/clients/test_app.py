@@ -178,3 +178,25 @@ def test_when_dp_rounds_are_planned_then_every_round_trains_and_the_run_ends_at_
     entry = BudgetLedger(settings.database.url).load("germany")
     assert entry is not None and entry.rounds == 4 and entry.epsilon == pytest.approx(spent[-1])
     assert [h[0] for h in entry.history] == pytest.approx(noises)  # the ledger keeps each round's noise
+
+
+def test_when_a_store_trains_under_dp_then_its_repeat_ranker_stays_home_and_the_reply_carries_the_global_one(
+    tiny_dp_settings: Settings,
+) -> None:
+    from siloguard.clients.private import load_private_repeat, repeat_path
+
+    prepared = prepare_run(tiny_dp_settings)
+    model = _shared(tiny_dp_settings, prepared.items)
+    context = _context(tiny_dp_settings, "germany")
+    reply = handle_train(_message(ArrayRecord(model.state_dict()), MessageType.TRAIN), context, tiny_dp_settings)
+
+    sent = reply.content["arrays"].to_torch_state_dict()
+    start = model.state_dict()
+    repeat_keys = [k for k in start if k.startswith("repeat")]
+    assert repeat_keys and all(torch.equal(sent[k], start[k]) for k in repeat_keys)  # not trained in the update
+    assert not torch.equal(sent["text_in.weight"], start["text_in.weight"])  # the DP part is
+    path = repeat_path(tiny_dp_settings, "germany")
+    assert path.stat().st_mode & 0o077 == 0
+    own = _shared(tiny_dp_settings, prepared.items)
+    assert load_private_repeat(tiny_dp_settings, "germany", own)
+    assert any(not torch.equal(own.state_dict()[k], start[k]) for k in repeat_keys)  # trained, kept in the store

@@ -335,6 +335,8 @@ def handle_train(msg: Message, context: Context, settings: Settings) -> Message:
         privacy_metrics = _train_dp(model, users, examples, store, settings, server_round)
         n_examples = int(privacy_metrics.pop("customers"))
         loss = privacy_metrics.pop("loss")
+        if settings.privacy.local_repeat:
+            _train_own_repeat(model, users, examples, store, settings, server_round)
     else:
         result = train_local(
             model,
@@ -367,6 +369,22 @@ def handle_train(msg: Message, context: Context, settings: Settings) -> Message:
         }
     )
     return Message(content=content, reply_to=msg)
+
+
+def _train_own_repeat(
+    shared: SharedModel, users: PrivateUsers, examples, store: StoreData, settings: Settings, server_round: int
+) -> None:
+    """Under DP the repeat ranker is the store's own: trained here without noise, from where the
+    store left it, and kept on the store's disk; the reply carries the global one unchanged."""
+    from siloguard.clients.private import load_private_repeat, save_private_repeat
+
+    own = shared.fresh_copy()
+    load_private_repeat(settings, store.name, own)
+    m = settings.model
+    train_local(own, users, examples, epochs=m.local_epochs, lr=m.learning_rate, repeat_lr=m.repeat_learning_rate,
+                user_lr=m.user_learning_rate, batch_size=m.batch_size, weight_decay=m.weight_decay,
+                seed=m.seed + server_round, repeat_only=True)
+    save_private_repeat(settings, store.name, own)
 
 
 def _audit_head(settings: Settings) -> dict[str, ConfigRecord]:
@@ -442,6 +460,10 @@ def handle_evaluate(msg: Message, context: Context, settings: Settings) -> Messa
     store = store_for(context, settings, server_round=_round_of(msg), msg=msg)
     model = _shared_model(msg, store, settings)
     users = _private_users(store, settings) if private_path(settings, store.name).is_file() else None
+    if settings.privacy.enabled and settings.privacy.local_repeat:
+        from siloguard.clients.private import load_private_repeat
+
+        load_private_repeat(settings, store.name, model)  # the store's own repeat ranker, if trained
     metrics = evaluate_store(model, users, store, validation=True)
     metrics["num-examples"] = max(int(metrics["users"]), 1)
     clean = {k: (0.0 if np.isnan(v) else float(v)) for k, v in metrics.items()}

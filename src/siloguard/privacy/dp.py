@@ -564,7 +564,9 @@ class DPTrainResult:
     report: PrivacyReport
 
 
-def _customer_loss(collaborative, repeat, batch) -> torch.Tensor:
+def _customer_loss(
+    collaborative, repeat, batch, collaborative_weight: float = 1.0, repeat_weight: float = 1.0
+) -> torch.Tensor:
     b, k, n = collaborative.shape
     length = repeat.shape[-1]
     t = batch["targets"].shape[-1]
@@ -576,7 +578,9 @@ def _customer_loss(collaborative, repeat, batch) -> torch.Tensor:
         batch["targets"].reshape(b * k, t),
         batch["target_mask"].reshape(b * k, t),
     )
-    per_slot = new_loss + torch.where(batch["copurchase"].reshape(-1), torch.zeros_like(repeat_loss), repeat_loss)
+    per_slot = collaborative_weight * new_loss + repeat_weight * torch.where(
+        batch["copurchase"].reshape(-1), torch.zeros_like(repeat_loss), repeat_loss
+    )
     per_slot = per_slot.reshape(b, k) * batch["slot_mask"]
     return per_slot.sum(1) / batch["slot_mask"].sum(1).clamp_min(1.0)
 
@@ -621,8 +625,17 @@ def train_local_dp(
         # ranker is trained as without DP.
         shared.items.weight.requires_grad_(False)
         shared.decoder.weight.requires_grad_(False)
+    if privacy.local_repeat:
+        # The repeat ranker is the store's own under DP: trained without noise in the store and
+        # never sent (clients/app.py); the DP update carries the collaborative part only.
+        frozen = (*frozen, *(n for n, _ in shared.named_parameters() if n.startswith(("repeat", "repeat_linear"))))
+    if not privacy.train_item_biases:
+        # One noisy coordinate per product each (3,514 here): the store's popularity prior
+        # (SharedModel.set_store_popularity) ranks new items without them, and NDCG@10 at
+        # epsilon 8 was higher with them fixed (docs/BENCHMARKS.md).
+        frozen = (*frozen, "decoder.bias", "repeat_items.weight")
     named = dict(shared.named_parameters())
-    for name in frozen:  # further parameters kept as they are (by state-dict name)
+    for name in dict.fromkeys(frozen):  # further parameters kept as they are (by state-dict name)
         if name not in named:
             raise ConfigError(f"no shared parameter {name!r} to freeze: known are {', '.join(sorted(named))}")
         named[name].requires_grad_(False)
@@ -697,7 +710,9 @@ def train_local_dp(
                 user_vectors[torch.from_numpy(data.user[rows])].detach(),
                 batch["items"], batch["weights"], batch["features"], batch["mask"],
             )
-            per_customer = _customer_loss(collaborative, repeat, batch)
+            per_customer = _customer_loss(
+                collaborative, repeat, batch, privacy.collaborative_loss_weight, 0.0 if privacy.local_repeat else 1.0
+            )
             loss = DPTensorFastGradientClipping(model, dp_optimizer, per_customer, "mean")
             loss.backward()
             dp_optimizer.step()

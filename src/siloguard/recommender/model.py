@@ -111,6 +111,15 @@ class SharedModel(nn.Module):
             self.repeat_linear.weight[0, POPULARITY_FEATURE] = REPEAT_INIT_POPULARITY
             self.repeat_linear.bias.fill_(REPEAT_INIT_BIAS)
 
+    def fresh_copy(self) -> SharedModel:
+        """The same parameters and fixed inputs in new modules (no hooks a DP run left on these)."""
+        hidden = self.repeat[0].out_features
+        out = SharedModel(self.n_items, self.dim, hidden, text_dim=self.text_dim)
+        out.load_state_dict(self.state_dict())
+        out.item_text.copy_(self.item_text)
+        out.store_prior.copy_(self.store_prior)
+        return out
+
     def set_item_text(self, features: np.ndarray | torch.Tensor) -> None:
         """Use these public item features (``n_items x text_dim``)."""
         x = torch.as_tensor(np.asarray(features, np.float32))

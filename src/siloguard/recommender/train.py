@@ -66,19 +66,24 @@ def train_local(
     batch_size: int,
     weight_decay: float,
     seed: int,
+    repeat_only: bool = False,
 ) -> TrainResult:
-    """Train shared and private parameters on one store's examples (Adam)."""
+    """Train shared and private parameters on one store's examples (Adam).
+
+    ``repeat_only``: train the repeat ranker alone (the store's own, under DP: see
+    :func:`siloguard.privacy.dp.train_local_dp`); nothing else moves.
+    """
     n = len(examples)
     if n == 0:
         return TrainResult(examples=0, steps=0, loss=float("nan"))
     model.train()
-    opt = torch.optim.Adam(
-        [
+    groups = [{"params": model.repeat_parameters(), "lr": repeat_lr, "weight_decay": weight_decay}]
+    if not repeat_only:
+        groups += [
             {"params": model.collaborative_parameters(), "lr": lr, "weight_decay": weight_decay},
-            {"params": model.repeat_parameters(), "lr": repeat_lr, "weight_decay": weight_decay},
             {"params": users.parameters(), "lr": user_lr, "weight_decay": 0.0},
         ]
-    )
+    opt = torch.optim.Adam(groups)
     rng = np.random.default_rng(seed)
     steps, total = 0, 0.0
     for _ in range(epochs):
