@@ -647,13 +647,13 @@ def train_local_dp(
     optimizer = torch.optim.Adam([g for g in groups if g["params"]])
     index = torch.utils.data.TensorDataset(torch.arange(n))
     loader = torch.utils.data.DataLoader(index, batch_size=expected_batch(privacy, n))
-    engine = PrivacyEngine(accountant=privacy.accountant)
-    engine.accountant.history = [tuple(h) for h in history]
     with warnings.catch_warnings():
         # Opacus' secure mode is off (no torchcsprng for torch 2.x); the noise and the sample
         # are drawn from the OS CSPRNG below instead, so its warning does not apply.
         warnings.filterwarnings("ignore", message=".*[Ss]ecure.*RNG.*")
         warnings.filterwarnings("ignore", message=".*Optimal order.*")
+        engine = PrivacyEngine(accountant=privacy.accountant)
+        engine.accountant.history = [tuple(h) for h in history]
         model, dp_optimizer, _criterion, dp_loader = engine.make_private(
             module=grouped,
             optimizer=optimizer,

@@ -168,11 +168,14 @@ class SharedModel(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Collaborative logits over the catalogue (B, n_items) and repeat scores of the bag (B, L)."""
         context = self.items(items)  # each embedding layer is called once per pass
-        repeat_bias = self.repeat_items(items).squeeze(-1)
         profile = (weights.unsqueeze(-1) * context).sum(1) + self.text_profile(items, weights) + user_vec
         collaborative = self.item_logits(profile)
-        repeat = (repeat_bias + (self.repeat(features) + self.repeat_linear(features)).squeeze(-1)) * mask
-        return collaborative, repeat
+        return collaborative, self.repeat_scores(items, features, mask)
+
+    def repeat_scores(self, items: torch.Tensor, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The repeat ranker's scores of history bags (B, L): ``r_j + g(features)``, 0 on padding."""
+        repeat_bias = self.repeat_items(items).squeeze(-1)
+        return (repeat_bias + (self.repeat(features) + self.repeat_linear(features)).squeeze(-1)) * mask
 
 class PrivateUsers(nn.Module):
     """Per-customer embeddings of one store; kept in the store, never sent."""
