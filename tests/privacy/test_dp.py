@@ -290,3 +290,73 @@ def test_when_trained_with_dp_then_the_text_map_learns_and_the_free_item_vectors
     )
     for key in ("decoder.bias", "repeat_items.weight", "repeat_linear.weight"):
         assert not torch.equal(before[key], model.state_dict()[key]), key
+
+
+def test_when_the_bag_sums_are_precomputed_then_the_logits_are_those_of_the_grouped_model() -> None:
+    """The fast DP path (_PooledModel on _bag_sums) must compute exactly the grouped model's logits."""
+    from siloguard.privacy.dp import _bag_sums, _GroupedModel, _PooledModel
+
+    examples, n_users, n_items = _examples()
+    data = group_by_customer(examples, n_users + 2)  # two customers without examples: padding slots
+    text = np.random.default_rng(1).normal(size=(n_items, 64)).astype(np.float32)
+    shared = SharedModel(n_items, dim=4, hidden=3, seed=3, item_text=text)
+    with torch.no_grad():
+        shared.text_out.weight.normal_(0.0, 0.1, generator=torch.Generator().manual_seed(2))
+    shared.set_store_popularity(np.arange(n_items, dtype=float))
+    user_vec = torch.randn(n_users + 2, 4, generator=torch.Generator().manual_seed(0))
+    free, pooled = _bag_sums(shared, data, chunk=7)
+    with torch.no_grad():
+        grouped, _ = _GroupedModel(shared)(user_vec, *(torch.from_numpy(getattr(data, k)) for k in ("items", "weights", "features", "mask")))
+        fast = _PooledModel(shared)(user_vec, torch.from_numpy(free), torch.from_numpy(pooled))
+    assert torch.allclose(grouped, fast, atol=1e-5)
+    # ...and on the real slots only (padding slots skipped), the same per-customer loss
+    from siloguard.privacy.dp import _customer_loss, _packed_customer_loss
+
+    batch = {k: torch.from_numpy(getattr(data, k)) for k in ("items", "mask", "targets", "target_mask", "copurchase", "slot_mask")}
+    real = batch["slot_mask"] > 0
+    assert not real.all(), "the test needs padding slots"
+    with torch.no_grad():
+        packed = _PooledModel(shared)(user_vec, torch.from_numpy(free), torch.from_numpy(pooled), real)
+    assert packed.shape == (int(real.sum()), n_items)
+    want = _customer_loss(grouped, torch.zeros(batch["items"].shape), batch, 0.5, 0.0)
+    assert torch.allclose(_packed_customer_loss(packed, real, batch, 0.5), want, atol=1e-5)
+
+
+def test_when_the_fast_path_takes_per_customer_gradients_then_they_equal_autograd_per_customer_gradients() -> None:
+    """The fast path clips per-customer gradients Opacus collects with our SmallLinear grad
+    sampler (one backward pass): each must be that customer's gradient of the text map."""
+    from opacus.grad_sample import GradSampleModule
+
+    from siloguard.privacy.dp import _bag_sums, _customer_loss, _PooledModel, _prepare_for_dp
+
+    examples, n_users, n_items = _examples()
+    data = group_by_customer(examples, n_users)
+    text = np.random.default_rng(1).normal(size=(n_items, 64)).astype(np.float32)
+    rows = np.arange(5)
+
+    def build() -> SharedModel:
+        shared = _prepare_for_dp(SharedModel(n_items, dim=4, hidden=3, seed=5, item_text=text))
+        with torch.no_grad():
+            shared.text_out.weight.normal_(0.0, 0.1, generator=torch.Generator().manual_seed(2))
+        for name, p in shared.named_parameters():
+            p.requires_grad_(name.startswith("text_"))
+        return shared
+
+    free, pooled = _bag_sums(build(), data)
+    inputs = (torch.zeros(len(rows), 4), torch.from_numpy(free[rows]), torch.from_numpy(pooled[rows]))
+    batch = {k: torch.from_numpy(getattr(data, k)[rows]) for k in ("items", "mask", "targets", "target_mask", "copurchase", "slot_mask")}
+
+    def losses(module):
+        logits = module(*inputs)
+        return _customer_loss(logits, torch.zeros(batch["items"].shape), batch, 1.0, 0.0)
+
+    reference = _PooledModel(build())
+    expected = []
+    for i in range(len(rows)):
+        reference.zero_grad()
+        losses(reference)[i].backward()
+        expected.append(torch.cat([p.grad.flatten() for p in reference.parameters() if p.requires_grad]))
+    hooked = GradSampleModule(_PooledModel(build()), batch_first=True, loss_reduction="sum")
+    losses(hooked).sum().backward()
+    got = torch.cat([p.grad_sample.flatten(1) for p in hooked.parameters() if p.requires_grad], dim=1)
+    assert torch.allclose(got, torch.stack(expected), rtol=1e-4, atol=1e-6)

@@ -387,6 +387,54 @@ class _GroupedModel(nn.Module):
         return collaborative, (repeat_bias + head) * mask
 
 
+class _PooledModel(nn.Module):
+    """The collaborative ranker per customer from each example's bag sums (the fast path).
+
+    With the free item vectors fixed (not trained under DP) and the repeat ranker the store's
+    own (``privacy.local_repeat``), a DP step needs of each example only two constants of the
+    round: ``sum_j w_j e_j`` (free vectors) and ``sum_j w_j x_j`` (public features). They are
+    computed once per round (:func:`_bag_sums`) instead of gathered from the (slots x bag
+    length) history at every step and in both of ghost clipping's backward passes; the logits
+    are the same as :class:`_GroupedModel`'s (tested).
+    """
+
+    def __init__(self, shared: SharedModel) -> None:
+        super().__init__()
+        self.shared = shared
+
+    def forward(
+        self,
+        user_vec: torch.Tensor,  # (B, d)
+        free_profile: torch.Tensor,  # (B, K, d)
+        pooled_text: torch.Tensor,  # (B, K, T)
+        real: torch.Tensor | None = None,  # (B, K) bool: the slots holding an example
+    ) -> torch.Tensor:
+        """Logits over the catalogue, (B, K, N); with ``real``, of the real slots only, (R, N):
+        the (slots x catalogue) products of padding slots are never computed. The per-customer
+        layers (text_in, text_out) still see every customer's slots, so their per-customer
+        gradients are unchanged."""
+        s = self.shared
+        profile = free_profile + s.text_in(pooled_text) + user_vec.unsqueeze(1)
+        text = s.text_out(profile)  # (B, K, T)
+        if real is not None:
+            profile, text = profile[real], text[real]
+        return s.decoder(profile) + text @ s.item_text.T + s.store_prior
+
+
+def _bag_sums(shared: SharedModel, data: CustomerData, chunk: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Every example's ``sum_j w_j e_j`` (U, K, d) and ``sum_j w_j x_j`` (U, K, T), in chunks."""
+    u, k, _ = data.items.shape
+    free = np.zeros((u, k, shared.dim), np.float32)
+    text = np.zeros((u, k, shared.text_dim), np.float32)
+    with torch.no_grad():
+        for start in range(0, u, chunk):
+            items = torch.from_numpy(data.items[start : start + chunk])
+            weights = torch.from_numpy(data.weights[start : start + chunk]).unsqueeze(-1)
+            free[start : start + chunk] = (weights * shared.items.weight[items]).sum(2).numpy()
+            text[start : start + chunk] = (weights * shared.item_text[items]).sum(2).numpy()
+    return free, text
+
+
 # Opacus' ghost norm of nn.Linear builds a (T x T) matrix per sample; for the
 # repeat head T is slots x bag length (thousands), while the layer has ~100
 # weights: computing those per-sample gradients explicitly is far cheaper. The
@@ -585,6 +633,18 @@ def _customer_loss(
     return per_slot.sum(1) / batch["slot_mask"].sum(1).clamp_min(1.0)
 
 
+def _packed_customer_loss(logits: torch.Tensor, real: torch.Tensor, batch, collaborative_weight: float) -> torch.Tensor:
+    """:func:`_customer_loss` without the repeat term, from the real slots' logits (R, N):
+    each customer's mean over their examples of the new-items loss, shape (B,)."""
+    new_loss = split_losses(
+        logits, torch.zeros(batch["items"][real].shape), batch["items"][real], batch["mask"][real],
+        batch["targets"][real], batch["target_mask"][real],
+    )[0]
+    owner = torch.nonzero(real)[:, 0]
+    total = torch.zeros(real.shape[0], dtype=new_loss.dtype).index_add(0, owner, collaborative_weight * new_loss)
+    return total / real.sum(1).clamp_min(1).to(new_loss.dtype)
+
+
 def train_local_dp(
     shared: SharedModel,
     user_vectors: torch.Tensor,
@@ -639,7 +699,11 @@ def train_local_dp(
         if name not in named:
             raise ConfigError(f"no shared parameter {name!r} to freeze: known are {', '.join(sorted(named))}")
         named[name].requires_grad_(False)
-    grouped = _GroupedModel(shared)
+    # Fast path (the default): only the text map (and at most the popularity bias) is trained.
+    pooled = not privacy.train_collaborative and privacy.local_repeat
+    grouped = _PooledModel(shared) if pooled else _GroupedModel(shared)
+    if pooled:
+        free_sums, text_sums = _bag_sums(shared, data)
     groups = [
         {"params": [p for p in shared.collaborative_parameters() if p.requires_grad], "lr": lr},
         {"params": [p for p in shared.repeat_parameters() if p.requires_grad], "lr": repeat_lr},
@@ -654,16 +718,20 @@ def train_local_dp(
         warnings.filterwarnings("ignore", message=".*Optimal order.*")
         engine = PrivacyEngine(accountant=privacy.accountant)
         engine.accountant.history = [tuple(h) for h in history]
-        model, dp_optimizer, _criterion, dp_loader = engine.make_private(
+        private = engine.make_private(
             module=grouped,
             optimizer=optimizer,
             data_loader=loader,
             criterion=nn.CrossEntropyLoss(),
             noise_multiplier=privacy.noise_multiplier,
             max_grad_norm=privacy.max_grad_norm,
-            grad_sample_mode="ghost",
+            # Fast path: per-customer gradients of the text map (~4k numbers per customer) in one
+            # backward pass ("hooks"), instead of ghost clipping's two (norms, then the clipped sum).
+            grad_sample_mode="hooks" if pooled else "ghost",
             poisson_sampling=True,
         )
+    # ghost clipping also returns its criterion: (module, optimizer, criterion, loader)
+    model, dp_optimizer, dp_loader = private[0], private[1], private[-1]
     # The noise and the sample from the OS CSPRNG (see "noise source" above), at the rate
     # Opacus accounts for (1 / len(dp_loader)).
     dp_optimizer.add_noise = types.MethodType(_add_os_noise, dp_optimizer)
@@ -691,6 +759,8 @@ def train_local_dp(
                 # clipped sum of zero customers is zero, and step() adds the noise to it.
                 for param in dp_optimizer.params:
                     param.grad = torch.zeros_like(param)
+                    if pooled:  # no per-customer gradient: an empty batch of them
+                        param.grad_sample = torch.zeros((0, *param.shape), dtype=param.dtype)
                 dp_optimizer.step()
                 continue
             rows = idx.numpy()
@@ -700,21 +770,35 @@ def train_local_dp(
             t_used = max(1, int(data.target_mask[rows].sum(2).max()))
             batch = {}
             for key, v in arrays.items():
+                if pooled and key in ("weights", "features"):
+                    continue  # in the bag sums already
                 part = v[rows][:, :k_used]
                 if key in ("items", "weights", "features", "mask"):
                     part = part[:, :, :l_used]
                 elif key in ("targets", "target_mask"):
                     part = part[:, :, :t_used]
                 batch[key] = torch.from_numpy(np.ascontiguousarray(part))
-            collaborative, repeat = model(
-                user_vectors[torch.from_numpy(data.user[rows])].detach(),
-                batch["items"], batch["weights"], batch["features"], batch["mask"],
-            )
-            per_customer = _customer_loss(
-                collaborative, repeat, batch, privacy.collaborative_loss_weight, 0.0 if privacy.local_repeat else 1.0
-            )
-            loss = DPTensorFastGradientClipping(model, dp_optimizer, per_customer, "mean")
-            loss.backward()
+            user_vec = user_vectors[torch.from_numpy(data.user[rows])].detach()
+            if pooled:
+                real = batch["slot_mask"] > 0
+                logits = model(
+                    user_vec,
+                    torch.from_numpy(np.ascontiguousarray(free_sums[rows][:, :k_used])),
+                    torch.from_numpy(np.ascontiguousarray(text_sums[rows][:, :k_used])),
+                    real,
+                )
+                per_customer = _packed_customer_loss(logits, real, batch, privacy.collaborative_loss_weight)
+            else:
+                collaborative, repeat = model(
+                    user_vec, batch["items"], batch["weights"], batch["features"], batch["mask"],
+                )
+                per_customer = _customer_loss(
+                    collaborative, repeat, batch, privacy.collaborative_loss_weight, 0.0 if privacy.local_repeat else 1.0
+                )
+            if pooled:
+                per_customer.mean().backward()
+            else:
+                DPTensorFastGradientClipping(model, dp_optimizer, per_customer, "mean").backward()
             dp_optimizer.step()
             loss_sum += float(per_customer.detach().mean())
     for param in shared.parameters():
