@@ -1,4 +1,11 @@
-"""Customer-level DP-SGD for the shared model, with Opacus ghost clipping.
+"""Customer-level DP-SGD for the shared model (Opacus).
+
+What a store trains under DP by default is the collaborative ranker's small map from public
+item features (``text_in``, ``text_out``): with the free item vectors fixed and the repeat
+ranker the store's own (``privacy.local_repeat``), a step needs per customer only each
+example's bag sums (computed once per round) and the per-customer gradients of ~4k numbers,
+taken in one backward pass (``_PooledModel``). Otherwise (``train_collaborative`` or a shared
+repeat ranker) the whole grouped model runs with Opacus ghost clipping (``_GroupedModel``).
 
 The privacy unit is one customer. Each Opacus sample is *all* of a customer's
 training examples in the store (next-window and co-purchase examples, padded to
@@ -9,7 +16,8 @@ What is protected (details in docs/PRIVACY.md): the shared parameters a store
 sends, and everything computed from them (the global model), are
 (epsilon, delta)-DP with respect to adding or removing one customer of that store.
 The customers' private embeddings are not trained in DP mode and never leave the
-store; the store's own evaluation on its own data is not noised.
+store, nor does the store's own repeat ranker; the store's own evaluation on its own data is
+not noised.
 """
 
 from __future__ import annotations
@@ -678,7 +686,7 @@ def train_local_dp(
     _prepare_for_dp(shared)
     if not privacy.train_collaborative:
         # Noise is added to every trained coordinate: the free item and decoder vectors
-        # are ~220k of them, where the clipped signal of a batch of ~90 customers
+        # are ~225k of them, where the clipped signal of a batch of ~90 customers
         # drowns (NDCG@10 0.311 when trained, 0.315 when frozen at eps 7.5; docs/PRIVACY.md).
         # Under DP the collaborative ranker learns through the small map from public item
         # features (text_in, text_out: ~4k numbers) and the item popularity bias; the repeat
