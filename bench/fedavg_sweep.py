@@ -1,12 +1,15 @@
 """In-process FedAvg for tuning (same stores, same local training, no Flower, no Ray).
 
     .venv/bin/python bench/fedavg_sweep.py --data ../shared/data/online_retail/online_retail_2010-12_2011-10.csv.gz \
-        [--rounds 7] [--local-epochs 2] [--lr 2e-2] [--repeat-lr 3e-3] [--wd 1e-5]
+        [--rounds 7] [--local-epochs 2] [--lr 2e-2] [--repeat-lr 3e-3] [--wd 1e-5] [--epsilon E] [--no-text]
 
 Prints overall NDCG@10, NDCG@10 on new items and the small stores' NDCG@10 after
 every round (round 0 = the untrained, warm-started model). The averaging is the
-one Flower's FedAvg does (weighted by training examples); bench/quality.py runs
-the real thing through the Flower simulation engine.
+one Flower's FedAvg does (weighted by training examples, or by customers with examples under
+DP, as the store's reply says); bench/quality.py and bench/dp.py run the real thing through the
+Flower simulation engine. ``--epsilon E``: customer-level DP-SGD in every store, the noise
+planned per store and round for E over the run (privacy/dp.py plan_noise), each store's
+accountant history kept here as its ledger would keep it.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import copy
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +27,10 @@ from siloguard.runs import RunManifest
 from siloguard.clients.store import evaluate_store, load_store, overall_metrics
 from siloguard.config import Settings
 from siloguard.federation.runner import prepare_run
-from siloguard.recommender.model import PrivateUsers, SharedModel
+from siloguard.recommender.model import PrivateUsers, SharedModel, item_customers
+from siloguard.privacy.dp import group_by_customer, plan_noise, rounds_left, store_delta, train_local_dp
 from siloguard.recommender.train import train_local
+from siloguard.runs import catalogue_item_text
 
 
 def main() -> int:
@@ -35,6 +41,14 @@ def main() -> int:
     p.add_argument("--lr", type=float, default=2e-2)
     p.add_argument("--repeat-lr", type=float, default=3e-3)
     p.add_argument("--wd", type=float, default=1e-5)
+    p.add_argument("--epsilon", type=float, default=None, help="customer-level DP at this epsilon per store")
+    p.add_argument("--sample-rate", type=float, default=None, help="DP Poisson rate (default: settings)")
+    p.add_argument("--clip", type=float, default=None, help="DP clipping bound (default: settings)")
+    p.add_argument("--no-text", action="store_true", help="no public item features (the text map adds nothing)")
+    p.add_argument("--collab-weight", type=float, default=None, help="DP: weight of the new-items loss")
+    p.add_argument("--shared-repeat", action="store_true", help="DP: the repeat ranker shared under DP too")
+    p.add_argument("--train-biases", action="store_true", help="DP: also train the per-item biases")
+    p.add_argument("--freeze", default="", help="DP: shared parameters kept fixed, comma-separated state-dict names")
     a = p.parse_args()
     torch.set_num_threads(1)
     work = Path(tempfile.mkdtemp(prefix="siloguard-sweep-"))
@@ -44,34 +58,77 @@ def main() -> int:
         model={"local_epochs": a.local_epochs, "learning_rate": a.lr, "repeat_learning_rate": a.repeat_lr,
                "weight_decay": a.wd},
     )
+    if a.epsilon is not None:
+        settings = settings.with_overrides(privacy={
+            "epsilon": a.epsilon, "epsilon_cap": a.epsilon,
+            **({"sample_rate": a.sample_rate} if a.sample_rate else {}),
+            **({"max_grad_norm": a.clip} if a.clip else {}),
+            **({"collaborative_loss_weight": a.collab_weight} if a.collab_weight else {}),
+            **({"train_item_biases": True} if a.train_biases else {}),
+            **({"local_repeat": False} if a.shared_repeat else {}),
+        })
     prepared = prepare_run(settings)
     run = RunManifest.read(work)
+    text = None if a.no_text else catalogue_item_text(run.require_catalogue())
     stores = {
         n: load_store(n, prepared.stores[n], run.require_catalogue(), str(run.split_date), str(run.end_date))
         for n in sorted(prepared.stores)
     }
     small = [n for n in stores if prepared.customers[n] < 300]
     m = settings.model
-    shared = SharedModel(prepared.items, m.dim, m.hidden, seed=m.seed)
+    shared = SharedModel(prepared.items, m.dim, m.hidden, seed=m.seed, item_text=text)
     private = {n: PrivateUsers(st.n_users, m.dim, seed=m.seed) for n, st in stores.items()}
+    ledgers: dict[str, list] = {n: [] for n in stores}
+    repeats: dict[str, dict] = {}  # store -> its own repeat ranker (DP with local_repeat)
+    started = time.perf_counter()
     print(f"settings: {vars(a)}")
     for r in range(a.rounds + 1):
+        spent: dict[str, float] = {}
         if r > 0:
             states, weights = [], []
             for n, st in stores.items():
                 local = copy.deepcopy(shared)
+                local.set_store_popularity(item_customers(st.history))
                 ex = st.examples(m, np.random.default_rng([m.seed, r, st.n_users]))
-                res = train_local(local, private[n], ex, epochs=m.local_epochs, lr=m.learning_rate,
-                                  repeat_lr=m.repeat_learning_rate, user_lr=m.user_learning_rate,
-                                  batch_size=m.batch_size, weight_decay=m.weight_decay, seed=m.seed + r)
+                if a.epsilon is None:
+                    res = train_local(local, private[n], ex, epochs=m.local_epochs, lr=m.learning_rate,
+                                      repeat_lr=m.repeat_learning_rate, user_lr=m.user_learning_rate,
+                                      batch_size=m.batch_size, weight_decay=m.weight_decay, seed=m.seed + r)
+                    weights.append(res.examples)
+                else:
+                    pv = settings.privacy
+                    delta = store_delta(pv, st.n_users)
+                    noise = plan_noise(pv, ledgers[n], rounds=rounds_left(a.rounds, r), local_epochs=m.local_epochs,
+                                       delta=delta, customers=st.n_users)
+                    res = train_local_dp(local, private[n].weight.detach(), group_by_customer(ex, st.n_users),
+                                         privacy=pv, local_epochs=m.local_epochs, lr=m.learning_rate,
+                                         repeat_lr=m.repeat_learning_rate, history=ledgers[n], delta=delta,
+                                         noise_multiplier=noise, frozen=tuple(f for f in a.freeze.split(",") if f))
+                    ledgers[n] = res.history
+                    if pv.local_repeat:  # the store's own repeat ranker: trained without noise, kept here
+                        mine = local.fresh_copy()
+                        mine.load_state_dict({**mine.state_dict(), **repeats.get(n, {})})
+                        train_local(mine, private[n], ex, epochs=m.local_epochs, lr=m.learning_rate,
+                                    repeat_lr=m.repeat_learning_rate, user_lr=m.user_learning_rate,
+                                    batch_size=m.batch_size, weight_decay=m.weight_decay, seed=m.seed + r,
+                                    repeat_only=True)
+                        repeats[n] = {k: v.clone() for k, v in mine.state_dict().items() if k.startswith("repeat")}
+                    spent[n] = res.report.epsilon
+                    weights.append(int(np.count_nonzero(np.bincount(ex.bags.user, minlength=st.n_users))))
                 states.append(local.state_dict())
-                weights.append(res.examples)
             w = np.asarray(weights, float) / sum(weights)
             shared.load_state_dict({k: sum(wi * sd[k] for wi, sd in zip(w, states)) for k in states[0]})
-        per = {n: evaluate_store(shared, private[n], st) for n, st in stores.items()}
+        per = {}
+        for n, st in stores.items():
+            mine = copy.deepcopy(shared)
+            mine.set_store_popularity(item_customers(st.history))
+            mine.load_state_dict({**mine.state_dict(), **repeats.get(n, {})})
+            per[n] = evaluate_store(mine, private[n], st)
         o = overall_metrics(per)
         smalls = "  ".join(f"{n} {per[n]['ndcg@10']:.4f}" for n in small)
-        print(f"round {r}: NDCG@10 {o['ndcg@10']:.4f}  new {o['new.ndcg@10']:.4f}  {smalls}", flush=True)
+        eps = f"  max eps {max(spent.values()):.3f}" if spent else ""
+        print(f"round {r}: NDCG@10 {o['ndcg@10']:.4f}  new {o['new.ndcg@10']:.4f}  {smalls}{eps}"
+              f"  ({time.perf_counter() - started:.0f} s)", flush=True)
     return 0
 
 

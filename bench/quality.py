@@ -30,7 +30,7 @@ from siloguard.config import Settings
 from siloguard.data.loader import load_clean
 from siloguard.data.silos import assign_stores
 from siloguard.federation.runner import run_federation
-from siloguard.runs import run_settings
+from siloguard.runs import catalogue_item_text, run_settings
 from siloguard.sites import lay_out
 
 from _consent import everyone_consents  # bench/_consent.py (python puts bench/ on the path)
@@ -43,7 +43,7 @@ from siloguard.recommender.baselines import (
     tune_als,
 )
 from siloguard.recommender.features import build_history
-from siloguard.recommender.model import PrivateUsers, SharedModel
+from siloguard.recommender.model import PrivateUsers, SharedModel, item_customers
 from siloguard.recommender.train import train_local
 
 METRICS = ("ndcg@10", "hr@10", "recall@20")
@@ -60,9 +60,10 @@ def _per_store_from_central(
     }
 
 
-def _train_model(store: StoreData, settings: Settings, epochs: int) -> tuple[SharedModel, PrivateUsers]:
+def _train_model(store: StoreData, settings: Settings, epochs: int, text: np.ndarray) -> tuple[SharedModel, PrivateUsers]:
     m = settings.model
-    model = SharedModel(store.n_items, m.dim, m.hidden, seed=m.seed)
+    model = SharedModel(store.n_items, m.dim, m.hidden, seed=m.seed, item_text=text)
+    model.set_store_popularity(item_customers(store.history))
     users = PrivateUsers(store.n_users, m.dim, seed=m.seed)
     for epoch in range(epochs):
         rng = np.random.default_rng([m.seed, epoch + 1, store.n_users])
@@ -103,6 +104,7 @@ def main() -> int:
     stores = sorted(prepared.stores)
     silos = {name: work / "stores" / name / "data" / "transactions.csv" for name in stores}
     run = RunManifest.read(work / "coordinator")
+    text = catalogue_item_text(run.require_catalogue())  # the public item features every party computes
     # The same file seen as one central silo (what pooling all stores would give).
     central = load_store("central", args.data.resolve(), run.require_catalogue(), str(run.split_date), str(run.end_date))
     frame, _ = load_clean(args.data)
@@ -140,7 +142,7 @@ def main() -> int:
     timings["ALS tuning + fit"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    model, users = _train_model(central, settings, epochs)
+    model, users = _train_model(central, settings, epochs, text)
     results["siloguard centralised"] = _per_store_from_central(
         central, store_of_row,
         lambda rows: __import__("siloguard.recommender.model", fromlist=["score_users"]).score_users(model, users, central.history, rows),
@@ -152,17 +154,24 @@ def main() -> int:
     local: dict[str, dict[str, float]] = {}
     for name in stores:
         store = load_store(name, silos[name], run.require_catalogue(), str(run.split_date), str(run.end_date))
-        m, u = _train_model(store, settings, epochs)
+        m, u = _train_model(store, settings, epochs, text)
         local[name] = evaluate_store(m, u, store)
     results["siloguard local-only"] = local
     timings["local-only"] = time.perf_counter() - t
 
     t = time.perf_counter()
     outcome = run_federation(coordinator, prepared)
-    final = outcome.reports[max(outcome.reports)]
+    # The round the run registered (the best on the stores' validation window, inside the
+    # training period) and, for comparison, the last round.
+    final = outcome.reports[outcome.chosen_round or max(outcome.reports)]
+    last = outcome.reports[max(outcome.reports)]
+    results["siloguard federated (last round)"] = {
+        k: {kk: vv for kk, vv in v.items() if kk != "num-examples"} for k, v in last.evaluate.items()
+    }
     results["siloguard federated"] = {k: {kk: vv for kk, vv in v.items() if kk != "num-examples"} for k, v in final.evaluate.items()}
     timings["federated"] = time.perf_counter() - t
 
+    results["siloguard federated"] = results.pop("siloguard federated")  # the registered round last in the table
     overall = {method: overall_metrics(per) for method, per in results.items()}
     small = [s for s in stores if laid.customers[s] < 300]
 
@@ -179,6 +188,10 @@ def main() -> int:
     new_ratio = overall["siloguard federated"]["new.ndcg@10"] / overall["ALS (implicit, tuned)"]["new.ndcg@10"]
     print(f"\nfederated / best(ALS, personal frequency) NDCG@10 = {ratio:.3f}x; "
           f"new items: federated / ALS = {new_ratio:.3f}x")
+    print(f"federated: registered round {final.server_round} of {max(outcome.reports)} "
+          f"(validation NDCG@10 per round: "
+          + ", ".join(f"{r} {rep.overall.get('val.ndcg@10', float('nan')):.4f}" for r, rep in sorted(outcome.reports.items()))
+          + ")")
     print(f"ALS best params: {best}")
     print("timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
 
@@ -196,6 +209,8 @@ def main() -> int:
         "als_best": best,
         "als_grid": grid.to_dict(orient="records"),
         "timings_s": timings,
+        "federated_round": final.server_round,
+        "validation_per_round": {r: rep.overall.get("val.ndcg@10") for r, rep in sorted(outcome.reports.items())},
     }, indent=2, default=float))
     print(f"JSON: {args.json}")
     return 0

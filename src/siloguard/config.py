@@ -110,7 +110,23 @@ class PrivacySettings(_Section):
     central_delta: float = Field(1e-5, gt=0, lt=1)
     train_collaborative: bool = Field(
         False,
-        description="also train the item and decoder vectors under DP (220k noisy dims; off: bias and repeat ranker only)",
+        description="also train the free item and decoder vectors under DP (225k noisy dims; off: the text map, "
+        "and the repeat ranker)",
+    )
+    local_repeat: bool = Field(
+        True,
+        description="under DP, train the repeat ranker in each store without noise and keep it there (it never "
+        "leaves the store); only the collaborative part is trained under DP and shared",
+    )
+    collaborative_loss_weight: float = Field(
+        1.0, gt=0, le=1,
+        description="under DP, the weight of the new-items loss against the repeat loss in each customer's clipped "
+        "gradient (how the clipping bound is shared between the two rankers)",
+    )
+    train_item_biases: bool = Field(
+        False,
+        description="also train the per-item popularity and repeat biases under DP (2 x items noisy dims; off: the "
+        "store's own popularity prior stands in for them)",
     )
 
 
@@ -137,6 +153,11 @@ class FederationSettings(_Section):
 
     rounds: int = Field(7, ge=1, le=1000)
     fraction_train: float = Field(1.0, gt=0, le=1)
+    keep_best_round: bool = Field(
+        True,
+        description="without DP, register the round that scored best on the stores' validation window "
+        "(the training period's last horizon), not the last round",
+    )
     min_stores: int = Field(2, ge=1)
     round_timeout: float = Field(600.0, gt=0)
     aggregator: Literal["fedavg", "trimmed-mean", "median"] = Field(

@@ -28,6 +28,8 @@ from siloguard.config import Settings
 from siloguard.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from siloguard.recommender.features import Catalogue
 
 __all__ = [
@@ -36,7 +38,9 @@ __all__ = [
     "TRAINING_PURPOSE",
     "Publication",
     "RunManifest",
+    "catalogue_item_text",
     "load_catalogue",
+    "load_descriptions",
     "privacy_settings",
     "run_manifest",
     "run_settings",
@@ -321,6 +325,22 @@ def save_catalogue(catalogue: Catalogue, path: Path, descriptions: dict[str, str
     if descriptions:
         body["descriptions"] = {c: descriptions[c] for c in catalogue.codes if c in descriptions}
     path.write_text(json.dumps(body))
+
+
+def load_descriptions(path: Path) -> dict[str, str]:
+    """The product descriptions a catalogue file carries (empty if it has none)."""
+    try:
+        found = json.loads(Path(path).read_text()).get("descriptions") or {}
+    except (OSError, ValueError, AttributeError) as exc:
+        raise DataError(f"cannot read the product catalogue {path}: {type(exc).__name__}; re-run the preparation step") from None
+    return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
+
+
+def catalogue_item_text(path: Path) -> np.ndarray:
+    """The public item features (:mod:`siloguard.recommender.item_text`) of a catalogue file."""
+    from siloguard.recommender.item_text import item_text_features
+
+    return item_text_features(load_catalogue(path).codes, load_descriptions(path))
 
 
 @lru_cache(maxsize=4)

@@ -83,7 +83,29 @@ def test_when_a_store_evaluates_then_it_replies_with_aggregate_numbers_only(tiny
     metrics = reply.content["metrics"]
     assert 0 < metrics["users"] <= prepared.customers["france"]
     assert 0.0 <= metrics["ndcg@10"] <= 1.0
+    # the window the coordinator picks rounds by: the training period's last horizon
+    assert metrics["val.users"] > 0 and 0.0 <= metrics["val.ndcg@10"] <= 1.0
     assert dict(reply.content["store"]) == {"name": "france"}
+
+
+def test_when_the_coordinator_sends_the_catalogue_then_the_store_builds_the_same_item_features(
+    tiny_settings: Settings,
+) -> None:
+    """The public item features are not in the model's arrays: each store computes them from the
+    codes and descriptions in the message, and must get what the catalogue file gives."""
+    from siloguard.clients.app import message_item_text
+    from siloguard.federation.app import _shared_config
+    from siloguard.runs import catalogue_item_text, load_descriptions, run_manifest
+
+    prepare_run(tiny_settings)
+    catalogue = run_manifest(tiny_settings.work_dir).require_catalogue()
+    assert load_descriptions(catalogue), "the prepared catalogue carries the published descriptions"
+    config = _shared_config(tiny_settings)
+    assert len(config["descriptions"]) == len(config["catalogue"])
+    msg = Message(content=RecordDict({"config": ConfigRecord(config)}), dst_node_id=1, message_type=MessageType.TRAIN)
+    from_message = message_item_text(msg, tiny_settings)
+    assert from_message.any()
+    assert np.array_equal(from_message, catalogue_item_text(catalogue))
 
 
 def test_when_private_state_exists_then_training_continues_from_it(tiny_settings: Settings) -> None:
@@ -156,3 +178,25 @@ def test_when_dp_rounds_are_planned_then_every_round_trains_and_the_run_ends_at_
     entry = BudgetLedger(settings.database.url).load("germany")
     assert entry is not None and entry.rounds == 4 and entry.epsilon == pytest.approx(spent[-1])
     assert [h[0] for h in entry.history] == pytest.approx(noises)  # the ledger keeps each round's noise
+
+
+def test_when_a_store_trains_under_dp_then_its_repeat_ranker_stays_home_and_the_reply_carries_the_global_one(
+    tiny_dp_settings: Settings,
+) -> None:
+    from siloguard.clients.private import load_private_repeat, repeat_path
+
+    prepared = prepare_run(tiny_dp_settings)
+    model = _shared(tiny_dp_settings, prepared.items)
+    context = _context(tiny_dp_settings, "germany")
+    reply = handle_train(_message(ArrayRecord(model.state_dict()), MessageType.TRAIN), context, tiny_dp_settings)
+
+    sent = reply.content["arrays"].to_torch_state_dict()
+    start = model.state_dict()
+    repeat_keys = [k for k in start if k.startswith("repeat")]
+    assert repeat_keys and all(torch.equal(sent[k], start[k]) for k in repeat_keys)  # not trained in the update
+    assert not torch.equal(sent["text_in.weight"], start["text_in.weight"])  # the DP part is
+    path = repeat_path(tiny_dp_settings, "germany")
+    assert path.stat().st_mode & 0o077 == 0
+    own = _shared(tiny_dp_settings, prepared.items)
+    assert load_private_repeat(tiny_dp_settings, "germany", own)
+    assert any(not torch.equal(own.state_dict()[k], start[k]) for k in repeat_keys)  # trained, kept in the store

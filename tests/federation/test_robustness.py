@@ -189,3 +189,30 @@ def test_the_model_checksum_changes_with_any_value():
     other[1][3] = np.nextafter(other[1][3], np.float32(10))
     assert arrays_sha256(ArrayRecord(GLOBAL)) != arrays_sha256(ArrayRecord(other))
     assert arrays_sha256(ArrayRecord(GLOBAL)) == arrays_sha256(ArrayRecord([g.copy() for g in GLOBAL]))
+
+
+def _evaluate_round(strategy: SiloFedAvg, server_round: int, arrays: list[np.ndarray], val: float) -> None:
+    """One evaluation phase: every store reports test and validation metrics of ``arrays``."""
+    sent = strategy.configure_evaluate(server_round, ArrayRecord(arrays), ConfigRecord(), _Grid([1, 2, 3]))
+    replies = []
+    for msg in sent:
+        node = msg.metadata.dst_node_id
+        metrics = {"num-examples": 5, "users": 5, "ndcg@10": 0.9, "new.users": 5, "new.ndcg@10": 0.9,
+                   "val.users": 10 * node, "val.ndcg@10": val + 0.01 * node}
+        content = RecordDict({"metrics": MetricRecord(metrics), "store": ConfigRecord({"name": STORES[node]})})
+        replies.append(Message(content=content, reply_to=msg))
+    strategy.aggregate_evaluate(server_round, replies)
+
+
+def test_when_keeping_the_best_round_then_the_round_best_on_validation_is_kept_not_the_last():
+    strategy = _strategy(keep_best=True)
+    models = {r: [g + r for g in GLOBAL] for r in (1, 2, 3)}
+    for server_round, val in ((1, 0.30), (2, 0.35), (3, 0.33)):  # declines after round 2
+        _evaluate_round(strategy, server_round, models[server_round], val)
+    assert strategy.best_round == 2
+    assert all(np.array_equal(a, b) for a, b in zip(strategy.best_arrays.to_numpy_ndarrays(), models[2]))
+    # validation is weighted by each store's validation customers, like the test metrics
+    assert strategy.reports[2].overall["val.ndcg@10"] == pytest.approx(0.35 + 0.01 * (10 + 40 + 90) / 60)
+    plain = _strategy()  # without keep_best nothing is held back
+    _evaluate_round(plain, 1, models[1], 0.3)
+    assert plain.best_round is None and plain.best_arrays is None

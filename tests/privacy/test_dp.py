@@ -166,15 +166,20 @@ def test_when_per_customer_norms_are_computed_then_they_equal_autograd_per_custo
         collaborative, repeat = module(user_vec, batch["items"], batch["weights"], batch["features"], batch["mask"])
         return _customer_loss(collaborative, repeat, batch)
 
-    reference = _GroupedModel(_prepare_for_dp(SharedModel(n_items, dim=4, hidden=3, seed=5)))
+    text = np.random.default_rng(1).normal(size=(n_items, 64)).astype(np.float32)  # the text map's inputs
+    reference = _GroupedModel(_prepare_for_dp(SharedModel(n_items, dim=4, hidden=3, seed=5, item_text=text)))
+    with torch.no_grad():  # a text map away from its start (text_out starts at zero)
+        reference.shared.text_out.weight.normal_(0.0, 0.1, generator=torch.Generator().manual_seed(2))
     expected = []
     for i in range(len(rows)):
         reference.zero_grad()
         model_and_losses(reference)[i].backward()
         expected.append(torch.sqrt(sum((p.grad**2).sum() for p in reference.parameters() if p.grad is not None)))
 
+    same = _prepare_for_dp(SharedModel(n_items, dim=4, hidden=3, seed=5, item_text=text))
+    same.load_state_dict(reference.shared.state_dict())
     ghost = GradSampleModuleFastGradientClipping(
-        _GroupedModel(_prepare_for_dp(SharedModel(n_items, dim=4, hidden=3, seed=5))),
+        _GroupedModel(same),
         batch_first=True, loss_reduction="sum", use_ghost_clipping=True, max_grad_norm=1.0,
     )
     model_and_losses(ghost).sum().backward()
@@ -252,3 +257,106 @@ def test_when_a_round_is_trained_twice_with_the_same_inputs_then_the_noise_diffe
         states.append(model.state_dict())
     trained = [k for k in states[0] if not k.startswith(("items.", "decoder.weight"))]
     assert any(not torch.equal(states[0][k], states[1][k]) for k in trained)
+
+
+def test_when_trained_with_dp_then_the_text_map_learns_and_the_free_item_vectors_stay() -> None:
+    """Under DP the collaborative ranker trains through the small map from public item features
+    (text_in, text_out) and the popularity bias; the ~220k free item and decoder coordinates
+    stay at their (data-free) start."""
+    examples, n_users, n_items = _examples()
+    text = np.random.default_rng(1).normal(size=(n_items, 64)).astype(np.float32)
+    model = SharedModel(n_items, dim=4, hidden=3, item_text=text)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    train_local_dp(
+        model, PrivateUsers(n_users, 4).weight.detach(), group_by_customer(examples, n_users),
+        privacy=PrivacySettings(noise_multiplier=1.0, sample_rate=0.2, max_grad_norm=1.0), local_epochs=1,
+        lr=0.01, repeat_lr=0.01, history=[], delta=DELTA,
+    )
+    after = model.state_dict()
+    # the repeat ranker is the store's own under DP (trained without noise, never sent)
+    for key in ("items.weight", "decoder.weight", "decoder.bias", "repeat_items.weight", "repeat_linear.weight"):
+        assert torch.equal(before[key], after[key]), key
+    for key in ("text_in.weight", "text_out.weight", "text_out.bias"):
+        assert not torch.equal(before[key], after[key]), key
+    assert "item_text" not in after  # public features are never part of what is sent
+    assert torch.equal(model.item_text, torch.from_numpy(text))
+    # the per-item biases and a shared repeat ranker are trained under DP only when asked for
+    model = SharedModel(n_items, dim=4, hidden=3, item_text=text)
+    train_local_dp(
+        model, PrivateUsers(n_users, 4).weight.detach(), group_by_customer(examples, n_users),
+        privacy=PrivacySettings(noise_multiplier=1.0, sample_rate=0.2, max_grad_norm=1.0, train_item_biases=True,
+                                local_repeat=False),
+        local_epochs=1, lr=0.01, repeat_lr=0.01, history=[], delta=DELTA,
+    )
+    for key in ("decoder.bias", "repeat_items.weight", "repeat_linear.weight"):
+        assert not torch.equal(before[key], model.state_dict()[key]), key
+
+
+def test_when_the_bag_sums_are_precomputed_then_the_logits_are_those_of_the_grouped_model() -> None:
+    """The fast DP path (_PooledModel on _bag_sums) must compute exactly the grouped model's logits."""
+    from siloguard.privacy.dp import _bag_sums, _GroupedModel, _PooledModel
+
+    examples, n_users, n_items = _examples()
+    data = group_by_customer(examples, n_users + 2)  # two customers without examples: padding slots
+    text = np.random.default_rng(1).normal(size=(n_items, 64)).astype(np.float32)
+    shared = SharedModel(n_items, dim=4, hidden=3, seed=3, item_text=text)
+    with torch.no_grad():
+        shared.text_out.weight.normal_(0.0, 0.1, generator=torch.Generator().manual_seed(2))
+    shared.set_store_popularity(np.arange(n_items, dtype=float))
+    user_vec = torch.randn(n_users + 2, 4, generator=torch.Generator().manual_seed(0))
+    free, pooled = _bag_sums(shared, data, chunk=7)
+    with torch.no_grad():
+        grouped, _ = _GroupedModel(shared)(user_vec, *(torch.from_numpy(getattr(data, k)) for k in ("items", "weights", "features", "mask")))
+        fast = _PooledModel(shared)(user_vec, torch.from_numpy(free), torch.from_numpy(pooled))
+    assert torch.allclose(grouped, fast, atol=1e-5)
+    # ...and on the real slots only (padding slots skipped), the same per-customer loss
+    from siloguard.privacy.dp import _customer_loss, _packed_customer_loss
+
+    batch = {k: torch.from_numpy(getattr(data, k)) for k in ("items", "mask", "targets", "target_mask", "copurchase", "slot_mask")}
+    real = batch["slot_mask"] > 0
+    assert not real.all(), "the test needs padding slots"
+    with torch.no_grad():
+        packed = _PooledModel(shared)(user_vec, torch.from_numpy(free), torch.from_numpy(pooled), real)
+    assert packed.shape == (int(real.sum()), n_items)
+    want = _customer_loss(grouped, torch.zeros(batch["items"].shape), batch, 0.5, 0.0)
+    assert torch.allclose(_packed_customer_loss(packed, real, batch, 0.5), want, atol=1e-5)
+
+
+def test_when_the_fast_path_takes_per_customer_gradients_then_they_equal_autograd_per_customer_gradients() -> None:
+    """The fast path clips per-customer gradients Opacus collects with our SmallLinear grad
+    sampler (one backward pass): each must be that customer's gradient of the text map."""
+    from opacus.grad_sample import GradSampleModule
+
+    from siloguard.privacy.dp import _bag_sums, _customer_loss, _PooledModel, _prepare_for_dp
+
+    examples, n_users, n_items = _examples()
+    data = group_by_customer(examples, n_users)
+    text = np.random.default_rng(1).normal(size=(n_items, 64)).astype(np.float32)
+    rows = np.arange(5)
+
+    def build() -> SharedModel:
+        shared = _prepare_for_dp(SharedModel(n_items, dim=4, hidden=3, seed=5, item_text=text))
+        with torch.no_grad():
+            shared.text_out.weight.normal_(0.0, 0.1, generator=torch.Generator().manual_seed(2))
+        for name, p in shared.named_parameters():
+            p.requires_grad_(name.startswith("text_"))
+        return shared
+
+    free, pooled = _bag_sums(build(), data)
+    inputs = (torch.zeros(len(rows), 4), torch.from_numpy(free[rows]), torch.from_numpy(pooled[rows]))
+    batch = {k: torch.from_numpy(getattr(data, k)[rows]) for k in ("items", "mask", "targets", "target_mask", "copurchase", "slot_mask")}
+
+    def losses(module):
+        logits = module(*inputs)
+        return _customer_loss(logits, torch.zeros(batch["items"].shape), batch, 1.0, 0.0)
+
+    reference = _PooledModel(build())
+    expected = []
+    for i in range(len(rows)):
+        reference.zero_grad()
+        losses(reference)[i].backward()
+        expected.append(torch.cat([p.grad.flatten() for p in reference.parameters() if p.requires_grad]))
+    hooked = GradSampleModule(_PooledModel(build()), batch_first=True, loss_reduction="sum")
+    losses(hooked).sum().backward()
+    got = torch.cat([p.grad_sample.flatten(1) for p in hooked.parameters() if p.requires_grad], dim=1)
+    assert torch.allclose(got, torch.stack(expected), rtol=1e-4, atol=1e-6)

@@ -109,3 +109,25 @@ def test_when_a_bag_is_built_then_it_is_capped_and_weights_have_unit_norm() -> N
     bags = history_bags(history, np.array([0, 1]), width=1)
     assert bags.items[:, 0].tolist() == [1, 3]
     assert np.allclose(np.sqrt((bags.weights**2).sum(1)), 1.0)
+
+
+def test_when_only_the_repeat_ranker_is_trained_then_it_moves_as_in_full_training_and_nothing_else_does() -> None:
+    """A store's own repeat ranker under DP (clients/app.py) is trained with repeat_only: its own
+    forward and loss, which must give the repeat parameters the same steps as full training."""
+    events = _store()
+    hist = build_history(events, 2, N_ITEMS, cutoff=40)
+    ex = build_examples(events, 2, N_ITEMS, cutoffs=[40, 30], horizon=10, rng=np.random.default_rng(0))
+    ex = __import__("siloguard.recommender.features", fromlist=["concat_examples"]).concat_examples(
+        ex, build_holdout_examples(hist, holdout=0.5, rng=np.random.default_rng(1))
+    )
+    full, only = SharedModel(N_ITEMS, dim=4, hidden=3, seed=2), SharedModel(N_ITEMS, dim=4, hidden=3, seed=2)
+    start = {k: v.clone() for k, v in only.state_dict().items()}
+    kwargs = dict(epochs=3, lr=0.05, repeat_lr=0.05, user_lr=0.05, batch_size=2, weight_decay=1e-5, seed=0)
+    train_local(full, PrivateUsers(2, 4), ex, **kwargs)
+    train_local(only, PrivateUsers(2, 4), ex, repeat_only=True, **kwargs)
+    for key, value in only.state_dict().items():
+        if key.startswith("repeat"):
+            assert torch.allclose(value, full.state_dict()[key], atol=1e-6), key
+        else:
+            assert torch.equal(value, start[key]), key
+    assert not torch.equal(only.repeat_linear.weight, start["repeat_linear.weight"])

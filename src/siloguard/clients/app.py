@@ -38,7 +38,7 @@ from siloguard.config import Settings
 from siloguard.data.loader import load_clean
 from siloguard.errors import ConfigError
 from siloguard.recommender.features import Catalogue
-from siloguard.recommender.model import PrivateUsers, SharedModel
+from siloguard.recommender.model import PrivateUsers, SharedModel, item_customers
 from siloguard.recommender.train import train_local
 
 __all__ = [
@@ -237,9 +237,26 @@ def _private_users(store: StoreData, settings: Settings) -> PrivateUsers:
     return load_private_users(settings, store.name, store.subjects, settings.model.dim, seed=settings.model.seed)
 
 
+def message_item_text(msg: Message, settings: Settings) -> np.ndarray:
+    """The public item features of the run's catalogue: from the codes and descriptions in the
+    coordinator's message, else (a run prepared in one directory) from its catalogue file."""
+    from siloguard.recommender.item_text import item_text_features
+
+    config = _message_config(msg)
+    if "catalogue" in config:
+        codes = [str(c) for c in config["catalogue"]]
+        texts = [str(t) for t in config.get("descriptions", [])]
+        return item_text_features(codes, dict(zip(codes, texts)) if len(texts) == len(codes) else {})
+    from siloguard.runs import catalogue_item_text
+
+    return catalogue_item_text(run_manifest(settings.work_dir).require_catalogue())
+
+
 def _shared_model(msg: Message, store: StoreData, settings: Settings) -> SharedModel:
-    model = SharedModel(store.n_items, settings.model.dim, settings.model.hidden)
+    model = SharedModel(store.n_items, settings.model.dim, settings.model.hidden,
+                        item_text=message_item_text(msg, settings))
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    model.set_store_popularity(item_customers(store.history))  # the store's own, never sent
     return model
 
 
@@ -318,6 +335,8 @@ def handle_train(msg: Message, context: Context, settings: Settings) -> Message:
         privacy_metrics = _train_dp(model, users, examples, store, settings, server_round)
         n_examples = int(privacy_metrics.pop("customers"))
         loss = privacy_metrics.pop("loss")
+        if settings.privacy.local_repeat:
+            _train_own_repeat(model, users, examples, store, settings, server_round)
     else:
         result = train_local(
             model,
@@ -350,6 +369,22 @@ def handle_train(msg: Message, context: Context, settings: Settings) -> Message:
         }
     )
     return Message(content=content, reply_to=msg)
+
+
+def _train_own_repeat(
+    shared: SharedModel, users: PrivateUsers, examples, store: StoreData, settings: Settings, server_round: int
+) -> None:
+    """Under DP the repeat ranker is the store's own: trained here without noise, from where the
+    store left it, and kept on the store's disk; the reply carries the global one unchanged."""
+    from siloguard.clients.private import load_private_repeat, save_private_repeat
+
+    own = shared.fresh_copy()
+    load_private_repeat(settings, store.name, own)
+    m = settings.model
+    train_local(own, users, examples, epochs=m.local_epochs, lr=m.learning_rate, repeat_lr=m.repeat_learning_rate,
+                user_lr=m.user_learning_rate, batch_size=m.batch_size, weight_decay=m.weight_decay,
+                seed=m.seed + server_round, repeat_only=True)
+    save_private_repeat(settings, store.name, own)
 
 
 def _audit_head(settings: Settings) -> dict[str, ConfigRecord]:
@@ -425,7 +460,11 @@ def handle_evaluate(msg: Message, context: Context, settings: Settings) -> Messa
     store = store_for(context, settings, server_round=_round_of(msg), msg=msg)
     model = _shared_model(msg, store, settings)
     users = _private_users(store, settings) if private_path(settings, store.name).is_file() else None
-    metrics = evaluate_store(model, users, store)
+    if settings.privacy.enabled and settings.privacy.local_repeat:
+        from siloguard.clients.private import load_private_repeat
+
+        load_private_repeat(settings, store.name, model)  # the store's own repeat ranker, if trained
+    metrics = evaluate_store(model, users, store, validation=True)
     metrics["num-examples"] = max(int(metrics["users"]), 1)
     clean = {k: (0.0 if np.isnan(v) else float(v)) for k, v in metrics.items()}
     content = RecordDict({"metrics": MetricRecord(clean), "store": ConfigRecord({"name": store.name})})

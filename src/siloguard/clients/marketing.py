@@ -114,14 +114,9 @@ def shelf_descriptions(settings: Settings, store: str) -> dict[str, str]:
         except (OSError, ValueError, AttributeError):
             continue
     if not out:  # a run prepared in one directory: the same rule, applied to the store's own file
-        from siloguard.clients.site import PUBLISH_MIN_CUSTOMERS
+        from siloguard.clients.site import shelf_descriptions as published
 
-        frame, _ = load_clean(silo_path(settings, store))
-        if "description" in frame.columns:
-            tagged = frame.assign(code=frame["stock_code"].astype(str)).dropna(subset=["description"])
-            buyers = tagged.groupby("code")["customer_id"].nunique()
-            common = tagged[tagged["code"].isin(buyers[buyers >= PUBLISH_MIN_CUSTOMERS].index)]
-            out = {str(k): str(v) for k, v in common.groupby("code")["description"].agg(lambda s: s.mode().iloc[0]).items()}
+        out = published(load_clean(silo_path(settings, store))[0])
     return out
 
 

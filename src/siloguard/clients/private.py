@@ -25,9 +25,18 @@ import torch
 from siloguard._files import write_atomic
 from siloguard.config import Settings
 from siloguard.errors import DataError
-from siloguard.recommender.model import PrivateUsers
+from siloguard.recommender.model import PrivateUsers, SharedModel
 
-__all__ = ["erase_subjects", "load_private_users", "private_path", "save_private_users", "stored_subjects"]
+__all__ = [
+    "erase_subjects",
+    "load_private_repeat",
+    "load_private_users",
+    "private_path",
+    "repeat_path",
+    "save_private_repeat",
+    "save_private_users",
+    "stored_subjects",
+]
 
 
 
@@ -91,6 +100,39 @@ def save_private_users(settings: Settings, store: str, subjects: pd.Index, users
     path = private_path(settings, store)
     with _locked(path):
         _write(path, [str(s) for s in subjects], users.weight)
+
+
+def repeat_path(settings: Settings, store: str) -> Path:
+    return settings.work_dir / "private" / f"{store}.repeat.pt"
+
+
+def save_private_repeat(settings: Settings, store: str, model: SharedModel) -> None:
+    """Keep the store's own repeat ranker (under DP it is trained here without noise and never sent)."""
+    path = repeat_path(settings, store)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items() if k.startswith(REPEAT_PREFIX)}
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    with _locked(path):
+        write_atomic(path, buffer.getvalue(), mode=0o600)
+
+
+def load_private_repeat(settings: Settings, store: str, model: SharedModel) -> bool:
+    """Put the store's own repeat ranker into ``model`` if the store has one; False if not."""
+    path = repeat_path(settings, store)
+    if not path.is_file():
+        return False
+    try:
+        state = torch.load(path, weights_only=True)
+        model.load_state_dict({**model.state_dict(), **state})
+    except Exception as exc:  # noqa: BLE001  any unreadable file is the same problem for the user
+        raise DataError(
+            f"the store's repeat ranker at {path} is unreadable ({type(exc).__name__}); delete the file to start it afresh"
+        ) from None
+    return True
+
+
+#: The repeat ranker's parameters in the state dict (repeat_items, repeat.*, repeat_linear.*).
+REPEAT_PREFIX = "repeat"
 
 
 def stored_subjects(settings: Settings, store: str) -> list[str]:

@@ -120,6 +120,10 @@ class Recommender:
         self._item_customers[buyers.index.astype(int)] = buyers.to_numpy()
         self._n_users = int(frame["customer_id"].nunique())
         self._popularity = (np.log1p(self._item_customers) / np.log1p(max(self._n_users, 1))).astype(np.float32)
+        self.loaded.model.set_store_popularity(self._item_customers)  # the collaborative ranker's store prior
+        from siloguard.clients.private import load_private_repeat
+
+        load_private_repeat(settings, store, self.loaded.model)  # the store's own repeat ranker (DP runs)
         self._vectors = self._private_vectors()
         self.calibration = Calibration.fit(self.loaded, frame, self._users_for, as_of=self.as_of, seed=settings.model.seed)
         self._descriptions = {**self.loaded.descriptions, **self._store_descriptions()}
@@ -223,14 +227,18 @@ class Recommender:
         if not real.any():
             return None
         with torch.no_grad():
-            context = self.loaded.model.items.weight[torch.from_numpy(bag.items[0][real])]
+            model = self.loaded.model
+            held = torch.from_numpy(bag.items[0][real])
+            context = model.items.weight[held] + model.text_in(model.item_text[held])
             return (torch.from_numpy(bag.weights[0][real]).unsqueeze(1) * context), bag.items[0][real]
 
     def _why_new(self, bag, pulls, item: int) -> str:  # noqa: ANN001
         if pulls is not None:
             weighted, held = pulls
             with torch.no_grad():
-                pull = (weighted @ self.loaded.model.decoder.weight[item]).numpy()
+                model = self.loaded.model
+                target = model.decoder.weight[item] + model.text_out.weight.T @ model.item_text[item]
+                pull = (weighted @ target).numpy()
             best = int(np.argmax(pull))
             if pull[best] > 0:
                 code = self.loaded.catalogue.codes[int(held[best])]

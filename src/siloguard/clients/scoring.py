@@ -66,7 +66,14 @@ def load_model(settings: Settings, model_file: Path | None = None) -> LoadedMode
         dim = state["items.weight"].shape[1]
         hidden = state["repeat.0.weight"].shape[0] if "repeat.0.weight" in state else settings.model.hidden
         model = SharedModel(catalogue.size, dim, hidden)
-        model.load_state_dict(state)
+        # A model from before the text map (no text_in / text_out) scores as it did: the map
+        # is set to add nothing.
+        result = model.load_state_dict(state, strict=False)
+        if result.unexpected_keys or any(not k.startswith(("text_in.", "text_out.")) for k in result.missing_keys):
+            raise KeyError("state dict does not match the model")
+        if result.missing_keys:
+            with torch.no_grad():
+                model.text_in.weight.zero_()
     except (RuntimeError, KeyError, OSError, ValueError) as exc:
         raise ConfigError(f"{model_file} is not a model for its catalogue ({type(exc).__name__}); ask the coordinator for the model again") from None
     model.eval()
@@ -75,6 +82,10 @@ def load_model(settings: Settings, model_file: Path | None = None) -> LoadedMode
         descriptions = {str(k): str(v) for k, v in (json.loads(catalogue_path.read_text()).get("descriptions") or {}).items()}
     except (OSError, ValueError, AttributeError):
         descriptions = {}
+    # The public item features the model was trained with, from the same catalogue.
+    from siloguard.recommender.item_text import item_text_features
+
+    model.set_item_text(item_text_features(catalogue.codes, descriptions))
     version = "unversioned"
     manifest = model_file.parent / "manifest.json"
     if manifest.is_file():

@@ -50,6 +50,29 @@ _NAME = re.compile(r"[a-z][a-z0-9-]{0,62}")
 _JURISDICTIONS = ("gdpr", "ccpa")
 
 
+def shelf_descriptions(frame: pd.DataFrame) -> dict[str, str]:
+    """The product descriptions a store may publish: code -> its most common description.
+
+    A description is free text (the data map scans it): a product line may carry a note about
+    one customer ("refund to J Smith, 12 High St"). Only descriptions of products that at least
+    PUBLISH_MIN_CUSTOMERS customers bought are published.
+    """
+    if "description" not in frame.columns or frame.empty:
+        return {}
+    tagged = frame.assign(code=frame["stock_code"].astype(str))
+    buyers = tagged.groupby("code")["customer_id"].nunique()
+    common = buyers[buyers >= PUBLISH_MIN_CUSTOMERS].index
+    shelf = tagged[tagged["code"].isin(common) & tagged["description"].notna()]
+    # Each product's most frequent description, the alphabetically first of a tie (what
+    # Series.mode().iloc[0] gives), counted in one grouping: a Python mode() per product
+    # took most of the time of laying out 150 stores.
+    counted = (shelf.assign(description=shelf["description"].astype(str))
+               .groupby(["code", "description"], sort=False).size().rename("n").reset_index()
+               .sort_values(["code", "n", "description"], ascending=[True, False, True], kind="stable"))
+    described = counted.drop_duplicates("code").set_index("code")["description"]
+    return {str(k): str(v) for k, v in described.items()}
+
+
 def _check_name(store: str) -> str:
     from siloguard.audit.events import store_id_ok
 
@@ -283,22 +306,7 @@ class StoreSite:
         days = frame["invoice_date"].dt.normalize()
         codes = frame["stock_code"].astype(str)
         first_sold = days.groupby(codes).min()
-        descriptions = pd.Series(dtype=str)
-        if "description" in frame.columns:
-            # A description is free text (the data map scans it): a product line may carry a
-            # note about one customer ("refund to J Smith, 12 High St"). Only descriptions of
-            # products that at least PUBLISH_MIN_CUSTOMERS customers bought are published.
-            tagged = frame.assign(code=codes)
-            buyers = tagged.groupby("code")["customer_id"].nunique()
-            common = buyers[buyers >= PUBLISH_MIN_CUSTOMERS].index
-            shelf = tagged[tagged["code"].isin(common) & tagged["description"].notna()]
-            # Each product's most frequent description, the alphabetically first of a tie (what
-            # Series.mode().iloc[0] gives), counted in one grouping: a Python mode() per product
-            # took most of the time of laying out 150 stores.
-            counted = (shelf.assign(description=shelf["description"].astype(str))
-                       .groupby(["code", "description"], sort=False).size().rename("n").reset_index()
-                       .sort_values(["code", "n", "description"], ascending=[True, False, True], kind="stable"))
-            descriptions = counted.drop_duplicates("code").set_index("code")["description"]
+        descriptions = shelf_descriptions(frame)
         counts = {"rows": len(frame), "customers": int(frame["customer_id"].nunique())}
         try:
             counts["consented"] = self.consented_now(frame)
@@ -308,7 +316,7 @@ class StoreSite:
             store=self.name, jurisdiction=self.jurisdiction, country=self.country,
             first_day=str(days.min().date()), last_day=str(days.max().date()),
             products={str(k): str(v.date()) for k, v in first_sold.items()},
-            descriptions={str(k): str(v) for k, v in descriptions.items()},
+            descriptions=descriptions,
             counts=counts,
         )
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +76,21 @@ class StoreData:
             self.history, holdout=settings.holdout, max_history=settings.max_history, rng=rng
         )
         return concat_examples(window, copurchase)
+
+    @cached_property
+    def validation(self) -> tuple[History, sp.csr_matrix]:
+        """The last horizon before the split, inside the training period: (history before it,
+        items bought in it). What a round is judged on without touching the test window; the
+        training examples' latest cutoff sees the same window, so it measures fit, not a holdout."""
+        cutoff = self.split_day - self.horizon
+        window = self.events[self.events["day"] >= cutoff]
+        truth = sp.csr_matrix(
+            (np.ones(len(window), np.float32), (window["user"].to_numpy(), window["item"].to_numpy())),
+            shape=(self.n_users, self.n_items),
+        )
+        truth.sum_duplicates()
+        truth.data[:] = 1.0
+        return build_history(self.events, self.n_users, self.n_items, cutoff), truth
 
     @property
     def test_users(self) -> int:
@@ -149,7 +165,21 @@ def evaluate_rows(store: StoreData, rows: np.ndarray, score_rows: Callable[[np.n
     return out
 
 
-def evaluate_store(model: SharedModel, users: PrivateUsers | None, store: StoreData) -> dict[str, float]:
-    """Full-ranking metrics of a store's test customers (and the new-items variant)."""
+def evaluate_store(
+    model: SharedModel, users: PrivateUsers | None, store: StoreData, *, validation: bool = False
+) -> dict[str, float]:
+    """Full-ranking metrics of a store's test customers (and the new-items variant).
+
+    ``validation``: also ``val.users`` and ``val.ndcg@10`` on the last window of the training
+    period (:attr:`StoreData.validation`), which is how the coordinator picks a round without
+    looking at the test window.
+    """
     rows = np.flatnonzero(np.diff(store.truth.indptr) > 0)
-    return evaluate_rows(store, rows, lambda r: score_users(model, users, store.history, r))
+    out = evaluate_rows(store, rows, lambda r: score_users(model, users, store.history, r))
+    if validation:
+        history, truth = store.validation
+        val_rows = np.flatnonzero(np.diff(truth.indptr) > 0)
+        val = ranking_metrics(lambda c: score_users(model, users, history, val_rows[c]), truth[val_rows])
+        out["val.users"] = float(val["users"])
+        out["val.ndcg@10"] = float(val["ndcg@10"])
+    return out

@@ -32,6 +32,7 @@ class FederationOutcome:
     reports: dict[int, RoundReport] = field(default_factory=dict)
     model_dir: str | None = None
     error: BaseException | None = None
+    chosen_round: int | None = None  # the round whose global model was registered
 
 
 def _prepare_if_missing(settings: Settings) -> None:
@@ -57,10 +58,18 @@ def _n_items(settings: Settings) -> int:
 
 
 def _shared_config(settings: Settings) -> dict[str, object]:
-    """What every store needs of the run: the catalogue's product codes (in item order) and the split."""
+    """What every store needs of the run: the catalogue's product codes (in item order), their
+    published descriptions (aligned with the codes, "" for none; the shared model's public item
+    features are computed from them) and the split."""
+    from siloguard.runs import load_descriptions
+
     run = run_manifest(settings.work_dir)
     codes = list(load_catalogue(run.require_catalogue()).codes)
-    return {"catalogue": codes, "split-date": str(run.split_date), "end-date": str(run.end_date)}
+    shelf = load_descriptions(run.require_catalogue())
+    return {
+        "catalogue": codes, "descriptions": [shelf.get(c, "") for c in codes],
+        "split-date": str(run.split_date), "end-date": str(run.end_date),
+    }
 
 
 def _n_stores(settings: Settings) -> int:
@@ -257,6 +266,10 @@ def run_server(
             trim_fraction=fed.trim_fraction,
             max_update_norm=fed.max_update_norm,
             outlier_factor=fed.outlier_factor,
+            # Without DP the best round by validation is kept. Under DP the last round is: the
+            # stores' validation metrics are not DP outputs, and choosing a model by them would
+            # spend privacy no accountant counts.
+            keep_best=fed.keep_best_round and not settings.privacy.enabled,
         )
         runner: object = strategy
         if settings.privacy.central:
@@ -297,8 +310,10 @@ def run_server(
                 "every store's update was rejected (federation.update_rejected in the audit log says why): "
                 "no model was registered"
             )
-        model.load_state_dict(result.arrays.to_torch_state_dict())
-        outcome.model_dir = str(save_model(model, settings, strategy.reports))
+        chosen = strategy.best_arrays if strategy.best_arrays is not None else result.arrays
+        outcome.chosen_round = strategy.best_round if strategy.best_arrays is not None else max(strategy.reports)
+        model.load_state_dict(chosen.to_torch_state_dict())
+        outcome.model_dir = str(save_model(model, settings, strategy.reports, chosen_round=outcome.chosen_round))
         audit.append([registered_event(Path(outcome.model_dir))])
         return outcome
     finally:

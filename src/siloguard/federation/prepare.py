@@ -98,7 +98,15 @@ def prepare_run(settings: Settings) -> PreparedRun:
             name = f"{silo.name}.csv"
             _to_raw(silo.frame).to_csv(staging / "stores" / name, index=False)
             paths[silo.name] = (work / "stores" / name).resolve()
-        save_catalogue(catalogue, staging / "catalogue.json")
+        # Product descriptions as each store would publish them (products 3+ of its customers
+        # bought), the first store's in name order: the public features of the shared model.
+        from siloguard.clients.site import shelf_descriptions
+
+        shelf: dict[str, str] = {}
+        for silo in sorted(silos, key=lambda s: s.name):
+            for code, text in shelf_descriptions(silo.frame).items():
+                shelf.setdefault(code, text)
+        save_catalogue(catalogue, staging / "catalogue.json", shelf)
         from siloguard.runs import RunManifest
 
         run = RunManifest(

@@ -221,16 +221,19 @@ def _round_entry(report: RoundReport) -> dict[str, Any]:
     }
 
 
-def save_model(model: SharedModel, settings: Settings, reports: dict[int, RoundReport]) -> Path:
+def save_model(
+    model: SharedModel, settings: Settings, reports: dict[int, RoundReport], *, chosen_round: int | None = None
+) -> Path:
     """Register the model as a new version (parent: the current one) and make it current.
 
-    Returns the version's directory.
+    ``chosen_round``: the round ``model`` is the global model of (default: the last); its
+    metrics are the version's. Returns the version's directory.
     """
     work = settings.work_dir
     folder = _models(work)
     folder.mkdir(parents=True, exist_ok=True)
     _adopt_legacy(work)
-    final = reports[max(reports)]
+    final = reports[chosen_round if chosen_round in reports else max(reports)]
     parent = current_version(work)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder))
     try:
@@ -253,6 +256,7 @@ def save_model(model: SharedModel, settings: Settings, reports: dict[int, RoundR
             "shared_parameters": {k: list(v.shape) for k, v in model.state_dict().items()},
             "config": settings.to_run_config(),
             "rounds": len(reports),
+            "chosen_round": final.server_round,
             "participants": sorted({s for rep in reports.values() for s in rep.participants}),
             "epsilon_per_store": {s: p["epsilon"] for s, p in sorted(privacy.get("per_store", {}).items())},  # type: ignore[union-attr]
             "privacy": privacy,

@@ -14,7 +14,10 @@ companies needs around it:
   connection; the SuperLink answers for it with "node unavailable") reported as dropped: the
   round goes on with the others, down to ``min_train_nodes``;
 - the sha256 of each round's global model (after aggregation, and after central DP noise when
-  that is on), so the audit log names the exact model every round produced.
+  that is on), so the audit log names the exact model every round produced;
+- with ``keep_best``, the round whose global model scored best on the stores' validation window
+  (the last horizon of the training period, never the test window), so a run that declines
+  after its best round registers that round's model.
 """
 
 from __future__ import annotations
@@ -119,9 +122,17 @@ class SiloFedAvg(FedAvg):
         trim_fraction: float = 0.2,
         max_update_norm: float | None = None,
         outlier_factor: float | None = 100.0,
+        keep_best: bool = False,
         **kwargs: object,
     ) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
+        #: keep the round whose global model scores best on the stores' validation window
+        #: (``val.ndcg@10``, inside the training period), not just the last one
+        self.keep_best = keep_best
+        self.best_round: int | None = None
+        self.best_arrays: ArrayRecord | None = None
+        self._best_score = -math.inf
+        self._evaluated: dict[int, ArrayRecord] = {}
         self.on_round = on_round
         self.budget_aware = budget_aware
         self.query_timeout = query_timeout
@@ -157,6 +168,8 @@ class SiloFedAvg(FedAvg):
     ) -> list[Message]:
         """The arrays here are the round's new global model: record its checksum."""
         self._report(server_round).model_sha256 = arrays_sha256(arrays)
+        if self.keep_best:
+            self._evaluated = {server_round: arrays}
         messages = list(super().configure_evaluate(server_round, arrays, config, grid))
         self._sent[(server_round, "evaluate")] = {m.metadata.dst_node_id for m in messages}
         return messages
@@ -281,6 +294,12 @@ class SiloFedAvg(FedAvg):
         valid = self._collect(server_round, list(replies), "evaluate")
         report = self._report(server_round)
         aggregated = super().aggregate_evaluate(server_round, valid)
+        if self.keep_best and server_round in self._evaluated:
+            score = report.overall.get("val.ndcg@10", math.nan)
+            if math.isfinite(score) and score > self._best_score:
+                self._best_score, self.best_round = score, server_round
+                self.best_arrays = self._evaluated[server_round]
+            self._evaluated.clear()
         if self.on_round is not None:
             self.on_round(report)
         return aggregated

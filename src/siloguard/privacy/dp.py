@@ -1,4 +1,11 @@
-"""Customer-level DP-SGD for the shared model, with Opacus ghost clipping.
+"""Customer-level DP-SGD for the shared model (Opacus).
+
+What a store trains under DP by default is the collaborative ranker's small map from public
+item features (``text_in``, ``text_out``): with the free item vectors fixed and the repeat
+ranker the store's own (``privacy.local_repeat``), a step needs per customer only each
+example's bag sums (computed once per round) and the per-customer gradients of ~4k numbers,
+taken in one backward pass (``_PooledModel``). Otherwise (``train_collaborative`` or a shared
+repeat ranker) the whole grouped model runs with Opacus ghost clipping (``_GroupedModel``).
 
 The privacy unit is one customer. Each Opacus sample is *all* of a customer's
 training examples in the store (next-window and co-purchase examples, padded to
@@ -9,7 +16,8 @@ What is protected (details in docs/PRIVACY.md): the shared parameters a store
 sends, and everything computed from them (the global model), are
 (epsilon, delta)-DP with respect to adding or removing one customer of that store.
 The customers' private embeddings are not trained in DP mode and never leave the
-store; the store's own evaluation on its own data is not noised.
+store, nor does the store's own repeat ranker; the store's own evaluation on its own data is
+not noised.
 """
 
 from __future__ import annotations
@@ -380,11 +388,59 @@ class _GroupedModel(nn.Module):
         flat = items.reshape(b, k * length)  # one call per embedding layer, batch dim = customer
         context = s.items(flat).reshape(b, k, length, s.dim)
         repeat_bias = s.repeat_items(flat).reshape(b, k, length)
-        profile = (weights.unsqueeze(-1) * context).sum(2) + user_vec.unsqueeze(1)  # (B, K, d)
-        collaborative = s.decoder(profile)  # (B, K, N)
+        profile = (weights.unsqueeze(-1) * context).sum(2) + s.text_profile(items, weights) + user_vec.unsqueeze(1)
+        collaborative = s.item_logits(profile)  # (B, K, N)
         feats = features.reshape(b, k * length, -1)
         head = (s.repeat(feats) + s.repeat_linear(feats)).reshape(b, k, length)
         return collaborative, (repeat_bias + head) * mask
+
+
+class _PooledModel(nn.Module):
+    """The collaborative ranker per customer from each example's bag sums (the fast path).
+
+    With the free item vectors fixed (not trained under DP) and the repeat ranker the store's
+    own (``privacy.local_repeat``), a DP step needs of each example only two constants of the
+    round: ``sum_j w_j e_j`` (free vectors) and ``sum_j w_j x_j`` (public features). They are
+    computed once per round (:func:`_bag_sums`) instead of gathered from the (slots x bag
+    length) history at every step and in both of ghost clipping's backward passes; the logits
+    are the same as :class:`_GroupedModel`'s (tested).
+    """
+
+    def __init__(self, shared: SharedModel) -> None:
+        super().__init__()
+        self.shared = shared
+
+    def forward(
+        self,
+        user_vec: torch.Tensor,  # (B, d)
+        free_profile: torch.Tensor,  # (B, K, d)
+        pooled_text: torch.Tensor,  # (B, K, T)
+        real: torch.Tensor | None = None,  # (B, K) bool: the slots holding an example
+    ) -> torch.Tensor:
+        """Logits over the catalogue, (B, K, N); with ``real``, of the real slots only, (R, N):
+        the (slots x catalogue) products of padding slots are never computed. The per-customer
+        layers (text_in, text_out) still see every customer's slots, so their per-customer
+        gradients are unchanged."""
+        s = self.shared
+        profile = free_profile + s.text_in(pooled_text) + user_vec.unsqueeze(1)
+        text = s.text_out(profile)  # (B, K, T)
+        if real is not None:
+            profile, text = profile[real], text[real]
+        return s.decoder(profile) + text @ s.item_text.T + s.store_prior
+
+
+def _bag_sums(shared: SharedModel, data: CustomerData, chunk: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Every example's ``sum_j w_j e_j`` (U, K, d) and ``sum_j w_j x_j`` (U, K, T), in chunks."""
+    u, k, _ = data.items.shape
+    free = np.zeros((u, k, shared.dim), np.float32)
+    text = np.zeros((u, k, shared.text_dim), np.float32)
+    with torch.no_grad():
+        for start in range(0, u, chunk):
+            items = torch.from_numpy(data.items[start : start + chunk])
+            weights = torch.from_numpy(data.weights[start : start + chunk]).unsqueeze(-1)
+            free[start : start + chunk] = (weights * shared.items.weight[items]).sum(2).numpy()
+            text[start : start + chunk] = (weights * shared.item_text[items]).sum(2).numpy()
+    return free, text
 
 
 # Opacus' ghost norm of nn.Linear builds a (T x T) matrix per sample; for the
@@ -482,6 +538,8 @@ def _prepare_for_dp(shared: SharedModel) -> SharedModel:
     """Swap layers for the DP-friendly subclasses above (same weights, same state_dict keys)."""
     shared.repeat = nn.Sequential(*[_as_small(m) if isinstance(m, nn.Linear) else m for m in shared.repeat])
     shared.repeat_linear = _as_small(shared.repeat_linear)
+    shared.text_in = _as_small(shared.text_in)
+    shared.text_out = _as_small(shared.text_out)
     shared.items = _as_dense_norm(shared.items)
     shared.repeat_items = _as_dense_norm(shared.repeat_items)
     return shared
@@ -562,7 +620,9 @@ class DPTrainResult:
     report: PrivacyReport
 
 
-def _customer_loss(collaborative, repeat, batch) -> torch.Tensor:
+def _customer_loss(
+    collaborative, repeat, batch, collaborative_weight: float = 1.0, repeat_weight: float = 1.0
+) -> torch.Tensor:
     b, k, n = collaborative.shape
     length = repeat.shape[-1]
     t = batch["targets"].shape[-1]
@@ -574,9 +634,23 @@ def _customer_loss(collaborative, repeat, batch) -> torch.Tensor:
         batch["targets"].reshape(b * k, t),
         batch["target_mask"].reshape(b * k, t),
     )
-    per_slot = new_loss + torch.where(batch["copurchase"].reshape(-1), torch.zeros_like(repeat_loss), repeat_loss)
+    per_slot = collaborative_weight * new_loss + repeat_weight * torch.where(
+        batch["copurchase"].reshape(-1), torch.zeros_like(repeat_loss), repeat_loss
+    )
     per_slot = per_slot.reshape(b, k) * batch["slot_mask"]
     return per_slot.sum(1) / batch["slot_mask"].sum(1).clamp_min(1.0)
+
+
+def _packed_customer_loss(logits: torch.Tensor, real: torch.Tensor, batch, collaborative_weight: float) -> torch.Tensor:
+    """:func:`_customer_loss` without the repeat term, from the real slots' logits (R, N):
+    each customer's mean over their examples of the new-items loss, shape (B,)."""
+    new_loss = split_losses(
+        logits, torch.zeros(batch["items"][real].shape), batch["items"][real], batch["mask"][real],
+        batch["targets"][real], batch["target_mask"][real],
+    )[0]
+    owner = torch.nonzero(real)[:, 0]
+    total = torch.zeros(real.shape[0], dtype=new_loss.dtype).index_add(0, owner, collaborative_weight * new_loss)
+    return total / real.sum(1).clamp_min(1).to(new_loss.dtype)
 
 
 def train_local_dp(
@@ -591,6 +665,7 @@ def train_local_dp(
     history: list[tuple[float, float, int]],
     delta: float,
     noise_multiplier: float | None = None,
+    frozen: tuple[str, ...] = (),
 ) -> DPTrainResult:
     """DP-SGD (Adam) of the shared parameters on one store's customers.
 
@@ -610,37 +685,61 @@ def train_local_dp(
         return DPTrainResult(0, 0, float("nan"), list(history), privacy_report(privacy, history, delta, n))
     _prepare_for_dp(shared)
     if not privacy.train_collaborative:
-        # Noise is added to every trained coordinate: the item and decoder vectors
-        # are ~220k of them, where the clipped signal of a batch of ~90 customers
+        # Noise is added to every trained coordinate: the free item and decoder vectors
+        # are ~225k of them, where the clipped signal of a batch of ~90 customers
         # drowns (NDCG@10 0.311 when trained, 0.315 when frozen at eps 7.5; docs/PRIVACY.md).
-        # Under DP only the item popularity bias and the repeat ranker are trained.
+        # Under DP the collaborative ranker learns through the small map from public item
+        # features (text_in, text_out: ~4k numbers) and the item popularity bias; the repeat
+        # ranker is trained as without DP.
         shared.items.weight.requires_grad_(False)
         shared.decoder.weight.requires_grad_(False)
-    grouped = _GroupedModel(shared)
+    if privacy.local_repeat:
+        # The repeat ranker is the store's own under DP: trained without noise in the store and
+        # never sent (clients/app.py); the DP update carries the collaborative part only.
+        frozen = (*frozen, *(n for n, _ in shared.named_parameters() if n.startswith(("repeat", "repeat_linear"))))
+    if not privacy.train_item_biases:
+        # One noisy coordinate per product each (3,514 here): the store's popularity prior
+        # (SharedModel.set_store_popularity) ranks new items without them, and NDCG@10 at
+        # epsilon 8 was higher with them fixed (docs/BENCHMARKS.md).
+        frozen = (*frozen, "decoder.bias", "repeat_items.weight")
+    named = dict(shared.named_parameters())
+    for name in dict.fromkeys(frozen):  # further parameters kept as they are (by state-dict name)
+        if name not in named:
+            raise ConfigError(f"no shared parameter {name!r} to freeze: known are {', '.join(sorted(named))}")
+        named[name].requires_grad_(False)
+    # Fast path (the default): only the text map (and at most the popularity bias) is trained.
+    pooled = not privacy.train_collaborative and privacy.local_repeat
+    grouped = _PooledModel(shared) if pooled else _GroupedModel(shared)
+    if pooled:
+        free_sums, text_sums = _bag_sums(shared, data)
     groups = [
         {"params": [p for p in shared.collaborative_parameters() if p.requires_grad], "lr": lr},
-        {"params": shared.repeat_parameters(), "lr": repeat_lr},
+        {"params": [p for p in shared.repeat_parameters() if p.requires_grad], "lr": repeat_lr},
     ]
     optimizer = torch.optim.Adam([g for g in groups if g["params"]])
     index = torch.utils.data.TensorDataset(torch.arange(n))
     loader = torch.utils.data.DataLoader(index, batch_size=expected_batch(privacy, n))
-    engine = PrivacyEngine(accountant=privacy.accountant)
-    engine.accountant.history = [tuple(h) for h in history]
     with warnings.catch_warnings():
         # Opacus' secure mode is off (no torchcsprng for torch 2.x); the noise and the sample
         # are drawn from the OS CSPRNG below instead, so its warning does not apply.
         warnings.filterwarnings("ignore", message=".*[Ss]ecure.*RNG.*")
         warnings.filterwarnings("ignore", message=".*Optimal order.*")
-        model, dp_optimizer, _criterion, dp_loader = engine.make_private(
+        engine = PrivacyEngine(accountant=privacy.accountant)
+        engine.accountant.history = [tuple(h) for h in history]
+        private = engine.make_private(
             module=grouped,
             optimizer=optimizer,
             data_loader=loader,
             criterion=nn.CrossEntropyLoss(),
             noise_multiplier=privacy.noise_multiplier,
             max_grad_norm=privacy.max_grad_norm,
-            grad_sample_mode="ghost",
+            # Fast path: per-customer gradients of the text map (~4k numbers per customer) in one
+            # backward pass ("hooks"), instead of ghost clipping's two (norms, then the clipped sum).
+            grad_sample_mode="hooks" if pooled else "ghost",
             poisson_sampling=True,
         )
+    # ghost clipping also returns its criterion: (module, optimizer, criterion, loader)
+    model, dp_optimizer, dp_loader = private[0], private[1], private[-1]
     # The noise and the sample from the OS CSPRNG (see "noise source" above), at the rate
     # Opacus accounts for (1 / len(dp_loader)).
     dp_optimizer.add_noise = types.MethodType(_add_os_noise, dp_optimizer)
@@ -668,6 +767,8 @@ def train_local_dp(
                 # clipped sum of zero customers is zero, and step() adds the noise to it.
                 for param in dp_optimizer.params:
                     param.grad = torch.zeros_like(param)
+                    if pooled:  # no per-customer gradient: an empty batch of them
+                        param.grad_sample = torch.zeros((0, *param.shape), dtype=param.dtype)
                 dp_optimizer.step()
                 continue
             rows = idx.numpy()
@@ -677,23 +778,39 @@ def train_local_dp(
             t_used = max(1, int(data.target_mask[rows].sum(2).max()))
             batch = {}
             for key, v in arrays.items():
+                if pooled and key in ("weights", "features"):
+                    continue  # in the bag sums already
                 part = v[rows][:, :k_used]
                 if key in ("items", "weights", "features", "mask"):
                     part = part[:, :, :l_used]
                 elif key in ("targets", "target_mask"):
                     part = part[:, :, :t_used]
                 batch[key] = torch.from_numpy(np.ascontiguousarray(part))
-            collaborative, repeat = model(
-                user_vectors[torch.from_numpy(data.user[rows])].detach(),
-                batch["items"], batch["weights"], batch["features"], batch["mask"],
-            )
-            per_customer = _customer_loss(collaborative, repeat, batch)
-            loss = DPTensorFastGradientClipping(model, dp_optimizer, per_customer, "mean")
-            loss.backward()
+            user_vec = user_vectors[torch.from_numpy(data.user[rows])].detach()
+            if pooled:
+                real = batch["slot_mask"] > 0
+                logits = model(
+                    user_vec,
+                    torch.from_numpy(np.ascontiguousarray(free_sums[rows][:, :k_used])),
+                    torch.from_numpy(np.ascontiguousarray(text_sums[rows][:, :k_used])),
+                    real,
+                )
+                per_customer = _packed_customer_loss(logits, real, batch, privacy.collaborative_loss_weight)
+            else:
+                collaborative, repeat = model(
+                    user_vec, batch["items"], batch["weights"], batch["features"], batch["mask"],
+                )
+                per_customer = _customer_loss(
+                    collaborative, repeat, batch, privacy.collaborative_loss_weight, 0.0 if privacy.local_repeat else 1.0
+                )
+            if pooled:
+                per_customer.mean().backward()
+            else:
+                DPTensorFastGradientClipping(model, dp_optimizer, per_customer, "mean").backward()
             dp_optimizer.step()
             loss_sum += float(per_customer.detach().mean())
-    shared.items.weight.requires_grad_(True)
-    shared.decoder.weight.requires_grad_(True)
+    for param in shared.parameters():
+        param.requires_grad_(True)
     new_history = [tuple(h) for h in engine.accountant.history]
     return DPTrainResult(
         customers=n,

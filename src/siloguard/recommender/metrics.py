@@ -216,12 +216,14 @@ def combine(per_group: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
 
 
 def overall_metrics(per_store: dict[str, dict[str, float]]) -> dict[str, float]:
-    """Weighted by test customers, separately for the full and new-items variants."""
+    """Weighted by test customers, separately for the full and new-items variants (and the
+    validation metrics, ``val.*``, weighted by validation customers, when the stores report them)."""
     per_store = {s: {k: v for k, v in m.items() if k != "num-examples"} for s, m in per_store.items()}
-    full = combine({s: {k: v for k, v in m.items() if not k.startswith("new.")} for s, m in per_store.items()})
-    new = combine(
-        {s: {k[4:]: v for k, v in m.items() if k.startswith("new.")} for s, m in per_store.items()}
-    )
+    prefixes = ("new.", "val.")
+    full = combine({s: {k: v for k, v in m.items() if not k.startswith(prefixes)} for s, m in per_store.items()})
     out = dict(full)
-    out.update({f"new.{k}": v for k, v in new.items()})
+    for prefix in prefixes:
+        part = {s: {k[len(prefix):]: v for k, v in m.items() if k.startswith(prefix)} for s, m in per_store.items()}
+        if prefix == "new." or any(part.values()):
+            out.update({f"{prefix}{k}": v for k, v in combine(part).items()})
     return out

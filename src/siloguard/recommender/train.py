@@ -10,7 +10,7 @@ import torch
 from siloguard.recommender.features import Examples
 from siloguard.recommender.model import PrivateUsers, SharedModel, bag_tensors
 
-__all__ = ["TrainResult", "example_loss", "split_losses", "train_local"]
+__all__ = ["TrainResult", "example_loss", "repeat_losses", "split_losses", "train_local"]
 
 
 @dataclass(frozen=True)
@@ -47,11 +47,22 @@ def split_losses(
     target_in_bag = in_bag.any(2).float() * target_mask
     outside = collaborative.scatter_add(1, items, mask * -1e4)
     new_loss = example_loss(outside, targets, target_mask - target_in_bag)
+    return new_loss, _repeat_loss(repeat, mask, in_bag, target_mask)
+
+
+def repeat_losses(
+    repeat: torch.Tensor, items: torch.Tensor, mask: torch.Tensor, targets: torch.Tensor, target_mask: torch.Tensor
+) -> torch.Tensor:
+    """The repeat ranker's loss of :func:`split_losses` alone, shape (B,)."""
+    in_bag = (targets.unsqueeze(2) == items.unsqueeze(1)) & (mask.unsqueeze(1) > 0)
+    return _repeat_loss(repeat, mask, in_bag, target_mask)
+
+
+def _repeat_loss(repeat: torch.Tensor, mask: torch.Tensor, in_bag: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:
     bag_positive = (in_bag & (target_mask.unsqueeze(2) > 0)).any(1).float()  # (B, L)
     bag_logits = repeat + (mask - 1.0) * 1e4
     log_p = torch.log_softmax(bag_logits, dim=1)
-    repeat_loss = -(log_p * bag_positive).sum(1) / bag_positive.sum(1).clamp_min(1.0)
-    return new_loss, repeat_loss
+    return -(log_p * bag_positive).sum(1) / bag_positive.sum(1).clamp_min(1.0)
 
 
 def train_local(
@@ -66,19 +77,24 @@ def train_local(
     batch_size: int,
     weight_decay: float,
     seed: int,
+    repeat_only: bool = False,
 ) -> TrainResult:
-    """Train shared and private parameters on one store's examples (Adam)."""
+    """Train shared and private parameters on one store's examples (Adam).
+
+    ``repeat_only``: train the repeat ranker alone (the store's own, under DP: see
+    :func:`siloguard.privacy.dp.train_local_dp`); nothing else moves.
+    """
     n = len(examples)
     if n == 0:
         return TrainResult(examples=0, steps=0, loss=float("nan"))
     model.train()
-    opt = torch.optim.Adam(
-        [
+    groups = [{"params": model.repeat_parameters(), "lr": repeat_lr, "weight_decay": weight_decay}]
+    if not repeat_only:
+        groups += [
             {"params": model.collaborative_parameters(), "lr": lr, "weight_decay": weight_decay},
-            {"params": model.repeat_parameters(), "lr": repeat_lr, "weight_decay": weight_decay},
             {"params": users.parameters(), "lr": user_lr, "weight_decay": 0.0},
         ]
-    )
+    opt = torch.optim.Adam(groups)
     rng = np.random.default_rng(seed)
     steps, total = 0, 0.0
     for _ in range(epochs):
@@ -86,13 +102,17 @@ def train_local(
         for start in range(0, n, batch_size):
             idx = order[start : start + batch_size]
             user_idx, items, weights, features, mask = bag_tensors(examples.bags, idx)
-            collaborative, repeat = model(users(user_idx), items, weights, features, mask)
             targets = torch.from_numpy(examples.targets[idx])
             target_mask = torch.from_numpy(examples.target_mask[idx])
-            new_loss, repeat_loss = split_losses(collaborative, repeat, items, mask, targets, target_mask)
-            # Co-purchase examples (hidden history) train the collaborative part only.
             flag = torch.from_numpy(examples.copurchase[idx])
-            value = (new_loss + torch.where(flag, torch.zeros_like(repeat_loss), repeat_loss)).mean()
+            if repeat_only:  # the repeat ranker's own forward and loss: the same gradients, no logits
+                repeat_loss = repeat_losses(model.repeat_scores(items, features, mask), items, mask, targets, target_mask)
+                value = torch.where(flag, torch.zeros_like(repeat_loss), repeat_loss).mean()
+            else:
+                collaborative, repeat = model(users(user_idx), items, weights, features, mask)
+                new_loss, repeat_loss = split_losses(collaborative, repeat, items, mask, targets, target_mask)
+                # Co-purchase examples (hidden history) train the collaborative part only.
+                value = (new_loss + torch.where(flag, torch.zeros_like(repeat_loss), repeat_loss)).mean()
             opt.zero_grad(set_to_none=True)
             value.backward()
             opt.step()
