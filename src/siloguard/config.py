@@ -136,6 +136,11 @@ class PrivacySettings(_Section):
             raise ValueError(
                 "set either epsilon (the noise is planned to spend it) or noise_multiplier (fixed noise), not both"
             )
+        if self.train_item_biases and self.local_repeat and not self.train_collaborative:
+            raise ValueError(
+                "train_item_biases needs local_repeat off (or train_collaborative on): the fast DP path of the "
+                "text map does not take per-customer gradients of the item biases"
+            )
         if self.epsilon is not None and self.epsilon > self.epsilon_cap:
             raise ValueError(
                 f"epsilon {self.epsilon} is above epsilon_cap {self.epsilon_cap}: lower the target or raise the cap"

@@ -183,7 +183,8 @@ def test_when_dp_rounds_are_planned_then_every_round_trains_and_the_run_ends_at_
 def test_when_a_store_trains_under_dp_then_its_repeat_ranker_stays_home_and_the_reply_carries_the_global_one(
     tiny_dp_settings: Settings,
 ) -> None:
-    from siloguard.clients.private import load_private_repeat, repeat_path
+    from siloguard.clients.private import erase_subjects, load_private_repeat, repeat_path
+    from siloguard.errors import DataError
 
     prepared = prepare_run(tiny_dp_settings)
     model = _shared(tiny_dp_settings, prepared.items)
@@ -200,3 +201,23 @@ def test_when_a_store_trains_under_dp_then_its_repeat_ranker_stays_home_and_the_
     own = _shared(tiny_dp_settings, prepared.items)
     assert load_private_repeat(tiny_dp_settings, "germany", own)
     assert any(not torch.equal(own.state_dict()[k], start[k]) for k in repeat_keys)  # trained, kept in the store
+    # Only the repeat ranker may come from that file: never a shared parameter.
+    torch.save({"text_in.weight": torch.zeros_like(start["text_in.weight"])}, path)
+    with pytest.raises(DataError, match="repeat ranker"):
+        load_private_repeat(tiny_dp_settings, "germany", own)
+    # It was trained without noise on every customer: an erasure removes it.
+    erase_subjects(tiny_dp_settings, "germany", ["12345"])
+    assert not path.exists()
+
+
+@pytest.mark.parametrize(("fixture", "used"), [("tiny_settings", True), ("tiny_dp_settings", False)])
+def test_the_store_popularity_prior_is_in_the_loss_without_dp_only(fixture: str, used: bool, request: pytest.FixtureRequest) -> None:
+    # Under DP a prior from every customer's purchases in each customer's loss would make one
+    # customer's clipped gradient depend on the others' data: the sensitivity bound would fail.
+    from siloguard.clients.app import _shared_model, store_for
+
+    settings = request.getfixturevalue(fixture)
+    prepared = prepare_run(settings)
+    msg = _message(ArrayRecord(_shared(settings, prepared.items).state_dict()), MessageType.TRAIN)
+    store = store_for(_context(settings, "germany"), settings, msg=msg)
+    assert bool(_shared_model(msg, store, settings).store_prior.abs().sum() > 0) is used

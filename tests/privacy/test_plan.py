@@ -127,3 +127,10 @@ def test_rounds_left_counts_this_round() -> None:
     assert rounds_left(7, 9) == 1  # an extra round beyond the plan: plan it as the last
     assert rounds_left(7, None) == 7  # unknown round: plan for all (more noise, never over)
     assert rounds_left(1, 0) == 1
+
+
+def test_when_item_biases_would_be_trained_on_the_fast_path_then_the_settings_are_refused() -> None:
+    # The text map's one-pass DP path takes per-customer gradients of the text map only.
+    with pytest.raises(ValueError, match="train_item_biases needs local_repeat off"):
+        PrivacySettings(train_item_biases=True)
+    assert PrivacySettings(train_item_biases=True, local_repeat=False).train_item_biases

@@ -256,7 +256,12 @@ def _shared_model(msg: Message, store: StoreData, settings: Settings) -> SharedM
     model = SharedModel(store.n_items, settings.model.dim, settings.model.hidden,
                         item_text=message_item_text(msg, settings))
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
-    model.set_store_popularity(item_customers(store.history))  # the store's own, never sent
+    if not settings.privacy.enabled:
+        # The store's own popularity (never sent) as a prior on new items, without DP only. Under
+        # DP it would be in every customer's loss, so each customer's clipped gradient would
+        # depend on the other customers' purchases and the update's sensitivity would no longer
+        # be the clipping bound: the DP guarantee would not hold (docs/PRIVACY.md).
+        model.set_store_popularity(item_customers(store.history))
     return model
 
 

@@ -123,6 +123,9 @@ def load_private_repeat(settings: Settings, store: str, model: SharedModel) -> b
         return False
     try:
         state = torch.load(path, weights_only=True)
+        foreign = [k for k in state if not str(k).startswith(REPEAT_PREFIX)]
+        if foreign:  # the file may only hold the repeat ranker, never shared parameters
+            raise ValueError(f"{len(foreign)} entries that are not the repeat ranker's")
         model.load_state_dict({**model.state_dict(), **state})
     except Exception as exc:  # noqa: BLE001  any unreadable file is the same problem for the user
         raise DataError(
@@ -146,6 +149,9 @@ def erase_subjects(settings: Settings, store: str, customer_ids: list[object]) -
     from siloguard.clients.gating import store_keys
     from siloguard.privacy.pseudonyms import Pseudonymiser
 
+    # The store's own repeat ranker was trained without noise on every customer, the erased
+    # ones too: it goes, and the next DP round trains it afresh from the global one.
+    repeat_path(settings, store).unlink(missing_ok=True)
     path = private_path(settings, store)
     with _locked(path):
         stored = _read(path)

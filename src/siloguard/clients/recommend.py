@@ -120,7 +120,8 @@ class Recommender:
         self._item_customers[buyers.index.astype(int)] = buyers.to_numpy()
         self._n_users = int(frame["customer_id"].nunique())
         self._popularity = (np.log1p(self._item_customers) / np.log1p(max(self._n_users, 1))).astype(np.float32)
-        self.loaded.model.set_store_popularity(self._item_customers)  # the collaborative ranker's store prior
+        if not settings.privacy.enabled:  # as the store trained it: the prior only without DP (clients/app.py)
+            self.loaded.model.set_store_popularity(self._item_customers)
         from siloguard.clients.private import load_private_repeat
 
         load_private_repeat(settings, store, self.loaded.model)  # the store's own repeat ranker (DP runs)

@@ -269,7 +269,7 @@ def run_server(
             # Without DP the best round by validation is kept. Under DP the last round is: the
             # stores' validation metrics are not DP outputs, and choosing a model by them would
             # spend privacy no accountant counts.
-            keep_best=fed.keep_best_round and not settings.privacy.enabled,
+            keep_best=fed.keep_best_round and not settings.privacy.enabled and not settings.privacy.central,
         )
         runner: object = strategy
         if settings.privacy.central:
