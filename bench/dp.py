@@ -61,7 +61,8 @@ def _epoch_worker(data: str, store: str, mode: str, seed: int, out: mp.Queue) ->
 
     text = catalogue_item_text(run.require_catalogue())
     model = SharedModel(st.n_items, m.dim, m.hidden, seed=seed, item_text=text)
-    model.set_store_popularity(item_customers(st.history))
+    if mode == "plain":  # the store's prior without DP only (clients/app.py, docs/PRIVACY.md)
+        model.set_store_popularity(item_customers(st.history))
     users = PrivateUsers(st.n_users, m.dim)
     base_rss = _peak_rss_mib()
     started = time.perf_counter()
@@ -203,7 +204,8 @@ def _train_alone(store, settings, text, target: float | None) -> tuple[object, o
     for r in range(1, rounds + 1):
         model = SharedModel(store.n_items, m.dim, m.hidden, item_text=text)
         model.load_state_dict(state)
-        model.set_store_popularity(item_customers(store.history))
+        if target is None:  # the store's prior without DP only
+            model.set_store_popularity(item_customers(store.history))
         examples = store.examples(m, np.random.default_rng([m.seed, r, store.n_users]))
         if target is None:
             train_local(model, users, examples, epochs=m.local_epochs, lr=m.learning_rate,
@@ -226,7 +228,8 @@ def _train_alone(store, settings, text, target: float | None) -> tuple[object, o
         state = model.state_dict()
     model = SharedModel(store.n_items, m.dim, m.hidden, item_text=text)
     model.load_state_dict(state)
-    model.set_store_popularity(item_customers(store.history))
+    if target is None:
+        model.set_store_popularity(item_customers(store.history))
     return model, users, (epsilon_of(pv.accountant, history, delta) if target is not None else None)
 
 

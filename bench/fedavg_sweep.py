@@ -88,7 +88,8 @@ def main() -> int:
             states, weights = [], []
             for n, st in stores.items():
                 local = copy.deepcopy(shared)
-                local.set_store_popularity(item_customers(st.history))
+                if a.epsilon is None:  # the store's prior without DP only (clients/app.py, docs/PRIVACY.md)
+                    local.set_store_popularity(item_customers(st.history))
                 ex = st.examples(m, np.random.default_rng([m.seed, r, st.n_users]))
                 if a.epsilon is None:
                     res = train_local(local, private[n], ex, epochs=m.local_epochs, lr=m.learning_rate,
@@ -121,7 +122,8 @@ def main() -> int:
         per = {}
         for n, st in stores.items():
             mine = copy.deepcopy(shared)
-            mine.set_store_popularity(item_customers(st.history))
+            if a.epsilon is None:
+                mine.set_store_popularity(item_customers(st.history))
             mine.load_state_dict({**mine.state_dict(), **repeats.get(n, {})})
             per[n] = evaluate_store(mine, private[n], st)
         o = overall_metrics(per)
