@@ -106,6 +106,12 @@ def test_when_the_coordinator_sends_the_catalogue_then_the_store_builds_the_same
     from_message = message_item_text(msg, tiny_settings)
     assert from_message.any()
     assert np.array_equal(from_message, catalogue_item_text(catalogue))
+    short = dict(config, descriptions=list(config["descriptions"])[:-1])
+    bad = Message(content=RecordDict({"config": ConfigRecord(short)}), dst_node_id=1, message_type=MessageType.TRAIN)
+    from siloguard.errors import DataError
+
+    with pytest.raises(DataError, match="descriptions for"):
+        message_item_text(bad, tiny_settings)
 
 
 def test_when_private_state_exists_then_training_continues_from_it(tiny_settings: Settings) -> None:
@@ -221,3 +227,18 @@ def test_the_store_popularity_prior_is_in_the_loss_without_dp_only(fixture: str,
     msg = _message(ArrayRecord(_shared(settings, prepared.items).state_dict()), MessageType.TRAIN)
     store = store_for(_context(settings, "germany"), settings, msg=msg)
     assert bool(_shared_model(msg, store, settings).store_prior.abs().sum() > 0) is used
+
+
+def test_when_the_stores_own_repeat_ranker_is_unreadable_then_no_budget_is_spent(tiny_dp_settings: Settings) -> None:
+    from siloguard.clients.app import _ledger
+    from siloguard.clients.private import repeat_path
+    from siloguard.errors import DataError
+
+    prepared = prepare_run(tiny_dp_settings)
+    path = repeat_path(tiny_dp_settings, "germany")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"not a torch file")
+    model = _shared(tiny_dp_settings, prepared.items)
+    with pytest.raises(DataError, match="repeat ranker"):
+        handle_train(_message(ArrayRecord(model.state_dict()), MessageType.TRAIN), _context(tiny_dp_settings, "germany"), tiny_dp_settings)
+    assert _ledger(tiny_dp_settings.database.url).load("germany") is None

@@ -36,7 +36,7 @@ from siloguard.clients.private import load_private_users, private_path, save_pri
 from siloguard.clients.store import StoreData, build_store, evaluate_store, run_manifest
 from siloguard.config import Settings
 from siloguard.data.loader import load_clean
-from siloguard.errors import ConfigError
+from siloguard.errors import ConfigError, DataError
 from siloguard.recommender.features import Catalogue
 from siloguard.recommender.model import PrivateUsers, SharedModel, item_customers
 from siloguard.recommender.train import train_local
@@ -246,7 +246,12 @@ def message_item_text(msg: Message, settings: Settings) -> np.ndarray:
     if "catalogue" in config:
         codes = [str(c) for c in config["catalogue"]]
         texts = [str(t) for t in config.get("descriptions", [])]
-        return item_text_features(codes, dict(zip(codes, texts)) if len(texts) == len(codes) else {})
+        if texts and len(texts) != len(codes):
+            # Features built from other descriptions than everyone else's would not match the
+            # shared text map: refuse the message rather than train on something else.
+            raise DataError(f"the coordinator's message has {len(texts)} descriptions for {len(codes)} catalogue "
+                            "products; the coordinator must send one per product")
+        return item_text_features(codes, dict(zip(codes, texts)))
     from siloguard.runs import catalogue_item_text
 
     return catalogue_item_text(run_manifest(settings.work_dir).require_catalogue())
@@ -337,6 +342,12 @@ def handle_train(msg: Message, context: Context, settings: Settings) -> Message:
     examples = store.examples(settings.model, rng)
     privacy_metrics: dict[str, float] = {}
     if settings.privacy.enabled:
+        if settings.privacy.local_repeat:
+            # The store's own repeat ranker is read before any budget is spent: an unreadable
+            # file stops the round here, not after the ledger has recorded it.
+            from siloguard.clients.private import load_private_repeat
+
+            load_private_repeat(settings, store.name, model.fresh_copy())
         privacy_metrics = _train_dp(model, users, examples, store, settings, server_round)
         n_examples = int(privacy_metrics.pop("customers"))
         loss = privacy_metrics.pop("loss")
