@@ -114,7 +114,7 @@ def shelf_descriptions(settings: Settings, store: str) -> dict[str, str]:
         except (OSError, ValueError, AttributeError):
             continue
     if not out:  # a run prepared in one directory: the same rule, applied to the store's own file
-        from siloguard.clients.site import shelf_descriptions as published
+        from siloguard.runs import shelf_descriptions as published
 
         out = published(load_clean(silo_path(settings, store))[0])
     return out

@@ -39,38 +39,13 @@ import pandas as pd
 from siloguard.config import Settings
 from siloguard.errors import ConfigError, DataError
 # Shared with the coordinator (what a store publishes) and every store tool: re-exported here.
-from siloguard.runs import SITE_FILE, Publication, site_settings
+from siloguard.runs import SITE_FILE, Publication, shelf_descriptions, site_settings
 
 __all__ = ["Publication", "SITE_FILE", "StoreSite", "site_settings", "sites_under"]
 
 PUBLICATION_FILE = "publication.json"
-#: A product's description is published only if this many distinct customers bought it.
-PUBLISH_MIN_CUSTOMERS = 3
 _NAME = re.compile(r"[a-z][a-z0-9-]{0,62}")
 _JURISDICTIONS = ("gdpr", "ccpa")
-
-
-def shelf_descriptions(frame: pd.DataFrame) -> dict[str, str]:
-    """The product descriptions a store may publish: code -> its most common description.
-
-    A description is free text (the data map scans it): a product line may carry a note about
-    one customer ("refund to J Smith, 12 High St"). Only descriptions of products that at least
-    PUBLISH_MIN_CUSTOMERS customers bought are published.
-    """
-    if "description" not in frame.columns or frame.empty:
-        return {}
-    tagged = frame.assign(code=frame["stock_code"].astype(str))
-    buyers = tagged.groupby("code")["customer_id"].nunique()
-    common = buyers[buyers >= PUBLISH_MIN_CUSTOMERS].index
-    shelf = tagged[tagged["code"].isin(common) & tagged["description"].notna()]
-    # Each product's most frequent description, the alphabetically first of a tie (what
-    # Series.mode().iloc[0] gives), counted in one grouping: a Python mode() per product
-    # took most of the time of laying out 150 stores.
-    counted = (shelf.assign(description=shelf["description"].astype(str))
-               .groupby(["code", "description"], sort=False).size().rename("n").reset_index()
-               .sort_values(["code", "n", "description"], ascending=[True, False, True], kind="stable"))
-    described = counted.drop_duplicates("code").set_index("code")["description"]
-    return {str(k): str(v) for k, v in described.items()}
 
 
 def _check_name(store: str) -> str:

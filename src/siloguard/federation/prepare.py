@@ -100,7 +100,7 @@ def prepare_run(settings: Settings) -> PreparedRun:
             paths[silo.name] = (work / "stores" / name).resolve()
         # Product descriptions as each store would publish them (products 3+ of its customers
         # bought), the first store's in name order: the public features of the shared model.
-        from siloguard.clients.site import shelf_descriptions
+        from siloguard.runs import shelf_descriptions
 
         shelf: dict[str, str] = {}
         for silo in sorted(silos, key=lambda s: s.name):
