@@ -8,6 +8,7 @@ prices and store codes in the Country column, and it declares its country in its
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -200,8 +201,11 @@ def test_a_federation_of_sites_trains_the_partner_and_the_coordinator_holds_noth
     customers = {str(c) for site in sites.values() for c in site.transactions()["customer_id"].unique()}
     for path in files:
         if path.suffix in (".json", ".csv", ".txt"):
-            text = path.read_text(errors="replace")
-            assert not any(c in text for c in customers), path
+            # Whole tokens, after removing decimal numbers: a metric such as 0.3126801 holds the
+            # digits of a customer number without naming anyone (the DP noise varies them per run).
+            text = re.sub(r"\d+\.\d+(?:[eE][-+]?\d+)?", " ", path.read_text(errors="replace"))
+            named = customers & set(re.findall(r"\w+", text))
+            assert not named, (path, sorted(named)[:3])
 
 
 def test_a_product_line_that_names_one_customer_is_not_published(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
