@@ -30,7 +30,10 @@ from siloguard.config import Settings
 from siloguard.dsr.service import DsrService
 from siloguard.storage.db import create_engine, head_revision, require_current_schema
 
-__all__ = ["create_app"]
+__all__ = ["API_CONNECTIONS", "create_app"]
+
+#: How the API's database connections are named on PostgreSQL (``pg_stat_activity``).
+API_CONNECTIONS = "siloguard-api"
 
 
 log = logging.getLogger(__name__)
@@ -107,7 +110,7 @@ def create_app(settings: Settings, *, service: DsrService | None = None) -> Fast
     from siloguard.audit import AuditLog
     from siloguard.policies.enforcer import PolicyEnforcer
 
-    engine = create_engine(settings.database.url, **api_pool(settings))
+    engine = create_engine(settings.database.url, pre_ping=False, application_name=API_CONNECTIONS, **api_pool(settings))
     require_current_schema(engine)
     storage = rate_storage(settings.api.rate_storage, key_prefix=settings.api.rate_key_prefix)
     if not storage_reachable(settings.api.rate_storage):

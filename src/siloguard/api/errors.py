@@ -15,10 +15,11 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from siloguard.dsr.errors import DsrError
-from siloguard.errors import AccessDenied, ConfigError, SiloguardError, StorageError
+from siloguard.errors import AccessDenied, AuditError, ConfigError, SiloguardError, StorageError
 
 __all__ = ["ERROR_RESPONSES", "ApiError", "ErrorBody", "error_response", "install_error_handlers"]
 
@@ -52,7 +53,7 @@ _DESCRIPTIONS = {
     422: "The body or parameters are invalid",
     429: "Rate limit exceeded",
     431: "Too many request headers, or too large (api.max_headers, api.max_header_bytes)",
-    503: "The database is unavailable",
+    503: "The database (or the audit trail) is unavailable",
 }
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": text} for status, text in _DESCRIPTIONS.items()
@@ -84,6 +85,24 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _storage(_: Request, exc: StorageError) -> JSONResponse:
         log.error("database error: %s", exc)
         return error_response(503, "unavailable", "the database is unavailable; retry later")
+
+    @app.exception_handler(AuditError)
+    async def _audit(_: Request, exc: AuditError) -> JSONResponse:
+        # A change goes in with its audit events or not at all (DsrService's writer): nothing
+        # was done. The reason is for the operators' log, not the caller.
+        log.error("audit log refused a write: %s", exc)
+        return error_response(503, "unavailable", "the audit trail could not be written, so nothing was done; retry later")
+
+    @app.exception_handler(DBAPIError)
+    async def _database(_: Request, exc: DBAPIError) -> JSONResponse:
+        if exc.connection_invalidated:
+            # The server dropped a pooled connection (restart, fail-over): the API's engine does
+            # not ping before each use (siloguard.storage.db.create_engine), so this request
+            # failed and SQLAlchemy renews the pool; the next one gets a fresh connection.
+            log.warning("database connection lost; the pool is renewed")
+            return error_response(503, "unavailable", "the database connection was lost; retry", {"retry-after": "1"})
+        log.error("unexpected database error in the API: %s", type(exc).__name__)
+        return error_response(500, "internal", "internal error; the request was not completed")
 
     @app.exception_handler(ConfigError)
     async def _config(_: Request, exc: ConfigError) -> JSONResponse:

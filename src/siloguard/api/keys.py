@@ -91,6 +91,10 @@ def revoke_key(engine: Engine, key_id: str) -> bool:
     return bool(done)
 
 
+#: Built once: every call with a key runs it (see ``dsr.effects._ASKED``).
+_BY_ID = sa.select(api_keys).where(api_keys.c.id == sa.bindparam("key_id"))
+
+
 def authenticate_key(engine: Engine, text: str) -> ApiKey | None:
     """The active key ``text`` is, or None (malformed, unknown, wrong secret or revoked)."""
     match = _KEY.fullmatch(text)
@@ -98,7 +102,7 @@ def authenticate_key(engine: Engine, text: str) -> ApiKey | None:
         return None
     key_id, secret = match.groups()
     with reads(engine).connect() as conn:
-        row = conn.execute(sa.select(api_keys).where(api_keys.c.id == key_id)).mappings().first()
+        row = conn.execute(_BY_ID, {"key_id": key_id}).mappings().first()
     if row is None:
         hmac.compare_digest(_hash(secret), bytes(32))  # same work whether or not the id exists
         return None

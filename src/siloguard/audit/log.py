@@ -28,6 +28,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import sqlalchemy as sa
 from sqlalchemy import insert, select
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
@@ -51,7 +52,7 @@ from siloguard.audit.merkle import (
     verify_inclusion,
 )
 from siloguard.errors import AuditError, AuditIntegrityError
-from siloguard.storage import create_engine, exclusive, require_current_schema
+from siloguard.storage import also_hold, create_engine, exclusive, require_current_schema
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -163,6 +164,11 @@ class AuditLog:
         self._every_ms = int(head_every_seconds * 1000)
         self._clock = clock
 
+    @property
+    def url(self) -> sa.engine.URL:
+        """The database the log is in (:meth:`append_in` takes a transaction on it)."""
+        return self._engine.url
+
     @classmethod
     def open(cls, settings: Settings, *, signer: HeadSigner | None | bool = True) -> AuditLog:
         """The log in ``settings.database.url`` (which must be migrated to the current schema).
@@ -220,31 +226,63 @@ class AuditLog:
 
         All or nothing: if any event is refused, none is written.
         """
-        batch = list(events)
+        batch = self._checked(events)
         if not batch:
             return []
+        try:
+            with exclusive(self._engine, APPEND_LOCK) as conn:
+                return self._write(conn, batch)
+        except IntegrityError:
+            raise AuditError("an event id in this batch is already in the audit log: nothing was written") from None
+
+    def append_in(self, conn: Connection, events: Iterable[AuditEvent]) -> list[int]:
+        """Append events inside the caller's write transaction ``conn`` (on this log's database):
+        they are committed, or rolled back, with the caller's own change.
+
+        One commit for a change and its audit trail instead of two, and no window in which the
+        change is durable but its events are not. ``conn`` must come from
+        :func:`~siloguard.storage.exclusive` on this log's database: on PostgreSQL the append
+        lock is taken here, for the rest of the caller's transaction (take it last, after the
+        caller's own lock, so the order of locks is the same everywhere); on SQLite the
+        caller's transaction already holds the database's only write lock. Raises
+        :class:`AuditError` for a refused batch; the caller's transaction must then roll back
+        (on PostgreSQL it can do nothing else).
+        """
+        batch = self._checked(events)
+        if not batch:
+            return []
+        if conn.engine.url != self.url:
+            raise AuditError("append_in needs a transaction on the audit log's own database")
+        also_hold(conn, APPEND_LOCK)
+        try:
+            return self._write(conn, batch)
+        except IntegrityError:
+            raise AuditError("an event id in this batch is already in the audit log: nothing was written") from None
+
+    @staticmethod
+    def _checked(events: Iterable[AuditEvent]) -> list[AuditEvent]:
+        batch = list(events)
         if not all(isinstance(e, AuditEvent) for e in batch):
             raise AuditError("only AuditEvent objects can be appended to the audit log")
         if len({e.event_id for e in batch}) != len(batch):
             raise AuditError("the batch holds the same event id twice: nothing was written")
+        return batch
+
+    def _write(self, conn: Connection, batch: list[AuditEvent]) -> list[int]:
         bodies = [e.canonical() for e in batch]
         leaves = [leaf_hash(b) for b in bodies]
-        try:
-            with exclusive(self._engine, APPEND_LOCK) as conn:
-                first = _size(conn)
-                frontier = self._frontier(conn, first)
-                rows: list[tuple[int, str, bytes, bytes]] = []
-                nodes: list[tuple[int, int, bytes]] = []
-                for event, body, leaf in zip(batch, bodies, leaves):
-                    rows.append((frontier.size, event.event_id, leaf, body))
-                    nodes.extend(frontier.append(leaf))
-                insert_many(conn, _E, ("seq", "event_id", "leaf_hash", "body"), rows)
-                if nodes:
-                    insert_many(conn, _N, ("level", "idx", "hash"), nodes)
-                if self._signer is not None and self._head_due(conn, frontier.size):
-                    self._sign_in(conn, self._signer, frontier)
-        except IntegrityError:
-            raise AuditError("an event id in this batch is already in the audit log: nothing was written") from None
+        first = _size(conn)
+        frontier = self._frontier(conn, first)
+        rows: list[tuple[int, str, bytes, bytes]] = []
+        nodes: list[tuple[int, int, bytes]] = []
+        for event, body, leaf in zip(batch, bodies, leaves):
+            rows.append((frontier.size, event.event_id, leaf, body))
+            nodes.extend(frontier.append(leaf))
+        insert_many(conn, _E, ("seq", "event_id", "leaf_hash", "body"), rows)
+        if nodes:
+            insert_many(conn, _N, ("level", "idx", "hash"), nodes)
+        if self._signer is not None and self._head_due(conn, frontier.size):
+            self._sign_in(conn, self._signer, frontier)
         return list(range(first, first + len(batch)))
 
     def sign_head(self) -> SignedTreeHead:

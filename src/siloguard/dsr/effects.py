@@ -49,6 +49,16 @@ _ASKED_TASKS = sa.and_(
     sa.or_(dsr_tasks.c.status == "pending", dsr_tasks.c.status == "claimed", dsr_tasks.c.status == "done"),
 )
 _ENTRY_KEYS = ("store", "dataset", "records", "categories", "data")
+# What a subject asked the stores, oldest first: built once. A statement object built per call
+# costs its construction and a fresh cache key every time (a fifth of the consent lookup's CPU
+# in a profile); this one's key is computed once and the compiled SQL comes from the cache.
+_ASKED = (
+    sa.select(dsr_requests.c.id, dsr_requests.c.kind, dsr_requests.c.jurisdiction, dsr_requests.c.payload,
+              dsr_requests.c.gpc, dsr_requests.c.received_at, dsr_tasks.c.store, dsr_tasks.c.status)
+    .join(dsr_tasks, dsr_tasks.c.request_id == dsr_requests.c.id)
+    .where(dsr_requests.c.subject_digest == sa.bindparam("digest"), _ASKED_TASKS)
+    .order_by(dsr_requests.c.received_at, dsr_requests.c.id)
+)
 
 
 def _sealed_shape(sealed: object) -> bool:
@@ -359,13 +369,7 @@ class StoreEffects:
         purposes = (*consent_purposes(), *SALE_AND_SHARING)
         digest = self.digest(customer_ref)  # type: ignore[attr-defined]
         with self.reads.connect() as conn:  # type: ignore[attr-defined]
-            rows = conn.execute(
-                sa.select(dsr_requests.c.id, dsr_requests.c.kind, dsr_requests.c.jurisdiction, dsr_requests.c.payload,
-                          dsr_requests.c.gpc, dsr_requests.c.received_at, dsr_tasks.c.store, dsr_tasks.c.status)
-                .join(dsr_tasks, dsr_tasks.c.request_id == dsr_requests.c.id)
-                .where(dsr_requests.c.subject_digest == digest, _ASKED_TASKS)
-                .order_by(dsr_requests.c.received_at, dsr_requests.c.id)
-            ).mappings().all()
+            rows = conn.execute(_ASKED, {"digest": digest}).mappings().all()
         state: dict[str, dict[str, tuple[bool, bool]]] = {}
         for row in rows:
             asked = self._effect_events(dict(row))

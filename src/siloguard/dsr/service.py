@@ -213,9 +213,7 @@ class DsrService(ErasureTasks, StoreEffects):
     def session(self, token: str) -> SubjectSession | None:
         """The subject a bearer token belongs to, if it is known and not expired."""
         with self.reads.connect() as conn:
-            row = conn.execute(
-                sa.select(dsr_sessions).where(dsr_sessions.c.token_hash == self._token_hash(token))
-            ).mappings().first()
+            row = conn.execute(_SESSION, {"token_hash": self._token_hash(token)}).mappings().first()
         if row is None or _aware(row["expires_at"]) <= self.clock():
             return None
         return SubjectSession(row["subject_digest"], row["customer_ref"] or None)
@@ -801,15 +799,23 @@ class DsrService(ErasureTasks, StoreEffects):
 
 
 
+#: A subject token's session, built once (see ``effects._ASKED``: a statement built per call costs
+#: its construction and cache key on every API call).
+_SESSION = sa.select(dsr_sessions).where(dsr_sessions.c.token_hash == sa.bindparam("token_hash"))
+
+
 class _GroupWriter:
     """Writes many threads' new requests in shared transactions: one durable commit per batch.
 
     A SQLite commit with ``synchronous=FULL`` waits for the disk (milliseconds), and writes are
     serialised: one transaction per request would cap intake at a few hundred a second at
     best. Jobs queued while a batch commits go into the next one, each inside its own
-    savepoint (a failing job, e.g. a repeated idempotency key, rolls back alone); the batch's
-    audit events are appended together; then every caller gets its outcome. A caller returns
-    only after its request and audit events are durable.
+    savepoint when there are several (a failing job, e.g. a repeated idempotency key, rolls
+    back alone; a job alone needs none: the transaction is its own); the batch's audit events
+    are appended in the same transaction (one commit for both, ``AuditLog.append_in``); then
+    every caller gets its outcome. A caller returns only after its request and audit events
+    are durable. If the audit log refuses the events nothing of the batch is written and every
+    caller gets the error: no change without its audit trail.
     """
 
     def __init__(self, service: DsrService, max_batch: int = 64) -> None:
@@ -839,20 +845,29 @@ class _GroupWriter:
                     break
             outcomes: list[BaseException | None] = []
             events: list[AuditEvent] = []
+            audit = self._service.audit
+            together = isinstance(audit, AuditLog) and audit.url == self._service.engine.url
             try:
                 with exclusive(self._service.engine, _LOCK) as conn:
-                    for job, _ in batch:
-                        try:
-                            with conn.begin_nested():
-                                events.extend(job(conn))
-                            outcomes.append(None)
-                        except Exception as exc:  # noqa: BLE001  handed to its caller
-                            outcomes.append(exc)
+                    if len(batch) == 1:
+                        events.extend(batch[0][0](conn))  # raises: the transaction rolls back
+                        outcomes.append(None)
+                    else:
+                        for job, _ in batch:
+                            try:
+                                with conn.begin_nested():
+                                    events.extend(job(conn))
+                                outcomes.append(None)
+                            except Exception as exc:  # noqa: BLE001  handed to its caller
+                                outcomes.append(exc)
+                    if together:
+                        audit.append_in(conn, events)  # type: ignore[union-attr]
             except BaseException as exc:  # noqa: BLE001  nothing was committed: every caller fails
                 for _, done in batch:
                     done.set_exception(exc)
                 continue
-            self._service._append(events)
+            if not together:  # another sink (or database): appended after the commit, as before
+                self._service._append(events)
             for (_, done), outcome in zip(batch, outcomes):
                 if outcome is None:
                     done.set_result(None)

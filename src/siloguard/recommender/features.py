@@ -12,6 +12,7 @@ never leave the client and are never put in a Flower message.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -260,16 +261,18 @@ def build_examples(
     max_history: int = 256,
     max_targets: int = 64,
     rng: np.random.Generator,
+    history_at: Callable[[int], History] | None = None,
 ) -> Examples:
     """One example per (user, cutoff) with history before and purchases in the window after.
 
     Customers with no history at a cutoff (first purchases) are skipped: there is
-    nothing in the store to personalise from.
+    nothing in the store to personalise from. ``history_at(cutoff)``, if given, stands for
+    ``build_history(events, n_users, n_items, cutoff)`` (e.g. kept from an earlier round).
     """
     bags: list[Bags] = []
     target_rows: list[np.ndarray] = []
     for cutoff in cutoffs:
-        history = build_history(events, n_users, n_items, cutoff)
+        history = history_at(cutoff) if history_at is not None else build_history(events, n_users, n_items, cutoff)
         window = events[(events["day"] >= cutoff) & (events["day"] < cutoff + horizon)]
         targets = window.groupby("user")["item"].unique()
         has_history = np.diff(history.counts.indptr) > 0

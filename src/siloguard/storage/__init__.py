@@ -4,6 +4,7 @@ A sink: it imports nothing from the packages above it.
 """
 
 from siloguard.storage.db import (
+    also_hold,
     create_engine,
     current_revision,
     exclusive,
@@ -14,6 +15,7 @@ from siloguard.storage.db import (
 )
 
 __all__ = [
+    "also_hold",
     "create_engine",
     "current_revision",
     "exclusive",

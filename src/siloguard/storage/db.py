@@ -32,10 +32,12 @@ from siloguard.errors import StorageError
 
 __all__ = [
     "MIGRATIONS",
+    "also_hold",
     "create_engine",
     "exclusive",
     "head_revision",
     "current_revision",
+    "reads",
     "require_current_schema",
     "upgrade_database",
 ]
@@ -50,8 +52,16 @@ def _lock_key(name: str) -> int:
     return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
 
 
-def create_engine(url: str, **kwargs: Any) -> Engine:
-    """An engine for a SQLite file or a PostgreSQL server, set up for durable appends."""
+def create_engine(url: str, *, pre_ping: bool = True, application_name: str | None = None, **kwargs: Any) -> Engine:
+    """An engine for a SQLite file or a PostgreSQL server, set up for durable appends.
+
+    ``pre_ping`` (PostgreSQL): test each pooled connection with a round trip before handing it
+    out, so a connection the server dropped (a restart, a fail-over) is replaced unseen. The
+    API turns it off: a request's reads are one statement each, so the ping doubled their round
+    trips; a dropped connection there fails one request with 503 instead, and SQLAlchemy then
+    renews the whole pool (``siloguard.api.errors``). ``application_name`` (PostgreSQL) names
+    the process's connections in ``pg_stat_activity``, for the database's operators.
+    """
     try:
         parsed = sa.engine.make_url(url)
     except ArgumentError:
@@ -64,7 +74,9 @@ def create_engine(url: str, **kwargs: Any) -> Engine:
         _configure_sqlite(engine)
         return engine
     if backend == "postgresql":
-        return sa.create_engine(parsed, pool_pre_ping=True, **kwargs)
+        if application_name and "application_name" not in parsed.query:
+            kwargs["connect_args"] = {**kwargs.get("connect_args", {}), "application_name": application_name}
+        return sa.create_engine(parsed, pool_pre_ping=pre_ping, **kwargs)
     raise StorageError(f"unsupported database backend {backend!r}: use sqlite:///PATH or postgresql+psycopg://...")
 
 
@@ -126,10 +138,19 @@ def exclusive(engine: Engine, lock: str) -> Iterator[Connection]:
                     yield conn
             else:
                 with conn.begin():
-                    conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _lock_key(lock)})
+                    also_hold(conn, lock)
                     yield conn
     except OperationalError as exc:
         raise StorageError(f"database error on {engine.url.get_backend_name()}: {_first_line(exc)}") from None
+
+
+def also_hold(conn: Connection, lock: str) -> None:
+    """Take ``lock`` too, for the rest of the write transaction ``conn`` (from :func:`exclusive`
+    on another lock): one transaction that writes what two locks guard. Take the locks in the
+    same order everywhere. On SQLite there is nothing to take: :func:`exclusive` already holds
+    the database's only write lock."""
+    if conn.dialect.name != "sqlite":
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _lock_key(lock)})
 
 
 def _first_line(exc: BaseException) -> str:
