@@ -96,3 +96,86 @@ def test_a_connection_the_server_dropped_fails_one_call_with_503_and_the_next_su
             assert again.json() == a.client.get("/v1/consent", headers=headers).json()
         finally:
             api.close()
+
+
+def _new_requests(service, n: int) -> list:  # noqa: ANN001
+    from siloguard.dsr import clocks
+
+    now = service.clock()
+    out = []
+    for i in range(n):
+        row = service._new_row("access", "gdpr", clocks.clock_for("gdpr", "access", now), now, digest=service.digest(f"9{i}"),
+                               customer_ref=f"9{i}", contact=None, idempotency_key=None, gpc=False, payload={"consent": []})
+        out.append(service._new_request(row, "verifying", actor="data-subject", reason="code-sent", now=now,
+                                        verification={"request_id": row["id"], "code_hash": b"h" * 32, "expires_at": now,
+                                                      "attempts": 0, "max_attempts": 5},
+                                        message={"request_id": row["id"], "destination": "customer-ref:x", "body": "code",
+                                                 "now": now, "expires_at": now}))
+    return out
+
+
+def test_a_batch_of_new_requests_is_one_insert_per_table_and_a_failing_one_rolls_back_alone(api: Api) -> None:
+    from dataclasses import replace
+
+    from sqlalchemy.exc import IntegrityError
+
+    from siloguard.dsr.service import _GroupWriter
+
+    service = api.app_service()
+    inserts: list[str] = []
+
+    def count(conn, cursor, statement, parameters, context, executemany) -> None:  # noqa: ANN001
+        if statement.lstrip().upper().startswith("INSERT INTO DSR_REQUESTS"):
+            inserts.append(statement)
+
+    sa.event.listen(service.engine, "before_cursor_execute", count)
+    try:
+        news = _new_requests(service, 4)
+        events: list = []
+        with exclusive(service.engine, "test-batch") as conn:
+            assert _GroupWriter._several(conn, news, events) == [None] * 4
+        assert len(inserts) == 1 and len(events) == 8  # one INSERT for the four requests
+
+        inserts.clear()
+        fresh = _new_requests(service, 3)
+        clash = replace(fresh[1], request={**fresh[1].request, "id": news[0].request["id"]})  # an id already stored
+        jobs = [fresh[0], clash, fresh[2]]
+        events = []
+        with exclusive(service.engine, "test-batch") as conn:
+            outcomes = _GroupWriter._several(conn, jobs, events)
+        assert outcomes[0] is None and outcomes[2] is None and isinstance(outcomes[1], IntegrityError)
+        assert len(events) == 4  # the two that went in
+    finally:
+        sa.event.remove(service.engine, "before_cursor_execute", count)
+    with api.engine.connect() as conn:
+        stored = set(conn.execute(sa.select(dsr_requests.c.id)).scalars())
+        messages = conn.execute(sa.select(sa.func.count()).select_from(dsr_outbox)).scalar_one()
+    ids = {n.request["id"] for n in news} | {fresh[0].request["id"], fresh[2].request["id"]}
+    assert ids <= stored and fresh[1].request["id"] not in stored
+    assert messages == 6
+
+
+def test_another_notifier_still_gets_each_code_inside_the_requests_transaction(tmp_path) -> None:  # noqa: ANN001
+    from siloguard.dsr.service import DsrService
+    from tests.dsr.helpers import make_env
+
+    env = make_env(tmp_path, f"sqlite:///{tmp_path / 'n.db'}")
+    sent: list[tuple[str, bool]] = []
+
+    class Recorder:
+        def send(self, conn, *, request_id, destination, body, now, expires_at) -> None:  # noqa: ANN001
+            stored = conn.execute(sa.select(dsr_requests.c.status).where(dsr_requests.c.id == request_id)).scalar_one()
+            sent.append((request_id, conn.in_transaction() and stored == "verifying" and "is " in body))
+
+    engine = create_engine(env.url)
+    audit = AuditLog.open(env.settings)
+    try:
+        service = DsrService(env.settings, engine, audit, notifier=Recorder())
+        row, created = service.submit(kind="access", customer_ref=SUBJECT)
+        assert created and row["status"] == "verifying"
+        assert sent == [(row["id"], True)]
+        with engine.connect() as conn:  # nothing went to the outbox: the notifier took it
+            assert conn.execute(sa.select(sa.func.count()).select_from(dsr_outbox)).scalar_one() == 0
+    finally:
+        audit.close()
+        engine.dispose()

@@ -303,13 +303,8 @@ class StoreEffects:
                             payload={"consent": changes})
         request_id = row["id"]
 
-        def write(conn: Any) -> list[AuditEvent]:
-            events: list[AuditEvent] = self._insert_received(conn, row, actor=SUBJECT_ACTOR)  # type: ignore[attr-defined]
-            self._transition(conn, row, "verified", events=events, actor=SUBJECT_ACTOR,  # type: ignore[attr-defined]
-                             reason="subject-session", now=now)
-            return events
-
-        self._writer.run(write)  # type: ignore[attr-defined]
+        self._writer.run(self._new_request(row, "verified", actor=SUBJECT_ACTOR, reason="subject-session", now=now,  # type: ignore[attr-defined]
+                                           moved_by=SUBJECT_ACTOR))
         self._try_advance(request_id)  # type: ignore[attr-defined]
         return request_id
 

@@ -394,40 +394,36 @@ class DsrService(ErasureTasks, StoreEffects):
         row = self._new_row(kind, jur, clock, now, digest=digest, customer_ref=ref, contact=contact, idempotency_key=idem,
                             gpc=gpc, payload={"consent": changes} | ({"answer_key": answer_key} if answer_key else {}))
         request_id = row["id"]
-
-        def write(conn: Connection) -> list[AuditEvent]:
-            events = self._insert_received(conn, row, actor=actor)
-            if clock.needs_verification:
-                code = f"{secrets.randbelow(10**_CODE_DIGITS):0{_CODE_DIGITS}d}"
-                expires = now + self.code_ttl
-                conn.execute(
-                    dsr_verifications.insert(),
-                    {"request_id": request_id, "code_hash": self._code_hash(request_id, code),
-                     "expires_at": expires, "attempts": 0, "max_attempts": self.max_attempts},
-                )
-                self.notifier.send(
-                    # To the contact on file for this customer, never to an address the requester
-                    # typed: otherwise anyone could verify a request about someone else.
-                    conn, request_id=request_id, destination=f"customer-ref:{ref}",
-                    body=f"Your siloguard verification code for request {request_id} is {code}. It expires at {expires.isoformat()}."
-                    + (f" The answer will be sealed to the key with fingerprint {fingerprint}: if that is not your key, "
-                       "do not use the code." if fingerprint else ""),
-                    now=now, expires_at=expires,
-                )
-                self._transition(conn, row, "verifying", events=events, actor=SYSTEM, reason="code-sent", now=now)
-            else:
-                # Only a CCPA opt-out of sale/sharing goes ahead unverified (clocks.clock_for);
-                # the audit log says so.
-                self._transition(conn, row, "verified", events=events, actor=SYSTEM, reason="unverified-ccpa-opt-out", now=now)
-            return events
+        message = None
+        if clock.needs_verification:
+            code = f"{secrets.randbelow(10**_CODE_DIGITS):0{_CODE_DIGITS}d}"
+            expires = now + self.code_ttl
+            verification = {"request_id": request_id, "code_hash": self._code_hash(request_id, code),
+                            "expires_at": expires, "attempts": 0, "max_attempts": self.max_attempts}
+            message = dict(
+                # To the contact on file for this customer, never to an address the requester
+                # typed: otherwise anyone could verify a request about someone else.
+                request_id=request_id, destination=f"customer-ref:{ref}",
+                body=f"Your siloguard verification code for request {request_id} is {code}. It expires at {expires.isoformat()}."
+                + (f" The answer will be sealed to the key with fingerprint {fingerprint}: if that is not your key, "
+                   "do not use the code." if fingerprint else ""),
+                now=now, expires_at=expires,
+            )
+            new = self._new_request(row, "verifying", actor=actor, reason="code-sent", now=now,
+                                    verification=verification, message=message)
+        else:
+            # Only a CCPA opt-out of sale/sharing goes ahead unverified (clocks.clock_for);
+            # the audit log says so.
+            new = self._new_request(row, "verified", actor=actor, reason="unverified-ccpa-opt-out", now=now)
 
         try:
-            self._writer.run(write)
+            self._writer.run(new)
         except IntegrityError:
             existing = self._by_idempotency(digest, idem) if idem else None
             if existing is None:
                 raise
             return self._check_same(existing, kind, jur), False
+        row = new.request
         if row["status"] == "verified":
             self._try_advance(request_id)
             row = self.get(request_id)
@@ -445,13 +441,34 @@ class DsrService(ErasureTasks, StoreEffects):
             "gpc": gpc, "payload": json.dumps(payload), "result": None, "updated_at": now,
         }
 
-    def _insert_received(self, conn: Connection, row: dict[str, Any], *, actor: str) -> list[AuditEvent]:
-        """Store a new request and its first transition; returns the audit events to append."""
-        conn.execute(dsr_requests.insert(), row)
+    def _new_request(self, row: dict[str, Any], to: str, *, actor: str, reason: str, now: datetime,
+                     verification: dict[str, Any] | None = None, message: dict[str, Any] | None = None,
+                     moved_by: str = SYSTEM) -> _NewRequest:
+        """A new request (``row``, status ``received``) and its move to ``to`` as the rows to
+        insert, with their audit events (the received transition, then the move as
+        :meth:`_transition` records one), built before the writer's lock. ``message`` goes to
+        the notifier (the outbox: a row of the batch too)."""
+        if not allowed("received", to) or to in TERMINAL:
+            raise DsrConflict(f"a new request cannot become {to}")
         received = {"request_id": row["id"], "from_status": None, "to_status": "received", "at": row["received_at"],
                     "actor": actor, "reason": row["jurisdiction"], "event_id": new_event_id()}
-        conn.execute(dsr_transitions.insert(), received)
-        return [self._event({**received, "kind": row["kind"], "jurisdiction": row["jurisdiction"]})]
+        moved = {"request_id": row["id"], "from_status": "received", "to_status": to, "at": now, "actor": moved_by,
+                 "reason": reason, "event_id": new_event_id()}
+        about = {"kind": row["kind"], "jurisdiction": row["jurisdiction"]}
+        events = [self._event({**received, **about}), self._event({**moved, **about, "due_at": None})]
+        outbox: dict[str, Any] | None = None
+        notify: Callable[[Connection], None] | None = None
+        if message is not None:
+            if type(self.notifier) is OutboxNotifier:
+                outbox = {k: message[k] for k in ("request_id", "destination", "body", "expires_at")} | {"created_at": message["now"]}
+            else:
+                notifier = self.notifier
+
+                def send(conn: Connection) -> None:
+                    notifier.send(conn, **message)
+
+                notify = send
+        return _NewRequest({**row, "status": to, "updated_at": now}, [received, moved], verification, outbox, notify, events)
 
     @staticmethod
     def original_clock(row: dict[str, Any]) -> dict[str, Any]:
@@ -804,6 +821,45 @@ class DsrService(ErasureTasks, StoreEffects):
 _SESSION = sa.select(dsr_sessions).where(dsr_sessions.c.token_hash == sa.bindparam("token_hash"))
 
 
+@dataclass(frozen=True)
+class _NewRequest:
+    """A new request as rows: the request at its first status after receipt, its two
+    transitions, its code and its message (an outbox row, or ``notify`` for another notifier),
+    and their audit events. The group writer inserts a batch's new requests together, one
+    INSERT per table, so the time spent holding the writers' lock does not grow with the
+    number of statements per request."""
+
+    request: dict[str, Any]
+    transitions: list[dict[str, Any]]
+    verification: dict[str, Any] | None
+    outbox: dict[str, Any] | None
+    notify: Callable[[Connection], None] | None
+    events: list[AuditEvent]
+
+    def write(self, conn: Connection) -> list[AuditEvent]:
+        _NewRequest.write_all(conn, [self])
+        return self.events
+
+    @staticmethod
+    def write_all(conn: Connection, news: list[_NewRequest]) -> None:
+        conn.execute(dsr_requests.insert(), [n.request for n in news])
+        conn.execute(dsr_transitions.insert(), [t for n in news for t in n.transitions])
+        if codes := [n.verification for n in news if n.verification is not None]:
+            conn.execute(dsr_verifications.insert(), codes)
+        if messages := [n.outbox for n in news if n.outbox is not None]:
+            conn.execute(dsr_outbox.insert(), messages)
+        for n in news:
+            if n.notify is not None:
+                n.notify(conn)
+
+
+_Job = Callable[[Connection], list[AuditEvent]] | _NewRequest
+
+
+def _run(job: _Job, conn: Connection) -> list[AuditEvent]:
+    return job.write(conn) if isinstance(job, _NewRequest) else job(conn)
+
+
 class _GroupWriter:
     """Writes many threads' new requests in shared transactions: one durable commit per batch.
 
@@ -821,12 +877,13 @@ class _GroupWriter:
     def __init__(self, service: DsrService, max_batch: int = 64) -> None:
         self._service = service
         self._max = max_batch
-        self._queue: queue.SimpleQueue[tuple[Callable[[Connection], list[AuditEvent]], Future[None]]] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[_Job, Future[None]]] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
-    def run(self, job: Callable[[Connection], list[AuditEvent]]) -> None:
-        """Run ``job`` in the next batch's transaction; raises what it raised."""
+    def run(self, job: _Job) -> None:
+        """Run ``job`` (a function of the connection returning its audit events, or a new
+        request's rows) in the next batch's transaction; raises what it raised."""
         with self._lock:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._loop, name="dsr-writer", daemon=True)
@@ -850,16 +907,10 @@ class _GroupWriter:
             try:
                 with exclusive(self._service.engine, _LOCK) as conn:
                     if len(batch) == 1:
-                        events.extend(batch[0][0](conn))  # raises: the transaction rolls back
+                        events.extend(_run(batch[0][0], conn))  # raises: the transaction rolls back
                         outcomes.append(None)
                     else:
-                        for job, _ in batch:
-                            try:
-                                with conn.begin_nested():
-                                    events.extend(job(conn))
-                                outcomes.append(None)
-                            except Exception as exc:  # noqa: BLE001  handed to its caller
-                                outcomes.append(exc)
+                        outcomes = self._several(conn, [job for job, _ in batch], events)
                     if together:
                         audit.append_in(conn, events)  # type: ignore[union-attr]
             except BaseException as exc:  # noqa: BLE001  nothing was committed: every caller fails
@@ -873,6 +924,35 @@ class _GroupWriter:
                     done.set_result(None)
                 else:
                     done.set_exception(outcome)
+
+
+    @staticmethod
+    def _several(conn: Connection, jobs: list[_Job], events: list[AuditEvent]) -> list[BaseException | None]:
+        """Run a batch's jobs in ``conn``: the new requests in one INSERT per table, and if that
+        fails (one of them repeats an idempotency key, say) each job in its own savepoint, so
+        that only the failing one rolls back. Returns each job's outcome (None: done)."""
+        outcomes: list[BaseException | None] = [None] * len(jobs)
+        together = [i for i, job in enumerate(jobs) if isinstance(job, _NewRequest)]
+        done: set[int] = set()
+        if len(together) > 1:
+            try:
+                with conn.begin_nested():
+                    _NewRequest.write_all(conn, [jobs[i] for i in together])  # type: ignore[misc]
+            except Exception:  # noqa: BLE001  one by one below, each with its own outcome
+                pass
+            else:
+                done = set(together)
+                for i in together:
+                    events.extend(jobs[i].events)  # type: ignore[union-attr]
+        for i, job in enumerate(jobs):
+            if i in done:
+                continue
+            try:
+                with conn.begin_nested():
+                    events.extend(_run(job, conn))
+            except Exception as exc:  # noqa: BLE001  handed to its caller
+                outcomes[i] = exc
+        return outcomes
 
 
 class _RunStores:
