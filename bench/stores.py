@@ -151,7 +151,7 @@ def main() -> None:
         "rounds_detail": rounds,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
+    out.write_text(json.dumps(result, separators=(",", ":")) + "\n")
     print(f"\n| stores | rounds | DP | wall | peak RSS (tree) | peak PSS (tree) | processes | load before / after | exit |")
     print("|---|---|---|---|---|---|---|---|---|")
     print(f"| {stores} | {result['rounds']}{' (stopped)' if timed_out.is_set() else ''} | {'no' if args.no_dp else 'yes'} | {wall:.0f} s | {result['peak_rss_mib']:,} MiB | "
