@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 from siloguard.api.app import API_CONNECTIONS
 from siloguard.audit import AuditLog
-from siloguard.errors import AuditError
+from siloguard.errors import AuditError, StorageError
 from siloguard.storage import also_hold, create_engine, exclusive
 from siloguard.storage.orm import AuditEventRow, dsr_outbox, dsr_requests, dsr_transitions
 from tests.api.conftest import Api
@@ -24,28 +24,39 @@ def _rows(api: Api) -> tuple[int, int, int]:
                 conn.execute(sa.select(sa.func.count()).select_from(AuditEventRow)).scalar_one())
 
 
-def test_a_submission_is_written_with_its_audit_events_or_not_at_all(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
-    before = _rows(api)
+def test_a_submission_and_its_audit_events_are_one_commit_and_a_refusing_log_does_not_turn_it_away(
+    api: Api, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    request = api.submit("access", OTHER)
+    ids = _event_ids(api, request["id"])
+    assert len(ids) == 2 and _logged(api, ids) == ids  # received and verifying, in the log at once
 
     def refuse(self: AuditLog, conn: sa.Connection, batch: list) -> list[int]:
         raise AuditError("the audit log's Merkle node store lacks a node")
 
     monkeypatch.setattr(AuditLog, "_write", refuse)
-    reply = api.client.post("/v1/requests", json={"kind": "access", "customer_ref": SUBJECT})
-    assert reply.status_code == 503, reply.text
-    assert "nothing was done" in reply.json()["error"]["message"]
-    assert "Merkle" not in reply.text  # the reason is for the operators' log
-    # No request, no code in the outbox, no audit event: before, the request and its code were
-    # committed first and the events appended after, so a refused append left a request that
-    # the audit trail did not show.
-    assert _rows(api) == before
+    with caplog.at_level("ERROR"):
+        reply = api.client.post("/v1/requests", json={"kind": "access", "customer_ref": SUBJECT})
+    # The subject's request is kept (as every other DSR step is) and its events wait for the log.
+    assert reply.status_code == 201, reply.text
+    waiting = _event_ids(api, reply.json()["request"]["id"])
+    assert len(waiting) == 2 and _logged(api, waiting) == set()
+    assert any("refused the events of new requests" in r.getMessage() for r in caplog.records)
+    assert not any(SUBJECT in r.getMessage() for r in caplog.records)
 
     monkeypatch.undo()
-    request = api.submit("access", OTHER)
+    assert api.app_service().flush_audit() == 2  # what the next sweep does
+    assert _logged(api, waiting) == waiting
+
+
+def _event_ids(api: Api, request_id: str) -> set[str]:
     with api.engine.connect() as conn:
-        ids = set(conn.execute(sa.select(dsr_transitions.c.event_id).where(dsr_transitions.c.request_id == request["id"])).scalars())
-        logged = set(conn.execute(sa.select(AuditEventRow.event_id).where(AuditEventRow.event_id.in_(ids))).scalars())
-    assert len(ids) == 2 and logged == ids  # received and verifying, both in the log at once
+        return set(conn.execute(sa.select(dsr_transitions.c.event_id).where(dsr_transitions.c.request_id == request_id)).scalars())
+
+
+def _logged(api: Api, ids: set[str]) -> set[str]:
+    with api.engine.connect() as conn:
+        return set(conn.execute(sa.select(AuditEventRow.event_id).where(AuditEventRow.event_id.in_(ids))).scalars())
 
 
 def test_append_in_refuses_a_transaction_on_another_database(tmp_path) -> None:  # noqa: ANN001
@@ -59,6 +70,8 @@ def test_append_in_refuses_a_transaction_on_another_database(tmp_path) -> None: 
     event = AuditEvent(actor="system", action="dsr.transition", resource="dsr:access", purpose="essential.legal_obligation",
                        decision="info", reason="received")
     with pytest.raises(AuditError, match="own database"), exclusive(two, "dsr") as conn:
+        log.append_in(conn, [event])
+    with pytest.raises(StorageError, match="exclusive"), one.begin() as conn:  # a deferred SQLite transaction
         log.append_in(conn, [event])
     with exclusive(one, "dsr") as conn:
         also_hold(conn, "audit")  # SQLite: nothing to take, the transaction holds the write lock
@@ -115,6 +128,7 @@ def _new_requests(service, n: int) -> list:  # noqa: ANN001
 
 
 def test_a_batch_of_new_requests_is_one_insert_per_table_and_a_failing_one_rolls_back_alone(api: Api) -> None:
+    # (and a request whose notifier sends at once is written on its own: its code goes out once)
     from dataclasses import replace
 
     from sqlalchemy.exc import IntegrityError
@@ -133,7 +147,7 @@ def test_a_batch_of_new_requests_is_one_insert_per_table_and_a_failing_one_rolls
         news = _new_requests(service, 4)
         events: list = []
         with exclusive(service.engine, "test-batch") as conn:
-            assert _GroupWriter._several(conn, news, events) == [None] * 4
+            assert _GroupWriter._write(conn, news, events) == [None] * 4
         assert len(inserts) == 1 and len(events) == 8  # one INSERT for the four requests
 
         inserts.clear()
@@ -142,9 +156,18 @@ def test_a_batch_of_new_requests_is_one_insert_per_table_and_a_failing_one_rolls
         jobs = [fresh[0], clash, fresh[2]]
         events = []
         with exclusive(service.engine, "test-batch") as conn:
-            outcomes = _GroupWriter._several(conn, jobs, events)
+            outcomes = _GroupWriter._write(conn, jobs, events)
         assert outcomes[0] is None and outcomes[2] is None and isinstance(outcomes[1], IntegrityError)
         assert len(events) == 4  # the two that went in
+
+        sends: list[str] = []
+        direct = [replace(n, outbox=None, notify=lambda conn, i=n.request["id"]: sends.append(i)) for n in _new_requests(service, 2)]
+        more = _new_requests(service, 2)
+        jobs = [direct[0], more[0], replace(more[1], request={**more[1].request, "id": news[1].request["id"]}), direct[1]]
+        with exclusive(service.engine, "test-batch") as conn:
+            outcomes = _GroupWriter._write(conn, jobs, [])
+        assert [o is None for o in outcomes] == [True, True, False, True]
+        assert sorted(sends) == sorted(n.request["id"] for n in direct)  # each code once, despite the retry
     finally:
         sa.event.remove(service.engine, "before_cursor_execute", count)
     with api.engine.connect() as conn:
@@ -152,7 +175,7 @@ def test_a_batch_of_new_requests_is_one_insert_per_table_and_a_failing_one_rolls
         messages = conn.execute(sa.select(sa.func.count()).select_from(dsr_outbox)).scalar_one()
     ids = {n.request["id"] for n in news} | {fresh[0].request["id"], fresh[2].request["id"]}
     assert ids <= stored and fresh[1].request["id"] not in stored
-    assert messages == 6
+    assert messages == 7  # 4 + 2 + 1: the direct notifier's two went elsewhere
 
 
 def test_another_notifier_still_gets_each_code_inside_the_requests_transaction(tmp_path) -> None:  # noqa: ANN001

@@ -52,17 +52,14 @@ CENTURY = timedelta(days=36525)  # a century either way covers every deadline
 _bearer = HTTPBearer(auto_error=False, description="an API key (sgk_...) or a subject token (sgs_...)")
 
 
-# ``async`` although they read the database: the read is one indexed single-statement lookup
-# outside a transaction (``storage.db.reads``: under MVCC on PostgreSQL and WAL on SQLite it
-# never waits for a writer), well under a millisecond, while a plain ``def`` dependency costs
-# a hop to AnyIO's thread pool and back, which cost more CPU than the read in bench/api.py's
-# profile. Anything that can wait (a write, a lock) stays in the routes' thread pool.
-async def _caller(request: Request, _documented: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)] = None) -> Caller:
+# Plain ``def`` (run in the thread pool) although the read is short: on the event loop a wait
+# for a pooled connection or a slow database would stall every request of the process.
+def _caller(request: Request, _documented: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)] = None) -> Caller:
     # The raw header, so a malformed one is a 401 rather than an anonymous caller.
     return request.app.state.authz.caller(request.headers.get("authorization"))
 
 
-async def _maybe_caller(request: Request) -> Caller:
+def _maybe_caller(request: Request) -> Caller:
     return request.app.state.authz.caller(request.headers.get("authorization"))
 
 

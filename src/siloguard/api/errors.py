@@ -84,14 +84,16 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StorageError)
     async def _storage(_: Request, exc: StorageError) -> JSONResponse:
         log.error("database error: %s", exc)
-        return error_response(503, "unavailable", "the database is unavailable; retry later")
+        return error_response(503, "unavailable", "the database is unavailable; retry later", {"retry-after": "1"})
 
     @app.exception_handler(AuditError)
     async def _audit(_: Request, exc: AuditError) -> JSONResponse:
-        # A change goes in with its audit events or not at all (DsrService's writer): nothing
-        # was done. The reason is for the operators' log, not the caller.
+        # The reason is for the operators' log, not the caller. What the call changed before
+        # the audit log refused may be kept (its events are appended by the next sweep), so the
+        # caller is told to look before trying again.
         log.error("audit log refused a write: %s", exc)
-        return error_response(503, "unavailable", "the audit trail could not be written, so nothing was done; retry later")
+        return error_response(503, "unavailable", "the audit trail could not be written; check the request's "
+                              "status before you try again")
 
     @app.exception_handler(DBAPIError)
     async def _database(_: Request, exc: DBAPIError) -> JSONResponse:

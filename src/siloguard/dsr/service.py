@@ -836,10 +836,6 @@ class _NewRequest:
     notify: Callable[[Connection], None] | None
     events: list[AuditEvent]
 
-    def write(self, conn: Connection) -> list[AuditEvent]:
-        _NewRequest.write_all(conn, [self])
-        return self.events
-
     @staticmethod
     def write_all(conn: Connection, news: list[_NewRequest]) -> None:
         conn.execute(dsr_requests.insert(), [n.request for n in news])
@@ -853,43 +849,39 @@ class _NewRequest:
                 n.notify(conn)
 
 
-_Job = Callable[[Connection], list[AuditEvent]] | _NewRequest
-
-
-def _run(job: _Job, conn: Connection) -> list[AuditEvent]:
-    return job.write(conn) if isinstance(job, _NewRequest) else job(conn)
-
-
 class _GroupWriter:
     """Writes many threads' new requests in shared transactions: one durable commit per batch.
 
     A SQLite commit with ``synchronous=FULL`` waits for the disk (milliseconds), and writes are
     serialised: one transaction per request would cap intake at a few hundred a second at
-    best. Jobs queued while a batch commits go into the next one, each inside its own
-    savepoint when there are several (a failing job, e.g. a repeated idempotency key, rolls
-    back alone; a job alone needs none: the transaction is its own); the batch's audit events
-    are appended in the same transaction (one commit for both, ``AuditLog.append_in``); then
-    every caller gets its outcome. A caller returns only after its request and audit events
-    are durable. If the audit log refuses the events nothing of the batch is written and every
-    caller gets the error: no change without its audit trail.
+    best. New requests queued while a batch commits go into the next one, written with one
+    INSERT per table (:meth:`_write`), and the batch's audit events are appended in the same
+    transaction (``AuditLog.append_in``, inside a savepoint): one commit for both. Then every
+    caller gets its outcome; a caller returns only after its request is durable.
+
+    If the audit log refuses the events (a broken node store, a signing failure), the requests
+    are committed without them and the events are appended after the commit as before
+    (``DsrService._append``, else by the next sweep's ``flush_audit``: each transition row
+    holds its event's id), and the refusal is logged for the operators: a data subject's
+    request is not turned away because the audit log needs repair, the same as every other
+    DSR step.
     """
 
     def __init__(self, service: DsrService, max_batch: int = 64) -> None:
         self._service = service
         self._max = max_batch
-        self._queue: queue.SimpleQueue[tuple[_Job, Future[None]]] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[_NewRequest, Future[None]]] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
-    def run(self, job: _Job) -> None:
-        """Run ``job`` (a function of the connection returning its audit events, or a new
-        request's rows) in the next batch's transaction; raises what it raised."""
+    def run(self, new: _NewRequest) -> None:
+        """Write ``new`` in the next batch's transaction; raises what writing it raised."""
         with self._lock:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._loop, name="dsr-writer", daemon=True)
                 self._thread.start()
         done: Future[None] = Future()
-        self._queue.put((job, done))
+        self._queue.put((new, done))
         done.result()
 
     def _loop(self) -> None:
@@ -900,24 +892,19 @@ class _GroupWriter:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            outcomes: list[BaseException | None] = []
             events: list[AuditEvent] = []
             audit = self._service.audit
             together = isinstance(audit, AuditLog) and audit.url == self._service.engine.url
             try:
                 with exclusive(self._service.engine, _LOCK) as conn:
-                    if len(batch) == 1:
-                        events.extend(_run(batch[0][0], conn))  # raises: the transaction rolls back
-                        outcomes.append(None)
-                    else:
-                        outcomes = self._several(conn, [job for job, _ in batch], events)
+                    outcomes = self._write(conn, [new for new, _ in batch], events)
                     if together:
-                        audit.append_in(conn, events)  # type: ignore[union-attr]
+                        together = self._append_in(conn, audit, events)  # type: ignore[arg-type]
             except BaseException as exc:  # noqa: BLE001  nothing was committed: every caller fails
                 for _, done in batch:
                     done.set_exception(exc)
                 continue
-            if not together:  # another sink (or database): appended after the commit, as before
+            if not together:  # another sink or database, or the log refused: appended after the commit
                 self._service._append(events)
             for (_, done), outcome in zip(batch, outcomes):
                 if outcome is None:
@@ -925,31 +912,52 @@ class _GroupWriter:
                 else:
                     done.set_exception(outcome)
 
+    @staticmethod
+    def _append_in(conn: Connection, audit: AuditLog, events: list[AuditEvent]) -> bool:
+        """Append ``events`` in the batch's transaction; False (nothing appended) if the log refused."""
+        try:
+            with conn.begin_nested():
+                audit.append_in(conn, events)
+        except AuditError as exc:
+            log.error("audit log refused the events of new requests (%s): the requests are kept and their "
+                      "events appended later; run `siloguard audit verify`", type(exc).__name__)
+            return False
+        return True
 
     @staticmethod
-    def _several(conn: Connection, jobs: list[_Job], events: list[AuditEvent]) -> list[BaseException | None]:
-        """Run a batch's jobs in ``conn``: the new requests in one INSERT per table, and if that
-        fails (one of them repeats an idempotency key, say) each job in its own savepoint, so
-        that only the failing one rolls back. Returns each job's outcome (None: done)."""
-        outcomes: list[BaseException | None] = [None] * len(jobs)
-        together = [i for i, job in enumerate(jobs) if isinstance(job, _NewRequest)]
+    def _write(conn: Connection, news: list[_NewRequest], events: list[AuditEvent]) -> list[BaseException | None]:
+        """Write a batch's new requests in ``conn``, adding their audit events to ``events``;
+        returns each one's outcome (None: written).
+
+        A request alone is written straight (if it fails, so does the transaction, which holds
+        nothing else). Several go in one INSERT per table; if that fails (one repeats an
+        idempotency key, say), each is written again in its own savepoint so that only the
+        failing one is refused. Requests with another notifier than the outbox are written one
+        by one from the start: their ``notify`` may send at once and must run once."""
+        if len(news) == 1:
+            _NewRequest.write_all(conn, news)
+            events.extend(news[0].events)
+            return [None]
+        outcomes: list[BaseException | None] = [None] * len(news)
+        together = [i for i, new in enumerate(news) if new.notify is None]
         done: set[int] = set()
         if len(together) > 1:
             try:
                 with conn.begin_nested():
-                    _NewRequest.write_all(conn, [jobs[i] for i in together])  # type: ignore[misc]
+                    _NewRequest.write_all(conn, [news[i] for i in together])
             except Exception:  # noqa: BLE001  one by one below, each with its own outcome
                 pass
             else:
                 done = set(together)
                 for i in together:
-                    events.extend(jobs[i].events)  # type: ignore[union-attr]
-        for i, job in enumerate(jobs):
+                    events.extend(news[i].events)
+        for i, new in enumerate(news):
             if i in done:
                 continue
             try:
                 with conn.begin_nested():
-                    events.extend(_run(job, conn))
+                    _NewRequest.write_all(conn, [new])
+                events.extend(new.events)
             except Exception as exc:  # noqa: BLE001  handed to its caller
                 outcomes[i] = exc
         return outcomes

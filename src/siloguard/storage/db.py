@@ -149,6 +149,9 @@ def also_hold(conn: Connection, lock: str) -> None:
     on another lock): one transaction that writes what two locks guard. Take the locks in the
     same order everywhere. On SQLite there is nothing to take: :func:`exclusive` already holds
     the database's only write lock."""
+    if not conn.in_transaction() or (conn.dialect.name == "sqlite" and not conn.get_execution_options().get(_EXCLUSIVE)):
+        # On SQLite a plain (deferred) transaction would read before it holds the write lock.
+        raise StorageError(f"lock {lock!r} is taken inside a write transaction from exclusive(), not another one")
     if conn.dialect.name != "sqlite":
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _lock_key(lock)})
 
