@@ -114,16 +114,19 @@ def test_a_connection_the_server_dropped_fails_one_call_with_503_and_the_next_su
 def _new_requests(service, n: int) -> list:  # noqa: ANN001
     from siloguard.dsr import clocks
 
+    from datetime import timedelta
+
     now = service.clock()
+    later = now + timedelta(hours=1)  # not expired: the app's sweep purges expired codes and messages
     out = []
     for i in range(n):
         row = service._new_row("access", "gdpr", clocks.clock_for("gdpr", "access", now), now, digest=service.digest(f"9{i}"),
                                customer_ref=f"9{i}", contact=None, idempotency_key=None, gpc=False, payload={"consent": []})
         out.append(service._new_request(row, "verifying", actor="data-subject", reason="code-sent", now=now,
-                                        verification={"request_id": row["id"], "code_hash": b"h" * 32, "expires_at": now,
+                                        verification={"request_id": row["id"], "code_hash": b"h" * 32, "expires_at": later,
                                                       "attempts": 0, "max_attempts": 5},
                                         message={"request_id": row["id"], "destination": "customer-ref:x", "body": "code",
-                                                 "now": now, "expires_at": now}))
+                                                 "now": now, "expires_at": later}))
     return out
 
 

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Header, Path, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 
 from siloguard.api.auth import Authorizer, Caller
 from siloguard.api.errors import ApiError
@@ -22,8 +23,8 @@ from siloguard.dsr.machine import TERMINAL
 from siloguard.dsr.service import DsrService
 
 __all__ = [
-    "CENTURY", "OPTIONAL_AUTH", "AuthzDep", "CallerDep", "GpcHeader", "OptionalCallerDep", "PurposeId", "RequestId", "ServiceDep", "StoreId", "TaskId",
-    "gpc", "service_ref", "subject_of", "subject_request", "view",
+    "BEARER", "CENTURY", "OPTIONAL_AUTH", "AuthzDep", "CallerDep", "GpcHeader", "OptionalCallerDep", "PurposeId", "RequestId", "ServiceDep", "StoreId", "TaskId",
+    "caller_of", "gpc", "service_ref", "subject_of", "subject_request", "view",
 ]
 
 
@@ -50,17 +51,30 @@ CENTURY = timedelta(days=36525)  # a century either way covers every deadline
 
 
 _bearer = HTTPBearer(auto_error=False, description="an API key (sgk_...) or a subject token (sgs_...)")
+#: For a route that reads its caller itself (:func:`caller_of`): the scheme in the OpenAPI document.
+BEARER = Security(_bearer)
 
 
-# Plain ``def`` (run in the thread pool) although the read is short: on the event loop a wait
-# for a pooled connection or a slow database would stall every request of the process.
-def _caller(request: Request, _documented: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)] = None) -> Caller:
-    # The raw header, so a malformed one is a 401 rather than an anonymous caller.
+def caller_of(request: Request) -> Caller:
+    """The caller of ``request`` (reads the database for a credential: call it from a thread).
+
+    The raw header, so a malformed one is a 401 rather than an anonymous caller."""
     return request.app.state.authz.caller(request.headers.get("authorization"))
 
 
-def _maybe_caller(request: Request) -> Caller:
-    return request.app.state.authz.caller(request.headers.get("authorization"))
+# ``async``, and the database read of a credential goes to the thread pool: on the event loop a
+# wait for a pooled connection or a slow database would stall every request of the process,
+# while a call without a credential (a data subject filing a request) needs no thread at all.
+async def _caller(request: Request, _documented: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)] = None) -> Caller:
+    if not request.headers.get("authorization"):
+        return Caller()
+    return await run_in_threadpool(caller_of, request)
+
+
+async def _maybe_caller(request: Request) -> Caller:
+    if not request.headers.get("authorization"):
+        return Caller()
+    return await run_in_threadpool(caller_of, request)
 
 
 CallerDep = Annotated[Caller, Depends(_caller)]

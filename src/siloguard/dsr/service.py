@@ -849,6 +849,14 @@ class _NewRequest:
                 n.notify(conn)
 
 
+class _Refused(Exception):
+    """The audit log refused a batch's events (its transaction rolled back)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 class _GroupWriter:
     """Writes many threads' new requests in shared transactions: one durable commit per batch.
 
@@ -856,7 +864,7 @@ class _GroupWriter:
     serialised: one transaction per request would cap intake at a few hundred a second at
     best. New requests queued while a batch commits go into the next one, written with one
     INSERT per table (:meth:`_write`), and the batch's audit events are appended in the same
-    transaction (``AuditLog.append_in``, inside a savepoint): one commit for both. Then every
+    transaction (``AuditLog.append_in``): one commit for both. Then every
     caller gets its outcome; a caller returns only after its request is durable.
 
     If the audit log refuses the events (a broken node store, a signing failure), the requests
@@ -892,14 +900,16 @@ class _GroupWriter:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            events: list[AuditEvent] = []
             audit = self._service.audit
             together = isinstance(audit, AuditLog) and audit.url == self._service.engine.url
             try:
-                with exclusive(self._service.engine, _LOCK) as conn:
-                    outcomes = self._write(conn, [new for new, _ in batch], events)
-                    if together:
-                        together = self._append_in(conn, audit, events)  # type: ignore[arg-type]
+                try:
+                    outcomes, events = self._commit(batch, audit if together else None)  # type: ignore[arg-type]
+                except _Refused as refused:
+                    log.error("audit log refused the events of new requests (%s): the requests are kept and their "
+                              "events appended later; run `siloguard audit verify`", refused.reason)
+                    together = False
+                    outcomes, events = self._commit(batch, None)  # again, without the log
             except BaseException as exc:  # noqa: BLE001  nothing was committed: every caller fails
                 for _, done in batch:
                     done.set_exception(exc)
@@ -912,17 +922,20 @@ class _GroupWriter:
                 else:
                     done.set_exception(outcome)
 
-    @staticmethod
-    def _append_in(conn: Connection, audit: AuditLog, events: list[AuditEvent]) -> bool:
-        """Append ``events`` in the batch's transaction; False (nothing appended) if the log refused."""
-        try:
-            with conn.begin_nested():
-                audit.append_in(conn, events)
-        except AuditError as exc:
-            log.error("audit log refused the events of new requests (%s): the requests are kept and their "
-                      "events appended later; run `siloguard audit verify`", type(exc).__name__)
-            return False
-        return True
+    def _commit(self, batch: list[tuple[_NewRequest, Future[None]]], audit: AuditLog | None) -> tuple[list[BaseException | None], list[AuditEvent]]:
+        """One transaction: the batch's requests, and their events if ``audit`` is given.
+        Raises :class:`_Refused` (nothing committed) if the log refused the events; the batch
+        is then written again without them (no savepoint in the usual case: it would cost two
+        statements under the lock for every batch)."""
+        events: list[AuditEvent] = []
+        with exclusive(self._service.engine, _LOCK) as conn:
+            outcomes = self._write(conn, [new for new, _ in batch], events)
+            if audit is not None:
+                try:
+                    audit.append_in(conn, events)
+                except AuditError as exc:
+                    raise _Refused(type(exc).__name__) from None  # leaves the block: rolled back
+        return outcomes, events
 
     @staticmethod
     def _write(conn: Connection, news: list[_NewRequest], events: list[AuditEvent]) -> list[BaseException | None]:
