@@ -163,6 +163,7 @@ def main() -> int:
             per[n] = evaluate_store(mine, private[n], st)
         o = overall_metrics(per)
         smalls = "  ".join(f"{n} {per[n]['ndcg@10']:.4f}" for n in small)
+        smalls += "  new: " + " ".join(f"{n} {per[n].get('new.ndcg@10', float('nan')):.4f}" for n in small)
         eps = f"  max eps {max(spent.values()):.3f}" if spent else ""
         print(f"round {r}: NDCG@10 {o['ndcg@10']:.4f}  new {o['new.ndcg@10']:.4f}  {smalls}{eps}"
               f"  ({time.perf_counter() - started:.0f} s)", flush=True)

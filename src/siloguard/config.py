@@ -124,10 +124,10 @@ class PrivacySettings(_Section):
         "gradient (how the clipping bound is shared between the two rankers)",
     )
     popularity_share: float = Field(
-        0.1, ge=0, lt=1,
+        0.2, ge=0, lt=1,
         description="under DP, each store releases its item popularity once per run (bounded per customer, "
-        "Gaussian noise, charged to its ledger) as the prior on new items; the noise is set so the release alone "
-        "would cost this share of the target epsilon; 0 = no prior under DP (privacy/popularity.py)",
+        "Gaussian noise, charged to its ledger) as the prior on new items; its noise gives the release this share "
+        "of the target's zCDP budget; 0 = no prior under DP (privacy/popularity.py)",
     )
     train_item_biases: bool = Field(
         False,

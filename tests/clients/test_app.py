@@ -294,6 +294,14 @@ def test_under_dp_a_store_releases_once_per_run_and_pays_for_each_release(tiny_d
     entry = BudgetLedger(settings.database.url).load("germany")
     assert entry is not None and sum(is_release_step(h) for h in entry.history) == 1
     assert is_release_step(entry.history[0])  # charged before the round's noise was planned
+    # A store that joins in round 2 of 3 owes its release then, and still ends at the target.
+    late = _context(settings, "france")
+    for server_round in (2, 3):
+        budget = handle_query(_message(arrays, MessageType.QUERY, server_round), late, settings).content["budget"]
+        assert ("popularity-noise" in budget) is (server_round == 2)
+        metrics = handle_train(_message(arrays, MessageType.TRAIN, server_round), late, settings).content["metrics"]
+    assert 0.98 * 3.0 <= metrics["epsilon"] <= 3.0
+    assert is_release_step(BudgetLedger(settings.database.url).load("france").history[0])
     # A new run of the same store releases again, and is charged again.
     again = Context(run_id=2, node_id=1, node_config={"store": "germany"}, state=RecordDict(), run_config={})
     reply = handle_train(_message(arrays, MessageType.TRAIN, 1), again, settings)

@@ -59,7 +59,7 @@ def test_the_coordinator_sends_the_sum_of_the_releases_it_has_with_later_message
     france, germany = (np.arange(ITEMS, dtype=float), 2.0), (np.full(ITEMS, 10.0), 3.0)
     first = _train(strategy, 1, {1: france, 2: germany})
     assert all("popularity" not in m.content for m in first)  # nothing released before round 1
-    assert strategy.reports[1].released_popularity == ["france", "germany"]
+    assert strategy.reports[1].released_popularity == {"france": 2.0, "germany": 3.0}
 
     evaluate = strategy.configure_evaluate(1, ArrayRecord(GLOBAL), ConfigRecord(), _Grid([1, 2, 3]))
     second = _train(strategy, 2, {3: (np.ones(ITEMS), 4.0)})  # a store that releases late

@@ -70,7 +70,7 @@ class RoundReport:
     dropped: list[str] = field(default_factory=list)  # sent a message, nothing came back from the node
     model_sha256: str | None = None  # the global model after this round
     heads: dict[str, dict[str, object]] = field(default_factory=dict)  # store -> its signed audit head (train reply)
-    released_popularity: list[str] = field(default_factory=list)  # stores whose DP popularity release came in
+    released_popularity: dict[str, float] = field(default_factory=dict)  # store -> noise std of its DP popularity release
     rejected_popularity: list[str] = field(default_factory=list)  # ... and whose release did not parse
 
     @property
@@ -214,7 +214,7 @@ class SiloFedAvg(FedAvg):
                 report.rejected_popularity.append(name)
                 continue
             self.popularity[name] = (released, sigma)
-            report.released_popularity.append(name)
+            report.released_popularity[name] = sigma
 
     def _budget_aware_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

@@ -20,7 +20,9 @@ the DP-SGD bound (docs/PRIVACY.md). Under DP the store uses this release instead
   (RDP ``alpha / (2 sigma^2)``), so the ledger composes it with the DP-SGD rounds and the
   noise plan spends what is left. ``sigma`` gives the release ``privacy.popularity_share`` of
   the target's zCDP budget (:func:`release_noise`).
-* **Post-processing** (free): the prior is ``log1p(max(0, released))``.
+* **Post-processing** (free): the prior is ``log1p(max(0, released - 2 x noise std))``
+  (:func:`popularity_prior`); the coordinator's sum of the stores' releases
+  (:func:`sum_releases`) is post-processing too, so every store may use it.
 
 A store releases once per run (its first training round); a new run releases and charges again.
 """
