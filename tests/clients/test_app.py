@@ -303,7 +303,7 @@ def test_under_dp_a_store_releases_once_per_run_and_pays_for_each_release(tiny_d
     assert 0.98 * 3.0 <= metrics["epsilon"] <= 3.0
     assert is_release_step(BudgetLedger(settings.database.url).load("france").history[0])
     # A new run of the same store releases again, and is charged again.
-    again = Context(run_id=2, node_id=1, node_config={"store": "germany"}, state=RecordDict(), run_config={})
+    again = Context(run_id=2**64 - 5, node_id=1, node_config={"store": "germany"}, state=RecordDict(), run_config={})
     reply = handle_train(_message(arrays, MessageType.TRAIN, 1), again, settings)
     assert "popularity" in reply.content
     entry = BudgetLedger(settings.database.url).load("germany")

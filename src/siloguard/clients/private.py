@@ -161,7 +161,8 @@ def save_released_popularity(
     ``federation``: the sum of the stores' releases the coordinator sent (what the store serves with)."""
     path = popularity_path(settings, store, federation=federation)
     buffer = io.BytesIO()
-    np.savez(buffer, run_id=np.int64(release.run_id), sigma=np.float64(release.sigma),
+    # Flower's run ids are unsigned 64-bit (past int64): kept as text.
+    np.savez(buffer, run_id=np.str_(str(int(release.run_id))), sigma=np.float64(release.sigma),
              released=np.asarray(release.released, np.float64))
     with _locked(path):
         write_atomic(path, buffer.getvalue(), mode=0o600)
@@ -176,7 +177,7 @@ def load_released_popularity(
         return None
     try:
         with np.load(path, allow_pickle=False) as held:
-            release = ReleasedPopularity(int(held["run_id"]), float(held["sigma"]), np.asarray(held["released"], np.float64))
+            release = ReleasedPopularity(int(str(held["run_id"])), float(held["sigma"]), np.asarray(held["released"], np.float64))
     except Exception as exc:  # noqa: BLE001
         raise DataError(
             f"the store's released popularity at {path} is unreadable ({type(exc).__name__}); delete the file: "
