@@ -12,6 +12,9 @@
   DP, for the federation (the Flower simulation engine, stores on sites of their own), each
   store alone (local-only, the same recipe and the same DP) and one pooled silo (centralised,
   the same DP), with popularity and personal frequency in the same table; plus a PNG plot.
+  Under DP the prior on new items is a DP release of item popularity (privacy/popularity.py):
+  federated, the sum of the stores' releases (the coordinator sends it from round 2 on);
+  local-only and centralised, each silo's own, charged to its history before its rounds.
 Prints markdown tables and writes bench/results/dp.json and bench/results/dp_utility.png.
 """
 
@@ -61,8 +64,13 @@ def _epoch_worker(data: str, store: str, mode: str, seed: int, out: mp.Queue) ->
 
     text = catalogue_item_text(run.require_catalogue())
     model = SharedModel(st.n_items, m.dim, m.hidden, seed=seed, item_text=text)
-    if mode == "plain":  # the store's prior without DP only (clients/app.py, docs/PRIVACY.md)
+    if mode == "plain":  # the store's raw prior without DP only (clients/app.py, docs/PRIVACY.md)
         model.set_store_popularity(item_customers(st.history))
+    else:  # under DP a release of it (privacy/popularity.py); its cost is not in the epoch's time
+        from siloguard.privacy.popularity import popularity_prior, release_noise, release_popularity
+
+        sigma = release_noise(s.privacy, store_delta(s.privacy, st.n_users))
+        model.set_store_popularity(popularity_prior(release_popularity(st.history.counts, sigma), sigma))
     users = PrivateUsers(st.n_users, m.dim)
     base_rss = _peak_rss_mib()
     started = time.perf_counter()
@@ -196,16 +204,24 @@ def _train_alone(store, settings, text, target: float | None) -> tuple[object, o
     from siloguard.recommender.model import PrivateUsers, SharedModel, item_customers
     from siloguard.recommender.train import train_local
 
+    from siloguard.privacy.popularity import popularity_prior, release_noise, release_popularity, release_step
+
     m, pv, rounds = settings.model, settings.privacy, settings.federation.rounds
     state = SharedModel(store.n_items, m.dim, m.hidden, seed=m.seed).state_dict()
     users = PrivateUsers(store.n_users, m.dim, seed=m.seed)
     history: list = []
     delta = store_delta(pv, store.n_users)
+    if target is None:  # the store's raw prior without DP only
+        prior = item_customers(store.history)
+    else:  # under DP its own release, charged before the rounds are planned (as a store does)
+        sigma = release_noise(pv, delta)
+        prior = None if sigma is None else popularity_prior(release_popularity(store.history.counts, sigma), sigma)
+        history = [] if sigma is None else [release_step(sigma)]
     for r in range(1, rounds + 1):
         model = SharedModel(store.n_items, m.dim, m.hidden, item_text=text)
         model.load_state_dict(state)
-        if target is None:  # the store's prior without DP only
-            model.set_store_popularity(item_customers(store.history))
+        if prior is not None:
+            model.set_store_popularity(prior)
         examples = store.examples(m, np.random.default_rng([m.seed, r, store.n_users]))
         if target is None:
             train_local(model, users, examples, epochs=m.local_epochs, lr=m.learning_rate,
@@ -228,8 +244,8 @@ def _train_alone(store, settings, text, target: float | None) -> tuple[object, o
         state = model.state_dict()
     model = SharedModel(store.n_items, m.dim, m.hidden, item_text=text)
     model.load_state_dict(state)
-    if target is None:
-        model.set_store_popularity(item_customers(store.history))
+    if prior is not None:
+        model.set_store_popularity(prior)
     return model, users, (epsilon_of(pv.accountant, history, delta) if target is not None else None)
 
 

@@ -123,6 +123,12 @@ class PrivacySettings(_Section):
         description="under DP, the weight of the new-items loss against the repeat loss in each customer's clipped "
         "gradient (how the clipping bound is shared between the two rankers)",
     )
+    popularity_share: float = Field(
+        0.2, ge=0, lt=1,
+        description="under DP, each store releases its item popularity once per run (bounded per customer, "
+        "Gaussian noise, charged to its ledger) as the prior on new items; its noise gives the release this share "
+        "of the target's zCDP budget; 0 = no prior under DP (privacy/popularity.py)",
+    )
     train_item_biases: bool = Field(
         False,
         description="also train the per-item popularity and repeat biases under DP (2 x items noisy dims; off: the "

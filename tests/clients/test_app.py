@@ -183,7 +183,9 @@ def test_when_dp_rounds_are_planned_then_every_round_trains_and_the_run_ends_at_
     assert 0.98 * 3.0 <= spent[-1] <= 3.0
     entry = BudgetLedger(settings.database.url).load("germany")
     assert entry is not None and entry.rounds == 4 and entry.epsilon == pytest.approx(spent[-1])
-    assert [h[0] for h in entry.history] == pytest.approx(noises)  # the ledger keeps each round's noise
+    # The ledger keeps the popularity release (round 1, before that round's noise) and each round's noise.
+    assert [h[0] for h in entry.history[1:]] == pytest.approx(noises)
+    assert entry.history[0][1:] == (1.0, 1)
 
 
 def test_when_a_store_trains_under_dp_then_its_repeat_ranker_stays_home_and_the_reply_carries_the_global_one(
@@ -216,17 +218,115 @@ def test_when_a_store_trains_under_dp_then_its_repeat_ranker_stays_home_and_the_
     assert not path.exists()
 
 
-@pytest.mark.parametrize(("fixture", "used"), [("tiny_settings", True), ("tiny_dp_settings", False)])
-def test_the_store_popularity_prior_is_in_the_loss_without_dp_only(fixture: str, used: bool, request: pytest.FixtureRequest) -> None:
-    # Under DP a prior from every customer's purchases in each customer's loss would make one
-    # customer's clipped gradient depend on the others' data: the sensitivity bound would fail.
+def test_without_dp_the_prior_is_the_stores_raw_popularity(tiny_settings: Settings) -> None:
     from siloguard.clients.app import _shared_model, store_for
+    from siloguard.recommender.model import item_customers
 
-    settings = request.getfixturevalue(fixture)
+    prepared = prepare_run(tiny_settings)
+    msg = _message(ArrayRecord(_shared(tiny_settings, prepared.items).state_dict()), MessageType.TRAIN)
+    store = store_for(_context(tiny_settings, "germany"), tiny_settings, msg=msg)
+    prior = _shared_model(msg, store, tiny_settings).store_prior.numpy()
+    assert np.allclose(prior, np.log1p(item_customers(store.history)))
+
+
+def test_under_dp_the_prior_comes_from_the_noised_release_never_from_raw_counts(
+    tiny_dp_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A prior from raw counts in every customer's DP loss would make one customer's clipped
+    # gradient depend on the others' purchases: the sensitivity bound would fail. Under DP the
+    # raw counts must not be reachable, and the prior must carry the release's noise.
+    import siloguard.clients.app as client_app
+    import siloguard.privacy.dp as dp
+    from siloguard.clients.app import _shared_model, store_for
+    from siloguard.clients.private import load_released_popularity
+    from siloguard.privacy.popularity import bounded_popularity, popularity_prior, read_popularity_record, release_noise
+    from siloguard.privacy.dp import store_delta
+
+    def raw_counts(*_args, **_kwargs):
+        raise AssertionError("the store's raw item counts were used under DP")
+
+    monkeypatch.setattr(client_app, "item_customers", raw_counts)
+    # Known "noise": +1000 on every item (the real draw comes from the OS CSPRNG).
+    monkeypatch.setattr(dp, "os_gaussian", lambda shape, std: torch.full(tuple(shape), 1000.0, dtype=torch.float64))
+    prepared = prepare_run(tiny_dp_settings)
+    arrays = ArrayRecord(_shared(tiny_dp_settings, prepared.items).state_dict())
+    context = _context(tiny_dp_settings, "germany")
+    before = _message(arrays, MessageType.TRAIN)
+    store = store_for(context, tiny_dp_settings, msg=before)
+    assert float(_shared_model(before, store, tiny_dp_settings, context).store_prior.abs().sum()) == 0.0  # nothing released yet
+
+    reply = handle_train(_message(arrays, MessageType.TRAIN), context, tiny_dp_settings)
+    release = load_released_popularity(tiny_dp_settings, "germany", run_id=1)
+    assert release is not None
+    sigma = release_noise(tiny_dp_settings.privacy, store_delta(tiny_dp_settings.privacy, store.n_users))
+    assert release.sigma == pytest.approx(sigma)
+    assert np.allclose(release.released, bounded_popularity(store.history.counts) + 1000.0)
+    assert read_popularity_record(reply.content["popularity"], prepared.items)[1] == pytest.approx(sigma)
+    assert set(reply.content.array_records) == {"arrays"}  # Flower aggregates replies with exactly one
+    for kind in (MessageType.TRAIN, MessageType.EVALUATE):
+        prior = _shared_model(_message(arrays, kind, 2), store, tiny_dp_settings, context).store_prior.numpy()
+        assert np.allclose(prior, np.log1p(popularity_prior(release.released, sigma)), atol=1e-5)
+    handle_evaluate(_message(arrays, MessageType.EVALUATE), context, tiny_dp_settings)
+
+
+def test_under_dp_a_store_releases_once_per_run_and_pays_for_each_release(tiny_dp_settings: Settings) -> None:
+    from siloguard.clients.app import handle_query
+    from siloguard.privacy.budget import BudgetLedger
+    from siloguard.privacy.popularity import is_release_step, read_popularity_record
+
+    settings = tiny_dp_settings.with_overrides(federation={"rounds": 3}, privacy={"epsilon": 3.0})
     prepared = prepare_run(settings)
-    msg = _message(ArrayRecord(_shared(settings, prepared.items).state_dict()), MessageType.TRAIN)
-    store = store_for(_context(settings, "germany"), settings, msg=msg)
-    assert bool(_shared_model(msg, store, settings).store_prior.abs().sum() > 0) is used
+    arrays = ArrayRecord(_shared(settings, prepared.items).state_dict())
+    context = _context(settings, "germany")
+    replies = []
+    for server_round in (1, 2):
+        budget = handle_query(_message(arrays, MessageType.QUERY, server_round), context, settings).content["budget"]
+        assert ("popularity-noise" in budget) is (server_round == 1)  # the query plans with the release it owes
+        budget_1 = budget if server_round == 1 else budget_1
+        reply = handle_train(_message(arrays, MessageType.TRAIN, server_round), context, settings)
+        assert reply.content["metrics"]["epsilon"] == pytest.approx(budget["projected-epsilon"], rel=1e-9)
+        replies.append(reply)
+    # The release goes to the coordinator once, in the first round's reply.
+    assert "popularity" in replies[0].content and "popularity" not in replies[1].content
+    released, sigma = read_popularity_record(replies[0].content["popularity"], prepared.items)
+    assert sigma == pytest.approx(budget_1["popularity-noise"])
+    assert set(replies[0].content["metrics"]) == set(replies[1].content["metrics"])  # Flower needs the same keys
+    entry = BudgetLedger(settings.database.url).load("germany")
+    assert entry is not None and sum(is_release_step(h) for h in entry.history) == 1
+    assert is_release_step(entry.history[0])  # charged before the round's noise was planned
+    # A store that joins in round 2 of 3 owes its release then, and still ends at the target.
+    late = _context(settings, "france")
+    for server_round in (2, 3):
+        budget = handle_query(_message(arrays, MessageType.QUERY, server_round), late, settings).content["budget"]
+        assert ("popularity-noise" in budget) is (server_round == 2)
+        metrics = handle_train(_message(arrays, MessageType.TRAIN, server_round), late, settings).content["metrics"]
+    assert 0.98 * 3.0 <= metrics["epsilon"] <= 3.0
+    assert is_release_step(BudgetLedger(settings.database.url).load("france").history[0])
+    # A new run of the same store releases again, and is charged again.
+    again = Context(run_id=2**64 - 5, node_id=1, node_config={"store": "germany"}, state=RecordDict(), run_config={})
+    reply = handle_train(_message(arrays, MessageType.TRAIN, 1), again, settings)
+    assert "popularity" in reply.content
+    entry = BudgetLedger(settings.database.url).load("germany")
+    assert sum(is_release_step(h) for h in entry.history) == 2
+
+
+def test_under_dp_a_store_uses_the_federations_prior_when_the_coordinator_sends_one(tiny_dp_settings: Settings) -> None:
+    from siloguard.clients.app import _shared_model, store_for
+    from siloguard.errors import DataError
+    from siloguard.privacy.popularity import popularity_prior, popularity_record
+
+    prepared = prepare_run(tiny_dp_settings)
+    arrays = ArrayRecord(_shared(tiny_dp_settings, prepared.items).state_dict())
+    context = _context(tiny_dp_settings, "germany")
+    total = np.linspace(-3.0, 40.0, prepared.items)
+    msg = _message(arrays, MessageType.EVALUATE, 2)
+    msg.content["popularity"] = popularity_record(total, 5.0)
+    store = store_for(context, tiny_dp_settings, msg=msg)
+    prior = _shared_model(msg, store, tiny_dp_settings, context).store_prior.numpy()
+    assert np.allclose(prior, np.log1p(popularity_prior(total, 5.0)), atol=1e-5)
+    msg.content["popularity"] = popularity_record(total[:-1], 5.0)  # not over the run's catalogue
+    with pytest.raises(DataError, match="popularity"):
+        _shared_model(msg, store, tiny_dp_settings, context)
 
 
 def test_when_the_stores_own_repeat_ranker_is_unreadable_then_no_budget_is_spent(tiny_dp_settings: Settings) -> None:

@@ -323,3 +323,21 @@ def test_when_the_commands_run_from_the_cli_then_they_answer_and_audit_their_fil
 
     bad = runner.invoke(app, ["store", "campaign", "create", STORE, "--segment", "loyal", "--control", "80%", "--csv", str(tmp_path / "x.csv"), *where], env=env)
     assert bad.exit_code != 0 and "--control" in bad.output and not (tmp_path / "x.csv").exists()
+
+
+def test_under_dp_the_stores_recommender_ranks_new_items_with_the_released_prior_only(run) -> None:
+    import numpy as np
+
+    from siloguard.clients.private import ReleasedPopularity, save_released_popularity
+    from siloguard.privacy.popularity import popularity_prior
+
+    settings, _, _, model = run
+    dp = settings.with_overrides(privacy={"enabled": True})
+    assert float(Recommender(dp, STORE, model_file=model).loaded.model.store_prior.abs().sum()) == 0.0  # nothing released
+    without = Recommender(settings, STORE, model_file=model)
+    assert np.allclose(without.loaded.model.store_prior.numpy(), np.log1p(without._item_customers))  # raw, without DP
+    size = without.loaded.catalogue.size
+    released = np.linspace(-4.0, 60.0, size)
+    save_released_popularity(dp, STORE, ReleasedPopularity(7, 3.0, released), federation=True)
+    prior = Recommender(dp, STORE, model_file=model).loaded.model.store_prior.numpy()
+    assert np.allclose(prior, np.log1p(popularity_prior(released, 3.0)), atol=1e-5)

@@ -75,6 +75,9 @@ def test_when_a_dp_federation_runs_then_each_round_and_privacy_spend_is_in_a_ver
     assert report.tree_size == len(events) and report.uncovered == 0 and report.heads_checked >= 1
     rounds = [e for e in events if e.action == "federation.round"]
     assert [e.round for e in rounds] == [1, 2]
+    # Each store released its popularity once, with its first round, through Flower's messages.
+    assert set(outcome.reports[1].released_popularity) == set(outcome.reports[1].train)
+    assert not outcome.reports[2].released_popularity
     assert all(e.counts["stores_trained"] == len(outcome.reports[e.round].train) for e in rounds)
     spends = [e for e in events if e.action == "privacy.spend"]
     assert {(e.store, e.round) for e in spends} == {

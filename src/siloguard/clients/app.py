@@ -38,15 +38,18 @@ from siloguard.config import Settings
 from siloguard.data.loader import load_clean
 from siloguard.errors import ConfigError, DataError
 from siloguard.recommender.features import Catalogue
+from siloguard.privacy.popularity import popularity_prior, popularity_record, read_popularity_record
 from siloguard.recommender.model import PrivateUsers, SharedModel, item_customers
 from siloguard.recommender.train import train_local
 
 __all__ = [
     "app",
     "budget_status",
+    "dp_popularity",
     "handle_evaluate",
     "handle_query",
     "handle_train",
+    "message_popularity",
     "node_store",
     "store_for",
 ]
@@ -257,17 +260,74 @@ def message_item_text(msg: Message, settings: Settings) -> np.ndarray:
     return catalogue_item_text(run_manifest(settings.work_dir).require_catalogue())
 
 
-def _shared_model(msg: Message, store: StoreData, settings: Settings) -> SharedModel:
+def _shared_model(msg: Message, store: StoreData, settings: Settings, context: Context | None = None) -> SharedModel:
     model = SharedModel(store.n_items, settings.model.dim, settings.model.hidden,
                         item_text=message_item_text(msg, settings))
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     if not settings.privacy.enabled:
-        # The store's own popularity (never sent) as a prior on new items, without DP only. Under
-        # DP it would be in every customer's loss, so each customer's clipped gradient would
-        # depend on the other customers' purchases and the update's sensitivity would no longer
-        # be the clipping bound: the DP guarantee would not hold (docs/PRIVACY.md).
+        # The store's own popularity (never sent) as a prior on new items, without DP only.
         model.set_store_popularity(item_customers(store.history))
+    else:
+        # Under DP a prior from raw counts would be in every customer's loss, so each customer's
+        # clipped gradient would depend on the other customers' purchases and the update's
+        # sensitivity would no longer be the clipping bound (docs/PRIVACY.md). Only DP releases
+        # of the counts are used: the federation's sum, else the store's own of this run.
+        released = dp_popularity(msg, context, store, settings)
+        if released is not None:
+            model.set_store_popularity(popularity_prior(*released))
     return model
+
+
+def message_popularity(msg: Message | None, items: int) -> tuple[np.ndarray, float] | None:
+    """The federation's popularity prior in a coordinator's message: the sum of the stores' DP
+    releases and its noise std (``popularity``: ``released``, ``sigma``), if there is one."""
+    if msg is None or "popularity" not in msg.content:
+        return None
+    try:
+        return read_popularity_record(msg.content["popularity"], items)
+    except ValueError as exc:
+        raise DataError(f"the coordinator's popularity prior is refused: {exc}") from None
+
+
+def dp_popularity(
+    msg: Message | None, context: Context | None, store: StoreData, settings: Settings
+) -> tuple[np.ndarray, float] | None:
+    """Under DP: the released counts the prior comes from and their noise std, or None (no prior).
+
+    The federation's sum of the stores' releases (post-processing of DP outputs) when the
+    coordinator sends one, else the store's own release of this run. Never the raw counts.
+    """
+    if not settings.privacy.popularity_share:
+        return None
+    from siloguard.clients.private import ReleasedPopularity, load_released_popularity, save_released_popularity
+
+    federation = message_popularity(msg, store.n_items)
+    if federation is not None:
+        # Kept for the store's recommender (served_popularity): a sum of DP outputs.
+        held = load_released_popularity(settings, store.name, items=store.n_items, federation=True)
+        if held is None or held.sigma != federation[1] or not np.array_equal(held.released, federation[0]):
+            run_id = int(context.run_id) if context is not None else 0
+            save_released_popularity(settings, store.name, ReleasedPopularity(run_id, federation[1], federation[0]),
+                                     federation=True)
+        return federation
+    if context is None:
+        return None
+
+    own = load_released_popularity(settings, store.name, run_id=int(context.run_id), items=store.n_items)
+    return None if own is None else (own.released, own.sigma)
+
+
+def _pending_release(store: StoreData, settings: Settings, context: Context | None, delta: float) -> float | None:
+    """The noise of the popularity release this store still owes this run (charged with its next
+    training round), or None: released already in this run, or no release under these settings."""
+    from siloguard.clients.private import load_released_popularity
+    from siloguard.privacy.popularity import release_noise
+
+    sigma = release_noise(settings.privacy, delta)
+    if sigma is None or context is None:
+        return None
+    held = load_released_popularity(settings, store.name, run_id=int(context.run_id), items=store.n_items)
+    return None if held is not None else sigma
 
 
 @lru_cache(maxsize=4)
@@ -297,16 +357,23 @@ def _round_noise(store: StoreData, settings: Settings, history: list, delta: flo
     )
 
 
-def budget_status(store: StoreData, settings: Settings, server_round: int | None = None) -> dict[str, float]:
+def budget_status(
+    store: StoreData, settings: Settings, server_round: int | None = None, context: Context | None = None
+) -> dict[str, float]:
     """The store's privacy spend so far and what this round, at its planned noise, would bring it to.
 
-    The query and the round's training plan the same noise (same ledger, customers and round),
-    so a store the coordinator finds within its cap also trains within it. A store whose plan
-    finds no noise that keeps its target answers an infinite projection: it is skipped.
+    The query and the round's training plan the same noise (same ledger, customers and round,
+    and the popularity release the round would make first), so a store the coordinator finds
+    within its cap also trains within it. A store whose plan finds no noise that keeps its
+    target answers an infinite projection: it is skipped.
     """
     from siloguard.privacy.dp import projected_epsilon
+    from siloguard.privacy.popularity import release_step
 
     entry, history, delta = _ledger_state(store, settings)
+    pending = _pending_release(store, settings, context, delta)
+    if pending is not None:
+        history = [*history, release_step(pending)]
     noise = _round_noise(store, settings, history, delta, server_round)
     projected = (
         math.inf if noise is None
@@ -319,13 +386,14 @@ def budget_status(store: StoreData, settings: Settings, server_round: int | None
         "epsilon-target": settings.privacy.target_epsilon,
         "delta": delta,
         **({"noise-multiplier": noise} if noise is not None else {}),
+        **({"popularity-noise": pending} if pending is not None else {}),
     }
 
 
 def handle_query(msg: Message, context: Context, settings: Settings) -> Message:
     """The coordinator asks for the store's remaining budget before sampling it."""
     store = store_for(context, settings, server_round=_round_of(msg), msg=msg)
-    status = budget_status(store, settings, _round_of(msg)) if settings.privacy.enabled else {}
+    status = budget_status(store, settings, _round_of(msg), context) if settings.privacy.enabled else {}
     content = RecordDict(
         {"budget": MetricRecord({k: float(v) for k, v in status.items()}), "store": ConfigRecord({"name": store.name})}
     )
@@ -334,13 +402,14 @@ def handle_query(msg: Message, context: Context, settings: Settings) -> Message:
 
 def handle_train(msg: Message, context: Context, settings: Settings) -> Message:
     store = store_for(context, settings, server_round=_round_of(msg), msg=msg)
-    model = _shared_model(msg, store, settings)
+    model = _shared_model(msg, store, settings, context)
     users = _private_users(store, settings)
     server_round = int(msg.content["config"].get("server-round", 0))
     rng = np.random.default_rng([settings.model.seed, server_round, store.n_users])
     started = time.perf_counter()
     examples = store.examples(settings.model, rng)
     privacy_metrics: dict[str, float] = {}
+    released: dict[str, ConfigRecord] = {}
     if settings.privacy.enabled:
         if settings.privacy.local_repeat:
             # The store's own repeat ranker is read before any budget is spent: an unreadable
@@ -348,7 +417,7 @@ def handle_train(msg: Message, context: Context, settings: Settings) -> Message:
             from siloguard.clients.private import load_private_repeat
 
             load_private_repeat(settings, store.name, model.fresh_copy())
-        privacy_metrics = _train_dp(model, users, examples, store, settings, server_round)
+        privacy_metrics, released = _train_dp(model, users, examples, store, settings, server_round, msg, context)
         n_examples = int(privacy_metrics.pop("customers"))
         loss = privacy_metrics.pop("loss")
         if settings.privacy.local_repeat:
@@ -381,6 +450,7 @@ def handle_train(msg: Message, context: Context, settings: Settings) -> Message:
                 }
             ),
             "store": ConfigRecord({"name": store.name}),
+            **released,
             **_audit_head(settings),
         }
     )
@@ -423,14 +493,28 @@ def _audit_head(settings: Settings) -> dict[str, ConfigRecord]:
 
 
 def _train_dp(
-    model: SharedModel, users: PrivateUsers, examples, store: StoreData, settings: Settings, server_round: int
-) -> dict[str, float]:
-    """One round of customer-level DP-SGD, refused (fail closed) if it would pass the cap."""
+    model: SharedModel, users: PrivateUsers, examples, store: StoreData, settings: Settings, server_round: int,
+    msg: Message | None = None, context: Context | None = None,
+) -> tuple[dict[str, float], dict[str, ConfigRecord]]:
+    """One round of customer-level DP-SGD, refused (fail closed) if it would pass the cap.
+
+    In the store's first training round of a run it first releases its item popularity
+    (privacy/popularity.py), charged to its ledger as one Gaussian step before the round's
+    noise is planned, recorded with the round in one transaction and kept on the store's disk
+    only after that; the release goes back to the coordinator in the reply (``popularity``),
+    which sends the sum of the stores' releases with later messages. Returns the round's
+    metrics and the reply's extra records.
+    """
+    from siloguard.clients.private import ReleasedPopularity, save_released_popularity
     from siloguard.errors import PrivacyBudgetError
     from siloguard.privacy.dp import group_by_customer, projected_epsilon, train_local_dp
+    from siloguard.privacy.popularity import release_popularity, release_step
 
     privacy = settings.privacy
     _entry, history, delta = _ledger_state(store, settings)
+    sigma = _pending_release(store, settings, context, delta)
+    if sigma is not None:
+        history = [*history, release_step(sigma)]
     noise = _round_noise(store, settings, history, delta, server_round)
     if noise is None or projected_epsilon(
         privacy, history, settings.model.local_epochs, delta, store.n_users, noise
@@ -439,6 +523,13 @@ def _train_dp(
             f"store {store.name!r} is at its privacy budget (target {privacy.target_epsilon}, "
             f"cap {privacy.epsilon_cap}): it does not train"
         )
+    extra: dict[str, ConfigRecord] = {}
+    release = None
+    if sigma is not None and context is not None:
+        release = ReleasedPopularity(int(context.run_id), sigma, release_popularity(store.history.counts, sigma))
+        if message_popularity(msg, store.n_items) is None:  # no federation prior yet: the store's own
+            model.set_store_popularity(popularity_prior(release.released, sigma))
+        extra["popularity"] = popularity_record(release.released, sigma)
     result = train_local_dp(
         model,
         users.weight.detach(),
@@ -460,6 +551,8 @@ def _train_dp(
         epsilon_cap=privacy.epsilon_cap,
         server_round=server_round,
     )
+    if release is not None:  # charged: kept for the run's later rounds (no second charge)
+        save_released_popularity(settings, store.name, release)
     return {
         "customers": int(np.count_nonzero(np.bincount(examples.bags.user, minlength=store.n_users))),
         "loss": result.loss,
@@ -469,12 +562,12 @@ def _train_dp(
         "epsilon-target": privacy.target_epsilon,
         "noise-multiplier": noise,
         "dp-steps": result.report.steps,
-    }
+    }, extra
 
 
 def handle_evaluate(msg: Message, context: Context, settings: Settings) -> Message:
     store = store_for(context, settings, server_round=_round_of(msg), msg=msg)
-    model = _shared_model(msg, store, settings)
+    model = _shared_model(msg, store, settings, context)
     users = _private_users(store, settings) if private_path(settings, store.name).is_file() else None
     if settings.privacy.enabled and settings.privacy.local_repeat:
         from siloguard.clients.private import load_private_repeat

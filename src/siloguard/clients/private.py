@@ -16,6 +16,7 @@ import fcntl
 import io
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,13 +29,17 @@ from siloguard.errors import DataError
 from siloguard.recommender.model import PrivateUsers, SharedModel
 
 __all__ = [
+    "ReleasedPopularity",
     "erase_subjects",
+    "load_released_popularity",
     "load_private_repeat",
     "load_private_users",
     "private_path",
     "repeat_path",
     "save_private_repeat",
     "save_private_users",
+    "save_released_popularity",
+    "served_popularity",
     "stored_subjects",
 ]
 
@@ -132,6 +137,69 @@ def load_private_repeat(settings: Settings, store: str, model: SharedModel) -> b
             f"the store's repeat ranker at {path} is unreadable ({type(exc).__name__}); delete the file to start it afresh"
         ) from None
     return True
+
+
+def popularity_path(settings: Settings, store: str, *, federation: bool = False) -> Path:
+    """The store's own release (``federation=False``) or the last federation sum it was sent."""
+    return settings.work_dir / "private" / f"{store}.popularity{'-federation' if federation else ''}.npz"
+
+
+@dataclass(frozen=True)
+class ReleasedPopularity:
+    """The store's DP release of its item popularity in one run (privacy/popularity.py)."""
+
+    run_id: int
+    sigma: float
+    released: np.ndarray  # bounded popularity + N(0, sigma^2) per item: a DP output
+
+
+def save_released_popularity(
+    settings: Settings, store: str, release: ReleasedPopularity, *, federation: bool = False
+) -> None:
+    """Keep the run's release, written only after the ledger has recorded its charge: within the
+    run the store reuses it without a second charge; a new run releases (and is charged) again.
+    ``federation``: the sum of the stores' releases the coordinator sent (what the store serves with)."""
+    path = popularity_path(settings, store, federation=federation)
+    buffer = io.BytesIO()
+    # Flower's run ids are unsigned 64-bit (past int64): kept as text.
+    np.savez(buffer, run_id=np.str_(str(int(release.run_id))), sigma=np.float64(release.sigma),
+             released=np.asarray(release.released, np.float64))
+    with _locked(path):
+        write_atomic(path, buffer.getvalue(), mode=0o600)
+
+
+def load_released_popularity(
+    settings: Settings, store: str, *, run_id: int | None = None, items: int | None = None, federation: bool = False
+) -> ReleasedPopularity | None:
+    """The store's last release (of run ``run_id`` only, when given; over ``items`` products)."""
+    path = popularity_path(settings, store, federation=federation)
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as held:
+            release = ReleasedPopularity(int(str(held["run_id"])), float(held["sigma"]), np.asarray(held["released"], np.float64))
+    except Exception as exc:  # noqa: BLE001
+        raise DataError(
+            f"the store's released popularity at {path} is unreadable ({type(exc).__name__}); delete the file: "
+            "the next round releases it again (and charges the ledger again)"
+        ) from None
+    if run_id is not None and release.run_id != run_id:
+        return None
+    if items is not None and release.released.shape != (items,):
+        return None
+    if not (release.sigma > 0 and np.isfinite(release.released).all()):
+        raise DataError(f"the store's released popularity at {path} is not a release; delete the file")
+    return release
+
+
+def served_popularity(settings: Settings, store: str, items: int) -> tuple[np.ndarray, float] | None:
+    """The released counts a DP store ranks new items with outside training (``store recommend``):
+    the last federation sum it was sent, else its own last release; never its raw counts."""
+    for federation in (True, False):
+        held = load_released_popularity(settings, store, items=items, federation=federation)
+        if held is not None:
+            return held.released, held.sigma
+    return None
 
 
 #: The repeat ranker's parameters in the state dict (repeat_items, repeat.*, repeat_linear.*).

@@ -120,8 +120,15 @@ class Recommender:
         self._item_customers[buyers.index.astype(int)] = buyers.to_numpy()
         self._n_users = int(frame["customer_id"].nunique())
         self._popularity = (np.log1p(self._item_customers) / np.log1p(max(self._n_users, 1))).astype(np.float32)
-        if not settings.privacy.enabled:  # as the store trained it: the prior only without DP (clients/app.py)
+        if not settings.privacy.enabled:  # as the store trained it: its raw counts without DP (clients/app.py)
             self.loaded.model.set_store_popularity(self._item_customers)
+        elif settings.privacy.popularity_share:  # under DP only a DP release: never the counts above
+            from siloguard.clients.private import served_popularity
+            from siloguard.privacy.popularity import popularity_prior
+
+            released = served_popularity(settings, store, self.loaded.catalogue.size)
+            if released is not None:
+                self.loaded.model.set_store_popularity(popularity_prior(*released))
         from siloguard.clients.private import load_private_repeat
 
         load_private_repeat(settings, store, self.loaded.model)  # the store's own repeat ranker (DP runs)

@@ -98,7 +98,10 @@ def privacy_summary(settings: Settings, reports: dict[int, RoundReport]) -> dict
     if not p.enabled:
         return {"enabled": False, "note": "trained without customer-level differential privacy", "central": central}
     per_store: dict[str, dict[str, Any]] = {}
+    releases: dict[str, dict[str, float]] = {}
     for server_round, report in sorted(reports.items()):
+        for store, sigma in report.released_popularity.items():
+            releases[store] = {"round": server_round, "noise": float(sigma)}
         for store, metrics in report.train.items():
             if "epsilon" in metrics:
                 noise = dict(per_store.get(store, {}).get("noise_per_round", {}))
@@ -110,6 +113,8 @@ def privacy_summary(settings: Settings, reports: dict[int, RoundReport]) -> dict
                     "steps": int(metrics["dp-steps"]),
                     "noise_per_round": noise,
                 }
+    for store, release in releases.items():
+        per_store.setdefault(store, {})["popularity_release"] = release
     return {
         "enabled": True,
         "unit": "customer (all of a customer's purchases in a store)",
@@ -122,6 +127,11 @@ def privacy_summary(settings: Settings, reports: dict[int, RoundReport]) -> dict
         "epsilon_target": p.target_epsilon,
         "max_grad_norm": p.max_grad_norm,
         "epsilon_cap": p.epsilon_cap,
+        "popularity_prior": (
+            "sum of the stores' DP releases of item popularity (each customer's vector 1/sqrt(k) on their k items, "
+            "L2 sensitivity 1, Gaussian noise per item, one Gaussian step in the store's epsilon)"
+            if p.popularity_share else None
+        ),
         "per_store": per_store,
         "skipped": {r: rep.skipped for r, rep in sorted(reports.items()) if rep.skipped},
         "central": central,

@@ -15,6 +15,11 @@ companies needs around it:
   round goes on with the others, down to ``min_train_nodes``;
 - the sha256 of each round's global model (after aggregation, and after central DP noise when
   that is on), so the audit log names the exact model every round produced;
+- the federation's popularity prior under DP: each store's one DP release of its item popularity
+  (its first training round's reply, ``popularity``) is kept, and the sum of what the stores
+  have released so far goes to every store with each later message (train and evaluate): a
+  sum of DP outputs, so the coordinator computes it without touching any customer's data
+  (privacy/popularity.py);
 - with ``keep_best``, the round whose global model scored best on the stores' validation window
   (the last horizon of the training period, never the test window), so a run that declines
   after its best round registers that round's model.
@@ -65,6 +70,8 @@ class RoundReport:
     dropped: list[str] = field(default_factory=list)  # sent a message, nothing came back from the node
     model_sha256: str | None = None  # the global model after this round
     heads: dict[str, dict[str, object]] = field(default_factory=dict)  # store -> its signed audit head (train reply)
+    released_popularity: dict[str, float] = field(default_factory=dict)  # store -> noise std of its DP popularity release
+    rejected_popularity: list[str] = field(default_factory=list)  # ... and whose release did not parse
 
     @property
     def overall(self) -> dict[str, float]:
@@ -143,6 +150,8 @@ class SiloFedAvg(FedAvg):
         self._names: dict[int, str] = {}  # node id -> store, from every reply that named its store
         self._sent: dict[tuple[int, str], set[int]] = {}  # (round, phase) -> node ids sent a message
         self._current: list[np.ndarray] | None = None  # the global model the round started from
+        #: store -> its DP release of item popularity (released counts, noise std), this run
+        self.popularity: dict[str, tuple[np.ndarray, float]] = {}
         shared = {"weighted_by_key": self.weighted_by_key, "arrayrecord_key": self.arrayrecord_key}
         # Flower's robust aggregates, used on the accepted updates (FedAvg's sampling is kept).
         self._robust: FedAvg | None = None
@@ -161,7 +170,7 @@ class SiloFedAvg(FedAvg):
             super().configure_train(server_round, arrays, config, grid)
         )
         self._sent[(server_round, "train")] = {m.metadata.dst_node_id for m in messages}
-        return messages
+        return self._with_popularity(messages)
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -172,7 +181,40 @@ class SiloFedAvg(FedAvg):
             self._evaluated = {server_round: arrays}
         messages = list(super().configure_evaluate(server_round, arrays, config, grid))
         self._sent[(server_round, "evaluate")] = {m.metadata.dst_node_id for m in messages}
+        return self._with_popularity(messages)
+
+    def _with_popularity(self, messages: list[Message]) -> list[Message]:
+        """Add the sum of the stores' popularity releases so far (none yet: nothing added)."""
+        if not self.popularity or not messages:
+            return messages
+        from siloguard.privacy.popularity import popularity_record, sum_releases
+
+        record = popularity_record(*sum_releases([self.popularity[s] for s in sorted(self.popularity)]))
+        for msg in messages:
+            msg.content["popularity"] = record
         return messages
+
+    def _keep_popularity(self, server_round: int, replies: list[Message]) -> None:
+        """Keep each accepted store's popularity release (a DP output; a store that released again in
+        a new run of its node replaces its earlier one). One that does not parse is ignored."""
+        from siloguard.privacy.popularity import read_popularity_record
+
+        report = self._report(server_round)
+        for msg in replies:
+            if "popularity" not in msg.content:
+                continue
+            name = self._name(msg)
+            try:
+                released, sigma = read_popularity_record(msg.content["popularity"])
+            except ValueError:
+                report.rejected_popularity.append(name)
+                continue
+            sizes = {r.shape for r, _ in self.popularity.values()}
+            if sizes and sizes != {released.shape}:
+                report.rejected_popularity.append(name)
+                continue
+            self.popularity[name] = (released, sigma)
+            report.released_popularity[name] = sigma
 
     def _budget_aware_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -284,6 +326,9 @@ class SiloFedAvg(FedAvg):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Screen the updates, then aggregate the accepted ones (None: the global model stays)."""
         kept = self._screen(server_round, self._collect(server_round, list(replies), "train"))
+        # Only stores whose update was accepted: a store the screening rejects is not trusted
+        # with a term in every store's ranking either.
+        self._keep_popularity(server_round, kept)
         if not kept:
             return None, None
         if self._robust is not None:
