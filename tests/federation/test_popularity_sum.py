@@ -90,3 +90,16 @@ def test_a_release_that_is_not_one_or_comes_with_a_rejected_update_is_not_summed
     strategy.aggregate_train(1, replies)
     assert sorted(strategy.popularity) == ["france"]
     assert strategy.reports[1].rejected_popularity == ["germany"]
+
+
+def test_a_release_that_would_break_everyones_prior_is_refused_not_summed() -> None:
+    strategy = _strategy()
+    honest = (np.arange(ITEMS, dtype=float), 2.0)
+    huge = (np.full(ITEMS, 1e300), 2.0)  # two of these sum to inf
+    loud = (np.zeros(ITEMS), 1e200)  # the sum's noise would be meaningless
+    _train(strategy, 1, {1: honest, 2: huge, 3: loud})
+    report = strategy.reports[1]
+    assert sorted(report.rejected_popularity) == ["germany", "united-kingdom"]
+    sent = _train(strategy, 2, {})
+    released, sigma = read_popularity_record(sent[0].content["popularity"])
+    assert np.array_equal(released, honest[0]) and sigma == 2.0

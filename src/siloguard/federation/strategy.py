@@ -46,6 +46,12 @@ from siloguard.recommender.metrics import overall_metrics
 
 __all__ = ["Aggregator", "RoundReport", "SiloFedAvg", "arrays_sha256", "screen_update"]
 
+#: Bounds on a store's popularity release (privacy/popularity.py): a product's released count is
+#: at most the store's customers (each adds at most 1) plus noise; no store has 10^8 customers,
+#: and a release's noise std above 10^4 (the release alone at epsilon ~10^-4) carries nothing.
+MAX_RELEASED = 1e8
+MAX_RELEASE_SIGMA = 1e4
+
 Aggregator = Literal["fedavg", "trimmed-mean", "median"]
 
 #: Why an update was rejected (audit ``reason`` codes).
@@ -166,6 +172,8 @@ class SiloFedAvg(FedAvg):
     ) -> list[Message]:
         """Sample stores (only those within their privacy budget when budget-aware) and send them the model."""
         self._current = arrays.to_numpy_ndarrays()
+        if "decoder.bias" in arrays:  # one per catalogue product: the length a release must have
+            self._items = int(arrays["decoder.bias"].numpy().shape[0])
         messages = self._budget_aware_train(server_round, arrays, config, grid) if self.budget_aware else list(
             super().configure_train(server_round, arrays, config, grid)
         )
@@ -205,12 +213,15 @@ class SiloFedAvg(FedAvg):
                 continue
             name = self._name(msg)
             try:
-                released, sigma = read_popularity_record(msg.content["popularity"])
+                released, sigma = read_popularity_record(msg.content["popularity"], getattr(self, "_items", None))
             except ValueError:
                 report.rejected_popularity.append(name)
                 continue
             sizes = {r.shape for r, _ in self.popularity.values()}
-            if sizes and sizes != {released.shape}:
+            # A store's release is a DP output, but a dishonest one could still break everyone's
+            # prior: values beyond any store's customer count, or noise so large that the sum's
+            # is meaningless (or not finite) are refused, not summed.
+            if (sizes and sizes != {released.shape}) or np.abs(released).max(initial=0.0) > MAX_RELEASED or sigma > MAX_RELEASE_SIGMA:
                 report.rejected_popularity.append(name)
                 continue
             self.popularity[name] = (released, sigma)

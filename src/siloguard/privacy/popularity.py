@@ -82,7 +82,10 @@ def release_popularity(counts: sp.spmatrix, sigma: float) -> np.ndarray:
     if not sigma > 0:
         raise ValueError("the release needs a positive noise")
     exact = bounded_popularity(counts)
-    return exact + os_gaussian((exact.size,), float(sigma)).numpy()
+    # Rounded to float32 like every other DP output of a store (docs/PRIVACY.md, floating point):
+    # the low-order bits of exact + noise say something about exact (Mironov 2012); rounding is
+    # post-processing, free.
+    return (exact + os_gaussian((exact.size,), float(sigma)).numpy()).astype(np.float32).astype(np.float64)
 
 
 def release_step(sigma: float) -> tuple[float, float, int]:
