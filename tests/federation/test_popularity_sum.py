@@ -8,28 +8,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from siloguard.federation.strategy import SiloFedAvg
 from siloguard.privacy.popularity import popularity_record, read_popularity_record
+from tests.federation.fake_grid import FakeGrid, fake_task_identity  # noqa: F401  (an autouse fixture)
 
 STORES = {1: "france", 2: "germany", 3: "united-kingdom"}
 GLOBAL = [np.zeros((6, 4), np.float32), np.zeros((4,), np.float32)]
 ITEMS = 5
-
-
-@pytest.fixture(autouse=True)
-def _task_identity():
-    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
-    yield
-
-
-class _Grid:
-    def __init__(self, nodes: list[int]) -> None:
-        self.nodes = nodes
-
-    def get_node_ids(self) -> list[int]:
-        return list(self.nodes)
 
 
 def _strategy() -> SiloFedAvg:
@@ -38,7 +24,7 @@ def _strategy() -> SiloFedAvg:
 
 def _train(strategy: SiloFedAvg, server_round: int, releases: dict[int, tuple[np.ndarray, float]], nodes=(1, 2, 3)):
     """One training round: every node replies, those in ``releases`` with their popularity release."""
-    sent = strategy.configure_train(server_round, ArrayRecord(GLOBAL), ConfigRecord(), _Grid(list(nodes)))
+    sent = strategy.configure_train(server_round, ArrayRecord(GLOBAL), ConfigRecord(), FakeGrid(list(nodes)))
     replies = []
     for msg in sent:
         node = msg.metadata.dst_node_id
@@ -61,20 +47,20 @@ def test_the_coordinator_sends_the_sum_of_the_releases_it_has_with_later_message
     assert all("popularity" not in m.content for m in first)  # nothing released before round 1
     assert strategy.reports[1].released_popularity == {"france": 2.0, "germany": 3.0}
 
-    evaluate = strategy.configure_evaluate(1, ArrayRecord(GLOBAL), ConfigRecord(), _Grid([1, 2, 3]))
+    evaluate = strategy.configure_evaluate(1, ArrayRecord(GLOBAL), ConfigRecord(), FakeGrid([1, 2, 3]))
     second = _train(strategy, 2, {3: (np.ones(ITEMS), 4.0)})  # a store that releases late
     for msg in [*evaluate, *second]:
         released, sigma = read_popularity_record(msg.content["popularity"], ITEMS)
         assert np.allclose(released, france[0] + germany[0])
         assert sigma == pytest.approx(np.sqrt(2.0**2 + 3.0**2))  # independent noises add in variance
-    third = strategy.configure_train(3, ArrayRecord(GLOBAL), ConfigRecord(), _Grid([1, 2, 3]))
+    third = strategy.configure_train(3, ArrayRecord(GLOBAL), ConfigRecord(), FakeGrid([1, 2, 3]))
     released, sigma = read_popularity_record(third[0].content["popularity"], ITEMS)
     assert np.allclose(released, france[0] + germany[0] + 1.0) and sigma == pytest.approx(np.sqrt(29.0))
 
 
 def test_a_release_that_is_not_one_or_comes_with_a_rejected_update_is_not_summed() -> None:
     strategy = SiloFedAvg(min_train_nodes=2, min_evaluate_nodes=2, min_available_nodes=2, max_update_norm=1.0)
-    sent = strategy.configure_train(1, ArrayRecord(GLOBAL), ConfigRecord(), _Grid([1, 2, 3]))
+    sent = strategy.configure_train(1, ArrayRecord(GLOBAL), ConfigRecord(), FakeGrid([1, 2, 3]))
     replies = []
     for msg in sent:
         node = msg.metadata.dst_node_id

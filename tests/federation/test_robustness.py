@@ -9,12 +9,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from siloguard.audit.vocabulary import FEDERATION_ROUND, STORE_DROPPED, UPDATE_ACCEPTED, UPDATE_REJECTED
 from siloguard.federation.app import round_events
 from siloguard.federation.registry import sha256_from_counts
 from siloguard.federation.strategy import OUTLIER, NON_FINITE, OVER_NORM, SiloFedAvg, arrays_sha256, screen_update
+from tests.federation.fake_grid import FakeGrid, fake_task_identity  # noqa: F401  (an autouse fixture)
 
 STORES = {1: "france", 2: "germany", 3: "united-kingdom"}
 RNG = np.random.default_rng(7)
@@ -22,29 +22,12 @@ GLOBAL = [RNG.normal(size=(6, 4)).astype(np.float32), RNG.normal(size=(4,)).asty
 DELTAS = {node: [0.01 * RNG.normal(size=g.shape).astype(np.float32) for g in GLOBAL] for node in STORES}
 
 
-@pytest.fixture(autouse=True)
-def _task_identity():
-    """Messages are stamped with the running task's identity; here, a fake one."""
-    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
-    yield
-
-
-class _Grid:
-    """Just enough of a Grid for sampling: the connected node ids."""
-
-    def __init__(self, nodes: list[int]) -> None:
-        self.nodes = nodes
-
-    def get_node_ids(self) -> list[int]:
-        return list(self.nodes)
-
-
 def _strategy(**kwargs) -> SiloFedAvg:
     return SiloFedAvg(min_train_nodes=2, min_evaluate_nodes=2, min_available_nodes=2, **kwargs)
 
 
 def _sent(strategy: SiloFedAvg, server_round: int = 1, nodes=(1, 2, 3)) -> dict[int, Message]:
-    messages = strategy.configure_train(server_round, ArrayRecord(GLOBAL), ConfigRecord(), _Grid(list(nodes)))
+    messages = strategy.configure_train(server_round, ArrayRecord(GLOBAL), ConfigRecord(), FakeGrid(list(nodes)))
     return {m.metadata.dst_node_id: m for m in messages}
 
 
@@ -170,7 +153,7 @@ def test_a_rounds_audit_names_participants_rejections_drops_and_the_model_checks
     poisoned = _honest(3)
     poisoned[0][0, 0] = np.nan
     arrays, report = _aggregate(strategy, {1: _honest(1), 3: poisoned}, server_round=2)
-    strategy.configure_evaluate(2, arrays, ConfigRecord(), _Grid([1, 3]))
+    strategy.configure_evaluate(2, arrays, ConfigRecord(), FakeGrid([1, 3]))
     events = round_events(report)
     by_action = {}
     for e in events:
@@ -193,7 +176,7 @@ def test_the_model_checksum_changes_with_any_value():
 
 def _evaluate_round(strategy: SiloFedAvg, server_round: int, arrays: list[np.ndarray], val: float) -> None:
     """One evaluation phase: every store reports test and validation metrics of ``arrays``."""
-    sent = strategy.configure_evaluate(server_round, ArrayRecord(arrays), ConfigRecord(), _Grid([1, 2, 3]))
+    sent = strategy.configure_evaluate(server_round, ArrayRecord(arrays), ConfigRecord(), FakeGrid([1, 2, 3]))
     replies = []
     for msg in sent:
         node = msg.metadata.dst_node_id
