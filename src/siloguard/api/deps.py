@@ -65,16 +65,14 @@ def caller_of(request: Request) -> Caller:
 # ``async``, and the database read of a credential goes to the thread pool: on the event loop a
 # wait for a pooled connection or a slow database would stall every request of the process,
 # while a call without a credential (a data subject filing a request) needs no thread at all.
-async def _caller(request: Request, _documented: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)] = None) -> Caller:
-    if not request.headers.get("authorization"):
-        return Caller()
-    return await run_in_threadpool(caller_of, request)
-
-
 async def _maybe_caller(request: Request) -> Caller:
     if not request.headers.get("authorization"):
         return Caller()
     return await run_in_threadpool(caller_of, request)
+
+
+async def _caller(request: Request, _documented: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)] = None) -> Caller:
+    return await _maybe_caller(request)  # the same; ``_documented`` puts the scheme in the OpenAPI document
 
 
 CallerDep = Annotated[Caller, Depends(_caller)]

@@ -229,11 +229,8 @@ class AuditLog:
         batch = self._checked(events)
         if not batch:
             return []
-        try:
-            with exclusive(self._engine, APPEND_LOCK) as conn:
-                return self._write(conn, batch)
-        except IntegrityError:
-            raise AuditError("an event id in this batch is already in the audit log: nothing was written") from None
+        with exclusive(self._engine, APPEND_LOCK) as conn:
+            return self._write(conn, batch)
 
     def append_in(self, conn: Connection, events: Iterable[AuditEvent]) -> list[int]:
         """Append events inside the caller's write transaction ``conn`` (on this log's database):
@@ -254,10 +251,7 @@ class AuditLog:
         if conn.engine.url != self.url:
             raise AuditError("append_in needs a transaction on the audit log's own database")
         also_hold(conn, APPEND_LOCK)
-        try:
-            return self._write(conn, batch)
-        except IntegrityError:
-            raise AuditError("an event id in this batch is already in the audit log: nothing was written") from None
+        return self._write(conn, batch)
 
     @staticmethod
     def _checked(events: Iterable[AuditEvent]) -> list[AuditEvent]:
@@ -278,11 +272,14 @@ class AuditLog:
         for event, body, leaf in zip(batch, bodies, leaves):
             rows.append((frontier.size, event.event_id, leaf, body))
             nodes.extend(frontier.append(leaf))
-        insert_many(conn, _E, ("seq", "event_id", "leaf_hash", "body"), rows)
-        if nodes:
-            insert_many(conn, _N, ("level", "idx", "hash"), nodes)
-        if self._signer is not None and self._head_due(conn, frontier.size):
-            self._sign_in(conn, self._signer, frontier)
+        try:
+            insert_many(conn, _E, ("seq", "event_id", "leaf_hash", "body"), rows)
+            if nodes:
+                insert_many(conn, _N, ("level", "idx", "hash"), nodes)
+            if self._signer is not None and self._head_due(conn, frontier.size):
+                self._sign_in(conn, self._signer, frontier)
+        except IntegrityError:
+            raise AuditError("an event id in this batch is already in the audit log: nothing was written") from None
         return list(range(first, first + len(batch)))
 
     def sign_head(self) -> SignedTreeHead:

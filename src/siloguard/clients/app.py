@@ -347,6 +347,19 @@ def _ledger_state(store: StoreData, settings: Settings) -> tuple[object, list, f
     return entry, history, delta
 
 
+def _planned_state(store: StoreData, settings: Settings, context: Context | None) -> tuple[object, list, float, float | None]:
+    """The store's ledger entry, its accountant history with the popularity release this run
+    still owes (charged before the round's noise is planned), its delta and that release's
+    noise (None: nothing owed). What the budget query and the round both plan from."""
+    from siloguard.privacy.popularity import release_step
+
+    entry, history, delta = _ledger_state(store, settings)
+    pending = _pending_release(store, settings, context, delta)
+    if pending is not None:
+        history = [*history, release_step(pending)]
+    return entry, history, delta, pending
+
+
 def _round_noise(store: StoreData, settings: Settings, history: list, delta: float, server_round: int | None) -> float | None:
     """The noise this round trains with: fixed, or planned so the rounds left spend the target."""
     from siloguard.privacy.dp import plan_noise, rounds_left
@@ -368,12 +381,8 @@ def budget_status(
     target answers an infinite projection: it is skipped.
     """
     from siloguard.privacy.dp import projected_epsilon
-    from siloguard.privacy.popularity import release_step
 
-    entry, history, delta = _ledger_state(store, settings)
-    pending = _pending_release(store, settings, context, delta)
-    if pending is not None:
-        history = [*history, release_step(pending)]
+    entry, history, delta, pending = _planned_state(store, settings, context)
     noise = _round_noise(store, settings, history, delta, server_round)
     projected = (
         math.inf if noise is None
@@ -508,13 +517,10 @@ def _train_dp(
     from siloguard.clients.private import ReleasedPopularity, save_released_popularity
     from siloguard.errors import PrivacyBudgetError
     from siloguard.privacy.dp import group_by_customer, projected_epsilon, train_local_dp
-    from siloguard.privacy.popularity import release_popularity, release_step
+    from siloguard.privacy.popularity import release_popularity
 
     privacy = settings.privacy
-    _entry, history, delta = _ledger_state(store, settings)
-    sigma = _pending_release(store, settings, context, delta)
-    if sigma is not None:
-        history = [*history, release_step(sigma)]
+    _entry, history, delta, sigma = _planned_state(store, settings, context)
     noise = _round_noise(store, settings, history, delta, server_round)
     if noise is None or projected_epsilon(
         privacy, history, settings.model.local_epochs, delta, store.n_users, noise

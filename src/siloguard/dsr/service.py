@@ -394,7 +394,6 @@ class DsrService(ErasureTasks, StoreEffects):
         row = self._new_row(kind, jur, clock, now, digest=digest, customer_ref=ref, contact=contact, idempotency_key=idem,
                             gpc=gpc, payload={"consent": changes} | ({"answer_key": answer_key} if answer_key else {}))
         request_id = row["id"]
-        message = None
         if clock.needs_verification:
             code = f"{secrets.randbelow(10**_CODE_DIGITS):0{_CODE_DIGITS}d}"
             expires = now + self.code_ttl
@@ -790,32 +789,6 @@ class DsrService(ErasureTasks, StoreEffects):
         return True
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 #: A subject token's session, built once (see ``effects._ASKED``: a statement built per call costs
 #: its construction and cache key on every API call).
 _SESSION = sa.select(dsr_sessions).where(dsr_sessions.c.token_hash == sa.bindparam("token_hash"))
@@ -850,11 +823,8 @@ class _NewRequest:
 
 
 class _Refused(Exception):
-    """The audit log refused a batch's events (its transaction rolled back)."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+    """The audit log refused a batch's events (its transaction rolled back); the message is the
+    refusal's type name."""
 
 
 class _GroupWriter:
@@ -907,7 +877,7 @@ class _GroupWriter:
                     outcomes, events = self._commit(batch, audit if together else None)  # type: ignore[arg-type]
                 except _Refused as refused:
                     log.error("audit log refused the events of new requests (%s): the requests are kept and their "
-                              "events appended later; run `siloguard audit verify`", refused.reason)
+                              "events appended later; run `siloguard audit verify`", refused)
                     together = False
                     outcomes, events = self._commit(batch, None)  # again, without the log
             except BaseException as exc:  # noqa: BLE001  nothing was committed: every caller fails

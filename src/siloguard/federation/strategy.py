@@ -158,6 +158,7 @@ class SiloFedAvg(FedAvg):
         self._current: list[np.ndarray] | None = None  # the global model the round started from
         #: store -> its DP release of item popularity (released counts, noise std), this run
         self.popularity: dict[str, tuple[np.ndarray, float]] = {}
+        self._items: int | None = None  # catalogue products (the model's decoder bias): a release's length
         shared = {"weighted_by_key": self.weighted_by_key, "arrayrecord_key": self.arrayrecord_key}
         # Flower's robust aggregates, used on the accepted updates (FedAvg's sampling is kept).
         self._robust: FedAvg | None = None
@@ -213,7 +214,7 @@ class SiloFedAvg(FedAvg):
                 continue
             name = self._name(msg)
             try:
-                released, sigma = read_popularity_record(msg.content["popularity"], getattr(self, "_items", None))
+                released, sigma = read_popularity_record(msg.content["popularity"], self._items)
             except ValueError:
                 report.rejected_popularity.append(name)
                 continue
