@@ -70,7 +70,7 @@ def _epoch_worker(data: str, store: str, mode: str, seed: int, out: mp.Queue) ->
         from siloguard.privacy.popularity import popularity_prior, release_noise, release_popularity
 
         sigma = release_noise(s.privacy, store_delta(s.privacy, st.n_users))
-        model.set_store_popularity(popularity_prior(release_popularity(st.history.counts, sigma), sigma))
+        model.set_store_popularity(popularity_prior(release_popularity(st.history.counts, sigma), sigma), released=True)
     users = PrivateUsers(st.n_users, m.dim)
     base_rss = _peak_rss_mib()
     started = time.perf_counter()
@@ -83,11 +83,12 @@ def _epoch_worker(data: str, store: str, mode: str, seed: int, out: mp.Queue) ->
         train_local_dp(model, users.weight.detach(), data_c, privacy=s.privacy, local_epochs=1,
                        lr=m.learning_rate, repeat_lr=m.repeat_learning_rate, history=[],
                        delta=store_delta(s.privacy, st.n_users), noise_multiplier=1.0)
-        if s.privacy.local_repeat:  # a DP epoch also trains the store's own repeat ranker (no noise)
+        if s.privacy.own_repeat:  # a DP epoch also trains what the store keeps of its repeat ranker (no noise)
+            from siloguard.recommender.train import train_own_repeat
+
             model = model.fresh_copy()  # without Opacus' hooks
-            train_local(model, users, examples, epochs=1, lr=m.learning_rate, repeat_lr=m.repeat_learning_rate,
-                        user_lr=m.user_learning_rate, batch_size=m.batch_size, weight_decay=m.weight_decay,
-                        seed=seed, repeat_only=True)
+            train_own_repeat(model, users, examples, m.model_copy(update={"local_epochs": 1}), seed=seed,
+                             part=s.privacy.own_repeat)
         customers = st.n_users
     seconds = time.perf_counter() - started
     out.put({"seconds": seconds, "peak_rss_mib": _peak_rss_mib(), "rss_before_mib": base_rss,
@@ -202,7 +203,7 @@ def _train_alone(store, settings, text, target: float | None) -> tuple[object, o
 
     from siloguard.privacy.dp import epsilon_of, group_by_customer, plan_noise, rounds_left, store_delta, train_local_dp
     from siloguard.recommender.model import PrivateUsers, SharedModel, item_customers
-    from siloguard.recommender.train import train_local
+    from siloguard.recommender.train import train_kept_repeat, train_local
 
     from siloguard.privacy.popularity import popularity_prior, release_noise, release_popularity, release_step
 
@@ -217,11 +218,12 @@ def _train_alone(store, settings, text, target: float | None) -> tuple[object, o
         sigma = release_noise(pv, delta)
         prior = None if sigma is None else popularity_prior(release_popularity(store.history.counts, sigma), sigma)
         history = [] if sigma is None else [release_step(sigma)]
+    own: dict = {}  # what a DP store keeps of its repeat ranker (clients/app.py)
     for r in range(1, rounds + 1):
         model = SharedModel(store.n_items, m.dim, m.hidden, item_text=text)
         model.load_state_dict(state)
         if prior is not None:
-            model.set_store_popularity(prior)
+            model.set_store_popularity(prior, released=target is not None)
         examples = store.examples(m, np.random.default_rng([m.seed, r, store.n_users]))
         if target is None:
             train_local(model, users, examples, epochs=m.local_epochs, lr=m.learning_rate,
@@ -232,20 +234,19 @@ def _train_alone(store, settings, text, target: float | None) -> tuple[object, o
                                customers=store.n_users)
             if noise is None:
                 break
+            if pv.own_repeat == "items":  # its own item biases on the head it holds, before the DP step
+                own = train_kept_repeat(model, users, examples, m, seed=m.seed + r, part="items", kept=own)
             history = train_local_dp(model, users.weight.detach(), group_by_customer(examples, store.n_users),
                                      privacy=pv, local_epochs=m.local_epochs, lr=m.learning_rate,
                                      repeat_lr=m.repeat_learning_rate, history=history, delta=delta,
                                      noise_multiplier=noise).history
-            if pv.local_repeat:  # as a store does (clients/app.py): its repeat ranker without noise
-                model = model.fresh_copy()  # without Opacus' hooks
-                train_local(model, users, examples, epochs=m.local_epochs, lr=m.learning_rate,
-                            repeat_lr=m.repeat_learning_rate, user_lr=m.user_learning_rate, batch_size=m.batch_size,
-                            weight_decay=m.weight_decay, seed=m.seed + r, repeat_only=True)
+            if pv.own_repeat == "all":  # as a store does (clients/app.py): its repeat ranker without noise
+                own = train_kept_repeat(model, users, examples, m, seed=m.seed + r, part="all", kept=own)
         state = model.state_dict()
     model = SharedModel(store.n_items, m.dim, m.hidden, item_text=text)
-    model.load_state_dict(state)
+    model.load_state_dict({**state, **own})
     if prior is not None:
-        model.set_store_popularity(prior)
+        model.set_store_popularity(prior, released=target is not None)
     return model, users, (epsilon_of(pv.accountant, history, delta) if target is not None else None)
 
 

@@ -34,7 +34,7 @@ from siloguard.federation.runner import prepare_run
 from siloguard.recommender.model import PrivateUsers, SharedModel, item_customers
 from siloguard.privacy.dp import group_by_customer, plan_noise, rounds_left, store_delta, train_local_dp
 from siloguard.privacy.popularity import PRIOR_THRESHOLD, popularity_prior, release_noise, release_popularity, release_step
-from siloguard.recommender.train import train_local
+from siloguard.recommender.train import train_kept_repeat, train_local
 from siloguard.runs import catalogue_item_text
 
 
@@ -49,6 +49,7 @@ def main() -> int:
     p.add_argument("--epsilon", type=float, default=None, help="customer-level DP at this epsilon per store")
     p.add_argument("--sample-rate", type=float, default=None, help="DP Poisson rate (default: settings)")
     p.add_argument("--clip", type=float, default=None, help="DP clipping bound (default: settings)")
+    p.add_argument("--repeat-clip", type=float, default=None, help="DP: the shared repeat head's clipping bound")
     p.add_argument("--no-text", action="store_true", help="no public item features (the text map adds nothing)")
     p.add_argument("--collab-weight", type=float, default=None, help="DP: weight of the new-items loss")
     p.add_argument("--shared-repeat", action="store_true", help="DP: the repeat ranker shared under DP too")
@@ -74,6 +75,7 @@ def main() -> int:
             "epsilon": a.epsilon, "epsilon_cap": a.epsilon,
             **({"sample_rate": a.sample_rate} if a.sample_rate else {}),
             **({"max_grad_norm": a.clip} if a.clip else {}),
+            **({"repeat_max_grad_norm": a.repeat_clip} if a.repeat_clip else {}),
             **({"collaborative_loss_weight": a.collab_weight} if a.collab_weight else {}),
             **({"train_item_biases": True} if a.train_biases else {}),
             **({"local_repeat": False} if a.shared_repeat else {}),
@@ -124,7 +126,7 @@ def main() -> int:
                 local = copy.deepcopy(shared)
                 use = first_round_priors if r == 1 and first_round_priors is not None else priors
                 if n in use:  # raw counts without DP, a DP release under DP (docs/PRIVACY.md)
-                    local.set_store_popularity(use[n])
+                    local.set_store_popularity(use[n], released=a.epsilon is not None)
                 ex = st.examples(m, np.random.default_rng([m.seed, r, st.n_users]))
                 if a.epsilon is None:
                     res = train_local(local, private[n], ex, epochs=m.local_epochs, lr=m.learning_rate,
@@ -134,6 +136,8 @@ def main() -> int:
                 else:
                     pv = settings.privacy
                     delta = store_delta(pv, st.n_users)
+                    if pv.own_repeat == "items":  # the store's own item biases, on the shared head it was sent
+                        repeats[n] = train_kept_repeat(local, private[n], ex, m, seed=m.seed + r, part="items", kept=repeats.get(n, {}))
                     noise = plan_noise(pv, ledgers[n], rounds=rounds_left(a.rounds, r), local_epochs=m.local_epochs,
                                        delta=delta, customers=st.n_users)
                     res = train_local_dp(local, private[n].weight.detach(), group_by_customer(ex, st.n_users),
@@ -141,14 +145,8 @@ def main() -> int:
                                          repeat_lr=m.repeat_learning_rate, history=ledgers[n], delta=delta,
                                          noise_multiplier=noise, frozen=tuple(f for f in a.freeze.split(",") if f))
                     ledgers[n] = res.history
-                    if pv.local_repeat:  # the store's own repeat ranker: trained without noise, kept here
-                        mine = local.fresh_copy()
-                        mine.load_state_dict({**mine.state_dict(), **repeats.get(n, {})})
-                        train_local(mine, private[n], ex, epochs=m.local_epochs, lr=m.learning_rate,
-                                    repeat_lr=m.repeat_learning_rate, user_lr=m.user_learning_rate,
-                                    batch_size=m.batch_size, weight_decay=m.weight_decay, seed=m.seed + r,
-                                    repeat_only=True)
-                        repeats[n] = {k: v.clone() for k, v in mine.state_dict().items() if k.startswith("repeat")}
+                    if pv.own_repeat == "all":  # the store's own repeat ranker: trained without noise, kept here
+                        repeats[n] = train_kept_repeat(local, private[n], ex, m, seed=m.seed + r, part="all", kept=repeats.get(n, {}))
                     spent[n] = res.report.epsilon
                     weights.append(int(np.count_nonzero(np.bincount(ex.bags.user, minlength=st.n_users))))
                 states.append(local.state_dict())
@@ -158,7 +156,7 @@ def main() -> int:
         for n, st in stores.items():
             mine = copy.deepcopy(shared)
             if n in priors:
-                mine.set_store_popularity(priors[n])
+                mine.set_store_popularity(priors[n], released=a.epsilon is not None)
             mine.load_state_dict({**mine.state_dict(), **repeats.get(n, {})})
             per[n] = evaluate_store(mine, private[n], st)
         o = overall_metrics(per)

@@ -93,6 +93,11 @@ class PrivacySettings(_Section):
         "so that the run spends exactly `epsilon` (privacy/dp.py plan_noise)",
     )
     max_grad_norm: float = Field(1.0, gt=0, description="per-customer clipping bound")
+    repeat_max_grad_norm: float = Field(
+        1.0, gt=0,
+        description="per-customer clipping bound of the shared repeat head, clipped apart from the text map "
+        "(local_repeat off; privacy/dp.py _RepeatGroup)",
+    )
     sample_rate: float = Field(0.1, gt=0, le=1, description="Poisson sampling rate of customers per step")
     epsilon: float | None = Field(
         None, gt=0,
@@ -117,6 +122,12 @@ class PrivacySettings(_Section):
         True,
         description="under DP, train the repeat ranker in each store without noise and keep it there (it never "
         "leaves the store); only the collaborative part is trained under DP and shared",
+    )
+    own_item_biases: bool = Field(
+        True,
+        description="under DP with local_repeat off, the repeat ranker's per-item biases are the store's own "
+        "(trained without noise on the shared head, kept in the store, never sent) while its head is trained "
+        "under DP and shared",
     )
     collaborative_loss_weight: float = Field(
         1.0, gt=0, le=1,
@@ -152,6 +163,14 @@ class PrivacySettings(_Section):
                 f"epsilon {self.epsilon} is above epsilon_cap {self.epsilon_cap}: lower the target or raise the cap"
             )
         return self
+
+    @property
+    def own_repeat(self) -> str | None:
+        """What of the repeat ranker a DP store trains without noise and keeps: ``"all"``
+        (``local_repeat``), its per-item biases (``"items"``, ``own_item_biases``), or nothing."""
+        if self.local_repeat:
+            return "all"
+        return "items" if self.own_item_biases and not self.train_item_biases else None
 
     @property
     def target_epsilon(self) -> float:

@@ -218,6 +218,37 @@ def test_when_a_store_trains_under_dp_then_its_repeat_ranker_stays_home_and_the_
     assert not path.exists()
 
 
+def test_when_the_repeat_head_is_shared_under_dp_then_the_store_keeps_only_its_item_biases(
+    tiny_dp_settings: Settings,
+) -> None:
+    """``local_repeat`` off: the head is trained under DP and sent, the per-item biases are the
+    store's own (trained without noise, kept on its disk, never sent)."""
+    from siloguard.clients.app import handle_evaluate
+    from siloguard.clients.private import load_private_repeat, repeat_path
+
+    settings = tiny_dp_settings.with_overrides(privacy={"local_repeat": False})
+    assert settings.privacy.own_repeat == "items"
+    prepared = prepare_run(settings)
+    model = _shared(settings, prepared.items)
+    context = _context(settings, "germany")
+    start = model.state_dict()
+    reply = handle_train(_message(ArrayRecord(start), MessageType.TRAIN), context, settings)
+    sent = reply.content["arrays"].to_torch_state_dict()
+    assert not torch.equal(sent["repeat_linear.weight"], start["repeat_linear.weight"])  # the head: DP, shared
+    assert torch.equal(sent["repeat_items.weight"], start["repeat_items.weight"])  # the biases: never sent
+    kept = torch.load(repeat_path(settings, "germany"), weights_only=True)
+    assert set(kept) == {"repeat_items.weight"}
+    assert not torch.equal(kept["repeat_items.weight"], start["repeat_items.weight"])
+    # Scoring in the store uses the head it was sent and its own biases.
+    served = _shared(settings, prepared.items)
+    served.load_state_dict(sent)
+    assert load_private_repeat(settings, "germany", served)
+    assert torch.equal(served.state_dict()["repeat_linear.weight"], sent["repeat_linear.weight"])
+    assert torch.equal(served.state_dict()["repeat_items.weight"], kept["repeat_items.weight"])
+    metrics = handle_evaluate(_message(ArrayRecord(sent), MessageType.EVALUATE), context, settings).content["metrics"]
+    assert metrics["users"] > 0
+
+
 def test_without_dp_the_prior_is_the_stores_raw_popularity(tiny_settings: Settings) -> None:
     from siloguard.clients.app import _shared_model, store_for
     from siloguard.recommender.model import item_customers

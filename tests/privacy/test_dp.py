@@ -360,3 +360,86 @@ def test_when_the_fast_path_takes_per_customer_gradients_then_they_equal_autogra
     losses(hooked).sum().backward()
     got = torch.cat([p.grad_sample.flatten(1) for p in hooked.parameters() if p.requires_grad], dim=1)
     assert torch.allclose(got, torch.stack(expected), rtol=1e-4, atol=1e-6)
+
+
+def _head_batch(data, rows: np.ndarray) -> dict[str, torch.Tensor]:
+    keys = ("items", "features", "mask", "targets", "target_mask", "copurchase", "slot_mask")
+    return {k: torch.from_numpy(getattr(data, k)[rows]) for k in keys}
+
+
+def test_when_the_shared_repeat_head_takes_per_customer_gradients_then_they_equal_autograd_and_are_clipped() -> None:
+    """_RepeatGroup's vmap gradients are each customer's gradient of their repeat loss, and the
+    clipped sum moves by at most the head's bound per customer."""
+    from siloguard.privacy.dp import _customer_loss, _RepeatGroup
+
+    examples, n_users, n_items = _examples()
+    data = group_by_customer(examples, n_users)
+    rows = np.arange(6)
+    batch = _head_batch(data, rows)
+    names = ["repeat.0.weight", "repeat.0.bias", "repeat.2.weight", "repeat.2.bias", "repeat_linear.weight", "repeat_linear.bias"]
+
+    reference = SharedModel(n_items, dim=4, hidden=3, seed=5)
+    expected = []
+    for i in range(len(rows)):
+        reference.zero_grad()
+        repeat = reference.repeat_scores(batch["items"][i], batch["features"][i], batch["mask"][i])
+        collaborative = torch.zeros(*batch["items"][i].shape[:1], n_items)
+        one = {k: v[i : i + 1] for k, v in batch.items()}
+        _customer_loss(collaborative.unsqueeze(0), repeat.unsqueeze(0), one, 0.0, 1.0)[0].backward()
+        expected.append(torch.cat([dict(reference.named_parameters())[n].grad.flatten() for n in names]))
+    group = _RepeatGroup(SharedModel(n_items, dim=4, hidden=3, seed=5), names, clip=1e6, noise=1.0, lr=0.01, expected=3)
+    per = group.per_customer(batch)
+    got = torch.cat([per[n].flatten(1) for n in names], dim=1)
+    assert torch.allclose(got, torch.stack(expected), rtol=1e-4, atol=1e-6)
+
+    tight = _RepeatGroup(SharedModel(n_items, dim=4, hidden=3, seed=5), names, clip=0.01, noise=1.0, lr=0.01, expected=3)
+    summed = tight.clipped_sum(batch)
+    total = torch.sqrt(sum(v.pow(2).sum() for v in summed.values()))
+    assert total <= 0.01 * len(rows) + 1e-6
+    assert tight.std == pytest.approx(np.sqrt(2) * 1.0 * 0.01)  # its own bound, sqrt(2) for the two groups
+
+
+def test_when_the_repeat_head_is_shared_under_dp_then_it_learns_its_item_biases_stay_and_the_accounting_is_unchanged() -> None:
+    examples, n_users, n_items = _examples()
+    text = np.random.default_rng(1).normal(size=(n_items, 64)).astype(np.float32)
+    results, states = [], []
+    for local in (True, False):
+        model = SharedModel(n_items, dim=4, hidden=3, item_text=text)
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        result = train_local_dp(
+            model, PrivateUsers(n_users, 4).weight.detach(), group_by_customer(examples, n_users),
+            privacy=PrivacySettings(noise_multiplier=1.0, sample_rate=0.2, local_repeat=local), local_epochs=1,
+            lr=0.01, repeat_lr=0.01, history=[], delta=DELTA,
+        )
+        results.append(result)
+        states.append((before, model.state_dict(), model))
+    # The same Gaussian mechanism per step: one (noise, rate, steps) entry either way.
+    assert results[0].history == results[1].history
+    assert results[0].report.epsilon == pytest.approx(results[1].report.epsilon)
+    before, after, model = states[1]
+    for key in ("repeat_linear.weight", "repeat.0.weight", "text_in.weight"):
+        assert not torch.equal(before[key], after[key]), key
+    for key in ("repeat_items.weight", "items.weight", "decoder.weight", "decoder.bias"):
+        assert torch.equal(before[key], after[key]), key
+    # Without a released popularity the shared head never reads the raw count over the store.
+    assert torch.equal(model.repeat_popularity, torch.zeros(n_items))
+
+
+def test_when_a_released_popularity_is_set_then_the_repeat_feature_comes_from_it_not_from_the_history() -> None:
+    from siloguard.recommender.features import POPULARITY_FEATURE
+
+    examples, n_users, n_items = _examples()
+    model = SharedModel(n_items, dim=4, hidden=3)
+    items = torch.from_numpy(examples.bags.items[:4])
+    features = torch.from_numpy(examples.bags.features[:4])
+    assert torch.equal(model.repeat_features(items, features), features)  # without DP: the history's own
+    counts = np.arange(n_items, dtype=float)
+    model.set_store_popularity(counts, released=True)
+    got = model.repeat_features(items, features)
+    expected = torch.from_numpy(np.log1p(counts) / np.log1p(counts.max())).float()[items]
+    assert torch.allclose(got[..., POPULARITY_FEATURE], expected)
+    others = [i for i in range(features.shape[-1]) if i != POPULARITY_FEATURE]
+    assert torch.equal(got[..., others], features[..., others])
+    assert torch.equal(model.fresh_copy().repeat_popularity, model.repeat_popularity)
+    model.set_store_popularity(counts)  # raw counts (without DP): the history's feature again
+    assert torch.equal(model.repeat_features(items, features), features)

@@ -274,7 +274,7 @@ def _shared_model(msg: Message, store: StoreData, settings: Settings, context: C
         # of the counts are used: the federation's sum, else the store's own of this run.
         released = dp_popularity(msg, context, store, settings)
         if released is not None:
-            model.set_store_popularity(popularity_prior(*released))
+            model.set_store_popularity(popularity_prior(*released), released=True)
     return model
 
 
@@ -420,7 +420,12 @@ def handle_train(msg: Message, context: Context, settings: Settings) -> Message:
     privacy_metrics: dict[str, float] = {}
     released: dict[str, ConfigRecord] = {}
     if settings.privacy.enabled:
-        if settings.privacy.local_repeat:
+        own = settings.privacy.own_repeat
+        if own == "items":
+            # The store's own item biases, trained on the repeat head it was sent (an unreadable
+            # file stops the round here, before any budget is spent).
+            _train_own_repeat(model, users, examples, store, settings, server_round, own)
+        elif own == "all":
             # The store's own repeat ranker is read before any budget is spent: an unreadable
             # file stops the round here, not after the ledger has recorded it.
             from siloguard.clients.private import load_private_repeat
@@ -429,8 +434,8 @@ def handle_train(msg: Message, context: Context, settings: Settings) -> Message:
         privacy_metrics, released = _train_dp(model, users, examples, store, settings, server_round, msg, context)
         n_examples = int(privacy_metrics.pop("customers"))
         loss = privacy_metrics.pop("loss")
-        if settings.privacy.local_repeat:
-            _train_own_repeat(model, users, examples, store, settings, server_round)
+        if own == "all":
+            _train_own_repeat(model, users, examples, store, settings, server_round, own)
     else:
         result = train_local(
             model,
@@ -467,19 +472,19 @@ def handle_train(msg: Message, context: Context, settings: Settings) -> Message:
 
 
 def _train_own_repeat(
-    shared: SharedModel, users: PrivateUsers, examples, store: StoreData, settings: Settings, server_round: int
+    shared: SharedModel, users: PrivateUsers, examples, store: StoreData, settings: Settings, server_round: int,
+    part: str,
 ) -> None:
-    """Under DP the repeat ranker is the store's own: trained here without noise, from where the
-    store left it, and kept on the store's disk; the reply carries the global one unchanged."""
+    """Under DP the repeat ranker (``part="all"``) or its per-item biases (``"items"``) are the
+    store's own: trained here without noise, from where the store left them, on a copy of the
+    model (the reply carries the shared parameters only), and kept on the store's disk."""
     from siloguard.clients.private import load_private_repeat, save_private_repeat
+    from siloguard.recommender.train import train_own_repeat
 
     own = shared.fresh_copy()
     load_private_repeat(settings, store.name, own)
-    m = settings.model
-    train_local(own, users, examples, epochs=m.local_epochs, lr=m.learning_rate, repeat_lr=m.repeat_learning_rate,
-                user_lr=m.user_learning_rate, batch_size=m.batch_size, weight_decay=m.weight_decay,
-                seed=m.seed + server_round, repeat_only=True)
-    save_private_repeat(settings, store.name, own)
+    train_own_repeat(own, users, examples, settings.model, seed=settings.model.seed + server_round, part=part)
+    save_private_repeat(settings, store.name, own, part)
 
 
 def _audit_head(settings: Settings) -> dict[str, ConfigRecord]:
@@ -534,7 +539,7 @@ def _train_dp(
     if sigma is not None and context is not None:
         release = ReleasedPopularity(int(context.run_id), sigma, release_popularity(store.history.counts, sigma))
         if message_popularity(msg, store.n_items) is None:  # no federation prior yet: the store's own
-            model.set_store_popularity(popularity_prior(release.released, sigma))
+            model.set_store_popularity(popularity_prior(release.released, sigma), released=True)
         extra["popularity"] = popularity_record(release.released, sigma)
     result = train_local_dp(
         model,
@@ -575,7 +580,7 @@ def handle_evaluate(msg: Message, context: Context, settings: Settings) -> Messa
     store = store_for(context, settings, server_round=_round_of(msg), msg=msg)
     model = _shared_model(msg, store, settings, context)
     users = _private_users(store, settings) if private_path(settings, store.name).is_file() else None
-    if settings.privacy.enabled and settings.privacy.local_repeat:
+    if settings.privacy.enabled and settings.privacy.own_repeat:
         from siloguard.clients.private import load_private_repeat
 
         load_private_repeat(settings, store.name, model)  # the store's own repeat ranker, if trained

@@ -111,10 +111,11 @@ def repeat_path(settings: Settings, store: str) -> Path:
     return settings.work_dir / "private" / f"{store}.repeat.pt"
 
 
-def save_private_repeat(settings: Settings, store: str, model: SharedModel) -> None:
-    """Keep the store's own repeat ranker (under DP it is trained here without noise and never sent)."""
+def save_private_repeat(settings: Settings, store: str, model: SharedModel, part: str = "all") -> None:
+    """Keep the store's own repeat ranker, or its part ``part`` (under DP it is trained here
+    without noise and never sent)."""
     path = repeat_path(settings, store)
-    state = {k: v.detach().clone() for k, v in model.state_dict().items() if k.startswith(REPEAT_PREFIX)}
+    state = model.own_repeat_state(part)
     buffer = io.BytesIO()
     torch.save(state, buffer)
     with _locked(path):
@@ -204,6 +205,7 @@ def served_popularity(settings: Settings, store: str, items: int) -> tuple[np.nd
 
 #: The repeat ranker's parameters in the state dict (repeat_items, repeat.*, repeat_linear.*).
 REPEAT_PREFIX = "repeat"
+
 
 
 def stored_subjects(settings: Settings, store: str) -> list[str]:

@@ -43,6 +43,9 @@ from siloguard.config import PrivacySettings
 from siloguard.errors import ConfigError
 from siloguard.recommender.features import Examples
 from siloguard.recommender.model import SharedModel
+
+#: The repeat ranker's parameters (repeat_items, repeat.*, repeat_linear.*) by state-dict name.
+REPEAT_PREFIX = "repeat"
 from siloguard.recommender.train import split_losses
 
 __all__ = [
@@ -390,7 +393,7 @@ class _GroupedModel(nn.Module):
         repeat_bias = s.repeat_items(flat).reshape(b, k, length)
         profile = (weights.unsqueeze(-1) * context).sum(2) + s.text_profile(items, weights) + user_vec.unsqueeze(1)
         collaborative = s.item_logits(profile)  # (B, K, N)
-        feats = features.reshape(b, k * length, -1)
+        feats = s.repeat_features(flat, features.reshape(b, k * length, -1))
         head = (s.repeat(feats) + s.repeat_linear(feats)).reshape(b, k, length)
         return collaborative, (repeat_bias + head) * mask
 
@@ -585,6 +588,7 @@ def _add_os_noise(optimizer: Any) -> None:
     result to the parameter's float32 hides the noise's low-order bits.
     """
     std = getattr(optimizer, "_adjusted_noise_multiplier", optimizer.noise_multiplier) * optimizer.max_grad_norm
+    std *= getattr(optimizer, "group_noise_scale", 1.0)  # clipped apart from the repeat head: _RepeatGroup
     for p in optimizer.params:
         _check_processed_flag(p.summed_grad)
         noise = os_gaussian(p.summed_grad.shape, std)
@@ -611,6 +615,89 @@ class _OsPoissonSampler:
 
 
 # ---------------------------------------------------------- training ----
+class _RepeatGroup:
+    """The shared repeat head trained under DP beside the text map, clipped apart (the fast path).
+
+    The repeat head has ~150 numbers, the text map ~4k; clipped together, the text map's
+    gradient takes most of each customer's norm and the head learns under noise sized for both.
+    Here each customer's gradient of each group is clipped to the group's own bound ``C_g``
+    (``max_grad_norm`` for the text map, ``repeat_max_grad_norm`` for the head) and each group
+    gets Gaussian noise of std ``sqrt(2) x z x C_g``. Divide each group's coordinates by its
+    ``sqrt(2) x C_g``: one customer then moves the whole update by at most
+    ``sqrt(1/2 + 1/2) = 1 / z`` noise stds, which is one Gaussian mechanism with noise
+    multiplier ``z`` on the same Poisson sample, so the accountant's entry ``(z, q, steps)`` is
+    unchanged (tested against the joint clip). Per-customer gradients of the head come from
+    ``torch.func`` (vmap of grad over the sampled customers), not Opacus' hooks: the head runs
+    on every slot of every example, which the pooled model never computes.
+    """
+
+    GROUPS = 2
+
+    def __init__(self, shared: SharedModel, names: list[str], clip: float, noise: float, lr: float, expected: int) -> None:
+        self.shared, self.clip, self.expected = shared, clip, expected
+        self.params = {n: p for n, p in shared.named_parameters() if n in names}
+        self.std = math.sqrt(self.GROUPS) * noise * clip
+        self.optimizer = torch.optim.Adam(list(self.params.values()), lr=lr)
+        for p in self.params.values():
+            p.requires_grad_(False)  # Opacus' optimizer must not see them
+
+    def _customer_loss(self, params, items, features, mask, targets, target_mask, copurchase, slot_mask):  # noqa: ANN001, ANN202
+        from torch.func import functional_call
+
+        from siloguard.recommender.train import repeat_losses
+
+        repeat = functional_call(_RepeatScores(self.shared), {f"shared.{k}": v for k, v in params.items()},
+                                 (items, features, mask))
+        per_slot = repeat_losses(repeat, items, mask, targets, target_mask)
+        per_slot = torch.where(copurchase, torch.zeros_like(per_slot), per_slot) * slot_mask
+        return per_slot.sum() / slot_mask.sum().clamp_min(1.0)
+
+    def _args(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        return tuple(batch[k] for k in ("items", "features", "mask", "targets", "target_mask", "copurchase", "slot_mask"))
+
+    def per_customer(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Each sampled customer's gradient of their loss, by parameter name: (B, *shape)."""
+        from torch.func import grad, vmap
+
+        params = {n: p.detach() for n, p in self.params.items()}
+        return vmap(grad(self._customer_loss), in_dims=(None, *([0] * 7)))(params, *self._args(batch))
+
+    def clipped_sum(self, batch: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+        """The sum of the customers' gradients, each clipped to ``clip`` (zeros: nobody sampled)."""
+        if batch is None:
+            return {n: torch.zeros_like(p) for n, p in self.params.items()}
+        per = self.per_customer(batch)
+        norms = torch.sqrt(sum(g.reshape(g.shape[0], -1).pow(2).sum(1) for g in per.values()))
+        factor = (self.clip / (norms + 1e-6)).clamp(max=1.0)
+        return {n: torch.einsum("b,b...->...", factor, g) for n, g in per.items()}
+
+    def step(self, batch: dict[str, torch.Tensor] | None) -> float:
+        """One DP step of the head on the sampled customers' batch (None: nobody was sampled);
+        returns their mean loss."""
+        summed = self.clipped_sum(batch)
+        for n, p in self.params.items():
+            noisy = summed[n].double() + os_gaussian(p.shape, self.std)
+            p.grad = (noisy / self.expected).to(p.dtype)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if batch is None:
+            return 0.0
+        params = {n: p.detach() for n, p in self.params.items()}
+        with torch.no_grad():
+            return float(torch.vmap(self._customer_loss, in_dims=(None, *([0] * 7)))(params, *self._args(batch)).mean())
+
+
+class _RepeatScores(nn.Module):
+    """``SharedModel.repeat_scores`` as a module's forward (for ``torch.func.functional_call``)."""
+
+    def __init__(self, shared: SharedModel) -> None:
+        super().__init__()
+        self.shared = shared
+
+    def forward(self, items: torch.Tensor, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.shared.repeat_scores(items, features, mask)
+
+
 @dataclass(frozen=True)
 class DPTrainResult:
     customers: int
@@ -702,16 +789,28 @@ def train_local_dp(
         # (SharedModel.set_store_popularity) ranks new items without them, and NDCG@10 at
         # epsilon 8 was higher with them fixed (docs/BENCHMARKS.md).
         frozen = (*frozen, "decoder.bias", "repeat_items.weight")
+    if any(p.requires_grad for p in shared.repeat_parameters()) and torch.isnan(shared.repeat_popularity).any():
+        # A shared repeat head never sees the raw item-popularity feature (a count over the other
+        # customers, which would break the clipping bound): without a release it sees none.
+        shared.repeat_popularity.zero_()
     named = dict(shared.named_parameters())
     for name in dict.fromkeys(frozen):  # further parameters kept as they are (by state-dict name)
         if name not in named:
             raise ConfigError(f"no shared parameter {name!r} to freeze: known are {', '.join(sorted(named))}")
         named[name].requires_grad_(False)
-    # Fast path (the default): only the text map (and at most the popularity bias) is trained.
-    pooled = not privacy.train_collaborative and privacy.local_repeat
+    # Fast path (the default): the text map (and at most the popularity bias) through Opacus,
+    # and the shared repeat head (unless it is the store's own) clipped apart: _RepeatGroup.
+    # The pooled model takes no per-customer gradient of the item biases (train_item_biases):
+    # those go through the grouped model and ghost clipping, the repeat head with them.
+    pooled = not privacy.train_collaborative and not privacy.train_item_biases
     grouped = _PooledModel(shared) if pooled else _GroupedModel(shared)
     if pooled:
         free_sums, text_sums = _bag_sums(shared, data)
+    repeat_names = [n for n, p in shared.named_parameters() if n.startswith(REPEAT_PREFIX) and p.requires_grad]
+    head = (
+        _RepeatGroup(shared, repeat_names, privacy.repeat_max_grad_norm, noise, repeat_lr, expected_batch(privacy, n))
+        if pooled and repeat_names else None
+    )
     groups = [
         {"params": [p for p in shared.collaborative_parameters() if p.requires_grad], "lr": lr},
         {"params": [p for p in shared.repeat_parameters() if p.requires_grad], "lr": repeat_lr},
@@ -743,6 +842,8 @@ def train_local_dp(
     # The noise and the sample from the OS CSPRNG (see "noise source" above), at the rate
     # Opacus accounts for (1 / len(dp_loader)).
     dp_optimizer.add_noise = types.MethodType(_add_os_noise, dp_optimizer)
+    if head is not None:
+        dp_optimizer.group_noise_scale = math.sqrt(_RepeatGroup.GROUPS)
     dp_loader = torch.utils.data.DataLoader(
         index,
         batch_sampler=_OsPoissonSampler(n, 1.0 / len(dp_loader), len(dp_loader)),
@@ -770,6 +871,8 @@ def train_local_dp(
                     if pooled:  # no per-customer gradient: an empty batch of them
                         param.grad_sample = torch.zeros((0, *param.shape), dtype=param.dtype)
                 dp_optimizer.step()
+                if head is not None:
+                    head.step(None)
                 continue
             rows = idx.numpy()
             # Trim padding the sampled customers do not use (slots and bag length).
@@ -778,7 +881,7 @@ def train_local_dp(
             t_used = max(1, int(data.target_mask[rows].sum(2).max()))
             batch = {}
             for key, v in arrays.items():
-                if pooled and key in ("weights", "features"):
+                if pooled and key == "weights" or (pooled and head is None and key == "features"):
                     continue  # in the bag sums already
                 part = v[rows][:, :k_used]
                 if key in ("items", "weights", "features", "mask"):
@@ -809,6 +912,8 @@ def train_local_dp(
                 DPTensorFastGradientClipping(model, dp_optimizer, per_customer, "mean").backward()
             dp_optimizer.step()
             loss_sum += float(per_customer.detach().mean())
+            if head is not None:
+                loss_sum += head.step(batch)
     for param in shared.parameters():
         param.requires_grad_(True)
     new_history = [tuple(h) for h in engine.accountant.history]

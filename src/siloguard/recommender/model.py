@@ -88,6 +88,11 @@ class SharedModel(nn.Module):
         self.text_dim = text_dim
         self.register_buffer("item_text", torch.zeros(n_items, text_dim), persistent=False)
         self.register_buffer("store_prior", torch.zeros(n_items), persistent=False)
+        # Under DP the repeat ranker's item-popularity feature comes from the same released
+        # counts as the prior (``set_store_popularity(..., released=True)``), not from the
+        # store's raw counts: a raw count makes one customer's gradient depend on the others'.
+        # NaN: not set, the history's own feature is used (without DP).
+        self.register_buffer("repeat_popularity", torch.full((n_items,), float("nan")), persistent=False)
         if item_text is not None:
             self.set_item_text(item_text)
         self.text_in = nn.Linear(text_dim, dim, bias=False)
@@ -118,6 +123,7 @@ class SharedModel(nn.Module):
         out.load_state_dict(self.state_dict())
         out.item_text.copy_(self.item_text)
         out.store_prior.copy_(self.store_prior)
+        out.repeat_popularity.copy_(self.repeat_popularity)
         return out
 
     def set_item_text(self, features: np.ndarray | torch.Tensor) -> None:
@@ -128,17 +134,26 @@ class SharedModel(nn.Module):
         with torch.no_grad():
             self.item_text.copy_(x)
 
-    def set_store_popularity(self, customers: np.ndarray) -> None:
+    def set_store_popularity(self, customers: np.ndarray, *, released: bool = False) -> None:
         """The store's own prior on new items: ``log1p`` of its customers who bought each item,
         added to the collaborative logits (so an untrained model ranks new items by the store's
         popularity, and training learns what to add to it). Fixed, not trained: no gradient
         reaches it, under DP no clipping budget or noise is spent on it. Computed in the store
-        from its own data and kept there (not in the state dict, never sent)."""
+        from its own data and kept there (not in the state dict, never sent).
+
+        ``released``: the counts are a DP release (privacy/popularity.py); the repeat ranker's
+        item-popularity feature is then taken from them too (``log1p`` scaled to [0, 1]), in
+        training and in scoring, instead of the history's raw count."""
         c = np.asarray(customers, np.float64)
         if c.shape != (self.n_items,) or (c < 0).any():
             raise ValueError(f"store popularity must be {self.n_items} non-negative counts")
         with torch.no_grad():
             self.store_prior.copy_(torch.from_numpy(POPULARITY_PRIOR * np.log1p(c)).float())
+            if released:
+                scaled = np.log1p(c) / np.log1p(max(float(c.max(initial=0.0)), 1.0))
+                self.repeat_popularity.copy_(torch.from_numpy(scaled).float())
+            else:
+                self.repeat_popularity.fill_(float("nan"))
 
     def collaborative_parameters(self) -> list[nn.Parameter]:
         return [*self.items.parameters(), *self.decoder.parameters(), *self.text_parameters()]
@@ -175,7 +190,22 @@ class SharedModel(nn.Module):
     def repeat_scores(self, items: torch.Tensor, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The repeat ranker's scores of history bags (B, L): ``r_j + g(features)``, 0 on padding."""
         repeat_bias = self.repeat_items(items).squeeze(-1)
+        features = self.repeat_features(items, features)
         return (repeat_bias + (self.repeat(features) + self.repeat_linear(features)).squeeze(-1)) * mask
+
+    def own_repeat_state(self, part: str) -> dict[str, torch.Tensor]:
+        """The parameters a DP store keeps as its own (``PrivacySettings.own_repeat``): the whole
+        repeat ranker (``"all"``) or its per-item biases (``"items"``)."""
+        keep = (lambda k: k == "repeat_items.weight") if part == "items" else (lambda k: k.startswith("repeat"))
+        return {k: v.detach().clone() for k, v in self.state_dict().items() if keep(k)}
+
+    def repeat_features(self, items: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """The history features with the item-popularity column from the released counts, if set."""
+        if torch.isnan(self.repeat_popularity[:1]).any():
+            return features
+        column = self.repeat_popularity[items].unsqueeze(-1)
+        return torch.cat([features[..., :POPULARITY_FEATURE], column, features[..., POPULARITY_FEATURE + 1 :]], -1)
+
 
 class PrivateUsers(nn.Module):
     """Per-customer embeddings of one store; kept in the store, never sent."""

@@ -7,10 +7,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from siloguard.config import ModelSettings
 from siloguard.recommender.features import Examples
 from siloguard.recommender.model import PrivateUsers, SharedModel, bag_tensors
 
-__all__ = ["TrainResult", "example_loss", "repeat_losses", "split_losses", "train_local"]
+__all__ = ["TrainResult", "example_loss", "repeat_losses", "split_losses", "train_kept_repeat", "train_local", "train_own_repeat"]
 
 
 @dataclass(frozen=True)
@@ -78,17 +79,20 @@ def train_local(
     weight_decay: float,
     seed: int,
     repeat_only: bool = False,
+    repeat_items_only: bool = False,
 ) -> TrainResult:
     """Train shared and private parameters on one store's examples (Adam).
 
     ``repeat_only``: train the repeat ranker alone (the store's own, under DP: see
-    :func:`siloguard.privacy.dp.train_local_dp`); nothing else moves.
+    :func:`siloguard.privacy.dp.train_local_dp`); nothing else moves. ``repeat_items_only``
+    (with ``repeat_only``): of it only the per-item repeat biases, on a fixed head.
     """
     n = len(examples)
     if n == 0:
         return TrainResult(examples=0, steps=0, loss=float("nan"))
     model.train()
-    groups = [{"params": model.repeat_parameters(), "lr": repeat_lr, "weight_decay": weight_decay}]
+    repeat = [*model.repeat_items.parameters()] if repeat_only and repeat_items_only else model.repeat_parameters()
+    groups = [{"params": repeat, "lr": repeat_lr, "weight_decay": weight_decay}]
     if not repeat_only:
         groups += [
             {"params": model.collaborative_parameters(), "lr": lr, "weight_decay": weight_decay},
@@ -119,3 +123,28 @@ def train_local(
             steps += 1
             total += float(value.detach())
     return TrainResult(examples=n, steps=steps, loss=total / max(steps, 1))
+
+
+def train_own_repeat(
+    model: SharedModel, users: PrivateUsers, examples: Examples, settings: ModelSettings, *, seed: int, part: str
+) -> TrainResult:
+    """Train the part of the repeat ranker a DP store keeps as its own, without noise
+    (``PrivacySettings.own_repeat``): ``"all"`` of it, or its per-item biases (``"items"``) on the
+    shared head; nothing else moves. What a store does each round, and the benchmarks with it."""
+    return train_local(
+        model, users, examples, epochs=settings.local_epochs, lr=settings.learning_rate,
+        repeat_lr=settings.repeat_learning_rate, user_lr=settings.user_learning_rate, batch_size=settings.batch_size,
+        weight_decay=settings.weight_decay, seed=seed, repeat_only=True, repeat_items_only=part == "items",
+    )
+
+
+def train_kept_repeat(
+    model: SharedModel, users: PrivateUsers, examples: Examples, settings: ModelSettings, *, seed: int, part: str,
+    kept: dict[str, torch.Tensor],
+) -> dict[str, torch.Tensor]:
+    """:func:`train_own_repeat` on a copy of ``model`` holding what the store ``kept`` of its
+    repeat ranker so far; returns what it keeps now (the benchmarks' in-memory store)."""
+    mine = model.fresh_copy()
+    mine.load_state_dict({**mine.state_dict(), **kept})
+    train_own_repeat(mine, users, examples, settings, seed=seed, part=part)
+    return mine.own_repeat_state(part)
