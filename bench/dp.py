@@ -70,7 +70,8 @@ def _epoch_worker(data: str, store: str, mode: str, seed: int, out: mp.Queue) ->
         from siloguard.privacy.popularity import popularity_prior, release_noise, release_popularity
 
         sigma = release_noise(s.privacy, store_delta(s.privacy, st.n_users))
-        model.set_store_popularity(popularity_prior(release_popularity(st.history.counts, sigma), sigma), released=True)
+        model.set_store_popularity(popularity_prior(release_popularity(st.history.counts, sigma), sigma),
+                                   released=s.privacy.own_repeat != "all")
     users = PrivateUsers(st.n_users, m.dim)
     base_rss = _peak_rss_mib()
     started = time.perf_counter()
@@ -223,7 +224,7 @@ def _train_alone(store, settings, text, target: float | None) -> tuple[object, o
         model = SharedModel(store.n_items, m.dim, m.hidden, item_text=text)
         model.load_state_dict(state)
         if prior is not None:
-            model.set_store_popularity(prior, released=target is not None)
+            model.set_store_popularity(prior, released=target is not None and pv.own_repeat != "all")
         examples = store.examples(m, np.random.default_rng([m.seed, r, store.n_users]))
         if target is None:
             train_local(model, users, examples, epochs=m.local_epochs, lr=m.learning_rate,
@@ -246,7 +247,7 @@ def _train_alone(store, settings, text, target: float | None) -> tuple[object, o
     model = SharedModel(store.n_items, m.dim, m.hidden, item_text=text)
     model.load_state_dict({**state, **own})
     if prior is not None:
-        model.set_store_popularity(prior, released=target is not None)
+        model.set_store_popularity(prior, released=target is not None and pv.own_repeat != "all")
     return model, users, (epsilon_of(pv.accountant, history, delta) if target is not None else None)
 
 

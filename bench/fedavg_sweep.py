@@ -82,6 +82,8 @@ def main() -> int:
             **({"popularity_share": a.prior_share} if a.prior_share is not None else {}),
             **({"popularity_share": 0.0} if a.prior == "none" else {}),
         })
+    # a shared repeat head under DP reads the item-popularity feature from the release (docs/PRIVACY.md)
+    shared_head = a.epsilon is not None and settings.privacy.own_repeat != "all"
     prepared = prepare_run(settings)
     run = RunManifest.read(work)
     text = None if a.no_text else catalogue_item_text(run.require_catalogue())
@@ -126,7 +128,7 @@ def main() -> int:
                 local = copy.deepcopy(shared)
                 use = first_round_priors if r == 1 and first_round_priors is not None else priors
                 if n in use:  # raw counts without DP, a DP release under DP (docs/PRIVACY.md)
-                    local.set_store_popularity(use[n], released=a.epsilon is not None)
+                    local.set_store_popularity(use[n], released=shared_head)
                 ex = st.examples(m, np.random.default_rng([m.seed, r, st.n_users]))
                 if a.epsilon is None:
                     res = train_local(local, private[n], ex, epochs=m.local_epochs, lr=m.learning_rate,
@@ -156,7 +158,7 @@ def main() -> int:
         for n, st in stores.items():
             mine = copy.deepcopy(shared)
             if n in priors:
-                mine.set_store_popularity(priors[n], released=a.epsilon is not None)
+                mine.set_store_popularity(priors[n], released=shared_head)
             mine.load_state_dict({**mine.state_dict(), **repeats.get(n, {})})
             per[n] = evaluate_store(mine, private[n], st)
         o = overall_metrics(per)

@@ -274,7 +274,7 @@ def _shared_model(msg: Message, store: StoreData, settings: Settings, context: C
         # of the counts are used: the federation's sum, else the store's own of this run.
         released = dp_popularity(msg, context, store, settings)
         if released is not None:
-            model.set_store_popularity(popularity_prior(*released), released=True)
+            model.set_store_popularity(popularity_prior(*released), released=settings.privacy.own_repeat != "all")
     return model
 
 
@@ -539,7 +539,7 @@ def _train_dp(
     if sigma is not None and context is not None:
         release = ReleasedPopularity(int(context.run_id), sigma, release_popularity(store.history.counts, sigma))
         if message_popularity(msg, store.n_items) is None:  # no federation prior yet: the store's own
-            model.set_store_popularity(popularity_prior(release.released, sigma), released=True)
+            model.set_store_popularity(popularity_prior(release.released, sigma), released=privacy.own_repeat != "all")
         extra["popularity"] = popularity_record(release.released, sigma)
     result = train_local_dp(
         model,

@@ -128,7 +128,9 @@ class Recommender:
 
             released = served_popularity(settings, store, self.loaded.catalogue.size)
             if released is not None:
-                self.loaded.model.set_store_popularity(popularity_prior(*released), released=True)
+                self.loaded.model.set_store_popularity(
+                    popularity_prior(*released), released=settings.privacy.own_repeat != "all"
+                )
         from siloguard.clients.private import load_private_repeat
 
         load_private_repeat(settings, store, self.loaded.model)  # the store's own repeat ranker (DP runs)
