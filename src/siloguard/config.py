@@ -96,7 +96,8 @@ class PrivacySettings(_Section):
     repeat_max_grad_norm: float = Field(
         1.0, gt=0,
         description="per-customer clipping bound of the shared repeat head, clipped apart from the text map "
-        "(local_repeat off; privacy/dp.py _RepeatGroup)",
+        "(local_repeat off; privacy/dp.py _RepeatGroup); with train_collaborative or train_item_biases the head "
+        "is clipped with the rest at max_grad_norm and this bound is not used",
     )
     sample_rate: float = Field(0.1, gt=0, le=1, description="Poisson sampling rate of customers per step")
     epsilon: float | None = Field(

@@ -247,6 +247,16 @@ def test_when_the_repeat_head_is_shared_under_dp_then_the_store_keeps_only_its_i
     assert torch.equal(served.state_dict()["repeat_items.weight"], kept["repeat_items.weight"])
     metrics = handle_evaluate(_message(ArrayRecord(sent), MessageType.EVALUATE), context, settings).content["metrics"]
     assert metrics["users"] > 0
+    # A file left by a run that kept the whole ranker never puts a stale head over the shared one.
+    stale = _shared(settings, prepared.items)
+    with torch.no_grad():
+        stale.repeat_linear.weight.add_(5.0)
+    torch.save(stale.own_repeat_state("all"), repeat_path(settings, "germany"))
+    served = _shared(settings, prepared.items)
+    served.load_state_dict(sent)
+    assert load_private_repeat(settings, "germany", served, "items")
+    assert torch.equal(served.state_dict()["repeat_linear.weight"], sent["repeat_linear.weight"])
+    assert torch.equal(served.state_dict()["repeat_items.weight"], stale.state_dict()["repeat_items.weight"])
 
 
 def test_without_dp_the_prior_is_the_stores_raw_popularity(tiny_settings: Settings) -> None:

@@ -443,3 +443,17 @@ def test_when_a_released_popularity_is_set_then_the_repeat_feature_comes_from_it
     assert torch.equal(model.fresh_copy().repeat_popularity, model.repeat_popularity)
     model.set_store_popularity(counts)  # raw counts (without DP): the history's feature again
     assert torch.equal(model.repeat_features(items, features), features)
+
+
+def test_when_the_repeat_ranker_is_the_stores_own_then_a_dp_round_leaves_its_popularity_feature_alone() -> None:
+    """Only a repeat head trained under DP loses the raw popularity feature: the store's own
+    ranker (the default), trained after the DP step, must see the feature it is scored with."""
+    examples, n_users, n_items = _examples()
+    model = SharedModel(n_items, dim=4, hidden=3)
+    train_local_dp(
+        model, PrivateUsers(n_users, 4).weight.detach(), group_by_customer(examples, n_users),
+        privacy=PrivacySettings(noise_multiplier=1.0, sample_rate=0.2), local_epochs=1,
+        lr=0.01, repeat_lr=0.01, history=[], delta=DELTA,
+    )
+    assert torch.isnan(model.repeat_popularity).all()
+    assert torch.isnan(model.fresh_copy().repeat_popularity).all()

@@ -275,6 +275,8 @@ def _shared_model(msg: Message, store: StoreData, settings: Settings, context: C
         released = dp_popularity(msg, context, store, settings)
         if released is not None:
             model.set_store_popularity(popularity_prior(*released), released=settings.privacy.own_repeat != "all")
+        elif settings.privacy.own_repeat != "all":
+            model.repeat_popularity.zero_()  # a shared head without a release: no popularity feature (privacy/dp.py)
     return model
 
 
@@ -482,7 +484,7 @@ def _train_own_repeat(
     from siloguard.recommender.train import train_own_repeat
 
     own = shared.fresh_copy()
-    load_private_repeat(settings, store.name, own)
+    load_private_repeat(settings, store.name, own, part)
     train_own_repeat(own, users, examples, settings.model, seed=settings.model.seed + server_round, part=part)
     save_private_repeat(settings, store.name, own, part)
 
@@ -583,7 +585,7 @@ def handle_evaluate(msg: Message, context: Context, settings: Settings) -> Messa
     if settings.privacy.enabled and settings.privacy.own_repeat:
         from siloguard.clients.private import load_private_repeat
 
-        load_private_repeat(settings, store.name, model)  # the store's own repeat ranker, if trained
+        load_private_repeat(settings, store.name, model, settings.privacy.own_repeat)  # the store's own part, if trained
     metrics = evaluate_store(model, users, store, validation=True)
     metrics["num-examples"] = max(int(metrics["users"]), 1)
     clean = {k: (0.0 if np.isnan(v) else float(v)) for k, v in metrics.items()}

@@ -122,8 +122,10 @@ def save_private_repeat(settings: Settings, store: str, model: SharedModel, part
         write_atomic(path, buffer.getvalue(), mode=0o600)
 
 
-def load_private_repeat(settings: Settings, store: str, model: SharedModel) -> bool:
-    """Put the store's own repeat ranker into ``model`` if the store has one; False if not."""
+def load_private_repeat(settings: Settings, store: str, model: SharedModel, part: str = "all") -> bool:
+    """Put the store's own repeat ranker, or of it what ``part`` names (``own_repeat``), into
+    ``model`` if the store has one; False if not. A file from a run that kept more (the whole
+    ranker, then the head shared) gives only ``part``: never a stale head over the shared one."""
     path = repeat_path(settings, store)
     if not path.is_file():
         return False
@@ -132,7 +134,8 @@ def load_private_repeat(settings: Settings, store: str, model: SharedModel) -> b
         foreign = [k for k in state if not str(k).startswith(REPEAT_PREFIX)]
         if foreign:  # the file may only hold the repeat ranker, never shared parameters
             raise ValueError(f"{len(foreign)} entries that are not the repeat ranker's")
-        model.load_state_dict({**model.state_dict(), **state})
+        keep = model.own_repeat_state(part)
+        model.load_state_dict({**model.state_dict(), **{k: v for k, v in state.items() if k in keep}})
     except Exception as exc:  # noqa: BLE001  any unreadable file is the same problem for the user
         raise DataError(
             f"the store's repeat ranker at {path} is unreadable ({type(exc).__name__}); delete the file to start it afresh"

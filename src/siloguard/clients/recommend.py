@@ -131,9 +131,13 @@ class Recommender:
                 self.loaded.model.set_store_popularity(
                     popularity_prior(*released), released=settings.privacy.own_repeat != "all"
                 )
-        from siloguard.clients.private import load_private_repeat
+        if settings.privacy.enabled and settings.privacy.own_repeat:
+            from siloguard.clients.private import load_private_repeat
 
-        load_private_repeat(settings, store, self.loaded.model)  # the store's own repeat ranker (DP runs)
+            if settings.privacy.own_repeat != "all" and torch.isnan(self.loaded.model.repeat_popularity).any():
+                self.loaded.model.repeat_popularity.zero_()  # a shared head as it was trained without a release
+            # the store's own repeat ranker, or its own item biases (DP runs); never into a model trained without DP
+            load_private_repeat(settings, store, self.loaded.model, settings.privacy.own_repeat)
         self._vectors = self._private_vectors()
         self.calibration = Calibration.fit(self.loaded, frame, self._users_for, as_of=self.as_of, seed=settings.model.seed)
         self._descriptions = {**self.loaded.descriptions, **self._store_descriptions()}

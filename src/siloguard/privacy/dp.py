@@ -789,15 +789,16 @@ def train_local_dp(
         # (SharedModel.set_store_popularity) ranks new items without them, and NDCG@10 at
         # epsilon 8 was higher with them fixed (docs/BENCHMARKS.md).
         frozen = (*frozen, "decoder.bias", "repeat_items.weight")
-    if any(p.requires_grad for p in shared.repeat_parameters()) and torch.isnan(shared.repeat_popularity).any():
-        # A shared repeat head never sees the raw item-popularity feature (a count over the other
-        # customers, which would break the clipping bound): without a release it sees none.
-        shared.repeat_popularity.zero_()
     named = dict(shared.named_parameters())
     for name in dict.fromkeys(frozen):  # further parameters kept as they are (by state-dict name)
         if name not in named:
             raise ConfigError(f"no shared parameter {name!r} to freeze: known are {', '.join(sorted(named))}")
         named[name].requires_grad_(False)
+    if any(p.requires_grad for p in shared.repeat_parameters()) and torch.isnan(shared.repeat_popularity).any():
+        # A repeat head trained here under DP never sees the raw item-popularity feature (a count
+        # over the other customers, which would break the clipping bound): without a release it
+        # sees none (and the store scores a shared head the same way: clients/app.py).
+        shared.repeat_popularity.zero_()
     # Fast path (the default): the text map (and at most the popularity bias) through Opacus,
     # and the shared repeat head (unless it is the store's own) clipped apart: _RepeatGroup.
     # The pooled model takes no per-customer gradient of the item biases (train_item_biases):
@@ -842,6 +843,8 @@ def train_local_dp(
     # The noise and the sample from the OS CSPRNG (see "noise source" above), at the rate
     # Opacus accounts for (1 / len(dp_loader)).
     dp_optimizer.add_noise = types.MethodType(_add_os_noise, dp_optimizer)
+    if head is not None:  # scaled as Opacus scales the text map's noisy sum (its expected batch)
+        head.expected = dp_optimizer.expected_batch_size
     if head is not None:
         dp_optimizer.group_noise_scale = math.sqrt(_RepeatGroup.GROUPS)
     dp_loader = torch.utils.data.DataLoader(
