@@ -204,7 +204,7 @@ def _train_alone(store, settings, text, target: float | None) -> tuple[object, o
 
     from siloguard.privacy.dp import epsilon_of, group_by_customer, plan_noise, rounds_left, store_delta, train_local_dp
     from siloguard.recommender.model import PrivateUsers, SharedModel, item_customers
-    from siloguard.recommender.train import train_kept_repeat, train_local
+    from siloguard.recommender.train import scoring_state, train_kept_repeat, train_local
 
     from siloguard.privacy.popularity import popularity_prior, release_noise, release_popularity, release_step
 
@@ -236,16 +236,18 @@ def _train_alone(store, settings, text, target: float | None) -> tuple[object, o
             if noise is None:
                 break
             if pv.own_repeat == "items":  # its own item biases on the head it holds, before the DP step
-                own = train_kept_repeat(model, users, examples, m, seed=m.seed + r, part="items", kept=own)
+                own = train_kept_repeat(model, users, examples, m, seed=m.seed + r, part="items", kept=own,
+                                        average=pv.own_repeat_average)
             history = train_local_dp(model, users.weight.detach(), group_by_customer(examples, store.n_users),
                                      privacy=pv, local_epochs=m.local_epochs, lr=m.learning_rate,
                                      repeat_lr=m.repeat_learning_rate, history=history, delta=delta,
                                      noise_multiplier=noise).history
             if pv.own_repeat == "all":  # as a store does (clients/app.py): its repeat ranker without noise
-                own = train_kept_repeat(model, users, examples, m, seed=m.seed + r, part="all", kept=own)
+                own = train_kept_repeat(model, users, examples, m, seed=m.seed + r, part="all", kept=own,
+                                        average=pv.own_repeat_average)
         state = model.state_dict()
     model = SharedModel(store.n_items, m.dim, m.hidden, item_text=text)
-    model.load_state_dict({**state, **own})
+    model.load_state_dict({**state, **scoring_state(own)})
     if prior is not None:
         model.set_store_popularity(prior, released=target is not None and pv.own_repeat != "all")
     return model, users, (epsilon_of(pv.accountant, history, delta) if target is not None else None)

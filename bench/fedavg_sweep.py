@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import copy
 import tempfile
+import os
 import time
 from pathlib import Path
 
@@ -34,7 +35,7 @@ from siloguard.federation.runner import prepare_run
 from siloguard.recommender.model import PrivateUsers, SharedModel, item_customers
 from siloguard.privacy.dp import group_by_customer, plan_noise, rounds_left, store_delta, train_local_dp
 from siloguard.privacy.popularity import PRIOR_THRESHOLD, popularity_prior, release_noise, release_popularity, release_step
-from siloguard.recommender.train import train_kept_repeat, train_local
+from siloguard.recommender.train import scoring_state, train_kept_repeat, train_local
 from siloguard.runs import catalogue_item_text
 
 
@@ -83,7 +84,7 @@ def main() -> int:
             **({"popularity_share": 0.0} if a.prior == "none" else {}),
         })
     # a shared repeat head under DP reads the item-popularity feature from the release (docs/PRIVACY.md)
-    shared_head = a.epsilon is not None and settings.privacy.own_repeat != "all"
+    shared_head = a.epsilon is not None and settings.privacy.own_repeat != "all" and not os.environ.get("RAWPOP")
     prepared = prepare_run(settings)
     run = RunManifest.read(work)
     text = None if a.no_text else catalogue_item_text(run.require_catalogue())
@@ -139,7 +140,7 @@ def main() -> int:
                     pv = settings.privacy
                     delta = store_delta(pv, st.n_users)
                     if pv.own_repeat == "items":  # the store's own item biases, on the shared head it was sent
-                        repeats[n] = train_kept_repeat(local, private[n], ex, m, seed=m.seed + r, part="items", kept=repeats.get(n, {}))
+                        repeats[n] = train_kept_repeat(local, private[n], ex, m, seed=m.seed + r, part="items", kept=repeats.get(n, {}), average=pv.own_repeat_average)
                     noise = plan_noise(pv, ledgers[n], rounds=rounds_left(a.rounds, r), local_epochs=m.local_epochs,
                                        delta=delta, customers=st.n_users)
                     res = train_local_dp(local, private[n].weight.detach(), group_by_customer(ex, st.n_users),
@@ -148,7 +149,7 @@ def main() -> int:
                                          noise_multiplier=noise, frozen=tuple(f for f in a.freeze.split(",") if f))
                     ledgers[n] = res.history
                     if pv.own_repeat == "all":  # the store's own repeat ranker: trained without noise, kept here
-                        repeats[n] = train_kept_repeat(local, private[n], ex, m, seed=m.seed + r, part="all", kept=repeats.get(n, {}))
+                        repeats[n] = train_kept_repeat(local, private[n], ex, m, seed=m.seed + r, part="all", kept=repeats.get(n, {}), average=pv.own_repeat_average)
                     spent[n] = res.report.epsilon
                     weights.append(int(np.count_nonzero(np.bincount(ex.bags.user, minlength=st.n_users))))
                 states.append(local.state_dict())
@@ -159,7 +160,7 @@ def main() -> int:
             mine = copy.deepcopy(shared)
             if n in priors:
                 mine.set_store_popularity(priors[n], released=shared_head)
-            mine.load_state_dict({**mine.state_dict(), **repeats.get(n, {})})
+            mine.load_state_dict({**mine.state_dict(), **scoring_state(repeats.get(n, {}))})
             per[n] = evaluate_store(mine, private[n], st)
         o = overall_metrics(per)
         smalls = "  ".join(f"{n} {per[n]['ndcg@10']:.4f}" for n in small)

@@ -55,6 +55,8 @@ def main() -> int:
     p.add_argument("--mode", choices=("own", "shared", "shared-head", "shared-items", "hybrid"), default="own")
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--repeat-lr", type=float, default=3e-3)
+    p.add_argument("--average", action="store_true",
+                   help="score the mean of each store's repeat ranker over the rounds so far (not the last)")
     a = p.parse_args()
     torch.set_num_threads(1)
     work = Path(tempfile.mkdtemp(prefix="siloguard-repeat-"))
@@ -74,6 +76,7 @@ def main() -> int:
     for n, st in stores.items():
         models[n].set_store_popularity(item_customers(st.history))
     shared = {"shared": HEAD + ITEMS, "shared-head": HEAD, "shared-items": ITEMS, "hybrid": HEAD}.get(a.mode, ())
+    sums: dict[str, dict] = {}
     started = time.perf_counter()
     for r in range(a.rounds + 1):
         if r > 0:
@@ -92,7 +95,15 @@ def main() -> int:
                     models[n].load_state_dict({**models[n].state_dict(), **averaged})
                     if a.mode == "hybrid":  # each store's own item biases on the averaged head
                         _train(models[n], users[n], examples[n], m, a.repeat_lr, m.seed + r, ITEMS)
-        per = {n: evaluate_store(models[n], users[n], st, validation=True) for n, st in stores.items()}
+        scored = models
+        if a.average and r > 0:
+            for n in stores:
+                now = {k: v.clone() for k, v in models[n].state_dict().items() if k.startswith(HEAD + ITEMS)}
+                sums[n] = {k: sums.get(n, {}).get(k, 0) + v for k, v in now.items()}
+            scored = {n: models[n].fresh_copy() for n in stores}
+            for n in stores:
+                scored[n].load_state_dict({**scored[n].state_dict(), **{k: v / r for k, v in sums[n].items()}})
+        per = {n: evaluate_store(scored[n], users[n], st, validation=True) for n, st in stores.items()}
         o = overall_metrics(per)
         val = sum(v["val.ndcg@10"] * v["val.users"] for v in per.values()) / sum(v["val.users"] for v in per.values())
         print(f"round {r}: NDCG@10 {o['ndcg@10']:.4f}  validation {val:.4f}  ({time.perf_counter() - started:.0f} s)",

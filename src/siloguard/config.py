@@ -124,6 +124,11 @@ class PrivacySettings(_Section):
         description="under DP, train the repeat ranker in each store without noise and keep it there (it never "
         "leaves the store); only the collaborative part is trained under DP and shared",
     )
+    own_repeat_average: bool = Field(
+        True,
+        description="under DP, a store scores with the mean of its own repeat ranker (or item biases) over its "
+        "rounds, and trains on from the last round's (weight averaging)",
+    )
     own_item_biases: bool = Field(
         True,
         description="under DP with local_repeat off, the repeat ranker's per-item biases are the store's own "

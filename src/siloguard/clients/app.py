@@ -432,7 +432,7 @@ def handle_train(msg: Message, context: Context, settings: Settings) -> Message:
             # file stops the round here, not after the ledger has recorded it.
             from siloguard.clients.private import load_private_repeat
 
-            load_private_repeat(settings, store.name, model.fresh_copy())
+            load_private_repeat(settings, store.name, model.fresh_copy(), own)
         privacy_metrics, released = _train_dp(model, users, examples, store, settings, server_round, msg, context)
         n_examples = int(privacy_metrics.pop("customers"))
         loss = privacy_metrics.pop("loss")
@@ -479,14 +479,15 @@ def _train_own_repeat(
 ) -> None:
     """Under DP the repeat ranker (``part="all"``) or its per-item biases (``"items"``) are the
     store's own: trained here without noise, from where the store left them, on a copy of the
-    model (the reply carries the shared parameters only), and kept on the store's disk."""
-    from siloguard.clients.private import load_private_repeat, save_private_repeat
-    from siloguard.recommender.train import train_own_repeat
+    model (the reply carries the shared parameters only), and kept on the store's disk with
+    their mean over the rounds, which the store scores with (``privacy.own_repeat_average``)."""
+    from siloguard.clients.private import read_private_repeat, save_private_repeat
+    from siloguard.recommender.train import train_kept_repeat
 
-    own = shared.fresh_copy()
-    load_private_repeat(settings, store.name, own, part)
-    train_own_repeat(own, users, examples, settings.model, seed=settings.model.seed + server_round, part=part)
-    save_private_repeat(settings, store.name, own, part)
+    kept = read_private_repeat(settings, store.name)
+    state = train_kept_repeat(shared, users, examples, settings.model, seed=settings.model.seed + server_round,
+                              part=part, kept=kept, average=settings.privacy.own_repeat_average)
+    save_private_repeat(settings, store.name, state)
 
 
 def _audit_head(settings: Settings) -> dict[str, ConfigRecord]:

@@ -34,6 +34,7 @@ __all__ = [
     "load_released_popularity",
     "load_private_repeat",
     "load_private_users",
+    "read_private_repeat",
     "private_path",
     "repeat_path",
     "save_private_repeat",
@@ -111,34 +112,61 @@ def repeat_path(settings: Settings, store: str) -> Path:
     return settings.work_dir / "private" / f"{store}.repeat.pt"
 
 
-def save_private_repeat(settings: Settings, store: str, model: SharedModel, part: str = "all") -> None:
-    """Keep the store's own repeat ranker, or its part ``part`` (under DP it is trained here
-    without noise and never sent)."""
+def save_private_repeat(settings: Settings, store: str, state: dict[str, torch.Tensor]) -> None:
+    """Keep what the store keeps of its own repeat ranker (``recommender.train.train_kept_repeat``:
+    the last round's parameters and their mean over the rounds; under DP trained here without
+    noise and never sent)."""
     path = repeat_path(settings, store)
-    state = model.own_repeat_state(part)
+    foreign = [k for k in state if not _is_repeat_key(k)]
+    if foreign:
+        raise ValueError(f"not the repeat ranker's: {', '.join(foreign)}")
     buffer = io.BytesIO()
-    torch.save(state, buffer)
+    torch.save({k: v.detach().clone() for k, v in state.items()}, buffer)
     with _locked(path):
         write_atomic(path, buffer.getvalue(), mode=0o600)
 
 
-def load_private_repeat(settings: Settings, store: str, model: SharedModel, part: str = "all") -> bool:
-    """Put the store's own repeat ranker, or of it what ``part`` names (``own_repeat``), into
-    ``model`` if the store has one; False if not. A file from a run that kept more (the whole
-    ranker, then the head shared) gives only ``part``: never a stale head over the shared one."""
+def _is_repeat_key(key: object) -> bool:
+    from siloguard.recommender.train import AVERAGE
+
+    name = str(key)
+    return name.removeprefix(AVERAGE).startswith(REPEAT_PREFIX) or name == AVERAGE + "rounds"
+
+
+def read_private_repeat(settings: Settings, store: str) -> dict[str, torch.Tensor]:
+    """What the store keeps of its own repeat ranker ({} if nothing yet)."""
     path = repeat_path(settings, store)
     if not path.is_file():
-        return False
+        return {}
     try:
         state = torch.load(path, weights_only=True)
-        foreign = [k for k in state if not str(k).startswith(REPEAT_PREFIX)]
+        foreign = [k for k in state if not _is_repeat_key(k)]
         if foreign:  # the file may only hold the repeat ranker, never shared parameters
             raise ValueError(f"{len(foreign)} entries that are not the repeat ranker's")
-        keep = model.own_repeat_state(part)
-        model.load_state_dict({**model.state_dict(), **{k: v for k, v in state.items() if k in keep}})
     except Exception as exc:  # noqa: BLE001  any unreadable file is the same problem for the user
         raise DataError(
             f"the store's repeat ranker at {path} is unreadable ({type(exc).__name__}); delete the file to start it afresh"
+        ) from None
+    return dict(state)
+
+
+def load_private_repeat(settings: Settings, store: str, model: SharedModel, part: str = "all") -> bool:
+    """Put the store's own repeat ranker as it scores (its mean over the rounds, if kept), or of it
+    what ``part`` names (``own_repeat``), into ``model`` if the store has one; False if not. A
+    file from a run that kept more (the whole ranker, then the head shared) gives only ``part``:
+    never a stale head over the shared one."""
+    from siloguard.recommender.train import scoring_state
+
+    state = read_private_repeat(settings, store)
+    if not state:
+        return False
+    keep = model.own_repeat_state(part)
+    try:
+        model.load_state_dict({**model.state_dict(), **{k: v for k, v in scoring_state(state).items() if k in keep}})
+    except Exception as exc:  # noqa: BLE001
+        raise DataError(
+            f"the store's repeat ranker at {repeat_path(settings, store)} does not fit the model ({type(exc).__name__}); "
+            "delete the file to start it afresh"
         ) from None
     return True
 

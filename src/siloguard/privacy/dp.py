@@ -660,7 +660,8 @@ class _RepeatGroup:
         from torch.func import grad, vmap
 
         params = {n: p.detach() for n, p in self.params.items()}
-        return vmap(grad(self._customer_loss), in_dims=(None, *([0] * 7)))(params, *self._args(batch))
+        with torch.no_grad():  # torch.func.grad still differentiates: no graph to other parameters
+            return vmap(grad(self._customer_loss), in_dims=(None, *([0] * 7)))(params, *self._args(batch))
 
     def clipped_sum(self, batch: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
         """The sum of the customers' gradients, each clipped to ``clip`` (zeros: nobody sampled)."""
