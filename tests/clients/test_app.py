@@ -200,6 +200,7 @@ def test_when_a_store_trains_under_dp_then_its_repeat_ranker_stays_home_and_the_
     reply = handle_train(_message(ArrayRecord(model.state_dict()), MessageType.TRAIN), context, tiny_dp_settings)
 
     sent = reply.content["arrays"].to_torch_state_dict()
+    assert "train-loss" not in reply.content["metrics"]  # the sampled customers' loss, not noised: not sent
     start = model.state_dict()
     repeat_keys = [k for k in start if k.startswith("repeat")]
     assert repeat_keys and all(torch.equal(sent[k], start[k]) for k in repeat_keys)  # not trained in the update
@@ -257,6 +258,35 @@ def test_when_the_repeat_head_is_shared_under_dp_then_the_store_keeps_only_its_i
     assert load_private_repeat(settings, "germany", served, "items")
     assert torch.equal(served.state_dict()["repeat_linear.weight"], sent["repeat_linear.weight"])
     assert torch.equal(served.state_dict()["repeat_items.weight"], stale.state_dict()["repeat_items.weight"])
+
+
+def test_when_an_erasure_comes_during_a_rounds_repeat_training_then_the_round_does_not_write_it_back(
+    tiny_dp_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The round reads, trains and writes the store's own repeat ranker under one lock; an
+    erasure arriving meanwhile waits and deletes what the round wrote (trained on the erased)."""
+    import threading
+
+    import siloguard.recommender.train as train_module
+    from siloguard.clients.private import erase_subjects, repeat_path
+
+    prepared = prepare_run(tiny_dp_settings)
+    model = _shared(tiny_dp_settings, prepared.items)
+    context = _context(tiny_dp_settings, "germany")
+    real = train_module.train_kept_repeat
+    erasures: list[threading.Thread] = []
+
+    def train_then_race(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        eraser = threading.Thread(target=erase_subjects, args=(tiny_dp_settings, "germany", ["12345"]))
+        eraser.start()
+        eraser.join(timeout=2.0)  # without the lock it finishes here, before the round writes
+        erasures.append(eraser)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_kept_repeat", train_then_race)
+    handle_train(_message(ArrayRecord(model.state_dict()), MessageType.TRAIN), context, tiny_dp_settings)
+    erasures[0].join()
+    assert not repeat_path(tiny_dp_settings, "germany").exists()
 
 
 def test_without_dp_the_prior_is_the_stores_raw_popularity(tiny_settings: Settings) -> None:

@@ -459,7 +459,8 @@ def handle_train(msg: Message, context: Context, settings: Settings) -> Message:
             "metrics": MetricRecord(
                 {
                     "num-examples": max(n_examples, 1),
-                    "train-loss": loss if n_examples else 0.0,
+                    # Under DP the sampled customers' loss is not sent: it is computed without noise.
+                    **({} if settings.privacy.enabled else {"train-loss": loss if n_examples else 0.0}),
                     "train-seconds": time.perf_counter() - started,
                     **privacy_metrics,
                     **_compliance_metrics(context, settings),
@@ -481,13 +482,14 @@ def _train_own_repeat(
     store's own: trained here without noise, from where the store left them, on a copy of the
     model (the reply carries the shared parameters only), and kept on the store's disk with
     their mean over the rounds, which the store scores with (``privacy.own_repeat_average``)."""
-    from siloguard.clients.private import read_private_repeat, save_private_repeat
+    from siloguard.clients.private import read_private_repeat, repeat_lock, save_private_repeat
     from siloguard.recommender.train import train_kept_repeat
 
-    kept = read_private_repeat(settings, store.name)
-    state = train_kept_repeat(shared, users, examples, settings.model, seed=settings.model.seed + server_round,
-                              part=part, kept=kept, average=settings.privacy.own_repeat_average)
-    save_private_repeat(settings, store.name, state)
+    with repeat_lock(settings, store.name):  # an erasure meanwhile waits, then deletes what this writes
+        kept = read_private_repeat(settings, store.name)
+        state = train_kept_repeat(shared, users, examples, settings.model, seed=settings.model.seed + server_round,
+                                  part=part, kept=kept, average=settings.privacy.own_repeat_average)
+        save_private_repeat(settings, store.name, state)
 
 
 def _audit_head(settings: Settings) -> dict[str, ConfigRecord]:

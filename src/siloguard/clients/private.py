@@ -35,6 +35,7 @@ __all__ = [
     "load_private_repeat",
     "load_private_users",
     "read_private_repeat",
+    "repeat_lock",
     "private_path",
     "repeat_path",
     "save_private_repeat",
@@ -112,18 +113,24 @@ def repeat_path(settings: Settings, store: str) -> Path:
     return settings.work_dir / "private" / f"{store}.repeat.pt"
 
 
+@contextmanager
+def repeat_lock(settings: Settings, store: str) -> Iterator[None]:
+    """Hold the store's repeat-ranker file: a round from reading it to writing it back, an erasure."""
+    with _locked(repeat_path(settings, store)):
+        yield
+
+
 def save_private_repeat(settings: Settings, store: str, state: dict[str, torch.Tensor]) -> None:
     """Keep what the store keeps of its own repeat ranker (``recommender.train.train_kept_repeat``:
     the last round's parameters and their mean over the rounds; under DP trained here without
-    noise and never sent)."""
+    noise and never sent). The caller holds :func:`repeat_lock` from reading it."""
     path = repeat_path(settings, store)
     foreign = [k for k in state if not _is_repeat_key(k)]
     if foreign:
         raise ValueError(f"not the repeat ranker's: {', '.join(foreign)}")
     buffer = io.BytesIO()
     torch.save({k: v.detach().clone() for k, v in state.items()}, buffer)
-    with _locked(path):
-        write_atomic(path, buffer.getvalue(), mode=0o600)
+    write_atomic(path, buffer.getvalue(), mode=0o600)
 
 
 def _is_repeat_key(key: object) -> bool:
@@ -252,7 +259,11 @@ def erase_subjects(settings: Settings, store: str, customer_ids: list[object]) -
 
     # The store's own repeat ranker was trained without noise on every customer, the erased
     # ones too: it goes, and the next DP round trains it afresh from the global one.
-    repeat_path(settings, store).unlink(missing_ok=True)
+    # Under the lock a round holds from reading it to writing it back: an erasure during a round's
+    # training waits for it and then deletes what that round wrote (else the round would write
+    # back a ranker trained on the erased customers after the erasure).
+    with repeat_lock(settings, store):
+        repeat_path(settings, store).unlink(missing_ok=True)
     path = private_path(settings, store)
     with _locked(path):
         stored = _read(path)
