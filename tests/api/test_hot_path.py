@@ -205,3 +205,34 @@ def test_another_notifier_still_gets_each_code_inside_the_requests_transaction(t
     finally:
         audit.close()
         engine.dispose()
+
+
+def test_when_the_audit_log_refuses_then_another_notifier_still_sends_each_code_once(
+    tmp_path, monkeypatch: pytest.MonkeyPatch,  # noqa: ANN001
+) -> None:
+    from siloguard.dsr.service import DsrService
+    from tests.dsr.helpers import make_env
+
+    env = make_env(tmp_path, f"sqlite:///{tmp_path / 'n.db'}")
+    sent: list[str] = []
+
+    class Recorder:
+        def send(self, conn, *, request_id, destination, body, now, expires_at) -> None:  # noqa: ANN001
+            sent.append(request_id)
+
+    def refuse(self: AuditLog, conn: sa.Connection, batch: list) -> list[int]:
+        raise AuditError("the audit log's Merkle node store lacks a node")
+
+    engine = create_engine(env.url)
+    audit = AuditLog.open(env.settings)
+    try:
+        service = DsrService(env.settings, engine, audit, notifier=Recorder())
+        monkeypatch.setattr(AuditLog, "_write", refuse)
+        row, created = service.submit(kind="access", customer_ref=SUBJECT)
+        assert created and row["status"] == "verifying"
+        assert sent == [row["id"]]  # once: not again when the batch is written without the log
+        monkeypatch.undo()
+        assert service.flush_audit() == 2  # its events, appended by the next sweep
+    finally:
+        audit.close()
+        engine.dispose()

@@ -871,7 +871,11 @@ class _GroupWriter:
                 except queue.Empty:
                     break
             audit = self._service.audit
-            together = isinstance(audit, AuditLog) and audit.url == self._service.engine.url
+            # A batch holding a request whose notifier sends at once is committed without its events
+            # (appended after the commit): a refusing log would roll it back and the retry would
+            # send the same code twice.
+            together = (isinstance(audit, AuditLog) and audit.url == self._service.engine.url
+                        and all(new.notify is None for new, _ in batch))
             try:
                 try:
                     outcomes, events = self._commit(batch, audit if together else None)  # type: ignore[arg-type]
