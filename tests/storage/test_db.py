@@ -190,3 +190,18 @@ def test_reads_run_each_statement_outside_a_transaction_on_the_same_pool(migrate
     with migrated_engine.connect() as conn:  # the pooled connection is handed back as it was
         conn.execute(sa.text("SELECT 1")).all()
         assert _in_transaction(conn)
+
+
+def test_when_an_engine_with_a_reads_twin_is_dropped_then_both_are_freed(tmp_path: Path) -> None:
+    import gc
+    import weakref
+
+    engine = create_engine(f"sqlite:///{tmp_path / 'r.db'}")
+    reader = reads(engine)
+    with reader.connect() as conn:
+        assert conn.execute(sa.text("SELECT 1")).scalar() == 1
+    engine.dispose()
+    gone = weakref.ref(engine)
+    del engine, reader, conn
+    gc.collect()
+    assert gone() is None

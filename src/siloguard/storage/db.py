@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import hashlib
-import weakref
 from collections.abc import Iterator
 from functools import lru_cache
 from contextlib import contextmanager
@@ -115,13 +114,15 @@ def reads(engine: Engine) -> Engine:
     token, an API key, a subject's consent) skip both. Not for anything that reads twice and
     relies on the two reads agreeing, and never for writes.
     """
-    held = _READS.get(engine)
+    # Kept on the engine itself: the autocommit engine refers to the engine it was made from, so a
+    # weak-keyed table of them never let an engine go; a cycle of the two is collected.
+    held = engine.__dict__.get(_READS)
     if held is None:
-        held = _READS[engine] = engine.execution_options(isolation_level="AUTOCOMMIT")
+        held = engine.__dict__[_READS] = engine.execution_options(isolation_level="AUTOCOMMIT")
     return held
 
 
-_READS: weakref.WeakKeyDictionary[Engine, Engine] = weakref.WeakKeyDictionary()
+_READS = "_siloguard_reads"
 
 
 @contextmanager
