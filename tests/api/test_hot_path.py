@@ -236,3 +236,31 @@ def test_when_the_audit_log_refuses_then_another_notifier_still_sends_each_code_
     finally:
         audit.close()
         engine.dispose()
+
+
+def test_when_two_api_workers_run_their_resumers_then_one_sweeps_at_a_time(tmp_path) -> None:  # noqa: ANN001
+    from types import SimpleNamespace
+
+    from siloguard.api.app import _Resumer
+    from siloguard.storage import Leader
+
+    url = f"sqlite:///{tmp_path / 'sweep.db'}"
+    engines = [create_engine(url), create_engine(url)]
+    swept: list[int] = []
+    notify = SimpleNamespace(smtp_host=None)
+    workers = [
+        _Resumer(SimpleNamespace(resume=lambda i=i: swept.append(i), engine=e, settings=SimpleNamespace(notify=notify)), 1.0)
+        for i, e in enumerate(engines)
+    ]
+    leaders = [Leader(e, "dsr-sweep") for e in engines]
+    try:
+        assert workers[0].turn(leaders[0], notify) and not workers[1].turn(leaders[1], notify)
+        assert workers[0].turn(leaders[0], notify)
+        assert swept == [0, 0]
+        leaders[0].release()  # the first worker stopped
+        assert workers[1].turn(leaders[1], notify) and swept == [0, 0, 1]
+    finally:
+        for leader in leaders:
+            leader.release()
+        for engine in engines:
+            engine.dispose()

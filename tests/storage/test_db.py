@@ -205,3 +205,49 @@ def test_when_an_engine_with_a_reads_twin_is_dropped_then_both_are_freed(tmp_pat
     del engine, reader, conn
     gc.collect()
     assert gone() is None
+
+
+def test_when_several_processes_ask_to_lead_then_one_leads_until_it_lets_go(migrated_engine: Engine) -> None:
+    """The API workers' request sweep: one at a time, and another takes over when it is gone."""
+    from siloguard.storage import Leader
+
+    other = create_engine(migrated_engine.url.render_as_string(hide_password=False))
+    first, second = Leader(migrated_engine, "dsr-sweep"), Leader(other, "dsr-sweep")
+    try:
+        assert first.acquire()
+        assert not second.acquire()
+        assert first.acquire()  # still leading: asking again does not give it up
+        assert Leader(other, "something-else").acquire()  # another job has its own leader
+        first.release()
+        assert second.acquire()
+        assert not first.acquire()
+    finally:
+        first.release()
+        second.release()
+        other.dispose()
+
+
+def test_when_the_leaders_database_session_is_dropped_then_another_process_takes_over(tmp_path: Path) -> None:
+    import os
+
+    from siloguard.storage import Leader
+    from tests.storage.databases import fresh_database
+
+    if not os.environ.get("SILOGUARD_TEST_DATABASE_URL"):
+        pytest.skip("PostgreSQL only: set SILOGUARD_TEST_DATABASE_URL")
+    with fresh_database("postgresql", tmp_path) as url:
+        engine, other = create_engine(url), create_engine(url)
+        first, second = Leader(engine, "dsr-sweep"), Leader(other, "dsr-sweep")
+        try:
+            assert first.acquire() and not second.acquire()
+            pid = first._conn.execute(sa.text("SELECT pg_backend_pid()")).scalar()  # type: ignore[union-attr]
+            with other.connect() as conn:
+                # with a timeout the call returns once the backend has ended (PostgreSQL 14+)
+                assert conn.execute(sa.text("SELECT pg_terminate_backend(:pid, 10000)"), {"pid": pid}).scalar()
+            assert second.acquire()  # the server ended the leader's session and its lock
+            assert not first.acquire()  # the old leader notices and follows
+        finally:
+            first.release()
+            second.release()
+            engine.dispose()
+            other.dispose()

@@ -86,24 +86,47 @@ class _Resumer:
             self._thread.join(timeout=30)
 
     def _run(self, stop: threading.Event) -> None:
+        from siloguard.storage import Leader
+
         notify = self.service.settings.notify
-        while not stop.is_set():
+        # Every API worker starts a resumer; one of them sweeps at a time (the others take over
+        # when it is gone): two sweeps at once did the same work twice.
+        leader = Leader(self.service.engine, "dsr-sweep")
+        try:
+            while not stop.is_set():
+                self.turn(leader, notify)
+                stop.wait(self.every)
+        finally:
+            leader.release()
+
+    def turn(self, leader, notify) -> bool:  # noqa: ANN001 - Leader, NotifySettings
+        """Sweep if this worker leads; whether it did."""
+        try:
+            leading = leader.acquire()
+        except Exception as exc:  # noqa: BLE001  the database is away: ask again next turn
+            log.warning("request sweep: cannot reach the database (%s); retrying", type(exc).__name__)
+            return False
+        if leading:
+            self._sweep(notify)
+        return leading
+
+    def _sweep(self, notify) -> None:  # noqa: ANN001 - NotifySettings
+        """One turn: carry pending requests forward, then send the codes waiting in the outbox."""
+        try:
+            self.service.resume()
+        except Exception as exc:  # noqa: BLE001  the sweep retries on its next turn
+            log.warning("request sweep failed (%s); retrying", type(exc).__name__)
+        if notify.smtp_host:  # codes committed since the last sweep go out now
+            from siloguard.dsr.notifier import deliver_outbox
+
+            from siloguard.errors import ConfigError
+
             try:
-                self.service.resume()
-            except Exception as exc:  # noqa: BLE001  the sweep retries on its next turn
-                log.warning("request sweep failed (%s); retrying", type(exc).__name__)
-            if notify.smtp_host:  # codes committed since the last sweep go out now
-                from siloguard.dsr.notifier import deliver_outbox
-
-                from siloguard.errors import ConfigError
-
-                try:
-                    deliver_outbox(self.service.engine, notify)
-                except ConfigError as exc:  # a setting (its message names the file or setting, never a person)
-                    log.warning("outbox delivery: %s", exc)
-                except Exception as exc:  # noqa: BLE001  the messages wait for the next sweep
-                    log.warning("outbox delivery failed (%s); retrying", type(exc).__name__)
-            stop.wait(self.every)
+                deliver_outbox(self.service.engine, notify)
+            except ConfigError as exc:  # a setting (its message names the file or setting, never a person)
+                log.warning("outbox delivery: %s", exc)
+            except Exception as exc:  # noqa: BLE001  the messages wait for the next sweep
+                log.warning("outbox delivery failed (%s); retrying", type(exc).__name__)
 
 
 def create_app(settings: Settings, *, service: DsrService | None = None) -> FastAPI:

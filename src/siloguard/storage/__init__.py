@@ -4,6 +4,7 @@ A sink: it imports nothing from the packages above it.
 """
 
 from siloguard.storage.db import (
+    Leader,
     also_hold,
     create_engine,
     current_revision,
@@ -15,6 +16,7 @@ from siloguard.storage.db import (
 )
 
 __all__ = [
+    "Leader",
     "also_hold",
     "create_engine",
     "current_revision",

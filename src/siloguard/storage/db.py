@@ -31,6 +31,7 @@ from siloguard.errors import StorageError
 
 __all__ = [
     "MIGRATIONS",
+    "Leader",
     "also_hold",
     "create_engine",
     "exclusive",
@@ -155,6 +156,78 @@ def also_hold(conn: Connection, lock: str) -> None:
         raise StorageError(f"lock {lock!r} is taken inside a write transaction from exclusive(), not another one")
     if conn.dialect.name != "sqlite":
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _lock_key(lock)})
+
+
+class Leader:
+    """Which one of several processes on a database runs a job (the API workers' request sweep).
+
+    Whoever holds a database-wide lock named ``name`` leads: on PostgreSQL a session advisory
+    lock (``pg_try_advisory_lock``) on a connection the leader keeps, released when it closes it
+    or the server drops it; on SQLite an exclusive ``flock`` on a file beside the database,
+    released when the process ends. Never blocks: :meth:`acquire` answers whether this process
+    leads now; a follower asks again on its next turn and takes over when the leader is gone.
+    """
+
+    def __init__(self, engine: Engine, name: str) -> None:
+        self.engine, self.name = engine, name
+        self._conn: Connection | None = None
+        self._file: Any = None
+        self._key = 0
+
+    def acquire(self) -> bool:
+        if self.engine.dialect.name == "sqlite":
+            return self._acquire_file()
+        if self._conn is not None:
+            try:
+                self._conn.execute(sa.text("SELECT 1")).all()  # still our session: still ours
+                return True
+            except Exception:  # noqa: BLE001  the session (and its lock) is gone: try again below
+                self.release()
+        conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        try:
+            # Advisory locks are per database, not per schema: two deployments in two schemas of
+            # one database each have their own leader.
+            schema = conn.execute(sa.text("SELECT current_schema()")).scalar()
+            self._key = _lock_key(f"{self.name}@{schema}")
+            held = bool(conn.execute(sa.text("SELECT pg_try_advisory_lock(:key)"), {"key": self._key}).scalar())
+        except Exception:
+            conn.close()
+            raise
+        if not held:
+            conn.close()
+            return False
+        self._conn = conn
+        return True
+
+    def _acquire_file(self) -> bool:
+        import fcntl
+
+        database = self.engine.url.database
+        if not database or database == ":memory:":
+            return True  # one process's private database
+        if self._file is not None:
+            return True
+        handle = open(f"{database}.{self.name}.lock", "a")  # noqa: SIM115  held open while leading
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            return False
+        self._file = handle
+        return True
+
+    def release(self) -> None:
+        if self._conn is not None:
+            try:  # the connection goes back to the pool: the session lives on, so unlock it first
+                self._conn.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": self._key})
+                self._conn.close()
+            except Exception:  # noqa: BLE001  a broken session: closed, not pooled (its locks go with it)
+                self._conn.invalidate()
+                self._conn.close()
+            self._conn = None
+        if self._file is not None:
+            self._file.close()  # closing the descriptor drops the flock
+            self._file = None
 
 
 def _first_line(exc: BaseException) -> str:
