@@ -457,3 +457,14 @@ def test_when_the_repeat_ranker_is_the_stores_own_then_a_dp_round_leaves_its_pop
     )
     assert torch.isnan(model.repeat_popularity).all()
     assert torch.isnan(model.fresh_copy().repeat_popularity).all()
+
+
+def test_when_the_history_holds_a_popularity_release_then_the_report_counts_only_dp_sgd_steps() -> None:
+    from siloguard.privacy.dp import privacy_report
+    from siloguard.privacy.popularity import release_step
+
+    privacy = PrivacySettings(noise_multiplier=1.0)
+    history = [release_step(1.5), (1.0, 0.1, 20), (1.1, 0.1, 20)]
+    report = privacy_report(privacy, history, DELTA, 500)
+    assert report.steps == 40
+    assert report.epsilon == pytest.approx(epsilon_of("rdp", history, DELTA))  # the release still counts in epsilon

@@ -302,6 +302,8 @@ class PrivacyReport:
 def privacy_report(
     privacy: PrivacySettings, history: list[tuple[float, float, int]], delta: float, customers: int
 ) -> PrivacyReport:
+    from siloguard.privacy.popularity import is_release_step
+
     return PrivacyReport(
         epsilon=epsilon_of(privacy.accountant, history, delta),
         delta=delta,
@@ -310,7 +312,8 @@ def privacy_report(
         sampling=f"Poisson sampling of customers, rate {effective_sample_rate(privacy, customers):.4g}",
         noise_multiplier=history[-1][0] if history else privacy.noise_multiplier,
         max_grad_norm=privacy.max_grad_norm,
-        steps=int(sum(h[2] for h in history)),
+        # DP-SGD steps only: the popularity release is one Gaussian entry of the history, not a step
+        steps=int(sum(h[2] for h in history if not is_release_step(h))),
     )
 
 
