@@ -340,6 +340,20 @@ def test_under_dp_the_prior_comes_from_the_noised_release_never_from_raw_counts(
     handle_evaluate(_message(arrays, MessageType.EVALUATE), context, tiny_dp_settings)
 
 
+def test_when_the_store_switches_database_then_a_kept_release_is_owed_again(tiny_dp_settings: Settings) -> None:
+    """The release file says which ledger paid for it: a new database's ledger never saw it."""
+    from siloguard.clients.app import _pending_release, store_for
+
+    prepared = prepare_run(tiny_dp_settings)
+    message = _message(ArrayRecord(_shared(tiny_dp_settings, prepared.items).state_dict()), MessageType.TRAIN, 1)
+    context = _context(tiny_dp_settings, "germany")
+    handle_train(message, context, tiny_dp_settings)
+    store = store_for(context, tiny_dp_settings, msg=message)
+    assert _pending_release(store, tiny_dp_settings, context, 1e-5) is None  # paid for in this ledger
+    moved = tiny_dp_settings.with_overrides(database={"url": "sqlite:////nonexistent/other.db"})
+    assert _pending_release(store, moved, context, 1e-5) is not None  # not in that one
+
+
 def test_under_dp_a_store_releases_once_per_run_and_pays_for_each_release(tiny_dp_settings: Settings) -> None:
     from siloguard.clients.app import handle_query
     from siloguard.privacy.budget import BudgetLedger

@@ -190,6 +190,14 @@ class ReleasedPopularity:
     run_id: int
     sigma: float
     released: np.ndarray  # bounded popularity + N(0, sigma^2) per item: a DP output
+    ledger: str = ""  # which ledger (database) was charged for it: ledger_id()
+
+
+def ledger_id(settings: Settings) -> str:
+    """Names the database whose ledger a release was charged to (a hash: the URL may hold a password)."""
+    import hashlib
+
+    return hashlib.sha256(str(settings.database.url).encode()).hexdigest()[:16]
 
 
 def save_released_popularity(
@@ -202,7 +210,7 @@ def save_released_popularity(
     buffer = io.BytesIO()
     # Flower's run ids are unsigned 64-bit (past int64): kept as text.
     np.savez(buffer, run_id=np.str_(str(int(release.run_id))), sigma=np.float64(release.sigma),
-             released=np.asarray(release.released, np.float64))
+             released=np.asarray(release.released, np.float64), ledger=np.str_(ledger_id(settings)))
     with _locked(path):
         write_atomic(path, buffer.getvalue(), mode=0o600)
 
@@ -210,20 +218,22 @@ def save_released_popularity(
 def load_released_popularity(
     settings: Settings, store: str, *, run_id: int | None = None, items: int | None = None, federation: bool = False
 ) -> ReleasedPopularity | None:
-    """The store's last release (of run ``run_id`` only, when given; over ``items`` products)."""
+    """The store's last release (of run ``run_id`` only, when given, and charged to this
+    settings' ledger; over ``items`` products)."""
     path = popularity_path(settings, store, federation=federation)
     if not path.is_file():
         return None
     try:
         with np.load(path, allow_pickle=False) as held:
-            release = ReleasedPopularity(int(str(held["run_id"])), float(held["sigma"]), np.asarray(held["released"], np.float64))
+            release = ReleasedPopularity(int(str(held["run_id"])), float(held["sigma"]), np.asarray(held["released"], np.float64),
+                                         str(held["ledger"]) if "ledger" in held.files else "")
     except Exception as exc:  # noqa: BLE001
         raise DataError(
             f"the store's released popularity at {path} is unreadable ({type(exc).__name__}); delete the file: "
             "the next round releases it again (and charges the ledger again)"
         ) from None
-    if run_id is not None and release.run_id != run_id:
-        return None
+    if run_id is not None and (release.run_id != run_id or release.ledger != ledger_id(settings)):
+        return None  # another run's, or charged to another database's ledger: not paid for here
     if items is not None and release.released.shape != (items,):
         return None
     if not (release.sigma > 0 and np.isfinite(release.released).all()):
