@@ -89,3 +89,28 @@ def test_a_release_that_would_break_everyones_prior_is_refused_not_summed() -> N
     sent = _train(strategy, 2, {})
     released, sigma = read_popularity_record(sent[0].content["popularity"])
     assert np.array_equal(released, honest[0]) and sigma == 2.0
+
+
+def test_a_store_whose_first_update_was_screened_out_is_summed_from_its_next_and_a_resend_is_not_new() -> None:
+    strategy = SiloFedAvg(min_train_nodes=2, min_evaluate_nodes=2, min_available_nodes=2, max_update_norm=1.0)
+    release = (np.ones(ITEMS), 2.0)
+
+    def round_(server_round: int, rejected: set[int]) -> None:
+        sent = strategy.configure_train(server_round, ArrayRecord(GLOBAL), ConfigRecord(), FakeGrid([1, 2, 3]))
+        replies = []
+        for msg in sent:
+            node = msg.metadata.dst_node_id
+            content = RecordDict({
+                "arrays": ArrayRecord([g + (100.0 if node in rejected else 0.01) for g in GLOBAL]),
+                "metrics": MetricRecord({"num-examples": 10}),
+                "store": ConfigRecord({"name": STORES[node]}),
+                "popularity": popularity_record(*release),  # each store sends its one release every round
+            })
+            replies.append(Message(content=content, reply_to=msg))
+        strategy.aggregate_train(server_round, replies)
+
+    round_(1, rejected={3})
+    assert sorted(strategy.popularity) == ["france", "germany"]
+    round_(2, rejected=set())
+    assert sorted(strategy.popularity) == ["france", "germany", "united-kingdom"]
+    assert strategy.reports[2].released_popularity == {"united-kingdom": 2.0}  # only what is new

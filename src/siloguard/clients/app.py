@@ -546,6 +546,14 @@ def _train_dp(
         if message_popularity(msg, store.n_items) is None:  # no federation prior yet: the store's own
             model.set_store_popularity(popularity_prior(release.released, sigma), released=privacy.own_repeat != "all")
         extra["popularity"] = popularity_record(release.released, sigma)
+    elif context is not None and privacy.popularity_share:
+        # Released (and paid for) earlier in this run: sent again with every update, free (a DP
+        # output), so a coordinator that screened out the round that carried it still gets it.
+        from siloguard.clients.private import load_released_popularity
+
+        held = load_released_popularity(settings, store.name, run_id=int(context.run_id), items=store.n_items)
+        if held is not None:
+            extra["popularity"] = popularity_record(held.released, held.sigma)
     result = train_local_dp(
         model,
         users.weight.detach(),

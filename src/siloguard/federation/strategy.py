@@ -205,7 +205,9 @@ class SiloFedAvg(FedAvg):
 
     def _keep_popularity(self, server_round: int, replies: list[Message]) -> None:
         """Keep each accepted store's popularity release (a DP output; a store that released again in
-        a new run of its node replaces its earlier one). One that does not parse is ignored."""
+        a new run of its node replaces its earlier one). Stores send their release with every update
+        of the run, so one whose first update was screened out is summed from its next accepted one;
+        the round's report names only releases new to the coordinator. One that does not parse is ignored."""
         from siloguard.privacy.popularity import read_popularity_record
 
         report = self._report(server_round)
@@ -225,6 +227,9 @@ class SiloFedAvg(FedAvg):
             if (sizes and sizes != {released.shape}) or np.abs(released).max(initial=0.0) > MAX_RELEASED or sigma > MAX_RELEASE_SIGMA:
                 report.rejected_popularity.append(name)
                 continue
+            kept = self.popularity.get(name)
+            if kept is not None and kept[1] == sigma and np.array_equal(kept[0], released):
+                continue  # the same release sent again with a later update: nothing new
             self.popularity[name] = (released, sigma)
             report.released_popularity[name] = sigma
 
