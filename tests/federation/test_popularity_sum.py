@@ -114,3 +114,16 @@ def test_a_store_whose_first_update_was_screened_out_is_summed_from_its_next_and
     round_(2, rejected=set())
     assert sorted(strategy.popularity) == ["france", "germany", "united-kingdom"]
     assert strategy.reports[2].released_popularity == {"united-kingdom": 2.0}  # only what is new
+
+
+def test_a_node_that_names_another_store_does_not_replace_that_stores_release() -> None:
+    strategy = _strategy()
+    _train(strategy, 1, {1: (np.ones(ITEMS), 2.0)})
+    STORES[3] = "france"  # node 3 claims to be france
+    try:
+        _train(strategy, 2, {3: (np.full(ITEMS, 1e6), 2.0)})
+    finally:
+        STORES[3] = "united-kingdom"
+    released, _ = strategy.popularity["france"]
+    assert np.array_equal(released, np.ones(ITEMS))
+    assert strategy.reports[2].rejected_popularity == ["france"]

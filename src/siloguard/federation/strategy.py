@@ -158,6 +158,7 @@ class SiloFedAvg(FedAvg):
         self._current: list[np.ndarray] | None = None  # the global model the round started from
         #: store -> its DP release of item popularity (released counts, noise std), this run
         self.popularity: dict[str, tuple[np.ndarray, float]] = {}
+        self._release_nodes: dict[str, int] = {}  # store -> the node whose release it is
         self._items: int | None = None  # catalogue products (the model's decoder bias): a release's length
         shared = {"weighted_by_key": self.weighted_by_key, "arrayrecord_key": self.arrayrecord_key}
         # Flower's robust aggregates, used on the accepted updates (FedAvg's sampling is kept).
@@ -225,6 +226,12 @@ class SiloFedAvg(FedAvg):
             # prior: values beyond any store's customer count, or noise so large that the sum's
             # is meaningless (or not finite) are refused, not summed.
             if (sizes and sizes != {released.shape}) or np.abs(released).max(initial=0.0) > MAX_RELEASED or sigma > MAX_RELEASE_SIGMA:
+                report.rejected_popularity.append(name)
+                continue
+            node = msg.metadata.src_node_id
+            if self._release_nodes.setdefault(name, node) != node:
+                # A store's release is replaced only by the node that sent it: another node
+                # naming the same store does not overwrite it (nor is it summed twice).
                 report.rejected_popularity.append(name)
                 continue
             kept = self.popularity.get(name)
