@@ -136,3 +136,24 @@ def test_when_every_store_is_at_its_cap_then_the_run_says_so(tiny_settings: Sett
     prepared = prepare_run(settings)
     with pytest.raises(PrivacyBudgetError, match="every store is at its privacy budget"):
         run_federation(settings, prepared)
+
+
+def test_when_two_rounds_of_one_store_train_from_the_same_ledger_state_then_only_the_first_is_recorded(
+    ledger_url: str,
+) -> None:
+    """Two train messages at once (or a replay): the second would overwrite the first's spend."""
+    store = f"store-{uuid.uuid4().hex[:8]}"
+    ledger = BudgetLedger(ledger_url)
+    _record(ledger, store, [(1.0, 0.1, 20)], 1)
+    read = ledger.load(store).history  # both rounds plan from here
+    _record(ledger, store, [*read, (1.2, 0.1, 20)], 2)
+    with pytest.raises(PrivacyBudgetError, match="changed while this round trained"):
+        _record(ledger, store, [*read, (1.2, 0.1, 20)], 2)
+    merged = [(1.0, 0.1, 40)]  # the same noise again: the accountant merges the entries
+    other = f"store-{uuid.uuid4().hex[:8]}"
+    _record(ledger, other, [(1.0, 0.1, 20)], 1)
+    _record(ledger, other, merged, 2)
+    with pytest.raises(PrivacyBudgetError, match="changed"):
+        _record(ledger, other, merged, 2)
+    entry = ledger.load(store)
+    assert entry is not None and entry.rounds == 2 and entry.history == [(1.0, 0.1, 20), (1.2, 0.1, 20)]

@@ -140,9 +140,19 @@ class BudgetLedger:
             "updated_at": now,
         }
         with exclusive(self.engine, f"privacy-ledger:{store}") as conn:
-            current = conn.execute(
-                sa.select(ledger_table.c.rounds).where(ledger_table.c.store == store)
-            ).scalar_one_or_none()
+            row = conn.execute(
+                sa.select(ledger_table.c.rounds, ledger_table.c.history).where(ledger_table.c.store == store)
+            ).one_or_none()
+            current = None if row is None else row.rounds
+            stored = [] if row is None else json.loads(row.history)
+            if not _extends(stored, history):
+                # Another round of this store was recorded since this one read the ledger (two
+                # messages at once, a replay): its history no longer extends what is stored, and
+                # writing it would erase that spend. Fail closed: not recorded, not sent.
+                raise PrivacyBudgetError(
+                    f"store {store!r}: its privacy ledger changed while this round trained (another round was "
+                    "recorded meanwhile); the round is not recorded and its update is not sent"
+                )
             if current is None:
                 conn.execute(ledger_table.insert().values(store=store, rounds=1, **values))
             else:
@@ -162,3 +172,18 @@ class BudgetLedger:
         entry = self.load(store)
         assert entry is not None
         return entry
+
+
+def _extends(stored: list[list[float]], history: list[tuple[float, float, int]]) -> bool:
+    """Whether ``history`` is ``stored`` plus more spend: the same entries, the last one possibly
+    grown by steps at the same noise and rate (Opacus' accountant merges a round into the entry
+    before it when both match), and something added."""
+    new = [list(h) for h in history]
+    if not stored:
+        return bool(new)
+    if len(new) < len(stored) or new[: len(stored) - 1] != stored[:-1]:
+        return False
+    last, now = stored[-1], new[len(stored) - 1]
+    if now[:2] != last[:2] or now[2] < last[2]:
+        return False
+    return len(new) > len(stored) or now[2] > last[2]
