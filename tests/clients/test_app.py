@@ -289,6 +289,33 @@ def test_when_an_erasure_comes_during_a_rounds_repeat_training_then_the_round_do
     assert not repeat_path(tiny_dp_settings, "germany").exists()
 
 
+def test_when_an_erasure_comes_after_the_rounds_data_was_gated_then_nothing_trained_on_it_is_kept(
+    tiny_dp_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The erasure lands while the round's DP step runs (its data still holds the customer): the
+    store's own repeat ranker trained next on that data is not written back."""
+    import siloguard.privacy.dp as dp_module
+    from siloguard.clients.private import erase_subjects, erasure_count, repeat_path
+
+    prepared = prepare_run(tiny_dp_settings)
+    model = _shared(tiny_dp_settings, prepared.items)
+    context = _context(tiny_dp_settings, "germany")
+    real = dp_module.train_local_dp
+
+    def erase_meanwhile(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        erase_subjects(tiny_dp_settings, "germany", ["12345"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(dp_module, "train_local_dp", erase_meanwhile)
+    handle_train(_message(ArrayRecord(model.state_dict()), MessageType.TRAIN), context, tiny_dp_settings)
+    assert erasure_count(tiny_dp_settings, "germany") == 1
+    assert not repeat_path(tiny_dp_settings, "germany").exists()
+    monkeypatch.undo()
+    # The next round gates its data again (without the erased) and keeps what it trains.
+    handle_train(_message(ArrayRecord(model.state_dict()), MessageType.TRAIN, 2), context, tiny_dp_settings)
+    assert repeat_path(tiny_dp_settings, "germany").exists()
+
+
 def test_without_dp_the_prior_is_the_stores_raw_popularity(tiny_settings: Settings) -> None:
     from siloguard.clients.app import _shared_model, store_for
     from siloguard.recommender.model import item_customers

@@ -157,3 +157,23 @@ def test_when_two_rounds_of_one_store_train_from_the_same_ledger_state_then_only
         _record(ledger, other, merged, 2)
     entry = ledger.load(store)
     assert entry is not None and entry.rounds == 2 and entry.history == [(1.0, 0.1, 20), (1.2, 0.1, 20)]
+
+
+def test_when_a_round_planned_from_a_ledger_state_that_moved_on_then_the_compare_and_swap_refuses_it(
+    ledger_url: str,
+) -> None:
+    store = f"store-{uuid.uuid4().hex[:8]}"
+    ledger = BudgetLedger(ledger_url)
+    history = [(1.0, 0.1, 20)]
+
+    def record(h, expected):  # noqa: ANN001, ANN202
+        return ledger.record_round(store=store, accountant="rdp", history=h, delta=1e-5,
+                                   epsilon=epsilon_of("rdp", h, 1e-5), epsilon_cap=8.0, server_round=1,
+                                   expected_rounds=expected)
+
+    record(history, 0)
+    record([(1.0, 0.1, 25)], 1)  # a merged entry that grew: fine when planned from round 1
+    with pytest.raises(PrivacyBudgetError, match="changed"):
+        record([(1.0, 0.1, 30)], 1)  # planned from round 1 too, but round 2 is recorded: refused
+    record([(1.0, 0.1, 25)], 2)  # a round that trained nobody (same history) is still a round
+    assert ledger.load(store).rounds == 3

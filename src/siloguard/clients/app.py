@@ -16,6 +16,9 @@ simulation engine, ``node_config["partition-id"]`` indexes the prepared stores.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+
 import hashlib
 import math
 import os
@@ -41,6 +44,9 @@ from siloguard.recommender.features import Catalogue
 from siloguard.privacy.popularity import popularity_prior, popularity_record, read_popularity_record
 from siloguard.recommender.model import PrivateUsers, SharedModel, item_customers
 from siloguard.recommender.train import train_local
+
+log = logging.getLogger(__name__)
+
 
 __all__ = [
     "app",
@@ -147,13 +153,17 @@ def store_for(
             name = node_store(context, settings)[0]
         # A deployed SuperNode of an older run names its own silo (node config ``data``).
         silo = Path(str(context.node_config["data"])) if "data" in context.node_config else run_manifest(settings.work_dir).stores[name]
-    key = (int(context.run_id), server_round, str(silo), settings.database.url) if server_round is not None else None
+    from siloguard.clients.private import erasure_count
+
+    # An erasure since the round's first message gates the data again (without that customer).
+    erasures = erasure_count(settings, name)
+    key = (int(context.run_id), server_round, str(silo), settings.database.url, erasures) if server_round is not None else None
     if key is not None:
         with _rounds_lock:
             held = _rounds.get(name)
         if held is not None and held[0] == key:
             return held[1]
-    data = gated_store(settings, name, silo, catalogue, split_date, end_date)
+    data = dataclasses.replace(gated_store(settings, name, silo, catalogue, split_date, end_date), erasures=erasures)
     if key is not None:
         with _rounds_lock:
             _rounds[name] = (key, data)
@@ -451,7 +461,8 @@ def handle_train(msg: Message, context: Context, settings: Settings) -> Message:
             weight_decay=settings.model.weight_decay,
             seed=settings.model.seed + server_round,
         )
-        save_private_users(settings, store.name, store.subjects, users)
+        # not written back if an erasure came after the data was gated (it would restore the erased)
+        save_private_users(settings, store.name, store.subjects, users, erasures=_erasures_of(store))
         n_examples, loss = result.examples, result.loss
     content = RecordDict(
         {
@@ -474,6 +485,11 @@ def handle_train(msg: Message, context: Context, settings: Settings) -> Message:
     return Message(content=content, reply_to=msg)
 
 
+def _erasures_of(store: StoreData) -> int | None:
+    """The erasure count the store's data was gated at (None: data not gated by this node)."""
+    return store.erasures if store.erasures >= 0 else None
+
+
 def _train_own_repeat(
     shared: SharedModel, users: PrivateUsers, examples, store: StoreData, settings: Settings, server_round: int,
     part: str,
@@ -482,10 +498,14 @@ def _train_own_repeat(
     store's own: trained here without noise, from where the store left them, on a copy of the
     model (the reply carries the shared parameters only), and kept on the store's disk with
     their mean over the rounds, which the store scores with (``privacy.own_repeat_average``)."""
-    from siloguard.clients.private import read_private_repeat, repeat_lock, save_private_repeat
+    from siloguard.clients.private import erasure_count, read_private_repeat, repeat_lock, save_private_repeat
     from siloguard.recommender.train import train_kept_repeat
 
     with repeat_lock(settings, store.name):  # an erasure meanwhile waits, then deletes what this writes
+        if _erasures_of(store) is not None and erasure_count(settings, store.name) != _erasures_of(store):
+            log.warning("store %s: an erasure came after this round's data was gated; its repeat ranker is "
+                        "not written back (the next round trains it afresh)", store.name)
+            return
         kept = read_private_repeat(settings, store.name)
         state = train_kept_repeat(shared, users, examples, settings.model, seed=settings.model.seed + server_round,
                                   part=part, kept=kept, average=settings.privacy.own_repeat_average)
@@ -530,7 +550,7 @@ def _train_dp(
     from siloguard.privacy.popularity import release_popularity
 
     privacy = settings.privacy
-    _entry, history, delta, sigma = _planned_state(store, settings, context)
+    entry, history, delta, sigma = _planned_state(store, settings, context)
     noise = _round_noise(store, settings, history, delta, server_round)
     if noise is None or projected_epsilon(
         privacy, history, settings.model.local_epochs, delta, store.n_users, noise
@@ -574,6 +594,7 @@ def _train_dp(
         epsilon=result.report.epsilon,
         epsilon_cap=privacy.epsilon_cap,
         server_round=server_round,
+        expected_rounds=entry.rounds if entry is not None else 0,  # type: ignore[attr-defined]
     )
     if release is not None:  # charged: kept for the run's later rounds (no second charge)
         save_released_popularity(settings, store.name, release)

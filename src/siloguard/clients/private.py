@@ -31,6 +31,7 @@ from siloguard.recommender.model import PrivateUsers, SharedModel
 __all__ = [
     "ReleasedPopularity",
     "erase_subjects",
+    "erasure_count",
     "load_released_popularity",
     "load_private_repeat",
     "load_private_users",
@@ -102,11 +103,35 @@ def load_private_users(settings: Settings, store: str, subjects: pd.Index, dim: 
     return users
 
 
-def save_private_users(settings: Settings, store: str, subjects: pd.Index, users: PrivateUsers) -> None:
-    """Keep exactly these subjects' vectors (anyone else's is dropped)."""
+def erasures_path(settings: Settings, store: str) -> Path:
+    return settings.work_dir / "private" / f"{store}.erasures"
+
+
+def erasure_count(settings: Settings, store: str) -> int:
+    """How many erasures the store has carried out on its private parameters (0: none yet).
+
+    A round notes it when it gates its data; it writes what it trained on that data back only if
+    no erasure came since (else it would restore a customer the erasure removed)."""
+    path = erasures_path(settings, store)
+    try:
+        return int(path.read_text().strip() or 0)
+    except FileNotFoundError:
+        return 0
+    except ValueError:
+        raise DataError(f"the store's erasure count at {path} is unreadable; it must hold one number") from None
+
+
+def save_private_users(
+    settings: Settings, store: str, subjects: pd.Index, users: PrivateUsers, *, erasures: int | None = None
+) -> bool:
+    """Keep exactly these subjects' vectors (anyone else's is dropped); with ``erasures`` (the
+    count when the data was gated), only if no erasure came since. Whether it wrote them."""
     path = private_path(settings, store)
     with _locked(path):
+        if erasures is not None and erasure_count(settings, store) != erasures:
+            return False
         _write(path, [str(s) for s in subjects], users.weight)
+    return True
 
 
 def repeat_path(settings: Settings, store: str) -> Path:
@@ -162,13 +187,17 @@ def load_private_repeat(settings: Settings, store: str, model: SharedModel, part
     what ``part`` names (``own_repeat``), into ``model`` if the store has one; False if not. A
     file from a run that kept more (the whole ranker, then the head shared) gives only ``part``:
     never a stale head over the shared one."""
-    from siloguard.recommender.train import scoring_state
+    from siloguard.recommender.train import scoring_state, training_state
 
     state = read_private_repeat(settings, store)
     if not state:
         return False
     keep = model.own_repeat_state(part)
     try:
+        # The state a round trains on must fit as well: checked here, before any budget is spent.
+        model.fresh_copy().load_state_dict(
+            {**model.state_dict(), **{k: v for k, v in training_state(state).items() if k in keep}}
+        )
         model.load_state_dict({**model.state_dict(), **{k: v for k, v in scoring_state(state).items() if k in keep}})
     except Exception as exc:  # noqa: BLE001
         raise DataError(
@@ -270,10 +299,12 @@ def erase_subjects(settings: Settings, store: str, customer_ids: list[object]) -
     # The store's own repeat ranker was trained without noise on every customer, the erased
     # ones too: it goes, and the next DP round trains it afresh from the global one.
     # Under the lock a round holds from reading it to writing it back: an erasure during a round's
-    # training waits for it and then deletes what that round wrote (else the round would write
-    # back a ranker trained on the erased customers after the erasure).
+    # training waits for it and then deletes what that round wrote.
+    # The erasure count goes up first: a round whose data was gated before it writes nothing back
+    # (save_private_repeat / save_private_users compare it under their locks).
     with repeat_lock(settings, store):
         repeat_path(settings, store).unlink(missing_ok=True)
+        write_atomic(erasures_path(settings, store), str(erasure_count(settings, store) + 1).encode(), mode=0o600)
     path = private_path(settings, store)
     with _locked(path):
         stored = _read(path)

@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from siloguard.errors import PrivacyBudgetError
+from siloguard.privacy.popularity import is_release_step
 from siloguard.storage.db import create_engine, current_revision, exclusive, head_revision, upgrade_database
 from siloguard.storage.orm import privacy_ledger, privacy_ledger_rounds
 
@@ -124,8 +125,13 @@ class BudgetLedger:
         epsilon: float,
         epsilon_cap: float,
         server_round: int,
+        expected_rounds: int | None = None,
     ) -> LedgerEntry:
-        """Persist the store's accountant state after a round (one transaction)."""
+        """Persist the store's accountant state after a round (one transaction).
+
+        ``expected_rounds``: how many rounds the ledger held when the round planned from it; if
+        another round was recorded since, this one is refused (compare and swap). Without it the
+        new history must extend the stored one."""
         if epsilon > epsilon_cap * (1 + 1e-9):
             raise PrivacyBudgetError(
                 f"store {store!r} would reach epsilon {epsilon:.3f} over its cap {epsilon_cap}: the round must not be recorded"
@@ -145,7 +151,7 @@ class BudgetLedger:
             ).one_or_none()
             current = None if row is None else row.rounds
             stored = [] if row is None else json.loads(row.history)
-            if not _extends(stored, history):
+            if (current or 0) != expected_rounds if expected_rounds is not None else not _extends(stored, history):
                 # Another round of this store was recorded since this one read the ledger (two
                 # messages at once, a replay): its history no longer extends what is stored, and
                 # writing it would erase that spend. Fail closed: not recorded, not sent.
@@ -165,7 +171,7 @@ class BudgetLedger:
                     server_round=server_round,
                     epsilon=epsilon,
                     delta=delta,
-                    steps=int(sum(h[2] for h in history)),
+                    steps=int(sum(h[2] for h in history if not is_release_step(h))),  # DP-SGD steps, as dp-steps
                     recorded_at=now,
                 )
             )

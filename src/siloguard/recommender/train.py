@@ -177,7 +177,8 @@ def train_kept_repeat(
     repeat ranker so far (its last round's parameters); returns what it keeps now, with the
     mean over its rounds (``average``, :func:`with_average`)."""
     mine = model.fresh_copy()
-    mine.load_state_dict({**mine.state_dict(), **training_state(kept)})
+    keep = mine.own_repeat_state(part)  # a file that kept more (another part) gives only this part
+    mine.load_state_dict({**mine.state_dict(), **{k: v for k, v in training_state(kept).items() if k in keep}})
     train_own_repeat(mine, users, examples, settings, seed=seed, part=part)
     now = mine.own_repeat_state(part)
     return with_average(kept, now) if average else now
