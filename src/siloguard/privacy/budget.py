@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from siloguard.errors import PrivacyBudgetError
-from siloguard.privacy.popularity import is_release_step
+from siloguard.privacy.history import dp_sgd_steps
 from siloguard.storage.db import create_engine, current_revision, exclusive, head_revision, upgrade_database
 from siloguard.storage.orm import privacy_ledger, privacy_ledger_rounds
 
@@ -171,7 +171,7 @@ class BudgetLedger:
                     server_round=server_round,
                     epsilon=epsilon,
                     delta=delta,
-                    steps=int(sum(h[2] for h in history if not is_release_step(h))),  # DP-SGD steps, as dp-steps
+                    steps=dp_sgd_steps(history),  # DP-SGD steps, as dp-steps
                     recorded_at=now,
                 )
             )

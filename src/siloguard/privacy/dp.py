@@ -302,7 +302,7 @@ class PrivacyReport:
 def privacy_report(
     privacy: PrivacySettings, history: list[tuple[float, float, int]], delta: float, customers: int
 ) -> PrivacyReport:
-    from siloguard.privacy.popularity import is_release_step
+    from siloguard.privacy.history import dp_sgd_steps
 
     return PrivacyReport(
         epsilon=epsilon_of(privacy.accountant, history, delta),
@@ -313,7 +313,7 @@ def privacy_report(
         noise_multiplier=history[-1][0] if history else privacy.noise_multiplier,
         max_grad_norm=privacy.max_grad_norm,
         # DP-SGD steps only: the popularity release is one Gaussian entry of the history, not a step
-        steps=int(sum(h[2] for h in history if not is_release_step(h))),
+        steps=dp_sgd_steps(history),
     )
 
 

@@ -35,6 +35,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from siloguard.config import PrivacySettings
+from siloguard.privacy.history import RELEASE_RATE, RELEASE_STEPS, is_release_step, release_step
 
 __all__ = [
     "RELEASE_RATE",
@@ -51,9 +52,6 @@ __all__ = [
     "release_step",
 ]
 
-#: The release's accountant entry is (sigma, RELEASE_RATE, RELEASE_STEPS): the Gaussian mechanism.
-RELEASE_RATE = 1.0
-RELEASE_STEPS = 1
 
 
 def bounded_contributions(counts: sp.spmatrix) -> sp.csr_matrix:
@@ -86,15 +84,6 @@ def release_popularity(counts: sp.spmatrix, sigma: float) -> np.ndarray:
     # the low-order bits of exact + noise say something about exact (Mironov 2012); rounding is
     # post-processing, free.
     return (exact + os_gaussian((exact.size,), float(sigma)).numpy()).astype(np.float32).astype(np.float64)
-
-
-def release_step(sigma: float) -> tuple[float, float, int]:
-    """The release's entry in the accountant history: the Gaussian mechanism at ``sigma``."""
-    return (float(sigma), RELEASE_RATE, RELEASE_STEPS)
-
-
-def is_release_step(step: tuple[float, float, int]) -> bool:
-    return float(step[1]) == RELEASE_RATE and int(step[2]) == RELEASE_STEPS
 
 
 def release_noise(privacy: PrivacySettings, delta: float) -> float | None:
