@@ -295,7 +295,7 @@ def test_when_an_erasure_comes_after_the_rounds_data_was_gated_then_nothing_trai
     """The erasure lands while the round's DP step runs (its data still holds the customer): the
     store's own repeat ranker trained next on that data is not written back."""
     import siloguard.privacy.dp as dp_module
-    from siloguard.clients.private import erase_subjects, erasure_count, repeat_path
+    from siloguard.clients.private import erase_subjects, erasure_mark, repeat_path
 
     prepared = prepare_run(tiny_dp_settings)
     model = _shared(tiny_dp_settings, prepared.items)
@@ -308,12 +308,36 @@ def test_when_an_erasure_comes_after_the_rounds_data_was_gated_then_nothing_trai
 
     monkeypatch.setattr(dp_module, "train_local_dp", erase_meanwhile)
     handle_train(_message(ArrayRecord(model.state_dict()), MessageType.TRAIN), context, tiny_dp_settings)
-    assert erasure_count(tiny_dp_settings, "germany") == 1
+    assert erasure_mark(tiny_dp_settings, "germany") != ""
     assert not repeat_path(tiny_dp_settings, "germany").exists()
     monkeypatch.undo()
     # The next round gates its data again (without the erased) and keeps what it trains.
     handle_train(_message(ArrayRecord(model.state_dict()), MessageType.TRAIN, 2), context, tiny_dp_settings)
     assert repeat_path(tiny_dp_settings, "germany").exists()
+
+
+def test_the_erasure_mark_keeps_the_stores_data_and_its_caches_and_a_damaged_mark_does_not_stop_an_erasure(
+    tiny_settings: Settings,
+) -> None:
+    from siloguard.clients.app import store_for
+    from siloguard.clients.private import erase_subjects, erasure_mark, erasures_path, save_private_users
+    from siloguard.recommender.model import PrivateUsers
+
+    prepared = prepare_run(tiny_settings)
+    msg = _message(ArrayRecord(_shared(tiny_settings, prepared.items).state_dict()), MessageType.TRAIN)
+    context = _context(tiny_settings, "germany")
+    first = store_for(context, tiny_settings, server_round=1, msg=msg)
+    assert store_for(context, tiny_settings, server_round=2, msg=msg) is first  # its cached histories with it
+    assert first.erasures == erasure_mark(tiny_settings, "germany")
+    users = PrivateUsers(first.n_users, tiny_settings.model.dim)
+    erasures_path(tiny_settings, "germany").parent.mkdir(parents=True, exist_ok=True)
+    erasures_path(tiny_settings, "germany").write_text("not what an erasure writes\n")
+    erase_subjects(tiny_settings, "germany", ["12345"])  # a damaged mark is overwritten, not parsed
+    assert erasure_mark(tiny_settings, "germany") not in ("", "not what an erasure writes")
+    # A round that gated its data before the erasure does not write its customers' vectors back.
+    assert not save_private_users(tiny_settings, "germany", first.subjects, users, erasures=first.erasures)
+    again = store_for(context, tiny_settings, server_round=2, msg=msg)
+    assert save_private_users(tiny_settings, "germany", again.subjects, users, erasures=again.erasures)
 
 
 def test_without_dp_the_prior_is_the_stores_raw_popularity(tiny_settings: Settings) -> None:

@@ -16,7 +16,6 @@ simulation engine, ``node_config["partition-id"]`` indexes the prepared stores.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 
 import hashlib
@@ -153,17 +152,20 @@ def store_for(
             name = node_store(context, settings)[0]
         # A deployed SuperNode of an older run names its own silo (node config ``data``).
         silo = Path(str(context.node_config["data"])) if "data" in context.node_config else run_manifest(settings.work_dir).stores[name]
-    from siloguard.clients.private import erasure_count
+    from siloguard.clients.private import erasure_mark
 
     # An erasure since the round's first message gates the data again (without that customer).
-    erasures = erasure_count(settings, name)
+    erasures = erasure_mark(settings, name)
     key = (int(context.run_id), server_round, str(silo), settings.database.url, erasures) if server_round is not None else None
     if key is not None:
         with _rounds_lock:
             held = _rounds.get(name)
         if held is not None and held[0] == key:
             return held[1]
-    data = dataclasses.replace(gated_store(settings, name, silo, catalogue, split_date, end_date), erasures=erasures)
+    data = gated_store(settings, name, silo, catalogue, split_date, end_date)
+    # Noted on the data itself, not on a copy (a copy would lose the cutoff histories it caches).
+    # The object is kept per silo content: one gated under a newer mark holds the same data.
+    object.__setattr__(data, "erasures", erasures)
     if key is not None:
         with _rounds_lock:
             _rounds[name] = (key, data)
@@ -462,7 +464,9 @@ def handle_train(msg: Message, context: Context, settings: Settings) -> Message:
             seed=settings.model.seed + server_round,
         )
         # not written back if an erasure came after the data was gated (it would restore the erased)
-        save_private_users(settings, store.name, store.subjects, users, erasures=_erasures_of(store))
+        if not save_private_users(settings, store.name, store.subjects, users, erasures=_erasures_of(store)):
+            log.warning("store %s: an erasure came after this round's data was gated; its customers' vectors are "
+                        "not written back", store.name)
         n_examples, loss = result.examples, result.loss
     content = RecordDict(
         {
@@ -485,9 +489,9 @@ def handle_train(msg: Message, context: Context, settings: Settings) -> Message:
     return Message(content=content, reply_to=msg)
 
 
-def _erasures_of(store: StoreData) -> int | None:
-    """The erasure count the store's data was gated at (None: data not gated by this node)."""
-    return store.erasures if store.erasures >= 0 else None
+def _erasures_of(store: StoreData) -> str | None:
+    """The erasure mark the store's data was gated at (None: data not gated by this node)."""
+    return store.erasures
 
 
 def _train_own_repeat(
@@ -498,11 +502,11 @@ def _train_own_repeat(
     store's own: trained here without noise, from where the store left them, on a copy of the
     model (the reply carries the shared parameters only), and kept on the store's disk with
     their mean over the rounds, which the store scores with (``privacy.own_repeat_average``)."""
-    from siloguard.clients.private import erasure_count, read_private_repeat, repeat_lock, save_private_repeat
+    from siloguard.clients.private import erasure_mark, read_private_repeat, repeat_lock, save_private_repeat
     from siloguard.recommender.train import train_kept_repeat
 
     with repeat_lock(settings, store.name):  # an erasure meanwhile waits, then deletes what this writes
-        if _erasures_of(store) is not None and erasure_count(settings, store.name) != _erasures_of(store):
+        if _erasures_of(store) is not None and erasure_mark(settings, store.name) != _erasures_of(store):
             log.warning("store %s: an erasure came after this round's data was gated; its repeat ranker is "
                         "not written back (the next round trains it afresh)", store.name)
             return

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import fcntl
 import io
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from siloguard.recommender.model import PrivateUsers, SharedModel
 __all__ = [
     "ReleasedPopularity",
     "erase_subjects",
-    "erasure_count",
+    "erasure_mark",
     "load_released_popularity",
     "load_private_repeat",
     "load_private_users",
@@ -107,28 +108,26 @@ def erasures_path(settings: Settings, store: str) -> Path:
     return settings.work_dir / "private" / f"{store}.erasures"
 
 
-def erasure_count(settings: Settings, store: str) -> int:
-    """How many erasures the store has carried out on its private parameters (0: none yet).
-
-    A round notes it when it gates its data; it writes what it trained on that data back only if
-    no erasure came since (else it would restore a customer the erasure removed)."""
-    path = erasures_path(settings, store)
+def erasure_mark(settings: Settings, store: str) -> str:
+    """The store's erasure mark: a random token each erasure of its private parameters writes
+    anew ("" before the first). A round notes it when it gates its data and writes what it
+    trained on that data back only if it has not changed (else it would restore a customer the
+    erasure removed). A token, not a count: nothing to parse, so a damaged file cannot stop an
+    erasure (the erasure overwrites it)."""
     try:
-        return int(path.read_text().strip() or 0)
+        return erasures_path(settings, store).read_text().strip()
     except FileNotFoundError:
-        return 0
-    except ValueError:
-        raise DataError(f"the store's erasure count at {path} is unreadable; it must hold one number") from None
+        return ""
 
 
 def save_private_users(
-    settings: Settings, store: str, subjects: pd.Index, users: PrivateUsers, *, erasures: int | None = None
+    settings: Settings, store: str, subjects: pd.Index, users: PrivateUsers, *, erasures: str | None = None
 ) -> bool:
     """Keep exactly these subjects' vectors (anyone else's is dropped); with ``erasures`` (the
-    count when the data was gated), only if no erasure came since. Whether it wrote them."""
+    mark when the data was gated), only if no erasure came since. Whether it wrote them."""
     path = private_path(settings, store)
     with _locked(path):
-        if erasures is not None and erasure_count(settings, store) != erasures:
+        if erasures is not None and erasure_mark(settings, store) != erasures:
             return False
         _write(path, [str(s) for s in subjects], users.weight)
     return True
@@ -300,11 +299,11 @@ def erase_subjects(settings: Settings, store: str, customer_ids: list[object]) -
     # ones too: it goes, and the next DP round trains it afresh from the global one.
     # Under the lock a round holds from reading it to writing it back: an erasure during a round's
     # training waits for it and then deletes what that round wrote.
-    # The erasure count goes up first: a round whose data was gated before it writes nothing back
+    # The erasure mark changes first: a round whose data was gated before it writes nothing back
     # (save_private_repeat / save_private_users compare it under their locks).
     with repeat_lock(settings, store):
         repeat_path(settings, store).unlink(missing_ok=True)
-        write_atomic(erasures_path(settings, store), str(erasure_count(settings, store) + 1).encode(), mode=0o600)
+        write_atomic(erasures_path(settings, store), uuid.uuid4().hex.encode(), mode=0o600)
     path = private_path(settings, store)
     with _locked(path):
         stored = _read(path)

@@ -56,8 +56,8 @@ class StoreData:
     history: History  # everything before the split: what scoring personalises from
     truth: sp.csr_matrix  # items bought in the test period (users x items)
     subjects: pd.Index  # who each user row is: customer ids, or the gate's pseudonyms in a client
-    #: the store's erasure count when the data was gated (clients.private.erasure_count); -1: not gated
-    erasures: int = -1
+    #: the store's erasure mark when a node gated the data (clients.private.erasure_mark); None: not gated
+    erasures: str | None = None
 
     def examples(self, settings: ModelSettings, rng: np.random.Generator) -> Examples:
         """Training examples at cutoffs ``stride`` days apart inside the training period."""
