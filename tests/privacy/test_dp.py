@@ -379,21 +379,24 @@ def test_when_the_shared_repeat_head_takes_per_customer_gradients_then_they_equa
     names = ["repeat.0.weight", "repeat.0.bias", "repeat.2.weight", "repeat.2.bias", "repeat_linear.weight", "repeat_linear.bias"]
 
     reference = SharedModel(n_items, dim=4, hidden=3, seed=5)
-    expected = []
+    expected, expected_losses = [], []
     for i in range(len(rows)):
         reference.zero_grad()
         repeat = reference.repeat_scores(batch["items"][i], batch["features"][i], batch["mask"][i])
         collaborative = torch.zeros(*batch["items"][i].shape[:1], n_items)
         one = {k: v[i : i + 1] for k, v in batch.items()}
-        _customer_loss(collaborative.unsqueeze(0), repeat.unsqueeze(0), one, 0.0, 1.0)[0].backward()
+        loss = _customer_loss(collaborative.unsqueeze(0), repeat.unsqueeze(0), one, 0.0, 1.0)[0]
+        loss.backward()
+        expected_losses.append(float(loss))
         expected.append(torch.cat([dict(reference.named_parameters())[n].grad.flatten() for n in names]))
-    group = _RepeatGroup(SharedModel(n_items, dim=4, hidden=3, seed=5), names, clip=1e6, noise=1.0, lr=0.01, expected=3)
-    per = group.per_customer(batch)
+    group = _RepeatGroup(SharedModel(n_items, dim=4, hidden=3, seed=5), names, clip=1e6, noise=1.0, lr=0.01)
+    per, losses = group.per_customer(batch)
     got = torch.cat([per[n].flatten(1) for n in names], dim=1)
     assert torch.allclose(got, torch.stack(expected), rtol=1e-4, atol=1e-6)
+    assert torch.allclose(losses, torch.tensor(expected_losses), rtol=1e-5)  # the losses from the same pass
 
-    tight = _RepeatGroup(SharedModel(n_items, dim=4, hidden=3, seed=5), names, clip=0.01, noise=1.0, lr=0.01, expected=3)
-    summed = tight.clipped_sum(batch)
+    tight = _RepeatGroup(SharedModel(n_items, dim=4, hidden=3, seed=5), names, clip=0.01, noise=1.0, lr=0.01)
+    summed, _ = tight.clipped_sum(batch)
     total = torch.sqrt(sum(v.pow(2).sum() for v in summed.values()))
     assert total <= 0.01 * len(rows) + 1e-6
     assert tight.std == pytest.approx(np.sqrt(2) * 1.0 * 0.01)  # its own bound, sqrt(2) for the two groups

@@ -16,9 +16,8 @@ simulation engine, ``node_config["partition-id"]`` indexes the prepared stores.
 
 from __future__ import annotations
 
-import logging
-
 import hashlib
+import logging
 import math
 import os
 import threading
@@ -464,7 +463,7 @@ def handle_train(msg: Message, context: Context, settings: Settings) -> Message:
             seed=settings.model.seed + server_round,
         )
         # not written back if an erasure came after the data was gated (it would restore the erased)
-        if not save_private_users(settings, store.name, store.subjects, users, erasures=_erasures_of(store)):
+        if not save_private_users(settings, store.name, store.subjects, users, erasures=store.erasures):
             log.warning("store %s: an erasure came after this round's data was gated; its customers' vectors are "
                         "not written back", store.name)
         n_examples, loss = result.examples, result.loss
@@ -489,11 +488,6 @@ def handle_train(msg: Message, context: Context, settings: Settings) -> Message:
     return Message(content=content, reply_to=msg)
 
 
-def _erasures_of(store: StoreData) -> str | None:
-    """The erasure mark the store's data was gated at (None: data not gated by this node)."""
-    return store.erasures
-
-
 def _train_own_repeat(
     shared: SharedModel, users: PrivateUsers, examples, store: StoreData, settings: Settings, server_round: int,
     part: str,
@@ -506,7 +500,7 @@ def _train_own_repeat(
     from siloguard.recommender.train import train_kept_repeat
 
     with repeat_lock(settings, store.name):  # an erasure meanwhile waits, then deletes what this writes
-        if _erasures_of(store) is not None and erasure_mark(settings, store.name) != _erasures_of(store):
+        if store.erasures is not None and erasure_mark(settings, store.name) != store.erasures:
             log.warning("store %s: an erasure came after this round's data was gated; its repeat ranker is "
                         "not written back (the next round trains it afresh)", store.name)
             return

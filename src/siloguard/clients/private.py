@@ -27,7 +27,7 @@ import torch
 from siloguard._files import write_atomic
 from siloguard.config import Settings
 from siloguard.errors import DataError
-from siloguard.recommender.model import PrivateUsers, SharedModel
+from siloguard.recommender.model import REPEAT_PREFIX, PrivateUsers, SharedModel
 
 __all__ = [
     "ReleasedPopularity",
@@ -191,13 +191,10 @@ def load_private_repeat(settings: Settings, store: str, model: SharedModel, part
     state = read_private_repeat(settings, store)
     if not state:
         return False
-    keep = model.own_repeat_state(part)
     try:
         # The state a round trains on must fit as well: checked here, before any budget is spent.
-        model.fresh_copy().load_state_dict(
-            {**model.state_dict(), **{k: v for k, v in training_state(state).items() if k in keep}}
-        )
-        model.load_state_dict({**model.state_dict(), **{k: v for k, v in scoring_state(state).items() if k in keep}})
+        model.fresh_copy().load_own_repeat(training_state(state), part)
+        model.load_own_repeat(scoring_state(state), part)
     except Exception as exc:  # noqa: BLE001
         raise DataError(
             f"the store's repeat ranker at {repeat_path(settings, store)} does not fit the model ({type(exc).__name__}); "
@@ -277,11 +274,6 @@ def served_popularity(settings: Settings, store: str, items: int) -> tuple[np.nd
         if held is not None:
             return held.released, held.sigma
     return None
-
-
-#: The repeat ranker's parameters in the state dict (repeat_items, repeat.*, repeat_linear.*).
-REPEAT_PREFIX = "repeat"
-
 
 
 def stored_subjects(settings: Settings, store: str) -> list[str]:

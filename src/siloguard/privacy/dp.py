@@ -42,10 +42,7 @@ from torch import nn
 from siloguard.config import PrivacySettings
 from siloguard.errors import ConfigError
 from siloguard.recommender.features import Examples
-from siloguard.recommender.model import SharedModel
-
-#: The repeat ranker's parameters (repeat_items, repeat.*, repeat_linear.*) by state-dict name.
-REPEAT_PREFIX = "repeat"
+from siloguard.recommender.model import REPEAT_PREFIX, SharedModel
 from siloguard.recommender.train import split_losses
 
 __all__ = [
@@ -636,8 +633,9 @@ class _RepeatGroup:
 
     GROUPS = 2
 
-    def __init__(self, shared: SharedModel, names: list[str], clip: float, noise: float, lr: float, expected: int) -> None:
-        self.shared, self.clip, self.expected = shared, clip, expected
+    def __init__(self, shared: SharedModel, names: list[str], clip: float, noise: float, lr: float) -> None:
+        self.shared, self.clip = shared, clip
+        self.expected = 1  # the DP optimizer's expected batch, set once Opacus has made it (train_local_dp)
         self.params = {n: p for n, p in shared.named_parameters() if n in names}
         self.std = math.sqrt(self.GROUPS) * noise * clip
         self.optimizer = torch.optim.Adam(list(self.params.values()), lr=lr)
@@ -658,37 +656,35 @@ class _RepeatGroup:
     def _args(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
         return tuple(batch[k] for k in ("items", "features", "mask", "targets", "target_mask", "copurchase", "slot_mask"))
 
-    def per_customer(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Each sampled customer's gradient of their loss, by parameter name: (B, *shape)."""
-        from torch.func import grad, vmap
+    def per_customer(self, batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Each sampled customer's gradient of their loss, by parameter name, (B, *shape), and the
+        losses, (B,): one pass."""
+        from torch.func import grad_and_value, vmap
 
         params = {n: p.detach() for n, p in self.params.items()}
-        with torch.no_grad():  # torch.func.grad still differentiates: no graph to other parameters
-            return vmap(grad(self._customer_loss), in_dims=(None, *([0] * 7)))(params, *self._args(batch))
+        with torch.no_grad():  # torch.func still differentiates: no graph to other parameters
+            return vmap(grad_and_value(self._customer_loss), in_dims=(None, *([0] * 7)))(params, *self._args(batch))
 
-    def clipped_sum(self, batch: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
-        """The sum of the customers' gradients, each clipped to ``clip`` (zeros: nobody sampled)."""
+    def clipped_sum(self, batch: dict[str, torch.Tensor] | None) -> tuple[dict[str, torch.Tensor], float]:
+        """The sum of the customers' gradients, each clipped to ``clip`` (zeros: nobody sampled), and
+        their mean loss."""
         if batch is None:
-            return {n: torch.zeros_like(p) for n, p in self.params.items()}
-        per = self.per_customer(batch)
+            return {n: torch.zeros_like(p) for n, p in self.params.items()}, 0.0
+        per, losses = self.per_customer(batch)
         norms = torch.sqrt(sum(g.reshape(g.shape[0], -1).pow(2).sum(1) for g in per.values()))
         factor = (self.clip / (norms + 1e-6)).clamp(max=1.0)
-        return {n: torch.einsum("b,b...->...", factor, g) for n, g in per.items()}
+        return {n: torch.einsum("b,b...->...", factor, g) for n, g in per.items()}, float(losses.mean())
 
     def step(self, batch: dict[str, torch.Tensor] | None) -> float:
         """One DP step of the head on the sampled customers' batch (None: nobody was sampled);
         returns their mean loss."""
-        summed = self.clipped_sum(batch)
+        summed, loss = self.clipped_sum(batch)
         for n, p in self.params.items():
             noisy = summed[n].double() + os_gaussian(p.shape, self.std)
             p.grad = (noisy / self.expected).to(p.dtype)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        if batch is None:
-            return 0.0
-        params = {n: p.detach() for n, p in self.params.items()}
-        with torch.no_grad():
-            return float(torch.vmap(self._customer_loss, in_dims=(None, *([0] * 7)))(params, *self._args(batch)).mean())
+        return loss
 
 
 class _RepeatScores(nn.Module):
@@ -813,7 +809,7 @@ def train_local_dp(
         free_sums, text_sums = _bag_sums(shared, data)
     repeat_names = [n for n, p in shared.named_parameters() if n.startswith(REPEAT_PREFIX) and p.requires_grad]
     head = (
-        _RepeatGroup(shared, repeat_names, privacy.repeat_max_grad_norm, noise, repeat_lr, expected_batch(privacy, n))
+        _RepeatGroup(shared, repeat_names, privacy.repeat_max_grad_norm, noise, repeat_lr)
         if pooled and repeat_names else None
     )
     groups = [
@@ -847,9 +843,8 @@ def train_local_dp(
     # The noise and the sample from the OS CSPRNG (see "noise source" above), at the rate
     # Opacus accounts for (1 / len(dp_loader)).
     dp_optimizer.add_noise = types.MethodType(_add_os_noise, dp_optimizer)
-    if head is not None:  # scaled as Opacus scales the text map's noisy sum (its expected batch)
-        head.expected = dp_optimizer.expected_batch_size
     if head is not None:
+        head.expected = dp_optimizer.expected_batch_size  # scaled as Opacus scales the text map's noisy sum
         dp_optimizer.group_noise_scale = math.sqrt(_RepeatGroup.GROUPS)
     dp_loader = torch.utils.data.DataLoader(
         index,
@@ -888,7 +883,7 @@ def train_local_dp(
             t_used = max(1, int(data.target_mask[rows].sum(2).max()))
             batch = {}
             for key, v in arrays.items():
-                if pooled and key == "weights" or (pooled and head is None and key == "features"):
+                if pooled and (key == "weights" or (key == "features" and head is None)):
                     continue  # in the bag sums already
                 part = v[rows][:, :k_used]
                 if key in ("items", "weights", "features", "mask"):

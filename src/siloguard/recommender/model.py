@@ -40,6 +40,7 @@ from siloguard.recommender.item_text import TEXT_DIM
 
 __all__ = [
     "PAST_PURCHASE_OFFSET",
+    "REPEAT_PREFIX",
     "POPULARITY_PRIOR",
     "item_customers",
     "REPEAT_INIT_BIAS",
@@ -196,8 +197,12 @@ class SharedModel(nn.Module):
     def own_repeat_state(self, part: str) -> dict[str, torch.Tensor]:
         """The parameters a DP store keeps as its own (``PrivacySettings.own_repeat``): the whole
         repeat ranker (``"all"``) or its per-item biases (``"items"``)."""
-        keep = (lambda k: k == "repeat_items.weight") if part == "items" else (lambda k: k.startswith("repeat"))
-        return {k: v.detach().clone() for k, v in self.state_dict().items() if keep(k)}
+        return {k: v.detach().clone() for k, v in self.state_dict().items() if _own_repeat_key(k, part)}
+
+    def load_own_repeat(self, state: dict[str, torch.Tensor], part: str) -> None:
+        """Load of ``state`` only what a store keeps as ``part``: a state that kept more (the whole
+        ranker, then the head shared) never puts a stale head over the shared one."""
+        self.load_state_dict({**self.state_dict(), **{k: v for k, v in state.items() if _own_repeat_key(k, part)}})
 
     def repeat_features(self, items: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """The history features with the item-popularity column from the released counts, if set."""
@@ -205,6 +210,14 @@ class SharedModel(nn.Module):
             return features
         column = self.repeat_popularity[items].unsqueeze(-1)
         return torch.cat([features[..., :POPULARITY_FEATURE], column, features[..., POPULARITY_FEATURE + 1 :]], -1)
+
+
+#: The repeat ranker's parameters in the state dict (repeat_items, repeat.*, repeat_linear.*).
+REPEAT_PREFIX = "repeat"
+
+
+def _own_repeat_key(name: str, part: str) -> bool:
+    return name == "repeat_items.weight" if part == "items" else name.startswith(REPEAT_PREFIX)
 
 
 class PrivateUsers(nn.Module):

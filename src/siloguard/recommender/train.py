@@ -148,10 +148,13 @@ def training_state(kept: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v for k, v in kept.items() if not k.startswith(AVERAGE)}
 
 
+def _mean(kept: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k[len(AVERAGE):]: v for k, v in kept.items() if k.startswith(AVERAGE) and k != AVERAGE + "rounds"}
+
+
 def scoring_state(kept: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """What a store scores with: the mean over its rounds if it keeps one, else the last round's."""
-    mean = {k[len(AVERAGE):]: v for k, v in kept.items() if k.startswith(AVERAGE) and k != AVERAGE + "rounds"}
-    return mean or training_state(kept)
+    return _mean(kept) or training_state(kept)
 
 
 def with_average(kept: dict[str, torch.Tensor], now: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -162,7 +165,7 @@ def with_average(kept: dict[str, torch.Tensor], now: dict[str, torch.Tensor]) ->
     Online Retail); the mean of its rounds rose steadily to 0.3209 (bench/repeat_only.py
     --average). A kept mean of other parameters (another ``part``) starts afresh."""
     rounds = int(kept.get(AVERAGE + "rounds", torch.tensor(0)).item())
-    old = {k[len(AVERAGE):]: v for k, v in kept.items() if k.startswith(AVERAGE) and k != AVERAGE + "rounds"}
+    old = _mean(kept)
     if set(old) != set(now):
         rounds, old = 0, {}
     mean = {k: (old[k] * rounds + v) / (rounds + 1) if rounds else v.clone() for k, v in now.items()}
@@ -177,8 +180,7 @@ def train_kept_repeat(
     repeat ranker so far (its last round's parameters); returns what it keeps now, with the
     mean over its rounds (``average``, :func:`with_average`)."""
     mine = model.fresh_copy()
-    keep = mine.own_repeat_state(part)  # a file that kept more (another part) gives only this part
-    mine.load_state_dict({**mine.state_dict(), **{k: v for k, v in training_state(kept).items() if k in keep}})
+    mine.load_own_repeat(training_state(kept), part)
     train_own_repeat(mine, users, examples, settings, seed=seed, part=part)
     now = mine.own_repeat_state(part)
     return with_average(kept, now) if average else now
